@@ -1,0 +1,21 @@
+"""adain_ext: fused AdaIN (adaptive instance normalization) ops for PyTorch.
+
+    import adain_ext
+    out = adain_ext.adain(content, style)              # == torch.ops.adain.fused(content, style)
+    mean, std = adain_ext.mean_std(features)           # the seed's calc_mean_std
+    out = adain_ext.adain_affine(x, style_mean, style_std)
+
+See README.md for the backends and their semantics.
+"""
+from adain_ext import _extension, reference
+from adain_ext._extension import HAS_CPP
+from adain_ext.functional import BACKENDS, adain, adain_affine, mean_std, resolve_backend
+
+if HAS_CPP:
+    from adain_ext import ops as _ops  # noqa: F401  (fake kernels and autograd)
+
+from adain_ext import nn  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["BACKENDS", "HAS_CPP", "adain", "adain_affine", "mean_std", "nn", "reference",
+           "resolve_backend"]

@@ -1,0 +1,35 @@
+"""Loads the compiled extension (adain_ext._C) if it was built; importing it registers the ops.
+
+Importing adain_ext never fails because a compiler was missing at install time: without _C the
+"auto" backend falls back to the pure-PyTorch reference, with one warning.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:
+    from adain_ext import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
+
+    HAS_CPP = True
+    IMPORT_ERROR: Exception | None = None
+except ImportError as error:  # not built, or built against another torch
+    HAS_CPP = False
+    IMPORT_ERROR = error
+    warnings.warn(
+        f"adain_ext: the compiled extension could not be loaded ({error}); backend='auto' falls "
+        "back to the pure-PyTorch reference. Build it with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_kernel(device_type: str) -> bool:
+    """True when the compiled ops have kernels for this device type ("cpu" or "cuda")."""
+    if not HAS_CPP:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "adain::_fused_forward", key
+    )

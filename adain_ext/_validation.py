@@ -1,0 +1,62 @@
+"""Input checks for the Python-side paths (reference and Triton backends, fake kernels).
+
+The compiled kernels run the same checks in csrc/checks.h with the same messages, so a user gets
+the same error whichever backend runs; tests/test_errors.py holds both to that.
+"""
+from __future__ import annotations
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fail(message: str, error: type = ValueError):
+    raise error(f"adain: {message}")
+
+
+def check_features(x: torch.Tensor, name: str, unbiased: bool) -> None:
+    if x.dim() != 4:
+        _fail(f"{name} must be a 4-D (N, C, H, W) tensor, got {x.dim()}-D with shape {list(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        _fail(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}", TypeError)
+    if x.shape[0] * x.shape[1] == 0:
+        return  # empty N or C: an empty result, whatever H*W is
+    hw = x.shape[2] * x.shape[3]
+    if hw == 0:
+        _fail(f"{name} has H*W = 0 (shape {list(x.shape)}); statistics need at least one element")
+    if unbiased and hw < 2:
+        _fail(f"{name} has H*W = {hw} (shape {list(x.shape)}); unbiased variance needs H*W >= 2 "
+              "(pass unbiased=False for instance-norm statistics)")
+
+
+def check_eps(eps: float) -> None:
+    if not eps >= 0:  # also rejects NaN
+        _fail(f"eps must be >= 0, got {eps}")
+
+
+def check_pair(content: torch.Tensor, style: torch.Tensor, unbiased: bool) -> None:
+    check_features(content, "content", unbiased)
+    check_features(style, "style", unbiased)
+    if content.shape[:2] != style.shape[:2]:
+        _fail(f"style must have the same N and C as content (got {content.shape[0]}x{content.shape[1]} "
+              f"and {style.shape[0]}x{style.shape[1]})")
+    if content.dtype != style.dtype:
+        _fail(f"style dtype ({style.dtype}) must match content dtype ({content.dtype})", TypeError)
+    if content.device != style.device:
+        _fail(f"style is on {style.device} but content is on {content.device}")
+
+
+def check_statistic(stat: torch.Tensor, name: str, x: torch.Tensor) -> None:
+    N, C = x.shape[:2]
+    if tuple(stat.shape) not in ((N, C), (N, C, 1, 1)):
+        _fail(f"{name} must have shape (N, C) or (N, C, 1, 1) = ({N}, {C}), got {list(stat.shape)}")
+    if stat.dtype not in _FLOAT_DTYPES:
+        _fail(f"{name} must be float16, bfloat16, float32 or float64, got {stat.dtype}", TypeError)
+    if stat.device != x.device:
+        _fail(f"{name} is on {stat.device} but x is on {x.device}")
+
+
+def check_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, unbiased: bool) -> None:
+    check_features(x, "x", unbiased)
+    check_statistic(mean, "mean", x)
+    check_statistic(std, "std", x)

@@ -1,0 +1,77 @@
+"""The function API: one entry point per op, each with a `backend=` keyword.
+
+backend="auto"      the compiled kernels when they serve the tensor's device, else the reference
+backend="cpp"       the compiled C++/CUDA kernels (torch.ops.adain.*); an error if not built
+backend="triton"    the Triton kernels (adain_ext.triton)
+backend="reference" the pure-PyTorch oracle in adain_ext.reference (always available)
+"""
+from __future__ import annotations
+
+import torch
+
+from adain_ext import _extension, _validation, reference
+
+BACKENDS = ("auto", "cpp", "triton", "reference")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend that `backend` means for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"adain: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "cpp" if _extension.has_kernel(device.type) else "reference"
+    if backend == "cpp" and not _extension.has_kernel(device.type):
+        why = (f"it failed to load: {_extension.IMPORT_ERROR}" if not _extension.HAS_CPP
+               else f"it was built without {device.type} kernels")
+        raise RuntimeError(f"adain: backend='cpp' is unavailable for {device.type} tensors: {why}")
+    return backend
+
+
+def _triton():
+    from adain_ext import triton as triton_backend  # imported lazily: triton is heavy
+
+    return triton_backend
+
+
+def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backend: str = "auto"):
+    """Per-(n, c) mean and std = sqrt(var + eps) over H*W, each (N, C, 1, 1) in x's dtype.
+
+    With the defaults this is the seed's `calc_mean_std` (unbiased variance, eps on the variance).
+    """
+    which = resolve_backend(backend, x.device)
+    if which == "cpp":
+        return torch.ops.adain.mean_std(x, eps, unbiased)
+    if which == "triton":
+        return _triton().mean_std(x, eps, unbiased)
+    _validation.check_features(x, "x", unbiased)
+    _validation.check_eps(eps)
+    return reference.mean_std(x, eps, unbiased)
+
+
+def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
+          unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
+    """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have another H and W."""
+    which = resolve_backend(backend, content.device)
+    if which == "cpp":
+        return torch.ops.adain.fused(content, style, alpha, eps, unbiased)
+    if which == "triton":
+        return _triton().adain(content, style, alpha, eps, unbiased)
+    _validation.check_pair(content, style, unbiased)
+    _validation.check_eps(eps)
+    return reference.adain(content, style, alpha, eps, unbiased)
+
+
+def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
+                 unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
+    """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics, (N, C) or (N, C, 1, 1).
+
+    This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
+    """
+    which = resolve_backend(backend, x.device)
+    if which == "cpp":
+        return torch.ops.adain.affine(x, mean, std, eps, unbiased)
+    if which == "triton":
+        return _triton().adain_affine(x, mean, std, eps, unbiased)
+    _validation.check_affine(x, mean, std, unbiased)
+    _validation.check_eps(eps)
+    return reference.adain_affine(x, mean, std, eps, unbiased)

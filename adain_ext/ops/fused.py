@@ -1,0 +1,44 @@
+"""adain::_fused_forward (behind adain::fused): fake kernel and autograd.
+
+The backward reuses the other ops' backward kernels: _affine_backward gives the content gradient
+and the gradients of the style statistics, _mean_std_backward turns those into the style gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+from adain_ext._validation import check_eps, check_pair
+from adain_ext.ops._common import empty_output, empty_stats
+
+
+@torch.library.register_fake("adain::_fused_forward")
+def _fused_forward_fake(content, style, alpha, eps, unbiased):
+    check_pair(content, style, unbiased)
+    check_eps(eps)
+    stats = [empty_stats(content) for _ in range(4)]
+    return (empty_output(content), *stats)
+
+
+def _setup_context(ctx, inputs, output):
+    content, style, alpha, _eps, unbiased = inputs
+    _out, content_mean, content_std, style_mean, style_std = output
+    ctx.mark_non_differentiable(content_mean, content_std, style_mean, style_std)
+    ctx.save_for_backward(content, style, content_mean, content_std, style_mean, style_std)
+    ctx.alpha, ctx.unbiased = alpha, unbiased
+
+
+def _backward(ctx, grad_out, *_grad_stats):
+    content, style, content_mean, content_std, style_mean, style_std = ctx.saved_tensors
+    need_content, need_style = ctx.needs_input_grad[:2]
+    grad_content, grad_style_mean, grad_style_std = torch.ops.adain._affine_backward(
+        grad_out, content, content_mean, content_std, style_std, ctx.alpha, ctx.unbiased
+    )
+    grad_style = None
+    if need_style:
+        grad_style = torch.ops.adain._mean_std_backward(
+            grad_style_mean, grad_style_std, style, style_mean, style_std, ctx.unbiased
+        )
+    return grad_content if need_content else None, grad_style, None, None, None
+
+
+torch.library.register_autograd("adain::_fused_forward", _backward, setup_context=_setup_context)

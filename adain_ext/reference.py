@@ -1,0 +1,56 @@
+"""The pure-PyTorch oracle. Every backend and every test is checked against this file.
+
+`calc_mean_std` and `adaptive_instance_normalization` are the seed's code (only `.view` is
+`.reshape` so strided input works); `mean_std`, `adain` and `adain_affine` generalise them with
+the options the ops take (eps, unbiased, alpha, external statistics) without changing the math:
+variance over H*W divided by H*W - 1 (or H*W), eps added to the variance before the square root.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def calc_mean_std(feat: torch.Tensor, eps: float = 1e-5):
+    size = feat.size()
+    assert len(size) == 4
+    N, C = size[:2]
+    feat_var = feat.reshape(N, C, -1).var(dim=2) + eps
+    feat_std = feat_var.sqrt().view(N, C, 1, 1)
+    feat_mean = feat.reshape(N, C, -1).mean(dim=2).view(N, C, 1, 1)
+    return feat_mean, feat_std
+
+
+def adaptive_instance_normalization(content_feat: torch.Tensor, style_feat: torch.Tensor):
+    assert content_feat.size()[:2] == style_feat.size()[:2]
+    size = content_feat.size()
+    style_mean, style_std = calc_mean_std(style_feat)
+    content_mean, content_std = calc_mean_std(content_feat)
+    normalized_feat = (content_feat - content_mean.expand(size)) / content_std.expand(size)
+    return normalized_feat * style_std.expand(size) + style_mean.expand(size)
+
+
+def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
+    """Per-(n, c) mean and sqrt(var + eps), shaped (N, C, 1, 1), in x's dtype."""
+    N, C = x.shape[:2]
+    rows = x.reshape(N, C, -1)
+    var = rows.var(dim=2, correction=1 if unbiased else 0) + eps
+    return rows.mean(dim=2).view(N, C, 1, 1), var.sqrt().view(N, C, 1, 1)
+
+
+def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
+                 unbiased: bool = True):
+    """std * (x - mean_x) / std_x + mean, with target statistics given as (N, C) or (N, C, 1, 1)."""
+    N, C = x.shape[:2]
+    x_mean, x_std = mean_std(x, eps, unbiased)
+    out = (x - x_mean) / x_std * std.reshape(N, C, 1, 1) + mean.reshape(N, C, 1, 1)
+    return out.to(x.dtype)
+
+
+def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
+          unbiased: bool = True):
+    """alpha * AdaIN(content, style) + (1 - alpha) * content."""
+    style_mean, style_std = mean_std(style, eps, unbiased)
+    out = adain_affine(content, style_mean, style_std, eps, unbiased)
+    if alpha != 1.0:
+        out = alpha * out + (1.0 - alpha) * content
+    return out

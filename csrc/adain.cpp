@@ -1,0 +1,65 @@
+// Schemas of every op in the `adain` namespace, declared once, plus the two public ops that are
+// thin compositions of internal ones (so autograd and torch.compile see a single custom op with a
+// registered backward, and the kernels can return the statistics the backward needs).
+//
+// Kernels live in one file per op per backend:
+//   csrc/cpu/{mean_std,affine,fused}_kernel.cpp   TORCH_LIBRARY_IMPL(adain, CPU, m)
+//   csrc/cuda/{mean_std,affine,fused}_kernel.cu   TORCH_LIBRARY_IMPL(adain, CUDA, m)
+// Fake kernels and autograd formulas live in adain_ext/ops/*.py.
+#include <Python.h>
+#include <torch/library.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+namespace adain {
+
+// out = alpha * AdaIN(content, style) + (1 - alpha) * content.
+at::Tensor fused(const at::Tensor& content, const at::Tensor& style, double alpha, double eps,
+                 bool unbiased) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("adain::_fused_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, double, double, bool)>();
+  return std::get<0>(op.call(content, style, alpha, eps, unbiased));
+}
+
+// out = std * (x - mean_x) / std_x + mean, with the target statistics given by the caller.
+at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, double eps,
+                  bool unbiased) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("adain::_affine_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
+                           bool)>();
+  return std::get<0>(op.call(x, mean, std, 1.0, eps, unbiased));
+}
+
+TORCH_LIBRARY(adain, m) {
+  // Public ops. Statistics are per (n, c) over H*W; std = sqrt(var + eps); unbiased divides by
+  // H*W - 1 like the seed's calc_mean_std, unbiased=False by H*W like instance_norm.
+  m.def("mean_std(Tensor x, float eps=1e-5, bool unbiased=True) -> (Tensor, Tensor)");
+  m.def("fused(Tensor content, Tensor style, float alpha=1.0, float eps=1e-5, bool unbiased=True) -> Tensor");
+  m.def("affine(Tensor x, Tensor mean, Tensor std, float eps=1e-5, bool unbiased=True) -> Tensor");
+
+  // Internal ops. Statistics they return are (N, C), contiguous, in the accumulation dtype
+  // (float32, or float64 for float64 input): `mean` and `std` of the tensor they normalised.
+  // Target statistics passed in may be (N, C) or (N, C, 1, 1) of any floating dtype.
+  m.def("_affine_forward(Tensor x, Tensor mean, Tensor std, float alpha, float eps, bool unbiased) "
+        "-> (Tensor out, Tensor x_mean, Tensor x_std)");
+  m.def("_affine_backward(Tensor grad_out, Tensor x, Tensor x_mean, Tensor x_std, Tensor std, "
+        "float alpha, bool unbiased) -> (Tensor grad_x, Tensor grad_mean, Tensor grad_std)");
+  m.def("_fused_forward(Tensor content, Tensor style, float alpha, float eps, bool unbiased) "
+        "-> (Tensor out, Tensor content_mean, Tensor content_std, Tensor style_mean, Tensor style_std)");
+  m.def("_mean_std_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std, "
+        "bool unbiased) -> Tensor");
+
+  m.impl("fused", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fused));
+  m.impl("affine", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(affine));
+}
+
+}  // namespace adain
+
+// Importing adain_ext._C runs the static registrations above; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

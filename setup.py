@@ -1,0 +1,119 @@
+"""Builds adain_ext._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit and a CUDA
+build of torch are present.
+
+Environment overrides:
+  ADAIN_EXT_CUDA=0      never build CUDA kernels      FORCE_CUDA=1   build them or fail
+  TORCH_CUDA_ARCH_LIST  the archs to build for (default when no GPU is visible: 8.0;9.0)
+  ADAIN_EXT_DEBUG=1     -O0 -g builds
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import sysconfig
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home() -> str | None:
+    """The CUDA toolkit folder. torch guesses it from the `nvcc` on PATH, which on some machines
+    is a wrapper script in /usr/local/bin (giving CUDA_HOME=/usr/local, which has no headers), so
+    prefer an explicit CUDA_HOME, then the standard /usr/local/cuda symlink, then nvcc's real path.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for folder in candidates:
+        if folder and os.path.isfile(os.path.join(folder, "bin", "nvcc")) and os.path.isdir(
+            os.path.join(folder, "include")
+        ):
+            return os.path.realpath(folder)
+    return None
+
+
+CUDA_HOME = _find_cuda_home()
+if CUDA_HOME:
+    # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME at import.
+    os.environ["CUDA_HOME"] = CUDA_HOME
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _wheel_cuda_includes() -> list[str]:
+    """Headers torch's CUDA headers include (cublas_v2.h, cusparse.h, ...) that some toolkits lack
+    but the nvidia-* pip wheels that come with a CUDA build of torch carry."""
+    site = sysconfig.get_paths()["purelib"]
+    found = glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
+    found += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    return sorted(d for d in set(found) if os.path.isfile(os.path.join(d, "cublas_v2.h"))
+                  or os.path.isfile(os.path.join(d, "cusparse.h")))
+
+
+def _want_cuda() -> tuple[bool, str]:
+    if os.environ.get("ADAIN_EXT_CUDA") == "0":
+        return False, "ADAIN_EXT_CUDA=0"
+    forced = os.environ.get("FORCE_CUDA") == "1"
+    if torch.version.cuda is None:
+        if forced:
+            sys.exit("setup.py: FORCE_CUDA=1 but this torch is a CPU-only build")
+        return False, "torch is a CPU-only build"
+    if CUDA_HOME is None:
+        if forced:
+            sys.exit("setup.py: FORCE_CUDA=1 but no CUDA toolkit (nvcc) was found; set CUDA_HOME")
+        return False, "no CUDA toolkit found"
+    return True, "FORCE_CUDA=1" if forced else "CUDA toolkit and CUDA torch found"
+
+
+def _arch_list() -> str:
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return f"{major}.{minor}"
+    # No GPU visible: torch would fail to pick archs. Ampere and Hopper cover the cards we target.
+    return "8.0;9.0"
+
+
+def extensions():
+    debug = os.environ.get("ADAIN_EXT_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_flags = opt + ["-std=c++17", "-fopenmp"] if not sys.platform == "darwin" else opt + ["-std=c++17"]
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    use_cuda, why = _want_cuda()
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    config = {"torch": torch.__version__, "CUDA kernels": f"{use_cuda} ({why})",
+              "cxx flags": " ".join(cxx_flags)}
+    if use_cuda and cuda_sources:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
+        include_dirs += _wheel_cuda_includes()
+        nvcc_flags = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        config.update({"CUDA_HOME": CUDA_HOME, "CUDA archs": os.environ["TORCH_CUDA_ARCH_LIST"],
+                       "nvcc flags": " ".join(nvcc_flags),
+                       "extra includes": ", ".join(include_dirs[1:]) or "none"})
+        ext = CUDAExtension(
+            "adain_ext._C", sources + cuda_sources, include_dirs=include_dirs,
+            define_macros=[("ADAIN_EXT_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = CppExtension("adain_ext._C", sources, include_dirs=include_dirs,
+                           extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+    config["sources"] = ", ".join(ext.sources)
+    print("adain_ext build configuration:")
+    for key, value in config.items():
+        print(f"  {key:>13}: {value}")
+    return [ext]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,94 @@
+"""The shared case list and tolerances every backend's tests use (one list, reused by the
+correctness, gradient and opcheck tests of every backend)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    content: tuple  # (N, C, H, W)
+    style: tuple | None = None  # None: same shape as content
+    alpha: float = 1.0
+    unbiased: bool = True
+    layout: str = "contiguous"  # "contiguous", "channels_last" or "strided" (a non-contiguous view)
+    mean_offset: float = 0.0  # added to the data: large-mean inputs test the statistics' accuracy
+
+    @property
+    def style_shape(self):
+        return self.style or self.content
+
+    def __str__(self):
+        return self.name
+
+
+CASES = [
+    Case("tiny", (1, 1, 2, 1)),
+    Case("tiny_biased", (1, 2, 1, 1), unbiased=False),
+    Case("odd", (2, 3, 33, 17)),
+    Case("odd_style_other_size", (2, 3, 33, 17), style=(2, 3, 7, 5)),
+    Case("alpha", (2, 4, 9, 11), alpha=0.3),
+    Case("alpha_biased", (2, 4, 9, 11), style=(2, 4, 5, 6), alpha=0.7, unbiased=False),
+    Case("channels_last", (2, 5, 7, 9), style=(2, 5, 4, 3), layout="channels_last"),
+    Case("channels_last_alpha", (3, 16, 6, 5), alpha=0.5, layout="channels_last"),
+    Case("strided", (2, 3, 10, 12), layout="strided"),
+    Case("large_mean", (2, 3, 16, 16), mean_offset=1e4),
+    Case("long_rows", (1, 2, 64, 70)),  # few long rows: split across threads/blocks
+    Case("many_rows", (4, 64, 4, 4)),  # many tiny rows: packed
+]
+
+# Cases small enough for float64 gradcheck.
+GRAD_CASES = [c for c in CASES if c.name not in ("long_rows", "many_rows")]
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# (atol, rtol) against the float64 reference, for outputs and gradients.
+TOLERANCES = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (2e-4, 2e-4),
+    torch.float16: (2e-2, 1e-2),
+    torch.bfloat16: (1e-1, 5e-2),
+}
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other column of a wider tensor: neither layout the kernels keep
+        wide = torch.cat([t, t], dim=3)
+        return wide[..., ::2].copy_(t)
+    return t.contiguous()
+
+
+def make_tensor(shape, case: Case, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=gen, dtype=torch.float64) * 2.0 + 0.5 + case.mean_offset
+    t = _layout(base.to(device=device, dtype=dtype), case.layout)
+    return t.requires_grad_(requires_grad)
+
+
+def make_inputs(case: Case, dtype=torch.float32, device="cpu", requires_grad=False):
+    """(content, style) for a case, drawn from a seed derived from the case name."""
+    seed = sum(map(ord, case.name))
+    content = make_tensor(case.content, case, dtype, device, seed, requires_grad)
+    style = make_tensor(case.style_shape, case, dtype, device, seed + 1, requires_grad)
+    return content, style
+
+
+def make_statistics(case: Case, dtype=torch.float32, device="cpu", requires_grad=False, flat=False):
+    """Target (mean, std) for adain_affine: std strictly positive."""
+    N, C = case.content[:2]
+    gen = torch.Generator().manual_seed(7 + sum(map(ord, case.name)))
+    shape = (N, C) if flat else (N, C, 1, 1)
+    mean = torch.randn(shape, generator=gen, dtype=torch.float64)
+    std = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 + 0.2
+    return (mean.to(device, dtype).requires_grad_(requires_grad),
+            std.to(device, dtype).requires_grad_(requires_grad))
+
+
+def assert_close(actual, expected, dtype, msg=""):
+    atol, rtol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=msg)
