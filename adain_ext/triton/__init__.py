@@ -1,0 +1,37 @@
+"""The Triton backend: adain_ext.functional calls these with backend="triton".
+
+Kernels and launchers live one file per op (mean_std.py, affine.py, fused.py); the one
+Welford/Chan merge they share is in welford.py; launch plans, layout rules and registration in
+_common.py. Each op is registered as adain_triton::<name> (a torch.library.triton_op on a GPU, so
+torch.compile traces into the kernels) with the same schema and semantics as the C++ adain::<name>.
+"""
+import torch
+
+from adain_ext.triton import _common
+from adain_ext.triton.affine import affine_backward_op, affine_forward_op
+from adain_ext.triton.fused import fused_forward_op
+from adain_ext.triton.mean_std import mean_std_backward_op, mean_std_op
+
+INTERPRET = _common.INTERPRET
+limits = _common.limits
+
+
+def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
+    """(mean, std = sqrt(var + eps)) per (n, c), each (N, C, 1, 1) in x's dtype."""
+    return mean_std_op(x, eps, unbiased)
+
+
+def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
+          unbiased: bool = True) -> torch.Tensor:
+    """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have another H and W."""
+    return fused_forward_op(content, style, alpha, eps, unbiased)[0]
+
+
+def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
+                 unbiased: bool = True) -> torch.Tensor:
+    """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics."""
+    return affine_forward_op(x, mean, std, 1.0, eps, unbiased)[0]
+
+
+__all__ = ["adain", "adain_affine", "mean_std", "limits", "mean_std_op", "mean_std_backward_op",
+           "affine_forward_op", "affine_backward_op", "fused_forward_op"]

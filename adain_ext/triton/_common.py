@@ -1,0 +1,211 @@
+"""What every Triton op shares: launch plans (block sizes, split and pack thresholds), layout and
+dtype rules (the same as the C++ kernels', csrc/checks.h), scalar passing, and op registration.
+"""
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+
+import torch
+import triton
+
+# Under TRITON_INTERPRET=1 @triton.jit returns an InterpretedFunction that runs on CPU tensors.
+# wrap_triton passes it through untraced, and it cannot run on fake tensors, so in that mode the
+# ops are registered as opaque custom ops with explicit fake kernels (torch.compile then calls
+# them as a black box); on a GPU they are triton_ops that torch.compile traces into.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# Multi-config autotuning benchmarks every config on the device: GPU only. The interpreter runs
+# each kernel with the one num_warps its plan picks (which it ignores anyway).
+AUTOTUNE = not INTERPRET and torch.cuda.is_available()
+AUTOTUNE_KEY = ["ROWS_BUCKET", "BLOCK_R", "BLOCK_L", "CHANNELS_LAST"]  # dtypes are added by triton
+
+
+def kernel(fn):
+    """@triton.jit, plus on a GPU @triton.autotune over num_warps keyed on coarse buckets: the
+    block sizes (which bucket the row length and the packing), the layout, log2 of the number of
+    rows, and the tensor dtypes. Never keyed on H*W itself, so a new resolution in a known bucket
+    reuses the tuned config and the compiled kernel."""
+    jitted = triton.jit(fn)
+    if not AUTOTUNE:
+        return jitted
+    configs = [triton.Config({}, num_warps=w) for w in (2, 4, 8, 16)]
+    return triton.autotune(configs=configs, key=AUTOTUNE_KEY)(jitted)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Plan thresholds, in elements. Tests shrink them to drive tiny shapes down every path."""
+
+    max_tile: int = 16384  # largest tile one program holds: a row this long is normalised in one pass
+    pack_tile: int = 4096  # short rows are packed several per program up to this many elements
+    stream_tile: int = 4096  # tile of the streaming kernels, when rows do not fit one program
+    cl_rows: int = 8  # channels_last: at least 8 adjacent channels per tile (a 32-byte sector)
+    min_chunk: int = 16384  # a row is split across programs only into pieces at least this long
+    programs: int | None = None  # programs to aim for; default 2 per SM on a GPU, 1 otherwise
+
+
+_LIMITS = Limits()
+
+
+@contextlib.contextmanager
+def limits(**changes):
+    """Temporarily changes the plan thresholds (tests use it to force split and packed paths)."""
+    global _LIMITS
+    saved = _LIMITS
+    _LIMITS = dataclasses.replace(saved, **changes)
+    try:
+        yield _LIMITS
+    finally:
+        _LIMITS = saved
+
+
+def limits_now() -> Limits:
+    return _LIMITS
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device: torch.device) -> int:
+    if _LIMITS.programs is not None:
+        return _LIMITS.programs
+    if device.type == "cuda":
+        return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 1  # the interpreter runs programs one after another: fewer is faster
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How R rows of length L are tiled.
+
+    single_pass: each program holds BLOCK_R whole rows (BLOCK_L >= L): one read of x.
+    otherwise:   a statistics pass over `splits` pieces of `chunk` elements per row (merged exactly
+                 with Chan's formula), then an elementwise pass of [BLOCK_R, BLOCK_L] tiles.
+    """
+
+    rows: int
+    length: int
+    block_r: int
+    block_l: int
+    single_pass: bool
+    splits: int
+    chunk: int
+    num_warps: int
+
+    @property
+    def row_blocks(self) -> int:
+        return triton.cdiv(self.rows, self.block_r)
+
+    @property
+    def l_blocks(self) -> int:
+        return triton.cdiv(self.length, self.block_l)
+
+    @property
+    def rows_bucket(self) -> int:
+        return min(int(math.log2(max(self.rows, 1))), 24)
+
+
+def _num_warps(tile: int) -> int:
+    return 1 if tile <= 256 else 2 if tile <= 1024 else 4 if tile <= 4096 else 8 if tile <= 8192 else 16
+
+
+def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> Plan:
+    lim = _LIMITS
+    programs = _target_programs(device)
+    rows_p2 = triton.next_power_of_2(max(rows, 1))
+    # Channels_last rows interleave: a tile must span adjacent channels to read whole sectors.
+    min_rows = min(lim.cl_rows, rows_p2) if channels_last else 1
+    length_p2 = triton.next_power_of_2(max(length, 1))
+    if min_rows * length_p2 <= lim.max_tile:
+        block_l = length_p2
+        block_r = max(min_rows, min(rows_p2, lim.pack_tile // block_l))
+        # Keep the GPU busy: fewer rows per program when there are not enough programs.
+        while block_r > min_rows and triton.cdiv(rows, block_r) < programs:
+            block_r //= 2
+        return Plan(rows, length, block_r, block_l, True, 1, length, _num_warps(block_r * block_l))
+    block_r = min_rows
+    block_l = max(1, min(length_p2, lim.stream_tile // block_r))
+    row_blocks = triton.cdiv(rows, block_r)
+    splits = max(1, min(triton.cdiv(programs, row_blocks), length // max(lim.min_chunk, block_l)))
+    chunk = triton.cdiv(triton.cdiv(length, splits), block_l) * block_l
+    splits = triton.cdiv(length, chunk)
+    return Plan(rows, length, block_r, block_l, False, splits, chunk, _num_warps(block_r * block_l))
+
+
+def launch_options(p: Plan) -> dict:
+    """num_warps for a plain launch; autotuned kernels pick their own."""
+    return {} if AUTOTUNE else {"num_warps": p.num_warps}
+
+
+def split_scalar(value: float) -> tuple[float, float]:
+    """Triton passes Python floats as fp32. float64 rows need alpha and eps to float64 accuracy,
+    so each is passed as hi + lo (two fp32 numbers summing to the value to ~48 bits)."""
+    hi = float(torch.tensor(value, dtype=torch.float32))
+    lo = float(torch.tensor(value - hi, dtype=torch.float32))
+    return hi, lo
+
+
+# ---- Layout and dtype rules: the same as csrc/checks.h and adain_ext/ops/_common.py.
+
+
+def canonical(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Contiguous and channels_last are kept (contiguous wins when a tensor is both); anything
+    else is made contiguous. Returns the tensor to read and whether it is channels_last."""
+    if x.is_contiguous():
+        return x, False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, True
+    return x.contiguous(), False
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if canonical_is_channels_last(x) else torch.contiguous_format
+
+
+def canonical_is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def like_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t in the layout the kernel reads x in (gradients may arrive with any strides)."""
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def empty_output(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=output_memory_format(x))
+
+
+def empty_stats(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[:2], dtype=stat_dtype(x.dtype))
+
+
+def flat_stat(stat: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Per-(n, c) statistics in any float dtype, (N, C) or (N, C, 1, 1) -> contiguous (N*C,) acc."""
+    return stat.reshape(-1).to(acc).contiguous()
+
+
+def as_grad_of(grad: torch.Tensor, like_shape, like_dtype) -> torch.Tensor:
+    return grad.reshape(like_shape).to(like_dtype)
+
+
+def register(name: str, fake):
+    """Registers fn as the op adain_triton::<name> with the given fake kernel (see INTERPRET)."""
+
+    def decorate(fn):
+        qualname = f"adain_triton::{name}"
+        if INTERPRET:
+            op = torch.library.custom_op(qualname, mutates_args=())(fn)
+        else:
+            op = torch.library.triton_op(qualname, mutates_args=())(fn)
+        op.register_fake(fake)
+        return op
+
+    return decorate
