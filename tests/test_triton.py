@@ -1,0 +1,517 @@
+"""The Triton backend (adain_ext.triton, ops adain_triton::*) against the float64 oracle and the
+C++ kernels: outputs, layouts, every gradient, gradcheck, opcheck, torch.compile, forced launch
+paths (packed rows, two passes, rows split across programs), bad input.
+
+Without a GPU the kernels run on CPU tensors through the Triton interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before anything imports triton). What the interpreter cannot do (bfloat16
+arithmetic, multi-config autotune, torch.compile tracing into the kernels) runs on CUDA only and
+says so in its skip reason.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adain_ext
+from adain_ext import reference
+from cases import (CASE_DTYPES, CASES, GRAD_CASES, TOLERANCES, Case, assert_close, make_inputs,
+                   make_statistics)
+
+triton = pytest.importorskip("triton")
+T = pytest.importorskip("adain_ext.triton")
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+ON_INTERPRETER = T.INTERPRET
+BF16_SKIP = ("bfloat16 arithmetic is wrong in the Triton interpreter: bf16 runs on CUDA only")
+
+
+def _params(case_dtypes):
+    """CASE_DTYPES, with bfloat16 marked skip under the interpreter."""
+    out = []
+    for p in case_dtypes:
+        case, dtype = p.values
+        marks = ([pytest.mark.skip(reason=BF16_SKIP)]
+                 if dtype == torch.bfloat16 and ON_INTERPRETER else [])
+        out.append(pytest.param(case, dtype, id=p.id, marks=marks))
+    return out
+
+
+CASE_DTYPE_PARAMS = _params(CASE_DTYPES)
+
+
+def _inputs(case, dtype=torch.float32, requires_grad=False):
+    return make_inputs(case, dtype, DEVICE, requires_grad)
+
+
+def _stats(case, dtype=torch.float32, requires_grad=False, flat=False):
+    return make_statistics(case, dtype, DEVICE, requires_grad, flat)
+
+
+def _expected_format(t: torch.Tensor):
+    return torch.channels_last if (not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)) else torch.contiguous_format
+
+
+def _check_layout(out: torch.Tensor, like: torch.Tensor):
+    assert out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
+    assert out.is_contiguous(memory_format=_expected_format(like))
+
+
+def _grads_close(got, want, dtype, case=None):
+    """Per-dtype tolerance of cases.TOLERANCES, atol relative to the gradient's magnitude."""
+    atol, rtol = TOLERANCES[dtype]
+    if case is not None and case.mean_offset:
+        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
+    for g, w in zip(got, want):
+        assert g is not None and g.dtype == dtype and g.shape == w.shape
+        torch.testing.assert_close(g.double(), w.double(), rtol=rtol,
+                                   atol=atol * max(1.0, w.abs().max().item()))
+
+
+def _double_leaves(*tensors):
+    return [t.detach().double().requires_grad_() for t in tensors]
+
+
+def _grad_out(shape, dtype, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
+
+
+# ---- Outputs against the float64 reference, every case x dtype.
+
+
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
+def test_adain_matches_reference(case: Case, dtype):
+    content, style = _inputs(case, dtype)
+    out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="triton")
+    expected = reference.adain(content.double(), style.double(), case.alpha, unbiased=case.unbiased)
+    _check_layout(out, content)
+    assert_close(out, expected, dtype, case=case)
+
+
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
+def test_mean_std_matches_reference(case: Case, dtype):
+    content, _ = _inputs(case, dtype)
+    mean, std = adain_ext.mean_std(content, unbiased=case.unbiased, backend="triton")
+    ref_mean, ref_std = reference.mean_std(content.double(), unbiased=case.unbiased)
+    N, C = case.content[:2]
+    for got, want in ((mean, ref_mean), (std, ref_std)):
+        assert got.shape == (N, C, 1, 1) and got.dtype == dtype and got.is_contiguous()
+        assert_close(got, want, dtype, case=case)
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["NC11", "NC"])
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
+def test_affine_matches_reference(case: Case, dtype, flat):
+    x, _ = _inputs(case, dtype)
+    mean, std = _stats(case, torch.float32, flat=flat)  # statistics of another dtype than x
+    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="triton")
+    expected = reference.adain_affine(x.double(), mean.double(), std.double(),
+                                      unbiased=case.unbiased)
+    _check_layout(out, x)
+    assert_close(out, expected, dtype, case=case)
+
+
+# ---- Every gradient against the float64 reference, every case x dtype.
+
+
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
+def test_adain_gradients(case: Case, dtype):
+    content, style = _inputs(case, dtype, requires_grad=True)
+    out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="triton")
+    grad_out = _grad_out(out.shape, dtype, 3)
+    got = torch.autograd.grad(out, (content, style), grad_out)
+    c64, s64 = _double_leaves(content, style)
+    ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
+    want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
+    _grads_close(got, want, dtype, case)
+    for g, leaf in zip(got, (content, style)):
+        _check_layout(g, leaf)
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["NC11", "NC"])
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
+def test_affine_gradients(case: Case, dtype, flat):
+    x, _ = _inputs(case, dtype, requires_grad=True)
+    mean, std = _stats(case, dtype, requires_grad=True, flat=flat)
+    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="triton")
+    grad_out = _grad_out(out.shape, dtype, 4)
+    got = torch.autograd.grad(out, (x, mean, std), grad_out)
+    x64, m64, s64 = _double_leaves(x, mean, std)
+    ref = reference.adain_affine(x64, m64, s64, unbiased=case.unbiased)
+    want = torch.autograd.grad(ref, (x64, m64, s64), grad_out.double())
+    _grads_close(got, want, dtype, case)
+
+
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
+def test_mean_std_gradients(case: Case, dtype):
+    x, _ = _inputs(case, dtype, requires_grad=True)
+    mean, std = adain_ext.mean_std(x, unbiased=case.unbiased, backend="triton")
+    gm, gs = _grad_out(mean.shape, dtype, 5), _grad_out(std.shape, dtype, 6)
+    (got,) = torch.autograd.grad((mean, std), (x,), (gm, gs))
+    (x64,) = _double_leaves(x)
+    rm, rs = reference.mean_std(x64, unbiased=case.unbiased)
+    want = torch.autograd.grad((rm, rs), (x64,), (gm.double(), gs.double()))
+    _grads_close((got,), want, dtype, case)
+    # Only one output used: the other's gradient arrives as None.
+    (got_std,) = torch.autograd.grad(
+        adain_ext.mean_std(x, unbiased=case.unbiased, backend="triton")[1].sum(), x)
+    (want_std,) = torch.autograd.grad(reference.mean_std(x64, unbiased=case.unbiased)[1].sum(), x64)
+    _grads_close((got_std,), (want_std,), dtype, case)
+
+
+# ---- Against the C++ kernels (same device), outputs and gradients.
+
+CPP_CASES = [p for p in CASE_DTYPE_PARAMS
+             if p.values[1] in (torch.float32, torch.float64, torch.float16)]
+
+
+def _cpp_available():
+    return adain_ext.HAS_CPP and adain_ext._extension.has_kernel(torch.device(DEVICE).type)
+
+
+@pytest.mark.skipif(not _cpp_available(),
+                    reason=f"the C++ extension is not built with {DEVICE} kernels "
+                           "(ADAIN_EXT_CUDA=0 python setup.py build_ext --inplace builds it): "
+                           "the Triton backend was compared with the float64 reference only")
+@pytest.mark.parametrize("case,dtype", CPP_CASES)
+def test_matches_cpp_kernels(case: Case, dtype):
+    content, style = _inputs(case, dtype, requires_grad=True)
+    mean, std = _stats(case, dtype, requires_grad=True)
+    grad_out = _grad_out(content.shape, dtype, 7)
+    u = case.unbiased
+
+    def run(backend):
+        out_a = adain_ext.adain(content, style, case.alpha, unbiased=u, backend=backend)
+        out_f = adain_ext.adain_affine(content, mean, std, unbiased=u, backend=backend)
+        m, s = adain_ext.mean_std(style, unbiased=u, backend=backend)
+        grads = torch.autograd.grad((out_a, out_f, m, s), (content, style, mean, std),
+                                    (grad_out, grad_out, torch.ones_like(m), torch.ones_like(s)))
+        return (out_a, out_f, m, s, *grads)
+
+    for got, want in zip(run("triton"), run("cpp")):
+        _grads_close((got,), (want,), dtype, case)
+
+
+# ---- Every launch path on tiny shapes: thresholds shrunk so packed rows, two-pass rows and rows
+# split across programs (partials merged with Chan's formula) all run in the interpreter.
+
+def _path_limits(path: str, length: int) -> dict:
+    """Thresholds that send rows of this length down `path` with a handful of tiles per row (the
+    interpreter runs programs one after another, so tiles are sized to the row, not to a GPU)."""
+    if path == "packed":
+        return {}  # the defaults: every case here fits one program, short rows packed
+    length_p2 = triton.next_power_of_2(length)
+    limits = dict(max_tile=max(1, length_p2 // 2), stream_tile=max(2, length_p2 // 4), cl_rows=2,
+                  min_chunk=max(1, length_p2 // 8), programs=1)
+    if path == "split":
+        limits["programs"] = 1024  # as many pieces as min_chunk allows: about 8 per row
+    elif path == "split_uneven":  # pieces of 3 tiles of 1/8 row: the last piece is shorter
+        limits.update(programs=1024, stream_tile=max(2, length_p2 // 8),
+                      min_chunk=max(1, 3 * length_p2 // 16))
+    return limits
+
+
+PATHS = ["packed", "two_pass", "split", "split_uneven"]
+PATH_CASES = [c for c in CASES if c.name in ("odd_style_other_size", "alpha_biased",
+                                             "channels_last", "strided", "large_mean",
+                                             "long_rows", "many_rows")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+@pytest.mark.parametrize("path", PATHS)
+def test_every_launch_path(path, case: Case, dtype):
+    if case.name == "many_rows" and path != "packed":
+        pytest.skip("256 rows of 16 in tiles of 4 would be thousands of interpreted programs; "
+                    "many_rows exists to test packing")
+    content, style = _inputs(case, dtype, requires_grad=True)
+    mean, std = _stats(case, dtype, requires_grad=True)
+    u = case.unbiased
+    limits = _path_limits(path, content.shape[2] * content.shape[3])
+    with T.limits(**limits):
+        plan = T._common.plan(content.shape[0] * content.shape[1],
+                              content.shape[2] * content.shape[3],
+                              T._common.canonical_is_channels_last(content), content.device)
+        assert plan.single_pass == (path == "packed"), plan
+        if path.startswith("split") and content.shape[2] * content.shape[3] >= 16:
+            assert plan.splits > 1, plan
+        out_a = T.adain(content, style, case.alpha, unbiased=u)
+        out_f = T.adain_affine(content, mean, std, unbiased=u)
+        m, s = T.mean_std(content, unbiased=u)
+        grad_out = _grad_out(content.shape, dtype, 8)
+        got = torch.autograd.grad((out_a, out_f, m, s), (content, style, mean, std),
+                                  (grad_out, grad_out, torch.ones_like(m), torch.ones_like(s)))
+    c64, s64, m64, sd64 = _double_leaves(content, style, mean, std)
+    ref_a = reference.adain(c64, s64, case.alpha, unbiased=u)
+    ref_f = reference.adain_affine(c64, m64, sd64, unbiased=u)
+    rm, rs = reference.mean_std(c64, unbiased=u)
+    for got_out, want in ((out_a, ref_a), (out_f, ref_f), (m, rm), (s, rs)):
+        assert_close(got_out, want, dtype, case=case)
+    want = torch.autograd.grad((ref_a, ref_f, rm, rs), (c64, s64, m64, sd64),
+                               (grad_out.double(), grad_out.double(), torch.ones_like(rm),
+                                torch.ones_like(rs)))
+    _grads_close(got, want, dtype, case)
+
+
+def test_plans():
+    """The thresholds the GPU runs with, as documented in README's Triton section."""
+    plan, cpu = T._common.plan, torch.device("cpu")
+    with T.limits(programs=264):  # an H100: 132 SMs, 2 programs each
+        p = plan(16 * 512, 64, False, cpu)  # many 8x8 rows: packed, 16 per program (512 programs)
+        assert p.single_pass and p.block_r == 16 and p.block_l == 64 and p.splits == 1
+        p = plan(512, 4096, False, cpu)  # 64x64 rows: one row per program, one pass
+        assert p.single_pass and p.block_r == 1 and p.block_l == 4096
+        p = plan(512, 1024, True, cpu)  # channels_last 32x32: 8 adjacent channels per tile
+        assert p.single_pass and p.block_r == 8 and p.block_l == 1024
+        p = plan(64, 512 * 512, False, cpu)  # few long rows: split, pieces >= 16384
+        assert not p.single_pass and p.splits == 5 and p.chunk >= 16384
+        p = plan(2, 512 * 512, False, cpu)
+        assert p.splits == 16 and p.chunk == 16384
+
+
+# ---- float64 gradcheck through the interpreter.
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_gradcheck_float64(case: Case):
+    """fast_mode (a random projection of the Jacobian) keeps the odd 33x17 shapes affordable in
+    the interpreter; the tiny cases below also run the full Jacobian."""
+    content, style = _inputs(case, torch.float64, requires_grad=True)
+    mean, std = _stats(case, torch.float64, requires_grad=True)
+    u = case.unbiased
+    fast = content.numel() > 64
+    assert torch.autograd.gradcheck(lambda c, s: T.adain(c, s, case.alpha, unbiased=u),
+                                    (content, style), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x, m, s: T.adain_affine(x, m, s, unbiased=u),
+                                    (content, mean, std), fast_mode=fast)
+    assert torch.autograd.gradcheck(lambda x: T.mean_std(x, unbiased=u), (content,),
+                                    fast_mode=fast)
+
+
+@pytest.mark.parametrize("path", ["two_pass", "split"])
+def test_gradcheck_float64_split_rows(path):
+    case = Case("gradcheck_split", (1, 2, 5, 9), style=(1, 2, 7, 6), alpha=0.6)
+    content, style = _inputs(case, torch.float64, requires_grad=True)
+    mean, std = _stats(case, torch.float64, requires_grad=True)
+    with T.limits(**_path_limits(path, 45)):
+        assert torch.autograd.gradcheck(lambda c, s: T.adain(c, s, case.alpha), (content, style),
+                                        fast_mode=True)
+        assert torch.autograd.gradcheck(lambda x, m, s: T.adain_affine(x, m, s),
+                                        (content, mean, std), fast_mode=True)
+
+
+# ---- opcheck of the adain_triton ops.
+
+OPCHECK_CASES = [c for c in CASES if c.name in ("tiny", "odd_style_other_size", "alpha_biased",
+                                                 "channels_last", "strided")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_opcheck(case: Case, dtype):
+    """Under the interpreter the ops are opaque custom ops (see adain_ext/triton/_common.py), so
+    opcheck checks their schema, fake kernels and autograd registration on CPU; on a GPU the same
+    test checks the triton_ops."""
+    content, style = _inputs(case, dtype, requires_grad=True)
+    mean, std = _stats(case, dtype, requires_grad=True)
+    u, ops = case.unbiased, torch.ops.adain_triton
+    samples = [
+        (ops.mean_std.default, (content, 1e-5, u)),
+        (ops._fused_forward.default, (content, style, case.alpha, 1e-5, u)),
+        (ops._affine_forward.default, (content, mean, std, case.alpha, 1e-5, u)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+    with torch.no_grad():
+        _out, x_mean, x_std = ops._affine_forward(content, mean, std, case.alpha, 1e-5, u)
+        s_mean, s_std = ops.mean_std(style, 1e-5, u)
+    torch.library.opcheck(ops._affine_backward.default,
+                          (torch.randn_like(content), content.detach(), x_mean, x_std,
+                           std.detach(), case.alpha, u))
+    torch.library.opcheck(ops._mean_std_backward.default,
+                          (torch.randn_like(s_mean), torch.randn_like(s_std), style.detach(),
+                           s_mean, s_std, u))
+
+
+# ---- torch.compile.
+
+
+class _AllOps(torch.nn.Module):
+    def forward(self, content, style, mean, std):
+        a = adain_ext.adain(content, style, 0.8, backend="triton")
+        b = adain_ext.adain_affine(content, mean, std, backend="triton")
+        m, s = adain_ext.mean_std(style, backend="triton")
+        return a + b + m + s
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_torch_compile_fullgraph(layout):
+    """No graph break around the ops, forward and backward match eager. Under the interpreter the
+    ops are opaque to torch.compile (aot_eager here); tracing into the kernels is CUDA-only."""
+    case = Case("compile", (2, 4, 8, 8), style=(2, 4, 5, 7), layout=layout)
+    content, style = _inputs(case, requires_grad=True)
+    mean, std = _stats(case, requires_grad=True)
+    model = _AllOps()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    eager_out = model(content, style, mean, std)
+    compiled_out = compiled(content, style, mean, std)
+    torch.testing.assert_close(compiled_out, eager_out)
+    eager_grads = torch.autograd.grad(eager_out.sum(), (content, style, mean, std))
+    compiled_grads = torch.autograd.grad(compiled(content, style, mean, std).sum(),
+                                         (content, style, mean, std))
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.skipif(not CUDA, reason="torch.compile traces into triton_ops only on CUDA: under the "
+                    "interpreter wrap_triton hands back the InterpretedFunction, which cannot run "
+                    "on fake tensors, so the ops are registered opaque there")
+def test_torch_compile_inductor_traces_into_the_kernels():
+    from torch._inductor.utils import run_and_get_code
+
+    case = Case("inductor", (2, 4, 8, 8), style=(2, 4, 6, 6), alpha=0.7)
+    content, style = _inputs(case)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda c, s: T.adain(c, s, 0.7) * 2 + 1, fullgraph=True)
+    out, code = run_and_get_code(fn, content, style)
+    assert "_fused_row_kernel" in "\n".join(code)
+    torch.testing.assert_close(out, T.adain(content, style, 0.7) * 2 + 1)
+
+
+@pytest.mark.skipif(not CUDA, reason="recompilation is a property of compiled Triton kernels; the "
+                    "interpreter compiles nothing")
+def test_new_resolution_in_the_same_bucket_does_not_recompile():
+    from adain_ext.triton.affine import _affine_row_kernel
+
+    kernel = getattr(_affine_row_kernel, "fn", _affine_row_kernel)  # under autotune
+    for hw in ((33, 31), (40, 40), (50, 41)):  # H*W 1023, 1600, 2050: buckets 1024, 2048, 4096
+        x = torch.randn(2, 3, *hw, device="cuda")
+        T.adain_affine(x, torch.zeros(2, 3, device="cuda"), torch.ones(2, 3, device="cuda"))
+    before = sum(len(c) for c in kernel.device_caches[torch.cuda.current_device()][0].values()) \
+        if hasattr(kernel, "device_caches") else None
+    x = torch.randn(2, 3, 47, 43, device="cuda")  # H*W 2021: the 2048 bucket again
+    T.adain_affine(x, torch.zeros(2, 3, device="cuda"), torch.ones(2, 3, device="cuda"))
+    if before is not None:
+        after = sum(len(c) for c in kernel.device_caches[torch.cuda.current_device()][0].values())
+        assert after == before
+
+
+# ---- CUDA-only dtypes and tuning.
+
+
+@pytest.mark.skipif(not CUDA, reason=BF16_SKIP)
+def test_bfloat16_on_cuda():
+    for case in CASES:
+        content, style = _inputs(case, torch.bfloat16, requires_grad=True)
+        out = T.adain(content, style, case.alpha, unbiased=case.unbiased)
+        c64, s64 = _double_leaves(content, style)
+        ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
+        assert_close(out, ref, torch.bfloat16, case=case)
+        grad_out = _grad_out(out.shape, torch.bfloat16, 9)
+        got = torch.autograd.grad(out, (content, style), grad_out)
+        want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
+        _grads_close(got, want, torch.bfloat16, case)
+
+
+@pytest.mark.skipif(not (CUDA and T._common.AUTOTUNE),
+                    reason="multi-config autotune benchmarks configs on a GPU driver: CUDA only "
+                    "(the interpreter runs each kernel with the single num_warps of its plan)")
+def test_autotune_on_cuda():
+    from adain_ext.triton.affine import _affine_row_kernel
+
+    assert len(_affine_row_kernel.configs) > 1
+    for shape in ((4, 64, 32, 32), (1, 8, 256, 256), (8, 512, 8, 8)):
+        content, style = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
+        assert_close(T.adain(content, style), reference.adain(content.double(), style.double()),
+                     torch.float32)
+
+
+# ---- Numerics and edge cases.
+
+
+@pytest.mark.parametrize("path", ["packed", "split"])
+def test_large_mean_statistics_are_accurate(path):
+    x = 1e4 + torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    with T.limits(**_path_limits(path, 48 * 40)):
+        _, std = T.mean_std(x.to(DEVICE))
+    _, ref_std = reference.mean_std(x.double())
+    assert (std.cpu().double() - ref_std).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_nan_and_inf_stay_in_their_row(layout):
+    case = Case("nan", (2, 4, 6, 5), layout=layout)
+    content, style = _inputs(case)
+    content[0, 1, 2, 3] = float("nan")
+    style[1, 2, 0, 0] = float("inf")
+    out = T.adain(content, style)
+    bad = torch.zeros(2, 4, dtype=torch.bool, device=DEVICE)
+    bad[0, 1] = bad[1, 2] = True
+    assert out[bad].isnan().all()
+    assert out[~bad].isfinite().all()
+    clean = reference.adain(content.double(), style.double())
+    assert_close(out[~bad], clean[~bad], torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (0, 0, 1, 1)])
+def test_empty_batch_or_channels(shape):
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    style = torch.randn(shape, device=DEVICE)
+    out = T.adain(x, style)
+    assert out.shape == shape
+    mean, std = T.mean_std(x)
+    assert mean.shape == (shape[0], shape[1], 1, 1)
+    assert T.adain_affine(x, mean, std).shape == shape
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.shape == shape
+
+
+def test_defaults_are_the_seed_calc_mean_std_and_adain():
+    content, style = _inputs(Case("seed", (2, 8, 12, 10), style=(2, 8, 6, 9)), torch.float64)
+    torch.testing.assert_close(T.mean_std(content), reference.calc_mean_std(content))
+    torch.testing.assert_close(T.adain(content, style),
+                               reference.adaptive_instance_normalization(content, style))
+
+
+def test_style_statistics_can_be_reused_through_affine():
+    content, style = _inputs(Case("reuse", (2, 6, 9, 7), style=(2, 6, 11, 5)))
+    mean, std = T.mean_std(style)
+    torch.testing.assert_close(T.adain_affine(content, mean, std), T.adain(content, style))
+
+
+# ---- Bad input: the same errors and messages as every other backend (tests/test_errors.py).
+
+from test_errors import _bad_adain_calls  # noqa: E402  (one list of bad calls for every backend)
+
+
+def _escape(fragment):
+    for ch in "()[]*":
+        fragment = fragment.replace(ch, "\\" + ch)
+    return fragment
+
+
+@pytest.mark.parametrize("call", _bad_adain_calls(), ids=lambda c: c[0])
+def test_adain_rejects_bad_input(call):
+    _, kwargs, error, fragment = call
+    with pytest.raises(error, match=_escape(fragment)):
+        adain_ext.adain(**kwargs, backend="triton")
+
+
+def test_affine_and_mean_std_reject_bad_input():
+    good = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=_escape("mean must have shape (N, C) or (N, C, 1, 1) = "
+                                                 "(2, 3), got [2, 3, 1]")):
+        adain_ext.adain_affine(good, torch.zeros(2, 3, 1), torch.ones(2, 3), backend="triton")
+    with pytest.raises(ValueError, match=_escape("std must have shape")):
+        adain_ext.adain_affine(good, torch.zeros(2, 3), torch.ones(3, 2), backend="triton")
+    with pytest.raises(TypeError, match="mean must be float16"):
+        adain_ext.adain_affine(good, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3),
+                               backend="triton")
+    with pytest.raises(ValueError, match="x must be a 4-D"):
+        adain_ext.mean_std(torch.randn(4, 4), backend="triton")
+    with pytest.raises(ValueError, match=_escape("unbiased variance needs H*W >= 2")):
+        adain_ext.mean_std(torch.randn(1, 2, 1, 1), backend="triton")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        adain_ext.mean_std(good, eps=-1.0, backend="triton")
