@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import math
 import os
+import struct
 
 import torch
 import triton
@@ -114,6 +115,9 @@ def _num_warps(tile: int) -> int:
 
 
 def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> Plan:
+    # int(): under torch.compile with dynamic shapes these are SymInts; block sizes must be
+    # concrete, so a traced graph is specialised to its shape (eager calls never recompile).
+    rows, length = int(rows), int(length)
     lim = _LIMITS
     programs = _target_programs(device)
     rows_p2 = triton.next_power_of_2(max(rows, 1))
@@ -144,9 +148,12 @@ def launch_options(p: Plan) -> dict:
 def split_scalar(value: float) -> tuple[float, float]:
     """Triton passes Python floats as fp32. float64 rows need alpha and eps to float64 accuracy,
     so each is passed as hi + lo (two fp32 numbers summing to the value to ~48 bits)."""
-    hi = float(torch.tensor(value, dtype=torch.float32))
-    lo = float(torch.tensor(value - hi, dtype=torch.float32))
-    return hi, lo
+    hi = _to_fp32(value)  # plain Python: this also runs while torch.compile traces the op
+    return hi, _to_fp32(value - hi)
+
+
+def _to_fp32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 # ---- Layout and dtype rules: the same as csrc/checks.h and adain_ext/ops/_common.py.
