@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -25,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import adain_ext  # noqa: E402
-from adain_ext import reference  # noqa: E402
+import adain_ext
+from adain_ext import reference
 
 Provider = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,7 +39,7 @@ def _probe(fn: Provider, device: str) -> bool:
         out = fn(content, style)
         want = reference.adain(content.double(), style.double())
         return bool((out.double() - want).abs().max() < 1e-3)
-    except Exception as error:  # no triton, no GPU, or a kernel that fails to compile
+    except Exception as error:  # noqa: BLE001  (no triton, no GPU, a kernel that fails to build)
         print(f"triton_providers: the Triton backend is unavailable on {device}: {error}",
               file=sys.stderr)
         return False

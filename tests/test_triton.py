@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import (
+    CASE_DTYPES,
+    CASES,
+    GRAD_CASES,
+    TOLERANCES,
+    Case,
+    assert_close,
+    make_inputs,
+    make_statistics,
+)
 
 import adain_ext
 from adain_ext import reference
-from cases import (CASE_DTYPES, CASES, GRAD_CASES, TOLERANCES, Case, assert_close, make_inputs,
-                   make_statistics)
 
 triton = pytest.importorskip("triton")
 T = pytest.importorskip("adain_ext.triton")
@@ -202,8 +210,8 @@ def _path_limits(path: str, length: int) -> dict:
     if path == "packed":
         return {}  # the defaults: every case here fits one program, short rows packed
     length_p2 = triton.next_power_of_2(length)
-    limits = dict(max_tile=max(1, length_p2 // 2), stream_tile=max(2, length_p2 // 4), cl_rows=2,
-                  min_chunk=max(1, length_p2 // 8), programs=1)
+    limits = {"max_tile": max(1, length_p2 // 2), "stream_tile": max(2, length_p2 // 4),
+              "cl_rows": 2, "min_chunk": max(1, length_p2 // 8), "programs": 1}
     if path == "split":
         limits["programs"] = 1024  # as many pieces as min_chunk allows: about 8 per row
     elif path == "split_uneven":  # pieces of 3 tiles of 1/8 row: the last piece is shorter
@@ -252,6 +260,24 @@ def test_every_launch_path(path, case: Case, dtype):
                                (grad_out.double(), grad_out.double(), torch.ones_like(rm),
                                 torch.ones_like(rs)))
     _grads_close(got, want, dtype, case)
+
+
+@pytest.mark.parametrize("style_path", ["fused_one_launch", "split"])
+def test_style_much_longer_than_content(style_path):
+    """Short content rows with long style rows: one launch streams the style through the content
+    program's tiles, or (when the style needs splitting) style statistics come first."""
+    case = Case("long_style", (2, 3, 4, 5), style=(2, 3, 24, 30), alpha=0.4, unbiased=False)
+    content, style = _inputs(case, torch.float64, requires_grad=True)
+    limits = {} if style_path == "fused_one_launch" else _path_limits("split", 720)
+    limits["pack_tile"] = 64
+    with T.limits(**limits):
+        assert T._common.plan(6, 20, False, content.device).single_pass
+        out = T.adain(content, style, case.alpha, unbiased=False)
+        got = torch.autograd.grad(out, (content, style), torch.ones_like(out))
+    c64, s64 = _double_leaves(content, style)
+    ref = reference.adain(c64, s64, case.alpha, unbiased=False)
+    assert_close(out, ref, torch.float64)
+    _grads_close(got, torch.autograd.grad(ref, (c64, s64), torch.ones_like(ref)), torch.float64)
 
 
 def test_plans():
@@ -398,6 +424,24 @@ def test_new_resolution_in_the_same_bucket_does_not_recompile():
         assert after == before
 
 
+@pytest.mark.skipif(CUDA, reason="on a GPU the other tests compile and run every kernel")
+def test_kernels_compile_for_a_gpu_without_one():
+    """The interpreter never lowers the kernels: compile each one (every dtype, both layouts) to
+    a sm_90 cubin with triton's own ptxas, in a process without TRITON_INTERPRET."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, script, "90"], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    if "ptxas" in result.stdout + result.stderr and "No such file" in result.stdout:
+        pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.stdout.count("ok   sm_90") == 72
+
+
 # ---- CUDA-only dtypes and tuning.
 
 
@@ -483,7 +527,7 @@ def test_style_statistics_can_be_reused_through_affine():
 
 # ---- Bad input: the same errors and messages as every other backend (tests/test_errors.py).
 
-from test_errors import _bad_adain_calls  # noqa: E402  (one list of bad calls for every backend)
+from test_errors import _bad_adain_calls
 
 
 def _escape(fragment):

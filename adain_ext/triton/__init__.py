@@ -33,5 +33,14 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
     return affine_forward_op(x, mean, std, 1.0, eps, unbiased)[0]
 
 
-__all__ = ["adain", "adain_affine", "mean_std", "limits", "mean_std_op", "mean_std_backward_op",
-           "affine_forward_op", "affine_backward_op", "fused_forward_op"]
+__all__ = [
+    "adain",
+    "adain_affine",
+    "affine_backward_op",
+    "affine_forward_op",
+    "fused_forward_op",
+    "limits",
+    "mean_std",
+    "mean_std_backward_op",
+    "mean_std_op",
+]

@@ -66,7 +66,7 @@ def limits_now() -> Limits:
     return _LIMITS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

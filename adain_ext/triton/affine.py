@@ -16,8 +16,8 @@ from adain_ext.triton._common import kernel
 from adain_ext.triton.mean_std import _row_stats_kernel
 from adain_ext.triton.welford import (
     merge_partials,
-    scalar,
     row_base,
+    scalar,
     std_of,
     tile_pointers,
     tile_stats,
@@ -191,7 +191,7 @@ def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST
     std_t = tl.load(ST + rows, mask=rows_mask, other=1.0)
     sum_g = acc_zero
     sum_gxc = acc_zero
-    for s in range(0, splits):
+    for s in range(splits):
         sum_g += tl.load(PSG + s * R + rows, mask=rows_mask, other=0.0)
         sum_gxc += tl.load(PSGX + s * R + rows, mask=rows_mask, other=0.0)
     sum_gx = sum_gxc / std_x

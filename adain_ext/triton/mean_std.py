@@ -3,7 +3,6 @@
 Also the row-statistics launcher the affine and fused ops reuse for long rows and styles.
 """
 import torch
-import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
@@ -12,9 +11,9 @@ from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
 from adain_ext.triton.welford import (
     merge_partials,
-    scalar,
     row_base,
     row_stats_loop,
+    scalar,
     std_of,
     tile_pointers,
 )

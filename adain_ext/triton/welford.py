@@ -78,7 +78,7 @@ def merge_partials(PMEAN, PM2, rows, rows_mask, R, L, chunk, splits, acc_zero):
     mean = acc_zero
     m2 = acc_zero
     count = acc_zero
-    for s in range(0, splits):
+    for s in range(splits):
         p_mean = tl.load(PMEAN + s * R + rows, mask=rows_mask, other=0.0)
         p_m2 = tl.load(PM2 + s * R + rows, mask=rows_mask, other=0.0)
         p_count = tl.minimum(tl.maximum(L - s * chunk, 0), chunk).to(acc_zero.dtype) + acc_zero

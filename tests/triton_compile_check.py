@@ -1,0 +1,101 @@
+"""Compiles every Triton kernel of adain_ext.triton for a GPU target, down to a cubin, without a GPU.
+
+    python tests/triton_compile_check.py [sm]     # sm: 90 (default), 80, ...
+
+The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) never lowers them, so a kernel can
+pass every interpreted test and still fail to compile; this script catches that part on any
+machine (triton ships ptxas). It must run without TRITON_INTERPRET, hence its own process
+(tests/test_triton.py runs it in a subprocess). Prints one line per kernel variant; exit 1 if any
+failed.
+"""
+import importlib
+import os
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+mean_std, affine, fused = (importlib.import_module("adain_ext.triton." + name)
+                           for name in ("mean_std", "affine", "fused"))
+
+# Argument kinds: "x" a tensor of the input dtype, "acc" of the accumulation dtype, "i32"/"fp32" a
+# runtime scalar; constexprs are given per variant.
+KERNELS = {
+    "row_stats": (mean_std._row_stats_kernel,
+                  "X:x MEAN:acc SECOND:acc R C L chunk eps_hi:f eps_lo:f ROWS_BUCKET",
+                  {"FINALIZE": True}),
+    "merge_stats": (mean_std._merge_stats_kernel,
+                    ("PMEAN:acc PM2:acc MEAN:acc STD:acc R L chunk splits eps_hi:f eps_lo:f "
+                    "ROWS_BUCKET"), {}),
+    "mean_std_backward": (mean_std._mean_std_backward_kernel,
+                          "GM:acc GS:acc X:x MEAN:acc STD:acc GX:x R C L ROWS_BUCKET", {}),
+    "affine_row": (affine._affine_row_kernel,
+                   ("X:x MT:acc ST:acc OUT:x XMEAN:acc XSTD:acc R C L alpha_hi:f alpha_lo:f "
+                   "eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
+    "affine_apply": (affine._affine_apply_kernel,
+                     ("X:x PMEAN:acc PM2:acc MT:acc ST:acc OUT:x XMEAN:acc XSTD:acc R C L chunk "
+                     "splits alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
+    "affine_backward_row": (affine._affine_backward_row_kernel,
+                            ("G:x X:x XMEAN:acc XSTD:acc ST:acc GX:x GMT:acc GST:acc R C L "
+                            "alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
+    "affine_backward_partial": (affine._affine_backward_partial_kernel,
+                                "G:x X:x XMEAN:acc PSG:acc PSGX:acc R C L chunk ROWS_BUCKET",
+                                {"UNBIASED": None}),
+    "affine_backward_apply": (affine._affine_backward_apply_kernel,
+                              ("G:x X:x XMEAN:acc XSTD:acc ST:acc PSG:acc PSGX:acc GX:x GMT:acc "
+                              "GST:acc R C L splits alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
+    "fused_row": (fused._fused_row_kernel,
+                  ("CONTENT:x STYLE:x OUT:x CMEAN:acc CSTD:acc SMEAN:acc SSTD:acc R C L L_STYLE "
+                  "alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET"),
+                  {"STYLE_CHANNELS_LAST": "other", "BLOCK_L_STYLE": 128}),
+}
+DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # x -> acc
+
+
+def variants():
+    for name, (kernel, args, extra) in KERNELS.items():
+        for x, acc in DTYPES.items():
+            for channels_last in (False, True):
+                signature = {}
+                for arg in args.split():
+                    arg_name, _, kind = arg.partition(":")
+                    signature[arg_name] = {"x": f"*{x}", "acc": f"*{acc}", "f": "fp32",
+                                           "": "i32"}[kind]
+                constexprs = {"UNBIASED": True, "CHANNELS_LAST": channels_last,
+                              "BLOCK_R": 8 if channels_last else 1,
+                              "BLOCK_L": 256 if channels_last else 2048}
+                for key, value in extra.items():
+                    if value is None:
+                        constexprs.pop(key)
+                    else:
+                        constexprs[key] = (not channels_last) if value == "other" else value
+                signature.update({key: "constexpr" for key in constexprs})
+                yield f"{name} {x} {'channels_last' if channels_last else 'contiguous'}", \
+                    kernel, signature, constexprs
+
+
+def main(sm: int = 90) -> int:
+    target = GPUTarget("cuda", sm, 32)
+    failed = 0
+    for label, kernel, signature, constexprs in variants():
+        fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # under autotune
+        start = time.perf_counter()
+        try:
+            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                      target=target, options={"num_warps": 4})
+            assert "cubin" in compiled.asm
+            print(f"ok   sm_{sm} {label} ({time.perf_counter() - start:.2f}s)")
+        except Exception as error:  # noqa: BLE001  (report every failing variant, not just one)
+            failed += 1
+            print(f"FAIL sm_{sm} {label}: {type(error).__name__}: {str(error)[:2000]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90))
