@@ -409,51 +409,24 @@ def test_torch_compile_inductor_traces_into_the_kernels():
 @pytest.mark.skipif(not CUDA, reason="recompilation is a property of compiled Triton kernels; the "
                     "interpreter compiles nothing")
 def test_new_resolution_in_the_same_bucket_does_not_recompile():
+    """H*W is a runtime argument: a new resolution compiles nothing when its row length is in a
+    known power-of-two bucket (and has the same divisibility by 16, which triton specialises on)."""
     from adain_ext.triton.affine import _affine_row_kernel
 
-    kernel = getattr(_affine_row_kernel, "fn", _affine_row_kernel)  # under autotune
-    for hw in ((33, 31), (40, 40), (50, 41)):  # H*W 1023, 1600, 2050: buckets 1024, 2048, 4096
-        x = torch.randn(2, 3, *hw, device="cuda")
+    jit = getattr(_affine_row_kernel, "fn", _affine_row_kernel)  # the JITFunction under autotune
+
+    def compiled_variants():
+        return sum(len(caches[0]) for caches in jit.device_caches.values())
+
+    def run(h, w):
+        x = torch.randn(2, 3, h, w, device="cuda")
         T.adain_affine(x, torch.zeros(2, 3, device="cuda"), torch.ones(2, 3, device="cuda"))
-    before = sum(len(c) for c in kernel.device_caches[torch.cuda.current_device()][0].values()) \
-        if hasattr(kernel, "device_caches") else None
-    x = torch.randn(2, 3, 47, 43, device="cuda")  # H*W 2021: the 2048 bucket again
-    T.adain_affine(x, torch.zeros(2, 3, device="cuda"), torch.ones(2, 3, device="cuda"))
-    if before is not None:
-        after = sum(len(c) for c in kernel.device_caches[torch.cuda.current_device()][0].values())
-        assert after == before
 
-
-def _run_check_script(name: str, *args: str):
-    import os
-    import subprocess
-    import sys
-
-    script = os.path.join(os.path.dirname(__file__), name)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
-
-
-@pytest.mark.skipif(CUDA, reason="on a GPU, test_torch_compile_inductor_traces_into_the_kernels "
-                    "compiles and runs the traced kernels")
-def test_torch_compile_would_trace_into_the_kernels_on_a_gpu():
-    """The GPU registration (triton_op) traced by torch.compile on CPU fake tensors: forward and
-    backward graphs of every op call the Triton kernels, none stays opaque. No kernel runs."""
-    result = _run_check_script("triton_trace_check.py")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
-    assert result.stdout.count("ok   ") == 16
-
-
-@pytest.mark.skipif(CUDA, reason="on a GPU the other tests compile and run every kernel")
-def test_kernels_compile_for_a_gpu_without_one():
-    """The interpreter never lowers the kernels: compile each one (every dtype, both layouts) to
-    a sm_90 cubin with triton's own ptxas, in a process without TRITON_INTERPRET."""
-    result = _run_check_script("triton_compile_check.py", "90")
-    if "ptxas" in result.stdout + result.stderr and "No such file" in result.stdout:
-        pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert result.stdout.count("ok   sm_90") == 72
+    run(37, 47)  # H*W = 1739: the 2048 bucket, not a multiple of 16
+    before = compiled_variants()
+    run(43, 47)  # H*W = 2021: same bucket, not a multiple of 16
+    run(41, 49)  # H*W = 2009
+    assert compiled_variants() == before
 
 
 # ---- CUDA-only dtypes and tuning.
@@ -462,6 +435,8 @@ def test_kernels_compile_for_a_gpu_without_one():
 @pytest.mark.skipif(not CUDA, reason=BF16_SKIP)
 def test_bfloat16_on_cuda():
     for case in CASES:
+        if case.dtypes and "bfloat16" not in case.dtypes:
+            continue  # large_mean: bf16 cannot hold 1e4 + N(0, 1)
         content, style = _inputs(case, torch.bfloat16, requires_grad=True)
         out = T.adain(content, style, case.alpha, unbiased=case.unbiased)
         c64, s64 = _double_leaves(content, style)
