@@ -4,8 +4,10 @@ paths (packed rows, two passes, rows split across programs), bad input.
 
 Without a GPU the kernels run on CPU tensors through the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton). What the interpreter cannot do (bfloat16
-arithmetic, multi-config autotune, torch.compile tracing into the kernels) runs on CUDA only and
-says so in its skip reason.
+arithmetic, which the kernels never do; multi-config autotune; compiled kernels and torch.compile
+running them) runs on CUDA only and says so in its skip reason. Without a GPU,
+triton_compile_check.py lowers every kernel to a sm_90 cubin and triton_trace_check.py traces
+torch.compile through the GPU registration of the ops, each in a subprocess.
 """
 from __future__ import annotations
 
@@ -31,21 +33,13 @@ T = pytest.importorskip("adain_ext.triton")
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 ON_INTERPRETER = T.INTERPRET
-BF16_SKIP = ("bfloat16 arithmetic is wrong in the Triton interpreter: bf16 runs on CUDA only")
+BF16_SKIP = ("bf16 through compiled kernels needs CUDA (the interpreter runs the bf16 cases above: "
+             "load, fp32 math, store; it cannot do bf16 arithmetic, which the kernels avoid)")
 
 
-def _params(case_dtypes):
-    """CASE_DTYPES, with bfloat16 marked skip under the interpreter."""
-    out = []
-    for p in case_dtypes:
-        case, dtype = p.values
-        marks = ([pytest.mark.skip(reason=BF16_SKIP)]
-                 if dtype == torch.bfloat16 and ON_INTERPRETER else [])
-        out.append(pytest.param(case, dtype, id=p.id, marks=marks))
-    return out
-
-
-CASE_DTYPE_PARAMS = _params(CASE_DTYPES)
+# bfloat16 included: the kernels only load bf16, convert to fp32 and store the result, which the
+# interpreter does right (it is bf16 arithmetic it gets wrong, and the kernels do none).
+CASE_DTYPE_PARAMS = CASE_DTYPES
 
 
 def _inputs(case, dtype=torch.float32, requires_grad=False):
@@ -170,8 +164,6 @@ def test_mean_std_gradients(case: Case, dtype):
 
 # ---- Against the C++ kernels (same device), outputs and gradients.
 
-CPP_CASES = [p for p in CASE_DTYPE_PARAMS
-             if p.values[1] in (torch.float32, torch.float64, torch.float16)]
 
 
 def _cpp_available():
@@ -182,7 +174,7 @@ def _cpp_available():
                     reason=f"the C++ extension is not built with {DEVICE} kernels "
                            "(ADAIN_EXT_CUDA=0 python setup.py build_ext --inplace builds it): "
                            "the Triton backend was compared with the float64 reference only")
-@pytest.mark.parametrize("case,dtype", CPP_CASES)
+@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
 def test_matches_cpp_kernels(case: Case, dtype):
     content, style = _inputs(case, dtype, requires_grad=True)
     mean, std = _stats(case, dtype, requires_grad=True)
@@ -391,9 +383,10 @@ def test_torch_compile_fullgraph(layout):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.skipif(not CUDA, reason="torch.compile traces into triton_ops only on CUDA: under the "
+@pytest.mark.skipif(not CUDA, reason="Inductor running the traced kernels needs CUDA: under the "
                     "interpreter wrap_triton hands back the InterpretedFunction, which cannot run "
-                    "on fake tensors, so the ops are registered opaque there")
+                    "on fake tensors, so the ops are registered opaque there (the tracing itself "
+                    "is checked on CPU by test_torch_compile_would_trace_into_the_kernels_on_a_gpu)")
 def test_torch_compile_inductor_traces_into_the_kernels():
     from torch._inductor.utils import run_and_get_code
 
