@@ -207,6 +207,10 @@ def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto"):
     return F.instance_norm(x, eps=eps) * scale + shift
 
 
+# Stay calls when a rewritten forward is read again (accelerate twice, a parent's deep trace).
+_FUSED_FUNCTIONS = (instance_norm_modulate, fused_affine, fused_adain, fused_mean_std)
+
+
 class _Tracer(fx.Tracer):
     """Traces one module's forward. Shallow: every child module stays a call (only the module's
     own code is read). Deep: user-defined children are inlined (torch.nn built-ins, our own
@@ -214,7 +218,8 @@ class _Tracer(fx.Tracer):
     in one, modulation in a sibling) is seen by their parent."""
 
     def __init__(self, deep: bool, opaque: set[int], extra_functions: tuple):
-        super().__init__(autowrap_modules=(math, reference), autowrap_functions=extra_functions)
+        super().__init__(autowrap_modules=(math, reference),
+                         autowrap_functions=_FUSED_FUNCTIONS + extra_functions)
         self.deep, self.opaque = deep, opaque
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -381,8 +386,9 @@ def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, a
                     module.backend = backend
             opaque.add(id(module))
             return
-        if type(module).__module__.startswith("torch.nn") or id(module) in opaque:
-            return  # built-ins (containers included) have nothing of their own to rewrite
+        if (type(module).__module__.startswith("torch.nn") or id(module) in opaque
+                or hasattr(module, "adain_fused_code")):
+            return  # built-ins (containers included) have nothing of their own; done already
         for deep in (False, True):
             graph = _trace(module, deep, opaque, extra)
             if graph is None:

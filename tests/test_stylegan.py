@@ -305,6 +305,7 @@ def test_accelerate_every_pattern(monkeypatch):
     assert list(model.state_dict()) == keys
     assert isinstance(model.ros, RosinalityAdaIN) and "instance_norm_modulate" in model.ros.adain_fused_code
     assert model.ours.impl == "fused" and model.paper.backend == "auto"
+    assert find_fusable(model, reference_functions=refs) == []  # a second pass finds nothing
 
     calls = []
     fused_affine = stylegan.fused_affine
