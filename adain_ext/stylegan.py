@@ -12,7 +12,8 @@ the half-dozen elementwise passes of the written-out formula.
 Mixed precision: the style affine map always runs in float32 (autocast disabled for it; it is an
 N x w_dim x 2C matmul, negligible), so `1 + s` keeps float32 precision. The op then runs in the
 dtype of x, i.e. whatever the preceding conv produced (bfloat16/float16 under autocast), with the
-statistics accumulated in float32 by the kernels, and returns x's dtype. See README "StyleGAN".
+statistics accumulated in float32 by the kernels, and returns x's dtype, as F.instance_norm
+does under autocast (no autocast kernel is registered for the op: it is not on any cast list).
 """
 from __future__ import annotations
 
@@ -100,10 +101,12 @@ class StyleModulation(nn.Module):
                 variance, eps 1e-5); `eps` overrides the eps.
     impl:       "fused" (default), "reference" or "instance_norm" (see IMPLS): the unfused
                 formulations are the baselines the fused path is tested and benchmarked against.
-    backend:    passed to adain_ext.adain_affine when impl == "fused".
+    backend:    the op backend when impl == "fused" (see adain_ext.adain_affine).
 
-    The affine map is an EqualizedLinear with bias 0, so a fresh module is a plain instance norm
-    (scale 1 + 0, shift 0), as in StyleGAN.
+    The affine map is StyleGAN's: an EqualizedLinear (weights N(0, 1), gain 1/sqrt(style_dim))
+    with its bias initialised to 0, applied as scale = 1 + s, so the scale starts around 1 and
+    the shift around 0 (rosinality's port stores the 1 in the bias instead: the same function).
+    Gradients reach x, w and the affine map's parameters.
     """
 
     def __init__(self, channels: int, style_dim: int, *, semantics: str = "stylegan",
@@ -364,8 +367,9 @@ def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, a
     references = dict(_REFERENCE_TO_FUSED)
     for fn, ref in (reference_functions or {}).items():
         if ref not in _REFERENCE_TO_FUSED:
+            known = [f.__name__ for f in _REFERENCE_TO_FUSED]
             raise ValueError(f"reference_functions maps {fn!r} to {ref!r}, which is not one of the "
-                             f"adain_ext.reference functions {[f.__name__ for f in _REFERENCE_TO_FUSED]}")
+                             f"adain_ext.reference functions {known}")
         references[fn] = _REFERENCE_TO_FUSED[ref]
     extra = tuple(reference_functions or ())
     rewrites, opaque = [], set()
@@ -434,7 +438,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto",
        adain_affine, calc_mean_std and mean_std become adain_ext.adain / adain_affine /
        mean_std; `reference_functions` maps your own copies of them (e.g. the seed's
        `adaptive_instance_normalization` pasted into your project) to the reference function
-       they equal: {my_module.adaptive_instance_normalization: reference.adaptive_instance_normalization}.
+       they equal, e.g. {my_module.adaptive_instance_normalization:
+       reference.adaptive_instance_normalization}.
     3. adain_ext modules running a reference path: StyleModulation(impl != "fused") and
        adain_ext.nn.AdaIN(backend="reference") are switched to the fused path.
 

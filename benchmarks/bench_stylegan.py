@@ -79,7 +79,8 @@ def compare(device: str = "cpu", config: dict | None = None, warmup: int = 2, ro
     return result
 
 
-def cuda_step_times(resolution: int = 256, batch: int = 8, warmup: int = 3, rounds: int = 10) -> dict:
+def cuda_step_times(resolution: int = 256, batch: int = 8, warmup: int = 3,
+                    rounds: int = 10) -> dict:
     """The GPU check: generator forward+backward at resolution x resolution, fused vs unfused.
     Target (issue 6): fused_speedup["reference"] >= 1.3 at 256x256, batch 8."""
     config = dict(CUDA_CONFIG, resolution=resolution, batch=batch)
@@ -98,7 +99,8 @@ def _print(result: dict) -> None:
     print(f"device: {result['device']}  config: {result['config']}")
     for impl, ms in result["ms"].items():
         speedup = result["fused_speedup"].get(impl)
-        print(f"  {impl:14s} {ms:9.1f} ms" + (f"   fused is {speedup:.2f}x faster" if speedup else ""))
+        faster = f"   fused is {speedup:.2f}x faster" if speedup else ""
+        print(f"  {impl:14s} {ms:9.1f} ms{faster}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
 class EqualizedConv2d(nn.Module):
     """3x3 (or 1x1) conv with the equalized learning rate, He gain sqrt(2)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, gain: float = math.sqrt(2)):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 gain: float = math.sqrt(2)):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -104,7 +105,7 @@ class MappingNetwork(nn.Module):
         super().__init__()
         dims = [z_dim] + [w_dim] * layers
         self.layers = nn.ModuleList(EqualizedLinear(a, b, lr_multiplier=lr_multiplier)
-                                    for a, b in zip(dims[:-1], dims[1:]))
+                                    for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)  # pixel norm

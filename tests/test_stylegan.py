@@ -303,7 +303,8 @@ def test_accelerate_every_pattern(monkeypatch):
     assert sum(r.module == "refs" for r in plan) == 5
     assert "branchy" not in {r.module for r in plan}  # traced code differs in train and eval
     assert list(model.state_dict()) == keys
-    assert isinstance(model.ros, RosinalityAdaIN) and "instance_norm_modulate" in model.ros.adain_fused_code
+    assert isinstance(model.ros, RosinalityAdaIN)
+    assert "instance_norm_modulate" in model.ros.adain_fused_code
     assert model.ours.impl == "fused" and model.paper.backend == "auto"
     assert find_fusable(model, reference_functions=refs) == []  # a second pass finds nothing
 
@@ -331,7 +332,8 @@ def test_instance_norm_modulate_broadcasts_and_falls_back():
         want = F.instance_norm(x, eps=1e-5) * scale + shift
         torch.testing.assert_close(instance_norm_modulate(x, scale, shift, 1e-5), want)
     # dtype promotion as in the original expression: bf16 x with fp32 scale gives fp32
-    out = instance_norm_modulate(x.bfloat16(), torch.ones(2, 3, 1, 1), torch.zeros(2, 3, 1, 1), 1e-5)
+    ones, zeros = torch.ones(2, 3, 1, 1), torch.zeros(2, 3, 1, 1)
+    out = instance_norm_modulate(x.bfloat16(), ones, zeros, 1e-5)
     assert out.dtype == torch.float32
 
 
@@ -398,7 +400,8 @@ def test_generator_autocast_bf16():
 
 def test_generator_compiles_fullgraph():
     torch._dynamo.reset()
-    g = _tiny_generator(resolution=8).double()  # float64: see test_generator_matches_reference_formulation
+    # float64: see test_generator_matches_reference_formulation
+    g = _tiny_generator(resolution=8).double()
     z = torch.randn(2, 8, dtype=torch.float64)
     compiled = torch.compile(g, fullgraph=True)
     eager_out, eager_grads = _grads(g, [z.clone().requires_grad_()])
