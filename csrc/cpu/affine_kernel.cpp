@@ -2,7 +2,7 @@
 //
 // Per row, with L = H*W, D = L - 1 (unbiased) or L, x_hat = (x - mean_x) / std_x and target
 // statistics blended with the row's own by alpha (T = alpha * target + (1 - alpha) * own):
-//   forward   out = T_std * x_hat + T_mean, applied as one multiply-add a * x + b;
+//   forward   out = T_std * x_hat + T_mean, applied as (T_std / std_x) * (x - mean_x) + T_mean;
 //   backward  with sg = sum(g), sgx = sum(g * x_hat) and k = T_std / std_x,
 //             grad_x = k * g + ((1 - alpha) - k) * (sgx / D * x_hat + sg / L),
 //             grad_mean = alpha * sg, grad_std = alpha * sgx.
@@ -49,10 +49,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
           const acc_t t_mean = a_ == 1 ? tm[row] : a_ * tm[row] + (1 - a_) * s.mean;
           const acc_t t_std = a_ == 1 ? ts[row] : a_ * ts[row] + (1 - a_) * sd;
           scale[row] = t_std / sd;
-          shift[row] = t_mean - scale[row] * s.mean;
+          shift[row] = t_mean;
         },
         [&](int64_t u, int64_t b, int64_t e) {
-          map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, nullptr, scale.data(), shift.data());
+          map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, nullptr, scale.data(), shift.data(),
+                             mean_out);
         });
   });
   return {out, x_mean, x_std};
@@ -101,15 +102,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
           const acc_t sgx = s.sum_g_dev * rstd;
           const acc_t t_std = a_ == 1 ? tsp[row] : a_ * tsp[row] + (1 - a_) * sdp[row];
           const acc_t kr = t_std * rstd, w = (1 - a_) - kr;
-          // w * (sgx / D * (x - mean) * rstd + sg / L) = p * x + q
+          // w * (sgx / D * (x - mean) * rstd + sg / L) = p * (x - mean) + q
           k[row] = kr;
           p[row] = w * sgx * rstd / D;
-          q[row] = w * s.sum_g / L - p[row] * mp[row];
+          q[row] = w * s.sum_g / L;
           gmean[row] = a_ * s.sum_g;
           gstd[row] = a_ * sgx;
         },
         [&](int64_t u, int64_t b, int64_t e) {
-          map_unit<scalar_t>(geo, u, b, e, out, xp, gp, k.data(), p.data(), q.data());
+          map_unit<scalar_t>(geo, u, b, e, out, xp, gp, k.data(), p.data(), q.data(), mp);
         });
   });
   return {grad_x, grad_mean, grad_std};

@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> mean_std(const at::Tensor& x, double eps, boo
   return {mean.to(x.scalar_type()).view({N, C, 1, 1}), std.to(x.scalar_type()).view({N, C, 1, 1})};
 }
 
-// grad_x = grad_mean / L + grad_std * (x - mean) / (D * std): one map per row, p * x + q.
+// grad_x = grad_mean / L + grad_std * (x - mean) / (D * std): one map per row, p * (x - mean) + q.
 at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
                              const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& std,
                              bool unbiased) {
@@ -57,12 +57,13 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
     const acc_t L = static_cast<acc_t>(geo.L), D = variance_divisor<acc_t>(geo.L, unbiased);
     for (int64_t r = 0; r < rows; ++r) {
       p[r] = gs.const_data_ptr<acc_t>()[r] / (D * sd.const_data_ptr<acc_t>()[r]);
-      q[r] = gm.const_data_ptr<acc_t>()[r] / L - p[r] * m.const_data_ptr<acc_t>()[r];
+      q[r] = gm.const_data_ptr<acc_t>()[r] / L;
     }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
     map_units(geo, [&](int64_t u, int64_t b, int64_t e) {
-      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, nullptr, p.data(), q.data());
+      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, nullptr, p.data(), q.data(),
+                         m.const_data_ptr<acc_t>());
     });
   });
   return grad_x;

@@ -1,0 +1,28 @@
+"""The `adain-ext` console script: `adain-ext COMMAND [options]`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, function, one-line help). Modules load only when their command runs.
+COMMANDS = {
+    "bench": ("adain_ext.bench", "main", "check the fused op and time it against its peers"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: adain-ext COMMAND [options]\n\ncommands:")
+        for name, (_, _, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nadain-ext: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module, function, _ = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), function)(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
