@@ -41,37 +41,6 @@ SEMANTICS = {"stylegan": (1e-8, False), "adain": (1e-5, True)}
 IMPLS = ("fused", "reference", "instance_norm")
 
 
-@torch.compiler.assume_constant_result
-def _resolved_backend(backend: str, device_type: str) -> str:
-    # functional.resolve_backend asks the dispatcher, which torch.compile cannot trace (a graph
-    # break, so fullgraph=True fails); the answer is fixed for a process, so let compile treat it
-    # as a constant.
-    return functional.resolve_backend(backend, torch.device(device_type))
-
-
-# The function API without that graph break: same arguments, same results as adain_ext.adain,
-# adain_affine and mean_std (whose defaults the op schemas repeat).
-def fused_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
-                 unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
-    if _resolved_backend(backend, x.device.type) == "cpp":
-        return torch.ops.adain.affine(x, mean, std, eps, unbiased)
-    return functional.adain_affine(x, mean, std, eps, unbiased, backend=backend)
-
-
-def fused_adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
-                unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
-    if _resolved_backend(backend, content.device.type) == "cpp":
-        return torch.ops.adain.fused(content, style, alpha, eps, unbiased)
-    return functional.adain(content, style, alpha, eps, unbiased, backend=backend)
-
-
-def fused_mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *,
-                   backend: str = "auto"):
-    if _resolved_backend(backend, x.device.type) == "cpp":
-        return torch.ops.adain.mean_std(x, eps, unbiased)
-    return functional.mean_std(x, eps, unbiased, backend=backend)
-
-
 class EqualizedLinear(nn.Module):
     """StyleGAN's dense layer with the equalized learning rate (`use_wscale`): weights are stored
     N(0, 1) / lr_multiplier and scaled by lr_multiplier / sqrt(in_features) at run time."""
@@ -137,7 +106,8 @@ class StyleModulation(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         scale, shift = self.styles(w)
         if self.impl == "fused":
-            return fused_affine(x, shift, scale, self.eps, self.unbiased, backend=self.backend)
+            return functional.adain_affine(x, shift, scale, self.eps, self.unbiased,
+                                           backend=self.backend)
         if self.impl == "reference":
             return reference.adain_affine(x, shift, scale, self.eps, self.unbiased)
         out = F.instance_norm(x, eps=self.eps) * scale[:, :, None, None] + shift[:, :, None, None]
@@ -155,11 +125,11 @@ class StyleModulation(nn.Module):
 # Reference functions (adain_ext.reference) and the fused function that computes the same thing.
 # The arguments are passed through unchanged: the signatures line up position by position.
 _REFERENCE_TO_FUSED = {
-    reference.adaptive_instance_normalization: fused_adain,
-    reference.adain: fused_adain,
-    reference.adain_affine: fused_affine,
-    reference.calc_mean_std: fused_mean_std,
-    reference.mean_std: fused_mean_std,
+    reference.adaptive_instance_normalization: functional.adain,
+    reference.adain: functional.adain,
+    reference.adain_affine: functional.adain_affine,
+    reference.calc_mean_std: functional.mean_std,
+    reference.mean_std: functional.mean_std,
 }
 
 _MUL = {operator.mul, torch.mul, torch.Tensor.mul}
@@ -205,13 +175,14 @@ def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto"):
             and _per_channel(x, scale) and _per_channel(x, shift)):
         N, C = x.shape[:2]
         dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
-        return fused_affine(x.to(dtype), _as_statistic(shift, N, C), _as_statistic(scale, N, C),
-                            eps, False, backend=backend)
+        return functional.adain_affine(x.to(dtype), _as_statistic(shift, N, C),
+                                       _as_statistic(scale, N, C), eps, False, backend=backend)
     return F.instance_norm(x, eps=eps) * scale + shift
 
 
 # Stay calls when a rewritten forward is read again (accelerate twice, a parent's deep trace).
-_FUSED_FUNCTIONS = (instance_norm_modulate, fused_affine, fused_adain, fused_mean_std)
+_FUSED_FUNCTIONS = (instance_norm_modulate, functional.adain, functional.adain_affine,
+                    functional.mean_std)
 
 
 class _Tracer(fx.Tracer):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import adain_ext
-from adain_ext import reference, stylegan
+from adain_ext import functional, reference
 from adain_ext.stylegan import StyleModulation, accelerate, find_fusable, instance_norm_modulate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -309,8 +309,8 @@ def test_accelerate_every_pattern(monkeypatch):
     assert find_fusable(model, reference_functions=refs) == []  # a second pass finds nothing
 
     calls = []
-    fused_affine = stylegan.fused_affine
-    monkeypatch.setattr(stylegan, "fused_affine",
+    fused_affine = functional.adain_affine
+    monkeypatch.setattr(functional, "adain_affine",
                         lambda *a, **k: calls.append(tuple(a[0].shape)) or fused_affine(*a, **k))
     x, w = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
     _assert_same(model, before, (x, w))
