@@ -109,7 +109,11 @@ if __name__ == "__main__":
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU); on a shared "
+                        "machine 1 thread avoids OpenMP barriers waiting on descheduled threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         res = cuda_step_times(args.resolution or 256, args.batch or 8, rounds=args.rounds)
     else:
