@@ -5,8 +5,9 @@ Providers (the same weights, switched with Generator.set_impl):
     reference      adain_ext.reference.adain_affine: the oracle's math written out in PyTorch
     instance_norm  F.instance_norm(x) * scale + shift: what StyleGAN ports write
 
-CPU (pytest-benchmark, about a minute on 2 cores):
-    pytest benchmarks/bench_stylegan.py --benchmark-only --benchmark-group-by=group
+CPU (pytest-benchmark, well under a minute on 2 cores; report.py makes the table):
+    pytest benchmarks/bench_stylegan.py --benchmark-only --benchmark-json=out/stylegan.json
+    python benchmarks/report.py out/stylegan.json
 GPU check (256x256, batch 8, StyleGAN's channel counts), from a script or the command line:
     from benchmarks.bench_stylegan import cuda_step_times; print(cuda_step_times())
     python benchmarks/bench_stylegan.py --device cuda
@@ -88,8 +89,13 @@ def cuda_step_times(resolution: int = 256, batch: int = 8, warmup: int = 3,
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_stylegan_step_cpu(benchmark, impl):
+def bench_stylegan_step_cpu(benchmark, impl):
     benchmark.group = "stylegan step cpu {resolution}px batch {batch}".format(**CPU_CONFIG)
+    # The fields benchmarks/report.py tabulates (adain_ext = the fused provider).
+    res = CPU_CONFIG["resolution"]
+    benchmark.extra_info.update(provider="adain_ext" if impl == "fused" else impl,
+                                direction="generator fwd+bwd",
+                                shape=[CPU_CONFIG["batch"], 3, res, res])
     step = make_step(impl)
     step()  # warm-up outside the measurement
     benchmark.pedantic(step, rounds=5, iterations=1)
