@@ -163,11 +163,13 @@ def _as_statistic(t: torch.Tensor, N: int, C: int) -> torch.Tensor:
     return t.reshape(shape).expand(N, C, 1, 1).contiguous()
 
 
-def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto"):
-    """`F.instance_norm(x, eps=eps) * scale + shift`, fused when scale and shift are per (n, c).
+def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto", norm=None):
+    """`norm(x) * scale + shift`, fused when scale and shift are per (n, c); `norm` is the
+    nn.InstanceNorm2d module (affine=False) the expression used, or None for
+    F.instance_norm(x, eps=eps).
 
     What accelerate() puts in place of that expression. Anything else (spatial scale/shift as in
-    SPADE, 3-D input, Python numbers, 0-dim tensors) runs the original expression unchanged.
+    SPADE, unbatched 3-D input, Python numbers, 0-dim tensors) runs the original expression.
     The result has the dtype the original expression has (x's dtype promoted with scale's and
     shift's).
     """
@@ -177,7 +179,8 @@ def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto"):
         dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
         return functional.adain_affine(x.to(dtype), _as_statistic(shift, N, C),
                                        _as_statistic(scale, N, C), eps, False, backend=backend)
-    return F.instance_norm(x, eps=eps) * scale + shift
+    normalized = F.instance_norm(x, eps=eps) if norm is None else norm(x)
+    return normalized * scale + shift
 
 
 # Stay calls when a rewritten forward is read again (accelerate twice, a parent's deep trace).
@@ -273,8 +276,10 @@ def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: d
     done = []
     for norm, mul, add, x, scale, shift, eps in list(_match_modulations(root, graph)):
         with graph.inserting_before(add):
-            fused = graph.call_function(instance_norm_modulate, (x, scale, shift, eps),
-                                        {"backend": backend})
+            kwargs = {"backend": backend}
+            if norm.op == "call_module":
+                kwargs["norm"] = graph.get_attr(norm.target)
+            fused = graph.call_function(instance_norm_modulate, (x, scale, shift, eps), kwargs)
         add.replace_all_uses_with(fused)
         for dead in (add, mul, norm):
             graph.erase_node(dead)

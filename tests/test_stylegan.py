@@ -335,6 +335,11 @@ def test_instance_norm_modulate_broadcasts_and_falls_back():
     ones, zeros = torch.ones(2, 3, 1, 1), torch.zeros(2, 3, 1, 1)
     out = instance_norm_modulate(x.bfloat16(), ones, zeros, 1e-5)
     assert out.dtype == torch.float32
+    # unbatched (C, H, W) input through an InstanceNorm2d module: the module's own semantics
+    norm = nn.InstanceNorm2d(3)
+    scale, shift = torch.randn(2, 3, 1, 1, dtype=torch.float64).unbind(0)
+    torch.testing.assert_close(instance_norm_modulate(x[0], scale, shift, 1e-5, norm=norm),
+                               norm(x[0]) * scale + shift)
 
 
 def test_accelerate_under_autocast():
