@@ -27,6 +27,16 @@ from style_helpers import (random_decoder, random_image, random_vgg, torchvision
 BACKENDS = ["reference"] + (["cpp"] if adain_ext.HAS_CPP else [])
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these tiny convs gain nothing from more, and on a shared 2-core
+    machine oversubscribed threads make them 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def vgg():
     return random_vgg()

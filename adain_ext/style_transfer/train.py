@@ -274,6 +274,7 @@ def train(args) -> dict:
     for name, found in (("content_dir", content_paths), ("style_dir", style_paths)):
         if not found:
             raise UsageError(f"--{name} {getattr(args, name)} is missing or has no images")
+    torch.manual_seed(args.seed)  # the decoder's random init: the same in every process and run
     try:
         vgg = models.load_vgg(args.vgg)
         decoder = models.load_decoder(args.decoder) if args.decoder else models.decoder()
@@ -341,8 +342,8 @@ def train(args) -> dict:
             loss.backward()
             optimizer.step()
         done = it + 1
-        last = {"iteration": done, "loss_c": float(loss_c), "loss_s": float(loss_s)}
-        history.append(float(loss))
+        last = {"iteration": done, "loss_c": loss_c.item(), "loss_s": loss_s.item()}
+        history.append(loss.item())
         bar.update(1)
         if done % args.log_interval == 0 or done == args.max_iter:
             bar.set_postfix_str(f"loss_c {last['loss_c']:.3f} loss_s {last['loss_s']:.3f}")
