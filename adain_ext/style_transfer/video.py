@@ -49,7 +49,8 @@ def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=18, help="quality for libx264")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (default: on)")
     p.add_argument("--batch_size", type=int, default=4, help="frames stylized together")
     p.add_argument("--backend", default="auto", choices=["auto", "cpp", "triton", "reference"])
     p.add_argument("--no_progress", action="store_true")
@@ -83,7 +84,7 @@ def run(args) -> int:
     output = Path(args.output) if args.output else Path("output") / (
         f"{source.stem}_stylized_{'_'.join(s.stem for s in styles)}.mp4")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    channels_last = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    channels_last = args.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     try:
         net = StyleTransfer(models.load_vgg(args.vgg), models.load_decoder(args.decoder),
