@@ -40,7 +40,7 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 CPU_SIZE = int(os.environ.get("ADAIN_BENCH_CPU_SIZE", "256"))
 SHAPES = [(1, 512), (8, 512)] if CUDA else [(1, CPU_SIZE)]
-TRAIN_SHAPES = [(8, 256)] if CUDA else [(2, 128)]
+TRAIN_SHAPES = [(8, 256)] if CUDA else [(2, 64)]
 COMPILE = os.environ.get("ADAIN_BENCH_COMPILE") == "1"
 
 
