@@ -25,11 +25,19 @@ except ImportError as error:  # not built, or built against another torch
     )
 
 
+def _kernel_device_types() -> frozenset:
+    if not HAS_CPP:
+        return frozenset()
+    return frozenset(
+        device for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key("adain::_fused_forward", key)
+    )
+
+
+# Looked up once: torch.compile traces has_kernel() as a plain set lookup.
+KERNEL_DEVICE_TYPES = _kernel_device_types()
+
+
 def has_kernel(device_type: str) -> bool:
     """True when the compiled ops have kernels for this device type ("cpu" or "cuda")."""
-    if not HAS_CPP:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "adain::_fused_forward", key
-    )
+    return device_type in KERNEL_DEVICE_TYPES

@@ -1,30 +1,32 @@
-"""The `adain-ext` console script: a table of subcommands, each a `main(argv) -> int`.
-
-(Minimal version from the style-transfer branch; the lead's version adds `bench`.)
-"""
+"""The `adain-ext` console script: `adain-ext COMMAND [options]`."""
 from __future__ import annotations
 
+import importlib
 import sys
 
+# command -> (module, function, one-line help). Modules load only when their command runs.
+COMMANDS = {
+    "bench": ("adain_ext.bench", "main", "check the fused op and time it against its peers"),
+    "stylize": ("adain_ext.style_transfer.stylize", "main",
+                "stylize images (the PyTorch reference test.py options)"),
+    "video": ("adain_ext.style_transfer.video", "main", "stylize a video frame by frame (needs PyAV)"),
+    "train": ("adain_ext.style_transfer.train", "main",
+              "train a decoder (the reference train.py options; torchrun for DDP)"),
+}
 
-def _subcommands() -> dict:
-    from adain_ext.style_transfer.cli import SUBCOMMANDS
 
-    return dict(SUBCOMMANDS)
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    table = _subcommands()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in table:
-        lines = [f"  {name:<9} {help_}" for name, (_, help_) in table.items()]
-        print("usage: adain-ext <command> [options]\n\ncommands:\n" + "\n".join(lines),
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: adain-ext COMMAND [options]\n\ncommands:")
+        for name, (_, _, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"adain-ext: error: unknown command {argv[0]!r}", file=sys.stderr)
+            print(f"\nadain-ext: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
-        return 0 if argv else 2
-    return table[argv[0]][0](argv[1:])
+        return 0
+    module, function, _ = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), function)(argv[1:]) or 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+// adain::_affine_forward and adain::_affine_backward on CPU (adain::affine calls the forward).
+//
+// Per row, with L = H*W, D = L - 1 (unbiased) or L, x_hat = (x - mean_x) / std_x and target
+// statistics blended with the row's own by alpha (T = alpha * target + (1 - alpha) * own):
+//   forward   out = T_std * x_hat + T_mean, applied as (T_std / std_x) * (x - mean_x) + T_mean;
+//   backward  with sg = sum(g), sgx = sum(g * x_hat) and k = T_std / std_x,
+//             grad_x = k * g + ((1 - alpha) - k) * (sgx / D * x_hat + sg / L),
+//             grad_mean = alpha * sg, grad_std = alpha * sgx.
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "cpu/kernels.h"
+#include "cpu/row_kernels.h"
+
+namespace adain::cpu {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& x_in,
+                                                              const at::Tensor& mean,
+                                                              const at::Tensor& std, double alpha,
+                                                              double eps, bool unbiased) {
+  check_affine(x_in, mean, std, unbiased);
+  check_eps(eps);
+  auto [x, layout] = canonical_layout(x_in);
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor out = at::empty_like(x, x.options(), memory_format_of(layout));
+  at::Tensor x_mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
+  at::Tensor x_std = at::empty_like(x_mean);
+  if (out.numel() == 0) return {out, x_mean, x_std};
+  const Geometry geo = geometry_of(x, layout);
+  const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_affine_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t a_ = static_cast<acc_t>(alpha), eps_ = static_cast<acc_t>(eps);
+    const acc_t* tm = target_mean.const_data_ptr<acc_t>();
+    const acc_t* ts = target_std.const_data_ptr<acc_t>();
+    acc_t* mean_out = x_mean.mutable_data_ptr<acc_t>();
+    acc_t* std_out = x_std.mutable_data_ptr<acc_t>();
+    std::vector<acc_t> scale(geo.N * geo.C), shift(geo.N * geo.C);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    welford_then_map(
+        geo, xp,
+        [&](int64_t row, const WelfordState<acc_t>& s) {
+          const acc_t sd = std::sqrt(s.m2 / variance_divisor<acc_t>(s.count, unbiased) + eps_);
+          mean_out[row] = s.mean;
+          std_out[row] = sd;
+          // alpha == 1 skips the blend so that an Inf/NaN row statistic is not multiplied by 0.
+          const acc_t t_mean = a_ == 1 ? tm[row] : a_ * tm[row] + (1 - a_) * s.mean;
+          const acc_t t_std = a_ == 1 ? ts[row] : a_ * ts[row] + (1 - a_) * sd;
+          scale[row] = t_std / sd;
+          shift[row] = t_mean;
+        },
+        [&](int64_t u, int64_t b, int64_t e) {
+          map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, nullptr, scale.data(), shift.data(),
+                             mean_out);
+        });
+  });
+  return {out, x_mean, x_std};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& x_mean,
+    const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased) {
+  auto [x, layout] = canonical_layout(x_in);
+  const at::Tensor g = grad_out.to(x.scalar_type()).contiguous(memory_format_of(layout));
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor grad_x = at::empty_like(x, x.options(), memory_format_of(layout));
+  at::Tensor grad_mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
+  at::Tensor grad_std = at::empty_like(grad_mean);
+  if (grad_x.numel() == 0) return {grad_x, grad_mean, grad_std};
+  const Geometry geo = geometry_of(x, layout);
+  const at::Tensor m = flat_stat(x_mean, acc), sd = flat_stat(x_std, acc);
+  const at::Tensor ts = flat_stat(std, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_affine_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t a_ = static_cast<acc_t>(alpha);
+    const acc_t L = static_cast<acc_t>(geo.L), D = variance_divisor<acc_t>(geo.L, unbiased);
+    const acc_t* mp = m.const_data_ptr<acc_t>();
+    const acc_t* sdp = sd.const_data_ptr<acc_t>();
+    const acc_t* tsp = ts.const_data_ptr<acc_t>();
+    acc_t* gmean = grad_mean.mutable_data_ptr<acc_t>();
+    acc_t* gstd = grad_std.mutable_data_ptr<acc_t>();
+    const int64_t rows = geo.N * geo.C, C = geo.C, Lr = geo.L;
+    std::vector<acc_t> k(rows), p(rows), q(rows);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
+    reduce_then_map<GradSums<acc_t>>(
+        geo,
+        [&](int64_t u, int64_t b, int64_t e, GradSums<acc_t>* sums) {
+          if (geo.layout == Layout::Contiguous) {
+            sums[0] = grad_sums_merge(
+                sums[0], grad_sums_contiguous(gp + u * Lr + b, xp + u * Lr + b, e - b, mp[u]));
+          } else {
+            grad_sums_channels_last(gp + u * Lr * C, xp + u * Lr * C, C, b, e, mp + u * C, sums);
+          }
+        },
+        [](const GradSums<acc_t>& a, const GradSums<acc_t>& b) { return grad_sums_merge(a, b); },
+        [&](int64_t row, const GradSums<acc_t>& s) {
+          const acc_t rstd = 1 / sdp[row];
+          const acc_t sgx = s.sum_g_dev * rstd;
+          const acc_t t_std = a_ == 1 ? tsp[row] : a_ * tsp[row] + (1 - a_) * sdp[row];
+          const acc_t kr = t_std * rstd, w = (1 - a_) - kr;
+          // w * (sgx / D * (x - mean) * rstd + sg / L) = p * (x - mean) + q
+          k[row] = kr;
+          p[row] = w * sgx * rstd / D;
+          q[row] = w * s.sum_g / L;
+          gmean[row] = a_ * s.sum_g;
+          gstd[row] = a_ * sgx;
+        },
+        [&](int64_t u, int64_t b, int64_t e) {
+          map_unit<scalar_t>(geo, u, b, e, out, xp, gp, k.data(), p.data(), q.data(), mp);
+        });
+  });
+  return {grad_x, grad_mean, grad_std};
+}
+
+}  // namespace adain::cpu
+
+TORCH_LIBRARY_IMPL(adain, CPU, m) {
+  m.impl("_affine_forward", &adain::cpu::affine_forward);
+  m.impl("_affine_backward", &adain::cpu::affine_backward);
+}

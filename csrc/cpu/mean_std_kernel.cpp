@@ -1,0 +1,77 @@
+// adain::mean_std and adain::_mean_std_backward on CPU.
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "cpu/kernels.h"
+#include "cpu/row_kernels.h"
+
+namespace adain::cpu {
+
+std::tuple<at::Tensor, at::Tensor> row_mean_std(const at::Tensor& x_in, double eps, bool unbiased) {
+  auto [x, layout] = canonical_layout(x_in);
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
+  at::Tensor std = at::empty_like(mean);
+  if (mean.numel() == 0) return {mean, std};
+  const Geometry geo = geometry_of(x, layout);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_mean_std_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    acc_t* mean_out = mean.data_ptr<acc_t>();
+    acc_t* std_out = std.data_ptr<acc_t>();
+    welford_then_map(
+        geo, x.const_data_ptr<scalar_t>(),
+        [&](int64_t row, const WelfordState<acc_t>& s) {
+          mean_out[row] = s.mean;
+          std_out[row] = std::sqrt(s.m2 / variance_divisor<acc_t>(s.count, unbiased) +
+                                   static_cast<acc_t>(eps));
+        },
+        [](int64_t, int64_t, int64_t) {});
+  });
+  return {mean, std};
+}
+
+std::tuple<at::Tensor, at::Tensor> mean_std(const at::Tensor& x, double eps, bool unbiased) {
+  check_features(x, "x", unbiased);
+  check_eps(eps);
+  auto [mean, std] = row_mean_std(x, eps, unbiased);
+  const int64_t N = x.size(0), C = x.size(1);
+  return {mean.to(x.scalar_type()).view({N, C, 1, 1}), std.to(x.scalar_type()).view({N, C, 1, 1})};
+}
+
+// grad_x = grad_mean / L + grad_std * (x - mean) / (D * std): one map per row, p * (x - mean) + q.
+at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
+                             const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& std,
+                             bool unbiased) {
+  auto [x, layout] = canonical_layout(x_in);
+  at::Tensor grad_x = at::empty_like(x, x.options(), memory_format_of(layout));
+  if (grad_x.numel() == 0) return grad_x;
+  const Geometry geo = geometry_of(x, layout);
+  const auto acc = acc_dtype(x.scalar_type());
+  const at::Tensor gm = flat_stat(grad_mean, acc), gs = flat_stat(grad_std, acc);
+  const at::Tensor m = flat_stat(mean, acc), sd = flat_stat(std, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_mean_std_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const int64_t rows = geo.N * geo.C;
+    std::vector<acc_t> p(rows), q(rows);
+    const acc_t L = static_cast<acc_t>(geo.L), D = variance_divisor<acc_t>(geo.L, unbiased);
+    for (int64_t r = 0; r < rows; ++r) {
+      p[r] = gs.const_data_ptr<acc_t>()[r] / (D * sd.const_data_ptr<acc_t>()[r]);
+      q[r] = gm.const_data_ptr<acc_t>()[r] / L;
+    }
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
+    map_units(geo, [&](int64_t u, int64_t b, int64_t e) {
+      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, nullptr, p.data(), q.data(),
+                         m.const_data_ptr<acc_t>());
+    });
+  });
+  return grad_x;
+}
+
+}  // namespace adain::cpu
+
+TORCH_LIBRARY_IMPL(adain, CPU, m) {
+  m.impl("mean_std", &adain::cpu::mean_std);
+  m.impl("_mean_std_backward", &adain::cpu::mean_std_backward);
+}

@@ -1,0 +1,387 @@
+// What the CPU kernels of every op share: per-row reductions (Welford statistics, gradient sums)
+// and per-row affine maps, for contiguous rows and for channels_last images, plus one driver that
+// parallelises "reduce every row, then map every row" over both layouts.
+//
+// A "row" is one (n, c) plane of H*W = L elements. In contiguous tensors a row is contiguous; in
+// channels_last tensors image n is an (L, C) matrix and a row is one of its columns, so those
+// kernels vectorise across channels instead.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+#include "welford.h"
+
+namespace adain::cpu {
+
+// Elements per centred chunk: 8 KiB of fp32 stays in L1 between the chunk's two sweeps (mean,
+// then squared deviations from that mean), so statistics read memory once yet never use the
+// cancellation-prone sum-of-squares formula.
+constexpr int64_t kChunk = 2048;
+// A task smaller than this costs more to schedule than to run.
+constexpr int64_t kMinTaskElements = 16384;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename acc_t>
+struct GradSums {
+  acc_t sum_g = 0;         // sum(g)
+  acc_t sum_g_dev = 0;     // sum(g * (x - mean))
+};
+
+template <typename acc_t>
+inline GradSums<acc_t> grad_sums_merge(const GradSums<acc_t>& a, const GradSums<acc_t>& b) {
+  return {a.sum_g + b.sum_g, a.sum_g_dev + b.sum_g_dev};
+}
+
+// out = k * g + p * (x - m) + q per row (g is absent when k is unused). Centring on the row mean
+// m before scaling keeps large-mean rows accurate: a * x + b would cancel two terms of size
+// |a * mean| in fp32.
+template <typename acc_t>
+struct RowCoef {
+  acc_t k = 0, p = 0, q = 0, m = 0;
+};
+
+// ---- Loading and storing in the accumulation dtype: 16-bit types go through a float buffer.
+
+template <typename scalar_t, typename acc_t>
+inline const acc_t* load_acc(const scalar_t* src, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    at::vec::convert(src, buf, n);
+    return buf;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void store_acc(const acc_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) at::vec::convert(src, dst, n);
+}
+
+// Where a map writes its acc_t results: straight into the output, or a buffer to convert from.
+template <typename scalar_t, typename acc_t>
+inline acc_t* out_acc(scalar_t* dst, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return dst;
+  } else {
+    return buf;
+  }
+}
+
+// ---- Contiguous rows.
+
+// Sums f(x[i]) over a chunk with four independent vector accumulators: one accumulator would make
+// every add wait for the previous one (4-cycle latency), halving throughput on rows in L1.
+template <typename acc_t, typename F>
+inline acc_t sum_over(const acc_t* x, int64_t n, F f) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  Vec a0(0), a1(0), a2(0), a3(0);
+  int64_t i = 0;
+  for (; i + 4 * V <= n; i += 4 * V) {
+    a0 += f(Vec::loadu(x + i));
+    a1 += f(Vec::loadu(x + i + V));
+    a2 += f(Vec::loadu(x + i + 2 * V));
+    a3 += f(Vec::loadu(x + i + 3 * V));
+  }
+  for (; i + V <= n; i += V) a0 += f(Vec::loadu(x + i));
+  if (i < n) a1 += Vec::set(Vec(0), f(Vec::loadu(x + i, n - i)), n - i);  // tail lanes only
+  return at::vec::vec_reduce_all<acc_t>([](Vec a, Vec b) { return a + b; }, (a0 + a1) + (a2 + a3));
+}
+
+template <typename acc_t>
+inline WelfordState<acc_t> chunk_welford(const acc_t* x, int64_t n) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const acc_t mean = sum_over(x, n, [](Vec v) { return v; }) / static_cast<acc_t>(n);
+  const Vec m(mean);
+  const acc_t m2 = sum_over(x, n, [m](Vec v) {
+    const Vec d = v - m;
+    return d * d;
+  });
+  return {mean, m2, n};
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+WelfordState<acc_t> welford_contiguous(const scalar_t* x, int64_t n) {
+  acc_t buf[kChunk];
+  WelfordState<acc_t> state;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    state = welford_merge(state, chunk_welford(load_acc(x + i, len, buf), len));
+  }
+  return state;
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64_t n, acc_t mean) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  acc_t gbuf[kChunk], xbuf[kChunk];
+  const Vec m(mean);
+  GradSums<acc_t> sums;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    const acc_t* gc = load_acc(g + i, len, gbuf);
+    const acc_t* xc = load_acc(x + i, len, xbuf);
+    // One sweep for both sums, two accumulators each (see sum_over).
+    Vec sg0(0), sg1(0), sd0(0), sd1(0);
+    int64_t j = 0;
+    for (; j + 2 * V <= len; j += 2 * V) {
+      const Vec g0 = Vec::loadu(gc + j), g1 = Vec::loadu(gc + j + V);
+      sg0 += g0;
+      sg1 += g1;
+      sd0 = at::vec::fmadd(g0, Vec::loadu(xc + j) - m, sd0);
+      sd1 = at::vec::fmadd(g1, Vec::loadu(xc + j + V) - m, sd1);
+    }
+    const auto add = [](Vec a, Vec b) { return a + b; };
+    acc_t sum_g = at::vec::vec_reduce_all<acc_t>(add, sg0 + sg1);
+    acc_t sum_dev = at::vec::vec_reduce_all<acc_t>(add, sd0 + sd1);
+    for (; j < len; ++j) {
+      sum_g += gc[j];
+      sum_dev += gc[j] * (xc[j] - mean);
+    }
+    sums.sum_g += sum_g;
+    sums.sum_g_dev += sum_dev;
+  }
+  return sums;
+}
+
+// out = k * g + p * (x - m) + q; g may be null (then k is ignored).
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t n,
+                    RowCoef<acc_t> c) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  acc_t xbuf[kChunk], gbuf[kChunk], obuf[kChunk];
+  const Vec k(c.k), p(c.p), q(c.q), m(c.m);
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    const acc_t* xc = load_acc(x + i, len, xbuf);
+    acc_t* oc = out_acc(out + i, obuf);
+    if (g == nullptr) {
+      at::vec::map([&](Vec xv) { return at::vec::fmadd(p, xv - m, q); }, oc, xc, len);
+    } else {
+      const acc_t* gc = load_acc(g + i, len, gbuf);
+      at::vec::map2([&](Vec gv, Vec xv) { return at::vec::fmadd(k, gv, at::vec::fmadd(p, xv - m, q)); },
+                    oc, gc, xc, len);
+    }
+    store_acc(oc, out + i, len);
+  }
+}
+
+// ---- channels_last images: positions [begin, end) of image n, all C channels at once.
+// Loops run over channels with full vectors and one partial vector (loadu/store with a count).
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void welford_channels_last(const scalar_t* image, int64_t C, int64_t begin, int64_t end,
+                           WelfordState<acc_t>* states) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  // Chunks of positions small enough to stay in L1/L2 between their two sweeps.
+  const int64_t positions = std::max<int64_t>(1, kChunk / C);
+  std::vector<acc_t> buf(C), sum(C), m2(C);
+  for (int64_t p0 = begin; p0 < end; p0 += positions) {
+    const int64_t p1 = std::min(end, p0 + positions);
+    const acc_t inv = acc_t(1) / static_cast<acc_t>(p1 - p0);
+    std::fill(sum.begin(), sum.end(), acc_t(0));
+    std::fill(m2.begin(), m2.end(), acc_t(0));
+    for (int64_t pos = p0; pos < p1; ++pos) {
+      const acc_t* xr = load_acc(image + pos * C, C, buf.data());
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t w = std::min(V, C - c);
+        (Vec::loadu(sum.data() + c, w) + Vec::loadu(xr + c, w)).store(sum.data() + c, w);
+      }
+    }
+    for (int64_t pos = p0; pos < p1; ++pos) {
+      const acc_t* xr = load_acc(image + pos * C, C, buf.data());
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t w = std::min(V, C - c);
+        const Vec d = Vec::loadu(xr + c, w) - Vec::loadu(sum.data() + c, w) * Vec(inv);
+        (Vec::loadu(m2.data() + c, w) + d * d).store(m2.data() + c, w);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      states[c] = welford_merge(states[c], WelfordState<acc_t>{sum[c] * inv, m2[c], p1 - p0});
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, int64_t C,
+                             int64_t begin, int64_t end, const acc_t* mean, GradSums<acc_t>* sums) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  std::vector<acc_t> gbuf(C), xbuf(C), sg(C, 0), sgd(C, 0);
+  for (int64_t pos = begin; pos < end; ++pos) {
+    const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
+    const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
+    for (int64_t c = 0; c < C; c += V) {
+      const int64_t w = std::min(V, C - c);
+      const Vec gv = Vec::loadu(gr + c, w);
+      const Vec dev = Vec::loadu(xr + c, w) - Vec::loadu(mean + c, w);
+      (Vec::loadu(sg.data() + c, w) + gv).store(sg.data() + c, w);
+      at::vec::fmadd(gv, dev, Vec::loadu(sgd.data() + c, w)).store(sgd.data() + c, w);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) sums[c] = grad_sums_merge(sums[c], {sg[c], sgd[c]});
+}
+
+// coefs holds, per channel, k (C values), then p, then q, then m: vectors load them directly.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scalar_t* g_image,
+                       int64_t C, int64_t begin, int64_t end, const acc_t* coefs) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  std::vector<acc_t> xbuf(C), gbuf(C), obuf(C);
+  const acc_t *k = coefs, *p = coefs + C, *q = coefs + 2 * C, *m = coefs + 3 * C;
+  for (int64_t pos = begin; pos < end; ++pos) {
+    const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
+    const acc_t* gr = g_image ? load_acc(g_image + pos * C, C, gbuf.data()) : nullptr;
+    acc_t* orow = out_acc(out_image + pos * C, obuf.data());
+    for (int64_t c = 0; c < C; c += V) {
+      const int64_t w = std::min(V, C - c);
+      const Vec centred = Vec::loadu(xr + c, w) - Vec::loadu(m + c, w);
+      Vec y = at::vec::fmadd(Vec::loadu(p + c, w), centred, Vec::loadu(q + c, w));
+      if (gr) y = at::vec::fmadd(Vec::loadu(k + c, w), Vec::loadu(gr + c, w), y);
+      y.store(orow + c, w);
+    }
+    store_acc(orow, out_image + pos * C, C);
+  }
+}
+
+// ---- The driver.
+//
+// Work is split into "units" (a contiguous row, or a whole channels_last image) and, when units
+// are too few to keep every thread busy, each unit into segments whose partial states are merged.
+// With one segment per unit the reduction, the coefficients and the map of a unit run in the same
+// task, so the unit is re-read from cache rather than memory.
+struct Geometry {
+  Layout layout;
+  int64_t N, C, L;
+  int64_t units() const { return layout == Layout::Contiguous ? N * C : N; }
+  int64_t unit_elements() const { return layout == Layout::Contiguous ? L : L * C; }
+  int64_t segments() const {
+    const int64_t threads = at::get_num_threads();
+    if (threads <= 1 || units() >= 2 * threads) return 1;
+    const int64_t wanted = (2 * threads + units() - 1) / units();
+    const int64_t most = std::max<int64_t>(1, unit_elements() / kMinTaskElements);
+    return std::max<int64_t>(1, std::min(wanted, std::min(most, L)));
+  }
+  std::pair<int64_t, int64_t> segment_range(int64_t s, int64_t S) const {  // along L
+    return {L * s / S, L * (s + 1) / S};
+  }
+  int64_t grain(int64_t tasks) const {
+    const int64_t per_task = unit_elements();
+    return std::max<int64_t>(1, std::min(tasks, kMinTaskElements / std::max<int64_t>(1, per_task)));
+  }
+};
+
+// map(unit, begin, end) over every unit, split like reduce_then_map splits it.
+template <typename Map>
+void map_units(const Geometry& geo, Map map) {
+  const int64_t units = geo.units(), S = geo.segments();
+  at::parallel_for(0, units * S, S == 1 ? geo.grain(units) : 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const auto [b, e] = geo.segment_range(t % S, S);
+      map(t / S, b, e);
+    }
+  });
+}
+
+// Reduces every row to a State, then calls finish(row, state) once per row (which stores the
+// row's coefficients), then map(unit, begin, end) over every unit. The callbacks:
+//   reduce_rows(unit, begin, end, State* out): merge the states of `unit`'s rows over positions
+//     [begin, end) into out (one State for a contiguous row, C States for a channels_last image);
+//   merge(State, State) -> State;  finish(row, const State&);  map(unit, begin, end).
+template <typename State, typename Reduce, typename Merge, typename Finish, typename Map>
+void reduce_then_map(const Geometry& geo, Reduce reduce_rows, Merge merge, Finish finish, Map map) {
+  const int64_t units = geo.units(), S = geo.segments(), L = geo.L;
+  const int64_t rows_per_unit = geo.layout == Layout::Contiguous ? 1 : geo.C;
+  if (S == 1) {
+    at::parallel_for(0, units, geo.grain(units), [&](int64_t begin, int64_t end) {
+      std::vector<State> states(rows_per_unit);
+      for (int64_t u = begin; u < end; ++u) {
+        std::fill(states.begin(), states.end(), State{});
+        reduce_rows(u, 0, L, states.data());
+        for (int64_t r = 0; r < rows_per_unit; ++r) finish(u * rows_per_unit + r, states[r]);
+        map(u, 0, L);
+      }
+    });
+    return;
+  }
+  std::vector<State> partial(units * S * rows_per_unit);
+  at::parallel_for(0, units * S, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const auto [b, e] = geo.segment_range(t % S, S);
+      reduce_rows(t / S, b, e, partial.data() + t * rows_per_unit);
+    }
+  });
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      for (int64_t r = 0; r < rows_per_unit; ++r) {
+        State state{};
+        for (int64_t s = 0; s < S; ++s) state = merge(state, partial[(u * S + s) * rows_per_unit + r]);
+        finish(u * rows_per_unit + r, state);
+      }
+    }
+  });
+  map_units(geo, map);
+}
+
+// Welford statistics of every row of x (a tensor in `geo`'s layout), handed to finish(row, state).
+template <typename scalar_t, typename Finish, typename Map>
+void welford_then_map(const Geometry& geo, const scalar_t* x, Finish finish, Map map) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t L = geo.L, C = geo.C;
+  reduce_then_map<WelfordState<acc_t>>(
+      geo,
+      [&](int64_t u, int64_t b, int64_t e, WelfordState<acc_t>* out) {
+        if (geo.layout == Layout::Contiguous) {
+          out[0] = welford_merge(out[0], welford_contiguous(x + u * L + b, e - b));
+        } else {
+          welford_channels_last(x + u * L * C, C, b, e, out);
+        }
+      },
+      [](const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) { return welford_merge(a, b); },
+      finish, map);
+}
+
+// Applies out = k*g + p*(x - m) + q to positions [b, e) of unit u, with per-row coefficients
+// held as four N*C arrays (k may be null when g is).
+template <typename scalar_t>
+void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* out,
+              const scalar_t* x, const scalar_t* g, const acc_type<scalar_t>* k,
+              const acc_type<scalar_t>* p, const acc_type<scalar_t>* q,
+              const acc_type<scalar_t>* m) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t L = geo.L, C = geo.C;
+  if (geo.layout == Layout::Contiguous) {
+    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b,
+                   RowCoef<acc_t>{k ? k[u] : acc_t(0), p[u], q[u], m[u]});
+    return;
+  }
+  // map_channels_last wants image u's k, p, q, m side by side.
+  std::vector<acc_t> coefs(4 * C, acc_t(0));
+  for (int64_t c = 0; c < C; ++c) {
+    if (k) coefs[c] = k[u * C + c];
+    coefs[C + c] = p[u * C + c];
+    coefs[2 * C + c] = q[u * C + c];
+    coefs[3 * C + c] = m[u * C + c];
+  }
+  const int64_t offset = u * L * C;
+  map_channels_last(out + offset, x + offset, g ? g + offset : nullptr, C, b, e, coefs.data());
+}
+
+inline Geometry geometry_of(const at::Tensor& x, Layout layout) {
+  return {layout, x.size(0), x.size(1), x.size(2) * x.size(3)};
+}
+
+}  // namespace adain::cpu

@@ -1,0 +1,132 @@
+"""Bad input gets a clear error naming the problem, from every backend and from torch.ops."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import adain_ext
+
+BACKENDS = ["cpp", "reference"] if adain_ext.HAS_CPP else ["reference"]
+
+good = torch.randn(2, 3, 4, 4)
+
+
+def _bad_adain_calls():
+    """(description, kwargs for adain, expected error, message fragment)."""
+    return [
+        ("rank", dict(content=torch.randn(3, 4, 4), style=good), ValueError,
+         "content must be a 4-D (N, C, H, W) tensor, got 3-D"),
+        ("style rank", dict(content=good, style=torch.randn(2, 3, 16)), ValueError,
+         "style must be a 4-D"),
+        ("N/C mismatch", dict(content=good, style=torch.randn(2, 5, 4, 4)), ValueError,
+         "style must have the same N and C as content (got 2x3 and 2x5)"),
+        ("integer", dict(content=good.long(), style=good.long()), TypeError,
+         "content must be float16, bfloat16, float32 or float64"),
+        ("bool", dict(content=good > 0, style=good > 0), TypeError,
+         "content must be float16, bfloat16, float32 or float64"),
+        ("complex", dict(content=good.to(torch.complex64), style=good.to(torch.complex64)),
+         TypeError, "content must be float16, bfloat16, float32 or float64"),
+        ("dtype mismatch", dict(content=good, style=good.double()), TypeError,
+         "must match content dtype"),
+        ("H*W < 2", dict(content=torch.randn(2, 3, 1, 1), style=good), ValueError,
+         "unbiased variance needs H*W >= 2"),
+        ("H*W = 0", dict(content=torch.randn(2, 3, 0, 4), style=good, unbiased=False), ValueError,
+         "H*W = 0"),
+        ("negative eps", dict(content=good, style=good, eps=-1.0), ValueError,
+         "eps must be >= 0, got -1"),
+        ("NaN eps", dict(content=good, style=good, eps=float("nan")), ValueError,
+         "eps must be >= 0"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call", _bad_adain_calls(), ids=lambda c: c[0])
+def test_adain_rejects_bad_input(call, backend):
+    _, kwargs, error, fragment = call
+    with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        adain_ext.adain(**kwargs, backend=backend)
+
+
+@pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
+@pytest.mark.parametrize("call", _bad_adain_calls(), ids=lambda c: c[0])
+def test_torch_ops_fused_rejects_bad_input(call):
+    _, kwargs, error, fragment = call
+    args = (kwargs["content"], kwargs["style"], 1.0, kwargs.get("eps", 1e-5), kwargs.get("unbiased", True))
+    with pytest.raises(error, match="adain: "):
+        torch.ops.adain.fused(*args)
+
+
+def test_h_times_w_of_one_is_fine_with_biased_statistics():
+    x = torch.randn(2, 3, 1, 1)
+    for backend in BACKENDS:
+        out = adain_ext.adain(x, x, unbiased=False, backend=backend)
+        assert out.isfinite().all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "stat_shapes,fragment",
+    [(((2, 3, 1), (2, 3)), "mean must have shape (N, C) or (N, C, 1, 1) = (2, 3), got [2, 3, 1]"),
+     (((2, 3), (3, 2)), "std must have shape (N, C) or (N, C, 1, 1) = (2, 3), got [3, 2]"),
+     (((1, 3), (2, 3)), "mean must have shape")],
+)
+def test_affine_rejects_statistics_of_the_wrong_shape(stat_shapes, fragment, backend):
+    mean, std = (torch.rand(s) + 0.5 for s in stat_shapes)
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        adain_ext.adain_affine(good, mean, std, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_affine_rejects_integer_statistics(backend):
+    with pytest.raises(TypeError, match="mean must be float16"):
+        adain_ext.adain_affine(good, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mean_std_rejects_bad_input(backend):
+    with pytest.raises(ValueError, match="x must be a 4-D"):
+        adain_ext.mean_std(torch.randn(4, 4), backend=backend)
+    with pytest.raises(ValueError, match="unbiased variance needs H\\*W >= 2"):
+        adain_ext.mean_std(torch.randn(1, 2, 1, 1), backend=backend)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        adain_ext.adain(good, good, backend="cuda")
+
+
+def test_import_without_the_extension_warns_and_falls_back(tmp_path):
+    """A missing compiler at install time never breaks users: import works, warns once, and
+    backend='auto' runs the reference."""
+    script = (
+        "import sys, warnings\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'adain_ext._C': raise ImportError('simulated: not built')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch, adain_ext\n"
+        "assert not adain_ext.HAS_CPP\n"
+        "assert sum('falls back to the pure-PyTorch reference' in str(w.message) for w in caught) == 1\n"
+        "x = torch.randn(2, 3, 5, 5)\n"
+        "assert adain_ext.resolve_backend('auto', x.device) == 'reference'\n"
+        "torch.testing.assert_close(adain_ext.adain(x, x * 2 + 1), adain_ext.reference.adain(x, x * 2 + 1))\n"
+        "try:\n"
+        "    adain_ext.adain(x, x, backend='cpp')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'simulated: not built' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('backend=cpp should fail without the extension')\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
