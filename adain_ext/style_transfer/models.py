@@ -45,6 +45,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+WEIGHTS_HINT = ("the published vgg_normalised.pth and decoder.pth are not downloaded by this "
+                "package: get them from the naoto0804/pytorch-AdaIN release (or convert Xun Huang's "
+                "original Torch7 models) and pass --vgg/--decoder; see README.md, 'Style transfer'")
+
+
 class WeightsError(ValueError):
     """A weights file that does not fit the network; the message names every problem."""
 
@@ -129,7 +134,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a `.pth`/`.pt`/`.tar` (torch.load, weights_only) or `.safetensors` file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"weights file not found: {path} ({WEIGHTS_HINT})")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
