@@ -88,6 +88,7 @@ def _run(benchmark, fn, rounds):
 def test_stylize(benchmark, weights, provider, shape):
     batch, size = shape
     benchmark.group = f"stylize {DEVICE.type} {batch}x{size}"
+    benchmark.extra_info.update(task="stylize", provider=provider, shape=[batch, size])
     vgg, dec = (copy.deepcopy(m).to(DEVICE) for m in weights)
     g = torch.Generator().manual_seed(0)
     content = torch.rand(batch, 3, size, size, generator=g).to(DEVICE)
@@ -125,6 +126,7 @@ def test_stylize(benchmark, weights, provider, shape):
 def test_train_step(benchmark, weights, provider, shape):
     batch, size = shape
     benchmark.group = f"train-step {DEVICE.type} {batch}x{size}"
+    benchmark.extra_info.update(task="train-step", provider=provider, shape=[batch, size])
     vgg, dec = (copy.deepcopy(m).to(DEVICE) for m in weights)
     vgg = vgg[:31]
     g = torch.Generator().manual_seed(0)

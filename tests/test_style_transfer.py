@@ -4,6 +4,7 @@ Training, DDP and resume live in test_style_train.py; video in test_style_video.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -165,6 +166,19 @@ def test_pipeline_matches_the_reference(vgg, dec, backend, alpha):
         ours = _net(vgg, dec, backend)(content, style, alpha)
         ref = reference_style_transfer(reference_encoder(vgg), dec, content, style, alpha)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_stays_close_to_fp32(vgg, dec, dtype):
+    content, style = random_image(32, 40, 30)[None], random_image(32, 32, 31)[None]
+    net = _net(vgg, dec)
+    with torch.inference_mode():
+        full = net(content, style)
+        half = StyleTransfer(*(copy.deepcopy(m).to(dtype) for m in (vgg, dec))).eval().to(
+            memory_format=torch.channels_last)(content.to(dtype).contiguous(
+                memory_format=torch.channels_last), style.to(dtype))
+    assert half.dtype == dtype and half.shape == full.shape
+    assert (half.float() - full).abs().mean() < 0.03 * full.abs().mean()
 
 
 def test_batched_stylize_uses_cached_stats(vgg, dec):
