@@ -33,7 +33,11 @@ with warnings.catch_warnings():
     import adain_ext  # noqa: F401
 from adain_ext.style_transfer import models
 from adain_ext.style_transfer.network import StyleTransfer
-from adain_ext.style_transfer.reference import ReferenceNet, reference_encoder, reference_style_transfer
+from adain_ext.style_transfer.reference import (
+    ReferenceNet,
+    reference_encoder,
+    reference_style_transfer,
+)
 from adain_ext.style_transfer.train import AdaINLoss
 
 CUDA = torch.cuda.is_available()

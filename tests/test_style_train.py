@@ -1,6 +1,7 @@
 """`adain-ext train`: the losses learn, DDP equals one process, a killed run resumes exactly."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -17,8 +18,9 @@ pytest.importorskip("PIL", reason="the style-transfer tests need Pillow (pip ins
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import adain_ext  # noqa: F401
-from adain_ext.style_transfer import models, train
 from style_helpers import random_image, random_vgg, write_png
+
+from adain_ext.style_transfer import models, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,7 @@ def test_a_few_steps_reduce_the_loss(data, tmp_path):
     with pytest.warns(RuntimeWarning, match="skipping unreadable training image"):
         result = train.train(args)
     history = result["history"]
-    assert len(history) == 24 and all(h == h for h in history)
+    assert len(history) == 24 and all(math.isfinite(h) for h in history)
     assert sum(history[-4:]) / 4 < 0.7 * sum(history[:4]) / 4, history
     # Checkpoints and decoder files in the published layout, loadable by stylize.
     assert (tmp_path / "checkpoint.pt").is_file()
@@ -126,7 +128,8 @@ def test_ddp_two_processes_equal_one(data, tmp_path):
     train.train(train.build_parser().parse_args(_argv(data, tmp_path / "one", *steps)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "adain_ext.cli", "train", *_argv(data, tmp_path / "two", *steps)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240, cwd=ROOT)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)

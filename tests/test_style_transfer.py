@@ -17,13 +17,19 @@ pytest.importorskip("PIL", reason="the style-transfer tests need Pillow (pip ins
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the "compiled extension missing" warning, if any
     import adain_ext
+from style_helpers import (
+    random_decoder,
+    random_image,
+    random_vgg,
+    torchvision_vgg19_state,
+    write_png,
+)
+
 from adain_ext import reference as ref_ops
 from adain_ext.style_transfer import images, models
 from adain_ext.style_transfer import stylize as stylize_cli
 from adain_ext.style_transfer.network import StyleTransfer, coral, mix_stats, normalize_weights
 from adain_ext.style_transfer.reference import reference_encoder, reference_style_transfer
-from style_helpers import (random_decoder, random_image, random_vgg, torchvision_vgg19_state,
-                           write_png)
 
 BACKENDS = ["reference"] + (["cpp"] if adain_ext.HAS_CPP else [])
 

@@ -14,10 +14,11 @@ pytest.importorskip("PIL", reason="the style-transfer tests need Pillow (pip ins
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import adain_ext  # noqa: F401
+from style_helpers import random_decoder, random_image, random_vgg, write_png
+
 from adain_ext.cli import main
 from adain_ext.style_transfer import models
 from adain_ext.style_transfer.network import StyleTransfer
-from style_helpers import random_decoder, random_image, random_vgg, write_png
 
 FRAMES, FPS, H, W = 6, 12, 40, 48
 

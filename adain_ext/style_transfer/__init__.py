@@ -9,9 +9,17 @@ Command line: `adain-ext stylize`, `adain-ext video`, `adain-ext train` (see REA
 subcommand is the `main(argv)` of its module here, listed in adain_ext/cli.py.
 Images need Pillow; video needs PyAV; both come with `pip install 'adain_ext[style]'`/`[video]`.
 """
-from adain_ext.style_transfer.models import (Encoder, WeightsError, decoder, load_decoder, load_vgg,
-                                             read_state_dict, torchvision_vgg19_to_normalised,
-                                             vgg_normalised, write_state_dict)
+from adain_ext.style_transfer.models import (
+                                             Encoder,
+                                             WeightsError,
+                                             decoder,
+                                             load_decoder,
+                                             load_vgg,
+                                             read_state_dict,
+                                             torchvision_vgg19_to_normalised,
+                                             vgg_normalised,
+                                             write_state_dict,
+)
 from adain_ext.style_transfer.network import StyleTransfer, coral, mix_stats, normalize_weights
 
 __all__ = ["Encoder", "StyleTransfer", "WeightsError", "coral", "decoder", "load_decoder", "load_vgg",

@@ -94,7 +94,7 @@ def center_crop(img, size: int):
     w, h = img.size
     if size <= 0 or (w == size and h == size):
         return img
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    left, top = round((w - size) / 2.0), round((h - size) / 2.0)
     return img.crop((left, top, left + size, top + size))
 
 
@@ -114,7 +114,7 @@ def _resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _center_crop_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
-    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    top, left = round((h - size) / 2.0), round((w - size) / 2.0)
     return x[:, top : top + size, left : left + size]
 
 

@@ -9,6 +9,7 @@ Weight files are read with `torch.load(weights_only=True)` (no pickled code runs
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections.abc import Mapping
@@ -105,7 +106,7 @@ class Encoder(nn.Module):
             raise ValueError(f"the encoder needs at least {ENCODER_USED} modules, got {len(vgg)}")
         self.vgg = vgg
         bounds = (0,) + tuple(t + 1 for t in ENCODER_TAPS)
-        self.slices = nn.ModuleList(nn.Sequential(*list(vgg)[a:b]) for a, b in zip(bounds, bounds[1:]))
+        self.slices = nn.ModuleList(nn.Sequential(*list(vgg)[a:b]) for a, b in itertools.pairwise(bounds))
         self.requires_grad_(False)
         self.eval()
 

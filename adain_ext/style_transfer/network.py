@@ -31,7 +31,7 @@ def normalize_weights(weights: Sequence[float] | None, count: int) -> list[float
     weights = [float(w) for w in weights]
     if len(weights) != count:
         raise ValueError(f"got {len(weights)} interpolation weights for {count} styles")
-    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+    if any(not w >= 0 for w in weights) or sum(weights) <= 0:  # `not >=` also rejects NaN
         raise ValueError(f"interpolation weights must be >= 0 with a positive sum, got {weights}")
     total = sum(weights)
     return [w / total for w in weights]

@@ -15,8 +15,13 @@ from pathlib import Path
 import torch
 
 from adain_ext.style_transfer import images, models
-from adain_ext.style_transfer._runtime import (UsageError, progress, resolve_device, resolve_dtype,
-                                               warn)
+from adain_ext.style_transfer._runtime import (
+    UsageError,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    warn,
+)
 from adain_ext.style_transfer.network import StyleTransfer, coral, normalize_weights
 
 

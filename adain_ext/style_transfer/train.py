@@ -225,7 +225,7 @@ def load_checkpoint(path: Path) -> dict:
         raise UsageError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  (pickle, zip and weights_only errors alike)
         raise UsageError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UsageError(f"{path} is not an adain-ext training checkpoint")

@@ -100,7 +100,7 @@ def run(args) -> int:
 
     try:
         container = av.open(str(source))
-    except Exception as error:  # PyAV raises its own error types (av.error.*)
+    except Exception as error:  # noqa: BLE001  (PyAV raises its own types, av.error.*)
         raise UsageError(f"cannot open video {source}: {error}") from None
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=output.suffix or ".mp4")
