@@ -185,3 +185,11 @@ def test_bad_training_inputs(data, tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["train", *_argv(data, tmp_path, "--max_iter", "1", "--crop_size", "64")]) == 1
     assert "--crop_size 64 is larger than --image_size 40" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable training image")
+def test_mixed_precision_and_keep_aspect_run(data, tmp_path):
+    args = train.build_parser().parse_args(_argv(data, tmp_path, "--max_iter", "2", "--amp", "bf16",
+                                                 "--keep_aspect", "--no-channels_last"))
+    result = train.train(args)
+    assert result["iteration"] == 2 and all(math.isfinite(h) for h in result["history"])
