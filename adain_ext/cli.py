@@ -7,6 +7,11 @@ import sys
 # command -> (module, function, one-line help). Modules load only when their command runs.
 COMMANDS = {
     "bench": ("adain_ext.bench", "main", "check the fused op and time it against its peers"),
+    "stylize": ("adain_ext.style_transfer.stylize", "main",
+                "stylize images (the PyTorch reference test.py options)"),
+    "video": ("adain_ext.style_transfer.video", "main", "stylize a video frame by frame (needs PyAV)"),
+    "train": ("adain_ext.style_transfer.train", "main",
+              "train a decoder (the reference train.py options; torchrun for DDP)"),
 }
 
 

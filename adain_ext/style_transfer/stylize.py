@@ -1,0 +1,269 @@
+"""`adain-ext stylize`: the reference test.py, with its option names, on the fused ops.
+
+    adain-ext stylize --content input/content/cornell.jpg --style input/style/woman_with_hat_matisse.jpg
+    adain-ext stylize --content_dir input/content --style_dir input/style --output out
+    adain-ext stylize --content c.jpg --style a.jpg,b.jpg --style_interpolation_weights 0.3,0.7
+    adain-ext stylize --content c.jpg --style fg.jpg,bg.jpg --mask mask.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adain_ext.style_transfer import images, models
+from adain_ext.style_transfer._runtime import (
+    UsageError,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    warn,
+)
+from adain_ext.style_transfer.network import StyleTransfer, coral, normalize_weights
+
+
+def build_parser(prog: str = "adain-ext stylize") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Arbitrary style transfer with AdaIN "
+                                "(option names follow the PyTorch reference's test.py).")
+    g = p.add_argument_group("inputs")
+    g.add_argument("--content", type=str, help="a content image (or a comma-separated list)")
+    g.add_argument("--content_dir", type=str, help="a directory of content images")
+    g.add_argument("--style", type=str, help="a style image, or a comma-separated list of them "
+                   "(interpolated with --style_interpolation_weights, or fg,bg with --mask)")
+    g.add_argument("--style_dir", type=str, help="a directory of style images")
+    g.add_argument("--mask", type=str, help="spatial control: a mask image the size of the "
+                   "content, white = first style, black = second style")
+    g.add_argument("--ext", type=str, default=",".join(e[1:] for e in images.IMAGE_EXTENSIONS),
+                   help="comma-separated extensions scanned in directories (default: %(default)s)")
+    g.add_argument("--no_recursive", action="store_true", help="scan directories non-recursively")
+    g.add_argument("--vgg", type=str, default="models/vgg_normalised.pth",
+                   help=".pth or .safetensors encoder weights (vgg_normalised, or torchvision vgg19)")
+    g.add_argument("--decoder", type=str, default="models/decoder.pth")
+    g = p.add_argument_group("processing")
+    g.add_argument("--content_size", type=int, default=512,
+                   help="shorter side of the content; 0 keeps the original size")
+    g.add_argument("--style_size", type=int, default=512,
+                   help="shorter side of the style; 0 keeps the original size")
+    g.add_argument("--crop", action="store_true", help="centre-crop to size x size squares")
+    g.add_argument("--preserve_color", action="store_true",
+                   help="keep the content's colours (CORAL colour transfer onto the styles)")
+    g.add_argument("--alpha", type=float, default=1.0,
+                   help="content-style trade-off in [0, 1] (1 = full style)")
+    g.add_argument("--style_interpolation_weights", type=str, default="",
+                   help="comma-separated floats, one per style; they are normalised to sum to 1")
+    g = p.add_argument_group("output")
+    g.add_argument("--save_ext", type=str, default=".jpg")
+    g.add_argument("--output", type=str, default="output", help="output directory")
+    g = p.add_argument_group("performance")
+    g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", type=str, default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (default: on; faster convs on CPU and GPU)")
+    g.add_argument("--batch_size", type=int, default=4,
+                   help="contents of the same size stylized together")
+    g.add_argument("--backend", type=str, default="auto",
+                   choices=["auto", "cpp", "triton", "reference"], help="AdaIN op backend")
+    g.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+@dataclass
+class Job:
+    """One output: a content image, the style indices it uses, how they combine, where it goes."""
+
+    content: Path
+    styles: tuple[int, ...]
+    output: Path
+    weights: list[float] | None = None
+    masked: bool = False
+
+
+@dataclass
+class Plan:
+    contents: list[Path]
+    styles: list[Path]
+    jobs_per_content: dict[Path, list[Job]] = field(default_factory=dict)
+
+
+def _paths(single: str | None, directory: str | None, kind: str, exts, recursive: bool):
+    if single and directory:
+        raise UsageError(f"give --{kind} or --{kind}_dir, not both")
+    if single:
+        paths = [Path(s.strip()) for s in single.split(",") if s.strip()]
+        for path in paths:
+            if not path.is_file():
+                raise UsageError(f"{kind} image not found: {path}")
+        return paths, [None] * len(paths)
+    if directory:
+        root = Path(directory)
+        if not root.is_dir():
+            raise UsageError(f"--{kind}_dir not found: {root}")
+        paths = images.scan_images(root, exts, recursive)
+        if not paths:
+            raise UsageError(f"no images with extensions {','.join(exts)} in {root}")
+        return paths, [root] * len(paths)
+    raise UsageError(f"give --{kind} or --{kind}_dir")
+
+
+def make_plan(args) -> Plan:
+    exts = [e.strip() for e in args.ext.split(",") if e.strip()]
+    contents, content_roots = _paths(args.content, args.content_dir, "content", exts,
+                                     not args.no_recursive)
+    styles, _ = _paths(args.style, args.style_dir, "style", exts, not args.no_recursive)
+    save_ext = args.save_ext if args.save_ext.startswith(".") else "." + args.save_ext
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    weights = None
+    if args.style_interpolation_weights:
+        try:
+            weights = [float(w) for w in args.style_interpolation_weights.split(",")]
+            weights = normalize_weights(weights, len(styles))
+        except ValueError as error:
+            raise UsageError(f"--style_interpolation_weights: {error}") from None
+    if args.mask:
+        if len(styles) != 2:
+            raise UsageError(f"--mask needs exactly two styles (foreground,background), got {len(styles)}")
+        if weights is not None:
+            raise UsageError("--mask and --style_interpolation_weights cannot be combined")
+        if not Path(args.mask).is_file():
+            raise UsageError(f"mask image not found: {args.mask}")
+    out_root = Path(args.output)
+    plan = Plan(contents, styles)
+    for content, root in zip(contents, content_roots):
+        sub = content.parent.relative_to(root) if root is not None else Path()
+        out_dir = out_root / sub
+        if weights is not None:
+            jobs = [Job(content, tuple(range(len(styles))),
+                        out_dir / f"{content.stem}_interpolation{save_ext}", weights)]
+        elif args.mask:
+            jobs = [Job(content, (0, 1), out_dir / f"{content.stem}_stylized_{styles[0].stem}_"
+                        f"{styles[1].stem}_masked{save_ext}", masked=True)]
+        else:
+            jobs = [Job(content, (i,), out_dir / f"{content.stem}_stylized_{s.stem}{save_ext}")
+                    for i, s in enumerate(styles)]
+        plan.jobs_per_content[content] = jobs
+    return plan
+
+
+class Stylizer:
+    """Runs a plan: styles encoded once (statistics cached), contents batched by size."""
+
+    def __init__(self, args, net: StyleTransfer, device, dtype, channels_last: bool):
+        self.args, self.net, self.device, self.dtype = args, net, device, dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._style_images: dict[int, torch.Tensor] = {}
+        self._style_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
+        return image.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+
+    def style_image(self, index: int, path: Path) -> torch.Tensor:
+        if index not in self._style_images:
+            self._style_images[index] = images.load_image(path, self.args.style_size, self.args.crop)
+        return self._style_images[index]
+
+    def style_stats(self, index: int, path: Path):
+        if index not in self._style_stats:
+            image = self._prepare(self.style_image(index, path)[None])
+            self._style_stats[index] = self.net.style_stats(image)
+        return self._style_stats[index]
+
+    def run_batch(self, plan: Plan, contents: list[tuple[Path, torch.Tensor]], job_index: int,
+                  mask: torch.Tensor | None) -> None:
+        jobs = [plan.jobs_per_content[path][job_index] for path, _ in contents]
+        batch = self._prepare(torch.stack([image for _, image in contents]))
+        job = jobs[0]
+        if self.args.preserve_color:
+            # CORAL depends on each content, so these statistics are per image, not cached.
+            per_style = []
+            for s in job.styles:
+                style = self.style_image(s, plan.styles[s])
+                recoloured = torch.stack([coral(style, image) for _, image in contents])
+                per_style.append(self.net.style_stats(self._prepare(recoloured)))
+            stats = per_style
+        else:
+            stats = [self.style_stats(s, plan.styles[s]) for s in job.styles]
+        if mask is not None:
+            mask = mask.to(self.device)[None]
+        out = self.net.stylize(batch, stats, job.weights, self.args.alpha, mask)
+        for j, image in zip(jobs, out):
+            images.save_image(image, j.output)
+
+
+def _load_mask(path: str, content: Path, content_image: torch.Tensor) -> torch.Tensor:
+    mask = images.load_mask(path)
+    with images.open_image(content) as original:
+        original_size = original.size[::-1]
+    mh, mw = mask.shape[-2:]
+    if (mh, mw) not in (tuple(original_size), tuple(content_image.shape[-2:])):
+        raise UsageError(f"mask {path} is {mw}x{mh} but content {content} is "
+                         f"{original_size[1]}x{original_size[0]} (the mask must match the content image)")
+    return torch.nn.functional.interpolate(mask[None], size=content_image.shape[-2:], mode="nearest")[0]
+
+
+def run(args) -> int:
+    plan = make_plan(args)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    channels_last = args.channels_last
+    try:
+        vgg, dec = models.load_vgg(args.vgg), models.load_decoder(args.decoder)
+    except (FileNotFoundError, models.WeightsError) as error:
+        raise UsageError(str(error)) from None
+    net = StyleTransfer(vgg, dec, backend=args.backend).to(device, dtype).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    stylizer = Stylizer(args, net, device, dtype, channels_last)
+    # Load every style now: a bad style file fails before any output is written.
+    for i, path in enumerate(plan.styles):
+        try:
+            stylizer.style_image(i, path)
+        except (images.ImageError, FileNotFoundError) as error:
+            raise UsageError(str(error)) from None
+
+    failures = 0
+    total = sum(len(j) for j in plan.jobs_per_content.values())
+    batch_size = max(1, args.batch_size)
+    # Contents wait in buckets by (size, job slot) until a bucket fills a batch.
+    buckets: dict[tuple, list[tuple[Path, torch.Tensor]]] = {}
+    masks: dict[tuple, torch.Tensor] = {}
+    with torch.inference_mode(), progress(total, "stylize", args.no_progress) as bar:
+        def flush(key):
+            batch = buckets.pop(key)
+            stylizer.run_batch(plan, batch, key[1], masks.pop(key, None))
+            bar.update(len(batch))
+
+        for content in plan.contents:
+            try:
+                image = images.load_image(content, args.content_size, args.crop)
+                mask = _load_mask(args.mask, content, image) if args.mask else None
+            except (images.ImageError, FileNotFoundError, UsageError) as error:
+                print(f"error: {error}", file=sys.stderr)
+                failures += 1
+                bar.update(len(plan.jobs_per_content[content]))
+                continue
+            for slot in range(len(plan.jobs_per_content[content])):
+                # Masked contents never share a batch unless their masks are identical objects.
+                key = (tuple(image.shape), slot, id(mask) if mask is not None else None)
+                buckets.setdefault(key, []).append((content, image))
+                if mask is not None:
+                    masks[key] = mask
+                if len(buckets[key]) >= batch_size:
+                    flush(key)
+        for key in list(buckets):
+            flush(key)
+    if failures:
+        warn(f"{failures} of {len(plan.contents)} content images failed; the others were written")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"adain-ext stylize: error: {error}", file=sys.stderr)
+        return 1

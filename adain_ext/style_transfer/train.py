@@ -1,0 +1,380 @@
+"""`adain-ext train`: trains the decoder with the paper's losses (the reference train.py).
+
+    adain-ext train --content_dir coco/train2014 --style_dir wikiart/train --vgg models/vgg_normalised.pth
+    torchrun --nproc_per_node 4 -m adain_ext.cli train ...      # DistributedDataParallel
+
+Defaults are the PyTorch reference's: Adam, lr 1e-4 decayed as lr / (1 + 5e-5 * iteration),
+batch 8, 160000 iterations, style weight 10, content weight 1, images resized to 512x512 and
+randomly cropped to 256 (`--keep_aspect` resizes the shorter side instead).
+
+Reproducibility: sample k of iteration i is drawn from a shuffled epoch order and cropped with a
+generator seeded by (seed, stream, global position), so a run is the same function of the seed
+whatever the number of processes, and `--resume` continues exactly (decoder, Adam state,
+iteration, grad-scaler and RNG states are in the checkpoint). `--batch_size` is the GLOBAL batch:
+each of W processes takes batch_size / W of it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+import adain_ext
+from adain_ext.style_transfer import images, models
+from adain_ext.style_transfer._runtime import UsageError, progress, resolve_device, warn
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def build_parser(prog: str = "adain-ext train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train an AdaIN decoder "
+                                "(option names follow the PyTorch reference's train.py).")
+    p.add_argument("--content_dir", type=str, required=True)
+    p.add_argument("--style_dir", type=str, required=True)
+    p.add_argument("--vgg", type=str, default="models/vgg_normalised.pth",
+                   help="encoder weights (vgg_normalised or torchvision vgg19; .pth or .safetensors)")
+    p.add_argument("--decoder", type=str, default=None,
+                   help="start from these decoder weights instead of a random init")
+    p.add_argument("--save_dir", default="./experiments")
+    p.add_argument("--log_dir", default="./logs", help="TensorBoard logs (if tensorboard is installed)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr_decay", type=float, default=5e-5)
+    p.add_argument("--max_iter", type=int, default=160000)
+    p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
+    p.add_argument("--style_weight", type=float, default=10.0)
+    p.add_argument("--content_weight", type=float, default=1.0)
+    p.add_argument("--n_threads", type=int, default=16, help="data-loading worker processes")
+    p.add_argument("--save_model_interval", type=int, default=10000)
+    p.add_argument("--image_size", type=int, default=512, help="resize before cropping")
+    p.add_argument("--crop_size", type=int, default=256, help="random crop fed to the network")
+    p.add_argument("--keep_aspect", action="store_true",
+                   help="resize the shorter side to --image_size (the reference squashes to a square)")
+    p.add_argument("--ext", type=str, default=",".join(e[1:] for e in images.IMAGE_EXTENSIONS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", type=str, default=None,
+                   help=f"a checkpoint to continue from, or 'auto' for SAVE_DIR/{CHECKPOINT} if present")
+    p.add_argument("--amp", type=str, default="none", choices=["none", "fp16", "bf16"],
+                   help="mixed precision (autocast; fp16 uses a gradient scaler)")
+    p.add_argument("--device", type=str, default="auto")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (default: on; faster convs)")
+    p.add_argument("--backend", type=str, default="auto",
+                   choices=["auto", "cpp", "triton", "reference"], help="AdaIN op backend")
+    p.add_argument("--log_interval", type=int, default=10)
+    p.add_argument("--no_tensorboard", action="store_true")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class TrainImages(Dataset):
+    """Item p (a global sample position) = image perm_epoch[p mod n], resized and randomly cropped.
+
+    A file that cannot be read is skipped with one warning: the next image in the epoch order
+    takes its place, the same in every process.
+    """
+
+    def __init__(self, paths: list[Path], image_size: int, crop_size: int, keep_aspect: bool,
+                 seed: int, stream: int):
+        if crop_size > image_size:
+            raise UsageError(f"--crop_size {crop_size} is larger than --image_size {image_size}")
+        self.paths, self.image_size, self.crop_size = paths, image_size, crop_size
+        self.keep_aspect, self.seed, self.stream = keep_aspect, seed, stream
+        self._perm: tuple[int, torch.Tensor] | None = None
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(_seed_of(self.seed, self.stream, epoch))
+            self._perm = (epoch, torch.randperm(len(self.paths), generator=g))
+        return self._perm[1]
+
+    def _load(self, index: int, position: int) -> torch.Tensor:
+        Image, _ = images._pil()
+        img = images.open_image(self.paths[index])
+        if img.mode not in images._EIGHT_BIT_MODES:
+            img = Image.fromarray((images._to_rgb_array(img) * 255 + 0.5).astype(np.uint8))
+        if self.keep_aspect:
+            img = images.resize_shorter(img, self.image_size)
+        else:
+            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+        x = images.to_tensor(img)
+        g = torch.Generator().manual_seed(_seed_of(self.seed, self.stream, 1 << 40, position))
+        h, w = x.shape[1:]
+        top = int(torch.randint(0, h - self.crop_size + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - self.crop_size + 1, (1,), generator=g))
+        return x[:, top : top + self.crop_size, left : left + self.crop_size]
+
+    def __getitem__(self, position: int) -> torch.Tensor:
+        epoch, k = divmod(position, len(self.paths))
+        order = self._order(epoch)
+        for step in range(len(self.paths)):
+            index = int(order[(k + step) % len(self.paths)])
+            if index in self._bad:
+                continue
+            try:
+                return self._load(index, position)
+            except (images.ImageError, OSError) as error:
+                self._bad.add(index)
+                warnings.warn(f"skipping unreadable training image: {error}", RuntimeWarning,
+                              stacklevel=1)
+        raise RuntimeError(f"no readable images among the {len(self.paths)} files")
+
+
+class GlobalBatchSampler(Sampler[int]):
+    """Positions of this process's share of every global batch, from `start` to `stop` iterations."""
+
+    def __init__(self, start: int, stop: int, global_batch: int, rank: int, world: int):
+        self.start, self.stop, self.rank = start, stop, rank
+        self.global_batch, self.local = global_batch, global_batch // world
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):
+            base = it * self.global_batch + self.rank * self.local
+            yield from range(base, base + self.local)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.local
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+class AdaINLoss(nn.Module):
+    """The paper's losses: content = MSE(relu4_1(g(t)), t); style = sum over relu1_1..relu4_1 of
+    MSE(means) + MSE(stds), the statistics from adain_ext.mean_std (gradients through the op)."""
+
+    def __init__(self, vgg: nn.Sequential, decoder: nn.Sequential, backend: str = "auto",
+                 eps: float = 1e-5):
+        super().__init__()
+        self.encoder = models.Encoder(vgg)
+        self.decoder = decoder
+        self.backend, self.eps = backend, eps
+
+    def _stats(self, feat: torch.Tensor):
+        return adain_ext.mean_std(feat, self.eps, backend=self.backend)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor):
+        with torch.no_grad():
+            style_feats = self.encoder.taps(style)
+            style_stats = [self._stats(f) for f in style_feats]
+            content_feat = self.encoder(content)
+            t = adain_ext.adain(content_feat, style_feats[-1], 1.0, self.eps, backend=self.backend)
+        g_t = self.decoder(t)
+        g_feats = self.encoder.taps(g_t)
+        loss_c = F.mse_loss(g_feats[-1].float(), t.float())
+        loss_s = g_t.new_zeros((), dtype=torch.float32)
+        for feat, (s_mean, s_std) in zip(g_feats, style_stats):
+            mean, std = self._stats(feat)
+            loss_s = loss_s + F.mse_loss(mean.float(), s_mean.float()) + F.mse_loss(std.float(), s_std.float())
+        return loss_c, loss_s
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(path: Path, decoder: nn.Module, optimizer, scaler, iteration: int, args) -> None:
+    """Atomic: written to a temp file in the same directory, fsynced, then renamed over `path`."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {
+        "format": 1,
+        "iteration": iteration,
+        "decoder": {k: v.detach().cpu() for k, v in decoder.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng,
+        "config": {k: getattr(args, k) for k in ("seed", "batch_size", "lr", "lr_decay",
+                                                  "crop_size", "image_size", "keep_aspect")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (pickle, zip and weights_only errors alike)
+        raise UsageError(f"cannot read checkpoint {path}: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != 1:
+        raise UsageError(f"{path} is not an adain-ext training checkpoint")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+def _distributed(device_arg: str):
+    """(rank, world, device), initialising torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, resolve_device(device_arg)
+    use_cuda = torch.cuda.is_available() and device_arg in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank()
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _tensorboard(log_dir: str, disabled: bool):
+    if disabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: tensorboard is not installed, so no TensorBoard logs "
+              "(pip install tensorboard to get them)", file=sys.stderr)
+        return None
+    return SummaryWriter(log_dir)
+
+
+def train(args) -> dict:
+    """Runs training; returns the last iteration's {"iteration", "loss_c", "loss_s"}, the run's
+    wall time ("seconds") and every iteration's weighted loss on this process ("history")."""
+    rank, world, device = _distributed(args.device)
+    if args.batch_size % world:
+        raise UsageError(f"--batch_size {args.batch_size} (the global batch) must be divisible by "
+                         f"the number of processes ({world})")
+    exts = [e.strip() for e in args.ext.split(",") if e.strip()]
+    content_paths = images.scan_images(args.content_dir, exts) if Path(args.content_dir).is_dir() else None
+    style_paths = images.scan_images(args.style_dir, exts) if Path(args.style_dir).is_dir() else None
+    for name, found in (("content_dir", content_paths), ("style_dir", style_paths)):
+        if not found:
+            raise UsageError(f"--{name} {getattr(args, name)} is missing or has no images")
+    torch.manual_seed(args.seed)  # the decoder's random init: the same in every process and run
+    try:
+        vgg = models.load_vgg(args.vgg)
+        decoder = models.load_decoder(args.decoder) if args.decoder else models.decoder()
+    except (FileNotFoundError, models.WeightsError) as error:
+        raise UsageError(str(error)) from None
+
+    save_dir = Path(args.save_dir)
+    resume = args.resume
+    if resume == "auto":
+        resume = str(save_dir / CHECKPOINT) if (save_dir / CHECKPOINT).is_file() else None
+    state = load_checkpoint(Path(resume)) if resume else None
+    if state is not None:
+        decoder.load_state_dict(state["decoder"])
+        if state["config"]["batch_size"] != args.batch_size or state["config"]["seed"] != args.seed:
+            warn(f"resuming with another batch size or seed than the checkpoint's "
+                 f"({state['config']}); the run will not match an uninterrupted one")
+
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = AdaINLoss(vgg, decoder, backend=args.backend).to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(net.decoder.parameters(), lr=args.lr)
+    use_scaler = args.amp == "fp16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start = int(state["iteration"])
+    model = net
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def loader(paths, stream):
+        data = TrainImages(paths, args.image_size, args.crop_size, args.keep_aspect, args.seed, stream)
+        sampler = GlobalBatchSampler(start, args.max_iter, args.batch_size, rank, world)
+        return iter(DataLoader(data, batch_size=args.batch_size // world, sampler=sampler,
+                               num_workers=args.n_threads, pin_memory=device.type == "cuda",
+                               persistent_workers=False))
+
+    content_iter, style_iter = loader(content_paths, 0), loader(style_paths, 1)
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
+    writer = _tensorboard(args.log_dir, args.no_tensorboard) if rank == 0 else None
+    last = {"iteration": start, "loss_c": float("nan"), "loss_s": float("nan")}
+    history: list[float] = []
+    bar = progress(args.max_iter, "train", args.no_progress or rank != 0, initial=start)
+    started = time.perf_counter()
+    for it in range(start, args.max_iter):
+        lr = args.lr / (1.0 + args.lr_decay * it)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        content = next(content_iter).to(device, non_blocking=True, memory_format=memory_format)
+        style = next(style_iter).to(device, non_blocking=True, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss_c, loss_s = model(content, style)
+        loss = args.content_weight * loss_c + args.style_weight * loss_s
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        done = it + 1
+        last = {"iteration": done, "loss_c": loss_c.item(), "loss_s": loss_s.item()}
+        history.append(loss.item())
+        bar.update(1)
+        if done % args.log_interval == 0 or done == args.max_iter:
+            bar.set_postfix_str(f"loss_c {last['loss_c']:.3f} loss_s {last['loss_s']:.3f}")
+            if writer is not None:
+                writer.add_scalar("loss_content", last["loss_c"], done)
+                writer.add_scalar("loss_style", last["loss_s"], done)
+                writer.add_scalar("lr", lr, done)
+        if rank == 0 and (done % args.save_model_interval == 0 or done == args.max_iter):
+            save_checkpoint(save_dir / CHECKPOINT, net.decoder, optimizer, scaler, done, args)
+            models.write_state_dict(net.decoder.state_dict(), save_dir / f"decoder_iter_{done}.pth")
+    bar.close()
+    if writer is not None:
+        writer.close()
+    last["seconds"] = time.perf_counter() - started
+    last["history"] = history
+    if world > 1:
+        dist.barrier()
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except UsageError as error:
+        print(f"adain-ext train: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_available() and dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,170 @@
+"""`adain-ext video`: stylizes a video frame by frame (needs PyAV: pip install av).
+
+The style statistics are computed once; frames are decoded as RGB (the Torch7 script's BGR/RGB
+swap does not happen here), stylized in batches, clamped to [0, 1], and encoded at the source
+frame rate. The output is written to a temp file and renamed, so an error leaves no partial video.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adain_ext.style_transfer import images, models
+from adain_ext.style_transfer._runtime import UsageError, progress, resolve_device, resolve_dtype
+from adain_ext.style_transfer.network import StyleTransfer, normalize_weights
+
+INSTALL = "stylizing video needs PyAV: pip install av   (or pip install 'adain_ext[video]')"
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise UsageError(INSTALL) from None
+    return av
+
+
+def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Stylize a video frame by frame with AdaIN.")
+    p.add_argument("--content", "--input", dest="content", required=True, help="input video")
+    p.add_argument("--style", required=True, help="style image, or a comma-separated list")
+    p.add_argument("--style_interpolation_weights", type=str, default="")
+    p.add_argument("--vgg", default="models/vgg_normalised.pth")
+    p.add_argument("--decoder", default="models/decoder.pth")
+    p.add_argument("--content_size", type=int, default=0,
+                   help="shorter side of the frames (0 keeps the video's size)")
+    p.add_argument("--style_size", type=int, default=512)
+    p.add_argument("--crop", action="store_true", help="centre-crop the style to a square")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--output", default=None,
+                   help="output file (default: output/{video}_stylized_{style}.mp4)")
+    p.add_argument("--codec", default="libx264", help="video codec (falls back to mpeg4)")
+    p.add_argument("--crf", type=int, default=18, help="quality for libx264")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (default: on)")
+    p.add_argument("--batch_size", type=int, default=4, help="frames stylized together")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpp", "triton", "reference"])
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def _frame_tensor(frame, size: int) -> torch.Tensor:
+    rgb = frame.to_ndarray(format="rgb24")
+    if size > 0:
+        Image, _ = images._pil()
+        rgb = np.asarray(images.resize_shorter(Image.fromarray(rgb), size))
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
+
+
+def run(args) -> int:
+    av = _av()
+    source = Path(args.content)
+    if not source.is_file():
+        raise UsageError(f"video not found: {source}")
+    styles = [Path(s.strip()) for s in args.style.split(",") if s.strip()]
+    for s in styles:
+        if not s.is_file():
+            raise UsageError(f"style image not found: {s}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    try:
+        weights = normalize_weights([float(w) for w in args.style_interpolation_weights.split(",")]
+                                    if args.style_interpolation_weights else None, len(styles))
+    except ValueError as error:
+        raise UsageError(f"--style_interpolation_weights: {error}") from None
+    output = Path(args.output) if args.output else Path("output") / (
+        f"{source.stem}_stylized_{'_'.join(s.stem for s in styles)}.mp4")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    channels_last = args.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        net = StyleTransfer(models.load_vgg(args.vgg), models.load_decoder(args.decoder),
+                            backend=args.backend).to(device, dtype).eval()
+        style_images = [images.load_image(s, args.style_size, args.crop) for s in styles]
+    except (FileNotFoundError, models.WeightsError, images.ImageError) as error:
+        raise UsageError(str(error)) from None
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+
+    def prepare(x):
+        return x.to(device, dtype).contiguous(memory_format=memory_format)
+
+    try:
+        container = av.open(str(source))
+    except Exception as error:  # noqa: BLE001  (PyAV raises its own types, av.error.*)
+        raise UsageError(f"cannot open video {source}: {error}") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=output.suffix or ".mp4")
+    os.close(fd)
+    try:
+        with container, torch.inference_mode():
+            if not container.streams.video:
+                raise UsageError(f"{source} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            stats = [net.style_stats(prepare(s[None])) for s in style_images]
+            total = stream.frames or 0
+            with av.open(tmp, mode="w", format=None if output.suffix else "mp4") as sink, \
+                    progress(total, "video", args.no_progress) as bar:
+                out_stream = None
+                pending: list[torch.Tensor] = []
+
+                def flush():
+                    nonlocal out_stream
+                    batch = prepare(torch.stack(pending))
+                    frames = net.stylize(batch, stats, weights, args.alpha).float().clamp_(0, 1)
+                    for frame in frames:
+                        rgb = frame.mul(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+                        # yuv420p needs even sizes: drop at most one last row/column.
+                        rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2])
+                        if out_stream is None:
+                            out_stream = _open_stream(av, sink, args, rate, rgb.shape[1], rgb.shape[0])
+                        for packet in out_stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                            sink.mux(packet)
+                    bar.update(len(pending))
+                    pending.clear()
+
+                for frame in container.decode(stream):
+                    pending.append(_frame_tensor(frame, args.content_size))
+                    if len(pending) >= max(1, args.batch_size):
+                        flush()
+                if pending:
+                    flush()
+                if out_stream is None:
+                    raise UsageError(f"{source} has no decodable frames")
+                for packet in out_stream.encode():
+                    sink.mux(packet)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def _open_stream(av, sink, args, rate, width, height):
+    codec = args.codec if args.codec in av.codecs_available else "mpeg4"
+    stream = sink.add_stream(codec, rate=rate)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    if codec == "libx264":
+        stream.options = {"crf": str(args.crf)}
+    return stream
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"adain-ext video: error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,418 @@
+"""StyleGAN-style modulation (adain_ext.stylegan), accelerate(), and the example generator.
+
+Every comparison runs the same weights through the fused path and an unfused formulation and
+compares the output and every gradient (input, style vector, and the affine layer's parameters).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adain_ext
+from adain_ext import functional, reference
+from adain_ext.stylegan import StyleModulation, accelerate, find_fusable, instance_norm_modulate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "stylegan_like", os.path.join(ROOT, "examples", "stylegan_like.py"))
+stylegan_like = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stylegan_like)
+
+TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-4), torch.bfloat16: (6e-2, 6e-2)}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _grads(module: nn.Module, inputs, params_of: nn.Module | None = None) -> dict:
+    """Gradients of a fixed random projection of the output, by name (inputs and parameters)."""
+    out = module(*inputs)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out.double() * weight.to(out.device)).sum().backward()
+    grads = {f"input{i}": t.grad for i, t in enumerate(inputs) if t.grad is not None}
+    params = (params_of or module).named_parameters()
+    grads.update({name: p.grad for name, p in params if p.grad is not None})
+    return out, grads
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+
+
+def _assert_same(module_a, module_b, inputs, dtype=torch.float32):
+    atol, rtol = TOL[dtype]
+    out_a, grads_a = _grads(module_a, _leaves(*inputs))
+    out_b, grads_b = _grads(module_b, _leaves(*inputs))
+    assert out_a.dtype == out_b.dtype and out_a.shape == out_b.shape
+    torch.testing.assert_close(out_a, out_b, atol=atol, rtol=rtol)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=rtol,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    return grads_a
+
+
+# ------------------------------------------------------------------------------------------
+# StyleModulation
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("semantics,baseline", [("stylegan", "reference"),
+                                                ("stylegan", "instance_norm"),
+                                                ("adain", "reference")])
+def test_modulation_matches_reference_formulation(semantics, baseline, dtype):
+    torch.manual_seed(0)
+    fused = StyleModulation(5, 7, semantics=semantics).to(dtype)
+    unfused = copy.deepcopy(fused)
+    unfused.impl = baseline
+    x = torch.randn(3, 5, 6, 7, dtype=dtype) * 3 + 1
+    w = torch.randn(3, 7, dtype=dtype)
+    grads = _assert_same(fused, unfused, (x, w), dtype)
+    assert {"input0", "input1", "affine.weight", "affine.bias"} <= grads.keys()
+
+
+def test_modulation_conventions():
+    m = StyleModulation(4, 3)
+    assert (m.eps, m.unbiased) == (1e-8, False)
+    assert torch.equal(m.affine.bias, torch.zeros(8))  # shift b starts at 0, scale at 1 + s
+    paper = StyleModulation(4, 3, semantics="adain")
+    assert (paper.eps, paper.unbiased) == (1e-5, True)
+    with torch.no_grad():
+        m.affine.weight.zero_()  # s = 0, b = 0: plain instance norm
+    x, w = torch.randn(2, 4, 5, 5), torch.randn(2, 3)
+    torch.testing.assert_close(m(x, w), F.instance_norm(x, eps=1e-8), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="biased variance"):
+        StyleModulation(4, 3, semantics="adain", impl="instance_norm")
+
+
+def test_modulation_channels_last():
+    torch.manual_seed(0)
+    m = StyleModulation(6, 4)
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(2, 4)
+    out = m(x, w)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    ref = copy.deepcopy(m)
+    ref.impl = "reference"
+    _assert_same(m, ref, (x, w))
+    torch.testing.assert_close(out, m(x.contiguous(), w), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# Mixed precision: the style affine runs in float32; the op runs in x's dtype with float32
+# statistics and returns x's dtype.
+# ------------------------------------------------------------------------------------------
+
+def _autocast_dtypes(device):
+    return [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_modulation(device):
+    for amp_dtype in _autocast_dtypes(device):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(3, 8, 3, padding=1).to(device)
+        m = StyleModulation(8, 5).to(device)
+        image = torch.randn(2, 3, 9, 9, device=device)
+        w = torch.randn(2, 5, device=device, requires_grad=True)
+        with torch.autocast(device, dtype=amp_dtype):
+            x = conv(image)
+            assert x.dtype == amp_dtype
+            scale, shift = m.styles(w)
+            assert scale.dtype == shift.dtype == torch.float32
+            out = m(x, w)
+            out_fp32_input = m(x.float(), w)
+        assert out.dtype == amp_dtype and out_fp32_input.dtype == torch.float32
+        # Oracle: the same math in float64 on the same (rounded) conv output.
+        x64 = x.detach().double()
+        oracle = (F.instance_norm(x64, eps=1e-8) * scale.double()[..., None, None]
+                  + shift.double()[..., None, None])
+        torch.testing.assert_close(out.double(), oracle, atol=6e-2, rtol=2e-2)
+        out.float().square().mean().backward()
+        assert w.grad is not None and w.grad.dtype == torch.float32
+        assert m.affine.weight.grad.dtype == torch.float32 and conv.weight.grad is not None
+
+
+def test_autocast_large_mean_statistics_in_fp32():
+    # bf16 data with a large mean: statistics rounded to bf16 (8 bits) would lose the signal;
+    # accumulated in fp32 the normalised output is accurate to bf16 output rounding.
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 16, 16) * 4 + 300).bfloat16()
+    m = StyleModulation(3, 4)
+    w = torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, w)
+    scale, shift = m.styles(w)
+    x64 = x.double()
+    oracle = (F.instance_norm(x64, eps=1e-8) * scale.double()[..., None, None]
+              + shift.double()[..., None, None])
+    assert out.dtype == torch.bfloat16
+    if adain_ext.HAS_CPP:  # the reference fallback computes its statistics in bf16
+        torch.testing.assert_close(out.double(), oracle, atol=6e-2, rtol=2e-2)
+
+
+# ------------------------------------------------------------------------------------------
+# accelerate(): one model per supported pattern, outputs and gradients before == after.
+# ------------------------------------------------------------------------------------------
+
+class RosinalityAdaIN(nn.Module):
+    """rosinality/style-based-gan-pytorch's AdaptiveInstanceNorm: an InstanceNorm2d child."""
+
+    def __init__(self, channels, style_dim):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.style = nn.Linear(style_dim, channels * 2)
+        self.style.bias.data[:channels] = 1
+        self.style.bias.data[channels:] = 0
+
+    def forward(self, input, style):
+        style = self.style(style).unsqueeze(2).unsqueeze(3)
+        gamma, beta = style.chunk(2, 1)
+        out = self.norm(input)
+        out = gamma * out + beta
+        return out
+
+
+class FunctionalStyleMod(nn.Module):
+    """F.instance_norm in forward, NVlabs' style_mod `x * (style[:, 0] + 1) + style[:, 1]`."""
+
+    def __init__(self, channels, style_dim):
+        super().__init__()
+        self.lin = nn.Linear(style_dim, channels * 2)
+        self.channels = channels
+
+    def forward(self, x, latent):
+        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
+        x = F.instance_norm(x, eps=1e-8)
+        return torch.add(x.mul(style[:, 0] + 1.0), style[:, 1])
+
+
+class StyleMod(nn.Module):
+    def __init__(self, channels, style_dim):
+        super().__init__()
+        self.lin = nn.Linear(style_dim, channels * 2)
+        self.channels = channels
+
+    def forward(self, x, latent):
+        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
+        return x * (style[:, 0] + 1.0) + style[:, 1]
+
+
+class Noise(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), 0.1))
+        self.register_buffer("noise", torch.randn(1, 1, 6, 6))
+
+    def forward(self, x):
+        return x + self.weight.view(1, -1, 1, 1) * self.noise
+
+
+class LayerEpilogue(nn.Module):
+    """The official StyleGAN PyTorch ports: the norm ends an nn.Sequential, a sibling modulates."""
+
+    def __init__(self, channels, style_dim):
+        super().__init__()
+        self.top_epi = nn.Sequential(Noise(channels), nn.LeakyReLU(0.2),
+                                     nn.InstanceNorm2d(channels, eps=1e-8))
+        self.style_mod = StyleMod(channels, style_dim)
+
+    def forward(self, x, dlatents_in_slice=None):
+        x = self.top_epi(x)
+        return self.style_mod(x, dlatents_in_slice)
+
+
+def seed_adain(content_feat, style_feat):
+    """A user's copy of the seed's adaptive_instance_normalization (vouched for by the caller)."""
+    return reference.adaptive_instance_normalization(content_feat.clone(), style_feat.clone())
+
+
+class ReferenceCalls(nn.Module):
+    def forward(self, x, y):
+        a = reference.adaptive_instance_normalization(x, y)
+        b = reference.adain(x, y, 0.5)
+        mean, std = reference.calc_mean_std(y)
+        c = reference.adain_affine(x, mean * 0.5, std + 1)
+        return a + b + c + seed_adain(x, y)
+
+
+class SpatialModulation(nn.Module):
+    """SPADE-like: scale and shift are spatial maps; must keep running the unfused expression."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels)
+        self.conv = nn.Conv2d(channels, 2 * channels, 1)
+
+    def forward(self, x):
+        gamma, beta = self.conv(x).chunk(2, 1)
+        return self.norm(x) * (1 + gamma) + beta
+
+
+class TrainingBranch(RosinalityAdaIN):
+    def forward(self, input, style):
+        if self.training:
+            input = input * 2
+        return super().forward(input, style)
+
+
+class Stack(nn.Module):
+    def __init__(self, c=4, d=5):
+        super().__init__()
+        self.ros = RosinalityAdaIN(c, d)
+        self.fun = FunctionalStyleMod(c, d)
+        self.epi = LayerEpilogue(c, d)
+        self.refs = ReferenceCalls()
+        self.spatial = SpatialModulation(c)
+        self.ours = StyleModulation(c, d, impl="reference")
+        self.paper = adain_ext.nn.AdaIN(backend="reference")
+        self.branchy = TrainingBranch(c, d)
+        self.affine_norm = nn.InstanceNorm2d(c, affine=True)
+
+    def forward(self, x, w):
+        x = self.ros(x, w)
+        x = self.fun(x, w)
+        x = self.epi(x, w)
+        x = self.refs(x, x.flip(0))
+        x = self.spatial(x)
+        x = self.ours(x, w)
+        x = self.paper(x, x.flip(2))
+        x = self.branchy(x, w)
+        return self.affine_norm(x) * w[:, :4, None, None] + 1
+
+
+def test_accelerate_every_pattern(monkeypatch):
+    torch.manual_seed(0)
+    model = Stack()
+    before = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    refs = {seed_adain: reference.adaptive_instance_normalization}
+    plan = find_fusable(model, reference_functions=refs)
+    assert accelerate(model, reference_functions=refs) is model
+    found = {(r.module, r.pattern) for r in plan}
+    assert found == {
+        ("ros", "instance_norm_modulation"), ("fun", "instance_norm_modulation"),
+        ("epi", "instance_norm_modulation"), ("refs", "reference_call"),
+        ("spatial", "instance_norm_modulation"), ("ours", "reference_backend"),
+        ("paper", "reference_backend"),
+    }, plan
+    assert sum(r.module == "refs" for r in plan) == 5
+    assert "branchy" not in {r.module for r in plan}  # traced code differs in train and eval
+    assert list(model.state_dict()) == keys
+    assert isinstance(model.ros, RosinalityAdaIN)
+    assert "instance_norm_modulate" in model.ros.adain_fused_code
+    assert model.ours.impl == "fused" and model.paper.backend == "auto"
+    assert find_fusable(model, reference_functions=refs) == []  # a second pass finds nothing
+
+    calls = []
+    fused_affine = functional.adain_affine
+    monkeypatch.setattr(functional, "adain_affine",
+                        lambda *a, **k: calls.append(tuple(a[0].shape)) or fused_affine(*a, **k))
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
+    _assert_same(model, before, (x, w))
+    # ros, fun, epi and ours; spatial falls back to the unfused expression at run time, and
+    # `before` has no fused call at all
+    assert len(calls) == 4, calls
+    model.eval()
+    before.eval()
+    _assert_same(model, before, (x, w))
+
+
+def test_instance_norm_modulate_broadcasts_and_falls_back():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    for scale_shape, shift_shape in [((2, 3, 1, 1), (1, 3, 1, 1)), ((3, 1, 1), (2, 1, 1, 1)),
+                                     ((2, 3, 4, 5), (2, 3, 1, 1))]:
+        scale = torch.randn(scale_shape, dtype=torch.float64)
+        shift = torch.randn(shift_shape, dtype=torch.float64)
+        want = F.instance_norm(x, eps=1e-5) * scale + shift
+        torch.testing.assert_close(instance_norm_modulate(x, scale, shift, 1e-5), want)
+    # dtype promotion as in the original expression: bf16 x with fp32 scale gives fp32
+    ones, zeros = torch.ones(2, 3, 1, 1), torch.zeros(2, 3, 1, 1)
+    out = instance_norm_modulate(x.bfloat16(), ones, zeros, 1e-5)
+    assert out.dtype == torch.float32
+    # unbatched (C, H, W) input through an InstanceNorm2d module: the module's own semantics
+    norm = nn.InstanceNorm2d(3)
+    scale, shift = torch.randn(2, 3, 1, 1, dtype=torch.float64).unbind(0)
+    torch.testing.assert_close(instance_norm_modulate(x[0], scale, shift, 1e-5, norm=norm),
+                               norm(x[0]) * scale + shift)
+
+
+def test_accelerate_under_autocast():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"conv": nn.Conv2d(3, 4, 3, padding=1), "ada": RosinalityAdaIN(4, 5)})
+    accelerated = accelerate(copy.deepcopy(model))
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(2, 5)
+    outs = []
+    for m in (model, accelerated):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(m["ada"](m["conv"](x), w))
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[1].float(), outs[0].float(), atol=6e-2, rtol=5e-2)
+
+
+# ------------------------------------------------------------------------------------------
+# The example generator
+# ------------------------------------------------------------------------------------------
+
+def _tiny_generator(resolution=16, **kw):
+    torch.manual_seed(0)
+    g = stylegan_like.Generator(resolution, z_dim=8, w_dim=8, mapping_layers=2, channel_base=64,
+                                channel_max=8, noise_mode="const", **kw)
+    for m in g.modules():  # non-zero noise strengths so their gradients are exercised
+        if isinstance(m, stylegan_like.NoiseInjection):
+            m.strength.data.fill_(0.1)
+    return g
+
+
+@pytest.mark.parametrize("baseline", ["reference", "instance_norm"])
+def test_generator_matches_reference_formulation(baseline):
+    # float64: the first AdaIN normalises 1 + 0.1 * noise, whose bias gradient is exactly 0 in
+    # exact arithmetic; float32 leaves ~1e-4 of cancellation noise there in either formulation.
+    g = _tiny_generator().double()
+    ref = copy.deepcopy(g).set_impl(baseline)
+    z = torch.randn(2, 8, dtype=torch.float64)
+    grads = _assert_same(g, ref, (z,), torch.float64)
+    assert len(grads) == 1 + sum(1 for _ in g.parameters())  # z and every parameter
+
+
+def test_generator_adain_semantics_and_channels_last():
+    g = _tiny_generator(semantics="adain")
+    ref = copy.deepcopy(g).set_impl("reference")
+    _assert_same(g, ref, (torch.randn(2, 8),))
+    cl = copy.deepcopy(g).to(memory_format=torch.channels_last)
+    z = torch.randn(2, 8)
+    out = cl(z)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, g(z), atol=1e-4, rtol=1e-4)
+
+
+def test_generator_autocast_bf16():
+    g = _tiny_generator()
+    z = torch.randn(2, 8)
+    want = g(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = g(z)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.15, rtol=0.1)
+    got.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in g.parameters())
+
+
+def test_generator_compiles_fullgraph():
+    torch._dynamo.reset()
+    # float64: see test_generator_matches_reference_formulation
+    g = _tiny_generator(resolution=8).double()
+    z = torch.randn(2, 8, dtype=torch.float64)
+    compiled = torch.compile(g, fullgraph=True)
+    eager_out, eager_grads = _grads(g, [z.clone().requires_grad_()])
+    g.zero_grad()
+    comp_out, comp_grads = _grads(compiled, [z.clone().requires_grad_()], params_of=g)
+    torch.testing.assert_close(comp_out, eager_out)
+    assert comp_grads.keys() == eager_grads.keys()
+    for name in eager_grads:
+        torch.testing.assert_close(comp_grads[name], eager_grads[name], msg=name)
