@@ -1,7 +1,8 @@
 """Triton contenders for the GPU benchmark (benchmarks/gpu_bench.py), loaded as a plugin:
 
     python benchmarks/gpu_bench.py --plugin triton_providers --out out/
-    python benchmarks/gpu_bench.py --plugin triton_providers --providers adain_ext,triton,triton+compile
+    python benchmarks/gpu_bench.py --plugin triton_providers \
+        --providers adain_ext,triton,triton+compile
 
 Registers, each as factory(device) -> callable(content, style) -> out, or None when unavailable:
 

@@ -383,10 +383,11 @@ def test_torch_compile_fullgraph(layout):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.skipif(not CUDA, reason="Inductor running the traced kernels needs CUDA: under the "
-                    "interpreter wrap_triton hands back the InterpretedFunction, which cannot run "
-                    "on fake tensors, so the ops are registered opaque there (the tracing itself "
-                    "is checked on CPU by test_torch_compile_would_trace_into_the_kernels_on_a_gpu)")
+@pytest.mark.skipif(not CUDA, reason="Inductor running the traced kernels needs CUDA: under "
+                    "the interpreter wrap_triton hands back the InterpretedFunction, which cannot "
+                    "run on fake tensors, so the ops are registered opaque there (the tracing "
+                    "itself is checked on CPU by "
+                    "test_torch_compile_would_trace_into_the_kernels_on_a_gpu)")
 def test_torch_compile_inductor_traces_into_the_kernels():
     from torch._inductor.utils import run_and_get_code
 

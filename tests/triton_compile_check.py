@@ -1,4 +1,4 @@
-"""Compiles every Triton kernel of adain_ext.triton for a GPU target, down to a cubin, without a GPU.
+"""Compiles every Triton kernel of adain_ext.triton to a GPU cubin, without a GPU.
 
     python tests/triton_compile_check.py [sm]     # sm: 90 (default), 80, ...
 

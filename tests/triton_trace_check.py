@@ -7,8 +7,8 @@ they are triton_ops that AOTAutograd decomposes into their Triton kernel calls. 
 registers them the GPU way (no TRITON_INTERPRET), points Triton at a stand-in driver that only
 names a sm_90 target (what torch's kernel-mutation analysis asks for), and compiles forward and
 backward of every op (static and dynamic=True shapes) with a backend that records the graphs and
-never launches a kernel. It checks
-that each graph calls Triton kernels and no adain_triton op is left opaque. Exit 1 on failure.
+never launches a kernel. It checks that each graph calls Triton kernels and no adain_triton op is
+left opaque. Exit 1 on failure.
 """
 import itertools
 import os

@@ -39,7 +39,7 @@ def kernel(fn):
 class Limits:
     """Plan thresholds, in elements. Tests shrink them to drive tiny shapes down every path."""
 
-    max_tile: int = 16384  # largest tile one program holds: a row this long is normalised in one pass
+    max_tile: int = 16384  # largest tile one program holds: rows this long take one pass
     pack_tile: int = 4096  # short rows are packed several per program up to this many elements
     stream_tile: int = 4096  # tile of the streaming kernels, when rows do not fit one program
     cl_rows: int = 8  # channels_last: at least 8 adjacent channels per tile (a 32-byte sector)
@@ -75,7 +75,8 @@ def _target_programs(device: torch.device) -> int:
     if _LIMITS.programs is not None:
         return _LIMITS.programs
     if device.type == "cuda":
-        return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return 2 * _sm_count(index)
     return 1  # the interpreter runs programs one after another: fewer is faster
 
 
@@ -111,7 +112,10 @@ class Plan:
 
 
 def _num_warps(tile: int) -> int:
-    return 1 if tile <= 256 else 2 if tile <= 1024 else 4 if tile <= 4096 else 8 if tile <= 8192 else 16
+    for warps, largest in ((1, 256), (2, 1024), (4, 4096), (8, 8192)):
+        if tile <= largest:
+            return warps
+    return 16
 
 
 def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> Plan:
@@ -179,7 +183,8 @@ def canonical_is_channels_last(x: torch.Tensor) -> bool:
 
 def like_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """t in the layout the kernel reads x in (gradients may arrive with any strides)."""
-    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return t.contiguous(memory_format=layout)
 
 
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:

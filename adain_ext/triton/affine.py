@@ -289,7 +289,8 @@ def _affine_forward_fake(x, mean, std, alpha, eps, unbiased):
 
 @_common.register("_affine_forward", _affine_forward_fake)
 def affine_forward_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha: float,
-                      eps: float, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      eps: float,
+                      unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_affine(x, mean, std, unbiased)
     check_eps(eps)
     return affine_forward(x, mean, std, alpha, eps, unbiased)
