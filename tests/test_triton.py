@@ -423,6 +423,38 @@ def test_new_resolution_in_the_same_bucket_does_not_recompile():
     assert compiled_variants() == before
 
 
+def _run_check_script(name: str, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), name)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU, test_torch_compile_inductor_traces_into_the_kernels "
+                    "compiles and runs the traced kernels")
+def test_torch_compile_would_trace_into_the_kernels_on_a_gpu():
+    """The GPU registration (triton_op) traced by torch.compile on CPU fake tensors: forward and
+    backward graphs of every op call the Triton kernels, none stays opaque. No kernel runs."""
+    result = _run_check_script("triton_trace_check.py")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert result.stdout.count("ok   ") == 32  # 4 functions x 2 layouts x static/dynamic x fw/bw
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the other tests compile and run every kernel")
+def test_kernels_compile_for_a_gpu_without_one():
+    """The interpreter never lowers the kernels: compile each one (every dtype, both layouts) to
+    a sm_90 cubin with triton's own ptxas, in a process without TRITON_INTERPRET."""
+    result = _run_check_script("triton_compile_check.py", "90")
+    if "ptxas" in result.stdout + result.stderr and "No such file" in result.stdout:
+        pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.stdout.count("ok   sm_90") == 72
+
+
 # ---- CUDA-only dtypes and tuning.
 
 
