@@ -232,7 +232,7 @@ def test_every_launch_path(path, case: Case, dtype):
     with T.limits(**limits):
         plan = T._common.plan(content.shape[0] * content.shape[1],
                               content.shape[2] * content.shape[3],
-                              T._common.canonical_is_channels_last(content), content.device)
+                              T._common.canonical(content)[1], content.device)
         assert plan.single_pass == (path == "packed"), plan
         if path.startswith("split") and content.shape[2] * content.shape[3] >= 16:
             assert plan.splits > 1, plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from adain_ext._validation import check_affine, check_eps
-from adain_ext.ops._common import as_grad_of, empty_output, empty_stats
+from adain_ext._layout import as_grad_of, empty_output, empty_stats
 
 
 @torch.library.register_fake("adain::_affine_forward")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from adain_ext._validation import check_eps, check_features
-from adain_ext.ops._common import empty_output
+from adain_ext._layout import empty_output
 
 
 @torch.library.register_fake("adain::mean_std")

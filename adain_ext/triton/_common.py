@@ -160,52 +160,17 @@ def _to_fp32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
-# ---- Layout and dtype rules: the same as csrc/checks.h and adain_ext/ops/_common.py.
-
-
-def canonical(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Contiguous and channels_last are kept (contiguous wins when a tensor is both); anything
-    else is made contiguous. Returns the tensor to read and whether it is channels_last."""
-    if x.is_contiguous():
-        return x, False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x, True
-    return x.contiguous(), False
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if canonical_is_channels_last(x) else torch.contiguous_format
-
-
-def canonical_is_channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def like_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """t in the layout the kernel reads x in (gradients may arrive with any strides)."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return t.contiguous(memory_format=layout)
-
-
-def stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def empty_output(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x, memory_format=output_memory_format(x))
-
-
-def empty_stats(x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(x.shape[:2], dtype=stat_dtype(x.dtype))
-
-
-def flat_stat(stat: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """Per-(n, c) statistics in any float dtype, (N, C) or (N, C, 1, 1) -> contiguous (N*C,) acc."""
-    return stat.reshape(-1).to(acc).contiguous()
-
-
-def as_grad_of(grad: torch.Tensor, like_shape, like_dtype) -> torch.Tensor:
-    return grad.reshape(like_shape).to(like_dtype)
+# ---- Layout and dtype rules: shared with the C++ backend's fake kernels.
+from adain_ext._layout import (  # noqa: E402,F401
+    as_grad_of,
+    canonical,
+    empty_output,
+    empty_stats,
+    flat_stat,
+    like_layout,
+    output_memory_format,
+    stat_dtype,
+)
 
 
 def register(name: str, fake):

@@ -1,4 +1,5 @@
-"""What every op's fake kernel shares: output layout and statistics dtype rules of the kernels."""
+"""Layout and dtype rules every backend follows (the same as csrc/checks.h): which memory format an
+output keeps, which dtype statistics accumulate in, and the shapes of fake outputs."""
 from __future__ import annotations
 
 import torch
@@ -32,3 +33,23 @@ def empty_output(x: torch.Tensor) -> torch.Tensor:
 def as_grad_of(grad: torch.Tensor, like_shape: torch.Size, like_dtype: torch.dtype) -> torch.Tensor:
     """Shapes a (N, C) accumulation-dtype gradient like the statistic input it belongs to."""
     return grad.reshape(like_shape).to(like_dtype)
+
+
+def canonical(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The tensor a kernel reads and whether it is channels_last: contiguous and channels_last are
+    kept (contiguous wins when a tensor is both); anything else is made contiguous."""
+    if x.is_contiguous():
+        return x, False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, True
+    return x.contiguous(), False
+
+
+def like_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t in the layout the kernel reads x in (gradients may arrive with any strides)."""
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def flat_stat(stat: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Per-(n, c) statistics in any float dtype, (N, C) or (N, C, 1, 1) -> contiguous (N*C,) acc."""
+    return stat.reshape(-1).to(acc).contiguous()
