@@ -10,7 +10,7 @@
 # 4. runs benchmarks/gpu_bench.py (JSON + markdown)
 # and prints a summary table last. Every step has a timeout so that the whole run stays under
 # 8 minutes on an H100; a failed step is reported and the next one still runs.
-# Env: STEP_TIMEOUTS="build tests memcheck racecheck bench" seconds (default "210 150 45 45 170"),
+# Env: STEP_TIMEOUTS="build tests memcheck racecheck bench" seconds (default "150 120 45 40 120"),
 #      BENCH_ARGS (extra gpu_bench.py arguments), SKIP_BUILD=1 (reuse a build).
 set -uo pipefail
 
@@ -20,7 +20,7 @@ mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python}"
-read -r T_BUILD T_TESTS T_MEMCHECK T_RACECHECK T_BENCH <<<"${STEP_TIMEOUTS:-210 150 45 45 170}"
+read -r T_BUILD T_TESTS T_MEMCHECK T_RACECHECK T_BENCH <<<"${STEP_TIMEOUTS:-150 120 45 40 120}"
 START=$(date +%s)
 declare -a STEPS=()
 
@@ -85,7 +85,7 @@ fi
 # ---- 4. Benchmarks.
 if [ "$BUILD_OK" = yes ]; then
   run_step bench "$T_BENCH" "$OUT_DIR/gpu_bench.log" \
-    "$PY" benchmarks/gpu_bench.py --out "$OUT_DIR" --compile-budget-s 90 ${BENCH_ARGS:-}
+    "$PY" benchmarks/gpu_bench.py --out "$OUT_DIR" --compile-budget-s 50 ${BENCH_ARGS:-}
 fi
 
 # ---- Summary, last.

@@ -206,8 +206,13 @@ def _opcheck_samples(case, dtype):
     ]
 
 
+# opcheck compiles (aot_dispatch): a few cases covering other sizes, alpha, biased, channels_last.
+OPCHECK_CASES = [c for c in GRAD_CASES
+                 if c.name in ("odd_style_other_size", "alpha_biased", "channels_last_alpha")]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
 def test_opcheck_cuda(case, dtype):
     for op, args in _opcheck_samples(case, dtype):
         if op in (torch.ops.adain.fused.default, torch.ops.adain.affine.default):

@@ -101,7 +101,8 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> slot_state(const Vec<T, VEC>& x, 
   }
   WelfordState<acc_t> s;
   s.count = hi - lo;
-  s.mean = sum / static_cast<acc_t>(s.count);
+  // A full slot divides by the constant VEC (a power of two: exact, and no division issued).
+  s.mean = s.count == VEC ? sum * (acc_t(1) / VEC) : sum / static_cast<acc_t>(s.count);
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
     if (j >= lo && j < hi) {

@@ -29,9 +29,12 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <vector>
 
 #include "cuda/reduce.cuh"
 #include "welford.h"
@@ -642,24 +645,29 @@ constexpr int64_t kSplitMinLen = 16384;
 constexpr int64_t kMinChunk = 4096;
 // Blocks to aim for: this many per SM.
 constexpr int64_t kBlocksPerSM = 4;
-// Shared-memory row cache per block: at most this, and at most half an SM's shared memory (so
-// two blocks fit on an SM).
+// Shared-memory row cache per block. Rows that fit in kCacheBudget (and in half an SM's shared
+// memory) are cached whole with two blocks per SM. Longer rows get as much as one block may take
+// (one block per SM): what does not fit is read again right after the first sweep, from L2, and
+// one block per SM keeps that in-flight remainder small next to L2.
 constexpr int64_t kCacheBudget = 96 * 1024;
 
 struct Device {
   int64_t sms;
-  int64_t cache_budget;  // bytes of dynamic shared memory a block may use for its row cache
+  int64_t cache_budget;      // bytes of row cache per block at two blocks per SM
+  int64_t cache_budget_max;  // bytes of row cache a single block may take
 };
 
 inline Device device_info() {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   Device dev;
   dev.sms = prop->multiProcessorCount;
-  const int64_t half_sm = static_cast<int64_t>(prop->sharedMemPerMultiprocessor) / 2 - 4096;
-  dev.cache_budget = std::max<int64_t>(
-      0, std::min<int64_t>({kCacheBudget, half_sm,
-                            static_cast<int64_t>(prop->sharedMemPerBlockOptin) - 4096}));
+  const int64_t per_sm = static_cast<int64_t>(prop->sharedMemPerMultiprocessor);
+  const int64_t per_block = static_cast<int64_t>(prop->sharedMemPerBlockOptin);
+  // Leave room for the reduction scratch (static) and the 1 KiB the runtime reserves per block.
+  dev.cache_budget = std::max<int64_t>(0, std::min({kCacheBudget, per_sm / 2 - 4096, per_block - 4096}));
+  dev.cache_budget_max = std::max<int64_t>(0, std::min(per_sm, per_block) - 4096);
   dev.cache_budget -= dev.cache_budget % 16;
+  dev.cache_budget_max -= dev.cache_budget_max % 16;
   return dev;
 }
 
@@ -721,7 +729,9 @@ inline RowsLaunch plan_rows(int64_t segments, int64_t seg_len, bool aligned, int
   r.grid = static_cast<int>(std::min<int64_t>(r.num_blocks, 32 * dev.sms));
   if (cached_rows > 0) {
     const int64_t slot_bytes = static_cast<int64_t>(sizeof(Vec<T, VEC>)) * cached_rows;
-    r.cache_slots = std::min(max_slots, dev.cache_budget / (per_block * slot_bytes));
+    const int64_t whole = per_block * max_slots * slot_bytes;
+    const int64_t budget = whole <= dev.cache_budget ? dev.cache_budget : dev.cache_budget_max;
+    r.cache_slots = std::min(max_slots, budget / (per_block * slot_bytes));
     r.smem = static_cast<size_t>(per_block * r.cache_slots * slot_bytes);
   }
   return r;
@@ -734,8 +744,19 @@ inline void launch_rows(Params<T, acc_t> p, const RowsLaunch& r) {
   p.cache_slots = r.cache_slots;
   auto kernel = contig_rows_kernel<T, acc_t, kMode>;
   if (r.smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(r.smem)));
+    // Opting in to more than 48 KiB is per kernel and device, and the call can synchronise the
+    // runtime: do it once per device (normally during warm-up, before any graph capture), to the
+    // most any launch asks for.
+    static std::mutex mutex;
+    static std::vector<bool> done;
+    const auto device = static_cast<size_t>(c10::cuda::current_device());
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (done.size() <= device) done.resize(device + 1, false);
+    if (!done[device]) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(device_info().cache_budget_max)));
+      done[device] = true;
+    }
   }
   kernel<<<r.grid, r.block, r.smem, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
