@@ -20,6 +20,7 @@ when unavailable). Add yours with register_provider(), from a module given with 
 A benchmark, not a test: it checks this op against the reference once per configuration (the
 max error is in the JSON) but never fails on speed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,16 +41,24 @@ sys.modules.setdefault("gpu_bench", sys.modules[__name__])  # plugins can `impor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import adain_ext  # noqa: E402
-from adain_ext import reference  # noqa: E402
+import adain_ext
+from adain_ext import reference
 
 EPS = 1e-5
 
 # Issue 3: VGG relu4_1; style-loss statistics in training; StyleGAN-like.
 GPU_SHAPES = [
-    (8, 512, 32, 32), (1, 512, 64, 64), (1, 512, 128, 128),
-    (8, 64, 256, 256), (8, 128, 128, 128), (8, 256, 64, 64),
-    (4, 512, 4, 4), (4, 512, 16, 16), (4, 256, 64, 64), (4, 64, 256, 256), (4, 32, 1024, 1024),
+    (8, 512, 32, 32),
+    (1, 512, 64, 64),
+    (1, 512, 128, 128),
+    (8, 64, 256, 256),
+    (8, 128, 128, 128),
+    (8, 256, 64, 64),
+    (4, 512, 4, 4),
+    (4, 512, 16, 16),
+    (4, 256, 64, 64),
+    (4, 64, 256, 256),
+    (4, 32, 1024, 1024),
 ]
 QUICK_SHAPES = [(2, 8, 16, 16), (1, 4, 64, 64), (4, 64, 4, 4)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -87,6 +96,7 @@ def _instance_norm(device):
     def run(c, s):
         mean, std = _style_stats(s)
         return F.instance_norm(c, eps=EPS) * std + mean
+
     return run
 
 
@@ -94,6 +104,7 @@ def _group_norm(device):
     def run(c, s):
         mean, std = _style_stats(s)
         return F.group_norm(c, c.shape[1], eps=EPS) * std + mean
+
     return run
 
 
@@ -107,7 +118,7 @@ def _triton(device):
     probe = torch.randn(1, 2, 4, 4, device=device)
     try:
         adain_ext.adain(probe, probe, backend="triton")
-    except Exception:  # not written yet, or no Triton for this device
+    except Exception:  # noqa: BLE001  (not written yet, or no Triton for this device)
         return None
     return lambda c, s: adain_ext.adain(c, s, backend="triton")
 
@@ -148,12 +159,14 @@ class Timer:
         if graph:
             try:
                 return self._graph_ms(fn), "cuda-graph"
-            except Exception:  # not capturable (or a provider syncs): fall back
+            except Exception:  # noqa: BLE001  (not capturable, or a provider syncs: fall back)
                 torch.cuda.synchronize()
         import triton.testing
 
         rep = 10 if self.quick else 25  # ms of repetitions: the suite must fit gpu_check's budget
-        return float(triton.testing.do_bench(fn, warmup=5, rep=rep, return_mode="median")), "do_bench"
+        return float(
+            triton.testing.do_bench(fn, warmup=5, rep=rep, return_mode="median")
+        ), "do_bench"
 
     def _graph_ms(self, fn, calls_per_graph: int = 20, replays: int = 10) -> float:
         side = torch.cuda.Stream()
@@ -201,14 +214,38 @@ def make_inputs(shape, dtype, layout, device, seed=0):
     return content, style
 
 
-def bench_config(shape, dtype_name, layout_name, device, providers, timer, copy_gbs, directions,
-                 compile_budget_left: Callable[[], bool]):
+def time_direction(timer, fn, direction, content, style, grad_out, graph):
+    """(ms, how it was timed, forward+backward ms or None) of one provider and direction."""
+    if direction == "forward":
+        ms, how = timer.time_ms(lambda: fn(content, style), graph=graph)
+        return ms, how, None
+    c = content.detach().requires_grad_(True)
+    s = style.detach().requires_grad_(True)
+    full_ms, how = timer.time_ms(lambda: torch.autograd.grad(fn(c, s), (c, s), grad_out), graph)
+    fwd_ms, _ = timer.time_ms(lambda: fn(content, style), graph=graph)
+    # Backward alone = (forward + backward) - forward.
+    return max(full_ms - fwd_ms, 1e-6), how, full_ms
+
+
+def bench_config(
+    shape,
+    dtype_name,
+    layout_name,
+    device,
+    providers,
+    timer,
+    copy_gbs,
+    directions,
+    compile_budget_left: Callable[[], bool],
+):
     dtype, layout = DTYPES[dtype_name], LAYOUTS[layout_name]
     content, style = make_inputs(shape, dtype, layout, device)
     grad_out = torch.randn_like(content)
     itemsize = content.element_size()
-    nbytes = {"forward": (2 * content.numel() + style.numel()) * itemsize,
-              "backward": (3 * content.numel() + 2 * style.numel()) * itemsize}
+    nbytes = {
+        "forward": (2 * content.numel() + style.numel()) * itemsize,
+        "backward": (3 * content.numel() + 2 * style.numel()) * itemsize,
+    }
     records = []
     max_err = None
     if "adain_ext" in providers:
@@ -224,31 +261,29 @@ def bench_config(shape, dtype_name, layout_name, device, providers, timer, copy_
             torch._dynamo.reset()
             fn = PROVIDERS[name](device)
         for direction in directions:
-            rec = dict(provider=name, direction=direction)
+            rec = {"provider": name, "direction": direction}
+            graph = nbytes[direction] < GRAPH_REPLAY_BELOW
             try:
-                if direction == "forward":
-                    ms, how = timer.time_ms(lambda: fn(content, style), graph=nbytes[direction] < GRAPH_REPLAY_BELOW)
-                else:
-                    c = content.detach().requires_grad_(True)
-                    s = style.detach().requires_grad_(True)
-
-                    def step():
-                        return torch.autograd.grad(fn(c, s), (c, s), grad_out)
-
-                    full_ms, how = timer.time_ms(step, graph=nbytes[direction] < GRAPH_REPLAY_BELOW)
-                    fwd_ms, _ = timer.time_ms(lambda: fn(content, style), graph=nbytes[direction] < GRAPH_REPLAY_BELOW)
-                    ms = max(full_ms - fwd_ms, 1e-6)  # backward alone = (forward + backward) - forward
-                    rec["full_ms"] = full_ms
-            except Exception as error:  # a provider that cannot run this configuration
+                ms, how, full_ms = time_direction(
+                    timer, fn, direction, content, style, grad_out, graph
+                )
+            except Exception as error:  # noqa: BLE001  (a provider that cannot run this case)
                 rec["error"] = f"{type(error).__name__}: {error}"[:300]
                 records.append(rec)
                 continue
+            if full_ms is not None:
+                rec["full_ms"] = full_ms
             gbs = nbytes[direction] / (ms * 1e-3) / 1e9
             rec.update(ms=ms, gbs=gbs, pct_copy=100 * gbs / copy_gbs, timing=how)
             records.append(rec)
     for rec in records:
-        rec.update(shape=list(shape), dtype=dtype_name, layout=layout_name,
-                   bytes=nbytes[rec["direction"]], max_err_vs_reference=max_err)
+        rec.update(
+            shape=list(shape),
+            dtype=dtype_name,
+            layout=layout_name,
+            bytes=nbytes[rec["direction"]],
+            max_err_vs_reference=max_err,
+        )
     return records
 
 
@@ -262,11 +297,16 @@ def geomean(values):
 
 def summarize(records):
     """Ratios the issue asks for, computed from the records."""
+
     def times(provider, direction, **where):
         out = {}
         for r in records:
-            if r["provider"] == provider and r["direction"] == direction and "ms" in r and all(
-                    r[k] == v for k, v in where.items()):
+            if (
+                r["provider"] == provider
+                and r["direction"] == direction
+                and "ms" in r
+                and all(r[k] == v for k, v in where.items())
+            ):
                 out[(tuple(r["shape"]), r["dtype"], r["layout"])] = r["ms"]
         return out
 
@@ -278,56 +318,107 @@ def summarize(records):
             keys = ours.keys() & theirs.keys()
             if keys:
                 summary[f"{direction}: speedup vs {base} (geomean)"] = geomean(
-                    [theirs[k] / ours[k] for k in keys])
-    big = [r["pct_copy"] for r in records if r["provider"] == "adain_ext" and r["direction"] == "forward"
-           and "pct_copy" in r and r["bytes"] >= BIG_SHAPE_BYTES]
+                    [theirs[k] / ours[k] for k in keys]
+                )
+    big = [
+        r["pct_copy"]
+        for r in records
+        if r["provider"] == "adain_ext"
+        and r["direction"] == "forward"
+        and "pct_copy" in r
+        and r["bytes"] >= BIG_SHAPE_BYTES
+    ]
     if big:
         summary["forward: min % of copy bandwidth, shapes >= 64 MB"] = min(big)
-    cl, contig = times("adain_ext", "forward", layout="channels_last"), times("adain_ext", "forward", layout="contiguous")
-    pairs = [(cl[k], contig[(k[0], k[1], "contiguous")]) for k in cl if (k[0], k[1], "contiguous") in contig]
+    cl, contig = (
+        times("adain_ext", "forward", layout="channels_last"),
+        times("adain_ext", "forward", layout="contiguous"),
+    )
+    pairs = [
+        (cl[k], contig[(k[0], k[1], "contiguous")])
+        for k in cl
+        if (k[0], k[1], "contiguous") in contig
+    ]
     if pairs:
         summary["forward: channels_last / contiguous time (worst)"] = max(a / b for a, b in pairs)
-        summary["forward: channels_last / contiguous time (geomean)"] = geomean([a / b for a, b in pairs])
+        summary["forward: channels_last / contiguous time (geomean)"] = geomean(
+            [a / b for a, b in pairs]
+        )
     return summary
 
 
 def markdown(meta, records, summary):
-    lines = [f"# adain_ext GPU benchmark: {meta['device_name']}", "",
-             f"torch {meta['torch']}, CUDA {meta['cuda']}, copy bandwidth {meta['copy_gbs']:.0f} GB/s "
-             f"(read + write), {meta['when']}", "", "## Summary", "", "| metric | value |", "|---|---|"]
+    lines = [
+        f"# adain_ext GPU benchmark: {meta['device_name']}",
+        "",
+        f"torch {meta['torch']}, CUDA {meta['cuda']}, copy bandwidth {meta['copy_gbs']:.0f} GB/s "
+        f"(read + write), {meta['when']}",
+        "",
+        "## Summary",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.3g} |" for k, v in summary.items()]
     providers = list(dict.fromkeys(r["provider"] for r in records))
     for direction in ("forward", "backward"):
-        lines += ["", f"## {direction} (ms; adain_ext GB/s and % of copy)", "",
-                  "| shape | dtype | layout | " + " | ".join(providers) + " | GB/s | % copy |",
-                  "|---|---|---|" + "---|" * (len(providers) + 2)]
+        lines += [
+            "",
+            f"## {direction} (ms; adain_ext GB/s and % of copy)",
+            "",
+            "| shape | dtype | layout | " + " | ".join(providers) + " | GB/s | % copy |",
+            "|---|---|---|" + "---|" * (len(providers) + 2),
+        ]
         configs = list(dict.fromkeys((tuple(r["shape"]), r["dtype"], r["layout"]) for r in records))
         for shape, dtype, layout in configs:
-            row = {r["provider"]: r for r in records if r["direction"] == direction
-                   and (tuple(r["shape"]), r["dtype"], r["layout"]) == (shape, dtype, layout)}
+            row = {
+                r["provider"]: r
+                for r in records
+                if r["direction"] == direction
+                and (tuple(r["shape"]), r["dtype"], r["layout"]) == (shape, dtype, layout)
+            }
             cells = []
             for p in providers:
                 r = row.get(p, {})
-                cells.append(f"{r['ms']:.4f}" if "ms" in r else ("skip" if "skipped" in r else "err" if "error" in r else "-"))
+                cells.append(
+                    f"{r['ms']:.4f}"
+                    if "ms" in r
+                    else ("skip" if "skipped" in r else "err" if "error" in r else "-")
+                )
             ours = row.get("adain_ext", {})
-            lines.append(f"| {'x'.join(map(str, shape))} | {dtype} | {layout} | " + " | ".join(cells)
-                         + f" | {ours.get('gbs', float('nan')):.0f} | {ours.get('pct_copy', float('nan')):.0f} |")
+            lines.append(
+                f"| {'x'.join(map(str, shape))} | {dtype} | {layout} | "
+                + " | ".join(cells)
+                + f" | {ours.get('gbs', float('nan')):.0f} | {ours.get('pct_copy', float('nan')):.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke test)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
-    parser.add_argument("--out", default=os.environ.get("OUT", "out"), help="folder for JSON and markdown")
-    parser.add_argument("--providers", default=None, help="comma-separated subset of " + ", ".join(PROVIDERS))
-    parser.add_argument("--plugin", action="append", default=[], help="module that registers providers")
+    parser.add_argument(
+        "--out", default=os.environ.get("OUT", "out"), help="folder for JSON and markdown"
+    )
+    parser.add_argument(
+        "--providers", default=None, help="comma-separated subset of " + ", ".join(PROVIDERS)
+    )
+    parser.add_argument(
+        "--plugin", action="append", default=[], help="module that registers providers"
+    )
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--layouts", default="contiguous,channels_last")
     parser.add_argument("--directions", default="forward,backward")
     parser.add_argument("--shapes", default=None, help="e.g. 8x512x32x32,1x512x64x64")
-    parser.add_argument("--compile-budget-s", type=float, default=float(os.environ.get("COMPILE_BUDGET_S", 200)),
-                        help="stop timing torch.compile (compilation is slow) after this many seconds")
+    parser.add_argument(
+        "--compile-budget-s",
+        type=float,
+        default=float(os.environ.get("COMPILE_BUDGET_S", "200")),
+        help="stop timing torch.compile (compilation is slow) after this many seconds",
+    )
     args = parser.parse_args(argv)
     for module in args.plugin:
         __import__(module)
@@ -338,8 +429,13 @@ def main(argv=None):
     if not device.startswith("cuda"):
         torch.set_num_threads(1)  # a smoke test: stable numbers beat fast ones on a shared CPU
     torch._dynamo.config.cache_size_limit = 256
-    shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes
-              else QUICK_SHAPES if quick else GPU_SHAPES)
+    shapes = (
+        [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        if args.shapes
+        else QUICK_SHAPES
+        if quick
+        else GPU_SHAPES
+    )
     wanted = args.providers.split(",") if args.providers else list(PROVIDERS)
     providers = {}
     for name in wanted:
@@ -351,23 +447,45 @@ def main(argv=None):
     timer = Timer(device, quick)
     copy_gbs = copy_bandwidth_gbs(device, timer, quick)
     started = time.time()
-    compile_left = lambda: time.time() - started < args.compile_budget_s  # noqa: E731
+
+    def compile_left():
+        return time.time() - started < args.compile_budget_s
+
     records = []
     for layout in args.layouts.split(","):
         for dtype in args.dtypes.split(","):
             for shape in shapes:
-                recs = bench_config(shape, dtype, layout, device, providers, timer, copy_gbs,
-                                    args.directions.split(","), compile_left)
+                recs = bench_config(
+                    shape,
+                    dtype,
+                    layout,
+                    device,
+                    providers,
+                    timer,
+                    copy_gbs,
+                    args.directions.split(","),
+                    compile_left,
+                )
                 records += recs
-                times = " ".join(f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}"
-                                 for r in recs if "ms" in r)
-                print(f"{'x'.join(map(str, shape)):>16} {dtype} {layout:<13} ms {times}", flush=True)
+                times = " ".join(
+                    f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}" for r in recs if "ms" in r
+                )
+                print(
+                    f"{'x'.join(map(str, shape)):>16} {dtype} {layout:<13} ms {times}", flush=True
+                )
     cuda = device.startswith("cuda")
-    meta = dict(device=device,
-                device_name=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-                torch=torch.__version__, cuda=torch.version.cuda, copy_gbs=copy_gbs,
-                when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), quick=quick,
-                seconds=time.time() - started)
+    meta = dict(
+        device=device,
+        device_name=torch.cuda.get_device_name()
+        if cuda
+        else platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        copy_gbs=copy_gbs,
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        quick=quick,
+        seconds=time.time() - started,
+    )
     summary = summarize(records)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:

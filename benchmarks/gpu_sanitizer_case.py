@@ -5,6 +5,7 @@ Shapes (see csrc/cuda/row_kernels.cuh): packed tiny rows, rows off the 16-byte g
 per row with the row cached in shared memory, split long rows (fewer rows than SMs), a style that
 is split while the content is not, channels_last with C a multiple of the vector width and not.
 """
+
 import torch
 
 import adain_ext
@@ -22,7 +23,9 @@ SHAPES = [
 for content_shape, style_shape, layout in SHAPES:
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-        content = torch.randn(content_shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        content = torch.randn(content_shape, device="cuda", dtype=dtype).contiguous(
+            memory_format=fmt
+        )
         style = torch.randn(style_shape or content_shape, device="cuda", dtype=dtype)
         style = style.contiguous(memory_format=fmt)
         content.requires_grad_(True)

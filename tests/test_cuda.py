@@ -4,13 +4,11 @@ determinism.
 
 Runs only where a CUDA GPU is visible; elsewhere the whole module is skipped with the reason.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
-import adain_ext
-from adain_ext import _extension, reference
 from cases import (
     CASES,
     GRAD_CASES,
@@ -20,6 +18,9 @@ from cases import (
     make_inputs,
     make_statistics,
 )
+
+import adain_ext
+from adain_ext import _extension, reference
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU: CUDA kernels are compiled but not run"
@@ -40,19 +41,23 @@ PATH_CASES = [
     Case("split_long_rows", (1, 4, 512, 512)),  # few long rows: partials + finalize + apply
     Case("split_unaligned", (1, 3, 257, 259), alpha=0.6),  # odd L on the split path
     Case("split_style_only", (2, 8, 16, 16), style=(2, 8, 384, 384)),  # fused falls back
+    Case("fused_style_longer", (2, 150, 4, 4), style=(2, 150, 64, 64)),  # group sized by style
     Case("cl_wide", (2, 64, 64, 64), layout="channels_last"),
     Case("cl_odd_channels", (2, 5, 33, 65), unbiased=False, layout="channels_last"),
     Case("cl_split", (1, 16, 256, 256), alpha=0.8, layout="channels_last"),
     Case("large_mean_split", (1, 2, 300, 300), mean_offset=1e4),
     Case("large_mean_cl", (2, 8, 40, 40), mean_offset=1e4, layout="channels_last"),
 ]
+PATH = {case.name: case for case in PATH_CASES}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _cuda_kernels_built():
     if not _extension.has_kernel("cuda"):
-        pytest.fail("a CUDA GPU is visible but adain_ext._C has no CUDA kernels: rebuild with "
-                    "`FORCE_CUDA=1 python setup.py build_ext --inplace`")
+        pytest.fail(
+            "a CUDA GPU is visible but adain_ext._C has no CUDA kernels: rebuild with "
+            "`FORCE_CUDA=1 python setup.py build_ext --inplace`"
+        )
 
 
 def _grad_close(actual, expected, dtype, what):
@@ -60,8 +65,13 @@ def _grad_close(actual, expected, dtype, what):
     the gradient's magnitude."""
     atol, rtol = TOLERANCES[dtype]
     scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol,
-                               msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.double(),
+        expected.double(),
+        atol=atol * scale,
+        rtol=rtol,
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 def _fused_and_grads(content, style, case, backend):
@@ -80,7 +90,8 @@ def _check_fused(case, dtype, device_ref=CUDA):
     content, style = make_inputs(case, dtype, CUDA)
     out, gc, gs = _fused_and_grads(content, style, case, "cpp")
     ref_out, ref_gc, ref_gs = _fused_and_grads(
-        content.double().to(device_ref), style.double().to(device_ref), case, "reference")
+        content.double().to(device_ref), style.double().to(device_ref), case, "reference"
+    )
     assert out.dtype == dtype and out.device.type == "cuda"
     if case.layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
@@ -91,6 +102,7 @@ def _check_fused(case, dtype, device_ref=CUDA):
 
 
 # ---- Every op against the float64 reference and the CPU kernels, over the shared cases.
+
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -168,29 +180,37 @@ def test_mean_std_matches_reference_and_cpu(case, dtype):
 
 # ---- gradcheck and opcheck on CUDA.
 
+
 @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
 def test_gradcheck_cuda(case):
     content, style = make_inputs(case, torch.float64, CUDA, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda c, s: adain_ext.adain(c, s, case.alpha, 1e-5, case.unbiased, backend="cpp"),
-        (content, style))
+        (content, style),
+    )
     mean, std = make_statistics(case, torch.float64, CUDA, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, m, s: adain_ext.adain_affine(x, m, s, 1e-5, case.unbiased, backend="cpp"),
-        (content, mean, std))
+        (content, mean, std),
+    )
     assert torch.autograd.gradcheck(
-        lambda x: adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp"), (content,))
+        lambda x: adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp"), (content,)
+    )
     assert torch.autograd.gradcheck(
-        lambda x, m, s: torch.ops.adain._affine_forward(x, m, s, case.alpha, 1e-5, case.unbiased)[0],
-        (content, mean, std))
+        lambda x, m, s: torch.ops.adain._affine_forward(x, m, s, case.alpha, 1e-5, case.unbiased)[
+            0
+        ],
+        (content, mean, std),
+    )
 
 
 def _opcheck_samples(case, dtype):
     content, style = make_inputs(case, dtype, CUDA, requires_grad=True)
     mean, std = make_statistics(case, dtype, CUDA, requires_grad=True)
     ops = torch.ops.adain
-    out, x_mean, x_std = ops._affine_forward(content.detach(), mean.detach(), std.detach(),
-                                             case.alpha, 1e-5, case.unbiased)
+    out, x_mean, x_std = ops._affine_forward(
+        content.detach(), mean.detach(), std.detach(), case.alpha, 1e-5, case.unbiased
+    )
     g = torch.randn_like(out)
     m, s = ops.mean_std(content.detach(), 1e-5, case.unbiased)
     return [
@@ -199,16 +219,23 @@ def _opcheck_samples(case, dtype):
         (ops.affine.default, (content, mean, std, 1e-5, case.unbiased)),
         (ops._fused_forward.default, (content, style, case.alpha, 1e-5, case.unbiased)),
         (ops._affine_forward.default, (content, mean, std, case.alpha, 1e-5, case.unbiased)),
-        (ops._affine_backward.default,
-         (g, content.detach(), x_mean, x_std, std.detach(), case.alpha, case.unbiased)),
-        (ops._mean_std_backward.default,
-         (torch.randn_like(m), torch.randn_like(s), content.detach(), m, s, case.unbiased)),
+        (
+            ops._affine_backward.default,
+            (g, content.detach(), x_mean, x_std, std.detach(), case.alpha, case.unbiased),
+        ),
+        (
+            ops._mean_std_backward.default,
+            (torch.randn_like(m), torch.randn_like(s), content.detach(), m, s, case.unbiased),
+        ),
     ]
 
 
 # opcheck compiles (aot_dispatch): a few cases covering other sizes, alpha, biased, channels_last.
-OPCHECK_CASES = [c for c in GRAD_CASES
-                 if c.name in ("odd_style_other_size", "alpha_biased", "channels_last_alpha")]
+OPCHECK_CASES = [
+    c
+    for c in GRAD_CASES
+    if c.name in ("odd_style_other_size", "alpha_biased", "channels_last_alpha")
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -221,6 +248,7 @@ def test_opcheck_cuda(case, dtype):
 
 
 # ---- Each kernel path.
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", PATH_CASES, ids=str)
@@ -237,8 +265,12 @@ def test_paths_match_reference(case, dtype):
 
 def test_large_mean_std_accuracy_every_path():
     """x = 1e4 + N(0, 1) in float32: std within 1e-3 on every path (never sum of squares)."""
-    for shape, layout in [((64, 32, 8, 8), "contiguous"), ((2, 300, 32, 32), "contiguous"),
-                          ((1, 2, 512, 512), "contiguous"), ((2, 64, 64, 64), "channels_last")]:
+    for shape, layout in [
+        ((64, 32, 8, 8), "contiguous"),
+        ((2, 300, 32, 32), "contiguous"),
+        ((1, 2, 512, 512), "contiguous"),
+        ((2, 64, 64, 64), "channels_last"),
+    ]:
         gen = torch.Generator(device=CUDA).manual_seed(0)
         x = 1e4 + torch.randn(shape, generator=gen, device=CUDA)
         if layout == "channels_last":
@@ -270,7 +302,8 @@ def test_mixed_layouts_and_misaligned_views():
 
 
 def test_nan_stays_in_its_row():
-    for case in [PATH_CASES[0], PATH_CASES[3], PATH_CASES[5], PATH_CASES[8]]:
+    for name in ("packed_4x4", "one_launch_rows", "split_long_rows", "cl_wide"):
+        case = PATH[name]
         content, style = make_inputs(case, torch.float32, CUDA)
         content = content.clone()
         content[0, 1, 0, 0] = float("nan")
@@ -286,7 +319,7 @@ def test_empty_batch_or_channels():
         x = torch.randn(shape, device=CUDA)
         out = adain_ext.adain(x, x, backend="cpp")
         assert out.shape == shape and out.device.type == "cuda"
-        mean, std = adain_ext.mean_std(x, backend="cpp")
+        mean, _ = adain_ext.mean_std(x, backend="cpp")
         assert mean.shape == (*shape[:2], 1, 1)
 
 
@@ -303,6 +336,7 @@ def test_errors_match_cpu():
 
 
 # ---- Capture, compile, streams, determinism.
+
 
 def _graph_safe_ops(case, dtype=torch.float32):
     """Callables (no args) running every op's CUDA kernel on static inputs, and those inputs."""
@@ -372,7 +406,7 @@ def test_torch_compile_fullgraph_and_reduce_overhead():
 
 def test_runs_on_the_current_stream():
     """The kernels must queue behind work already on the caller's (non-default) stream."""
-    case = PATH_CASES[3]
+    case = PATH["one_launch_rows"]
     content, style = make_inputs(case, torch.float32, CUDA)
     expected = adain_ext.adain(content, style, backend="cpp")
     target = torch.full_like(content, float("nan"))
@@ -388,7 +422,7 @@ def test_runs_on_the_current_stream():
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_device_guard_second_gpu():
-    case = PATH_CASES[3]
+    case = PATH["one_launch_rows"]
     content, style = make_inputs(case, torch.float32, "cuda:1")
     with torch.cuda.device(0):
         out = adain_ext.adain(content, style, backend="cpp")
@@ -420,9 +454,12 @@ def test_int64_indexing_over_2_to_31_elements():
     x[1].copy_(torch.arange(x[1].numel(), device=CUDA).remainder(7).reshape(x[1].shape))
     mean, std = adain_ext.mean_std(x, backend="cpp")
     row = x[1].reshape(-1).float()
-    torch.testing.assert_close(mean[1].float().flatten(), row.mean().reshape(1), atol=2e-2, rtol=1e-2)
-    torch.testing.assert_close(std[1].float().flatten(), row.var().add(1e-5).sqrt().reshape(1),
-                               atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        mean[1].float().flatten(), row.mean().reshape(1), atol=2e-2, rtol=1e-2
+    )
+    torch.testing.assert_close(
+        std[1].float().flatten(), row.var().add(1e-5).sqrt().reshape(1), atol=2e-2, rtol=1e-2
+    )
     del row
     target_mean = torch.tensor([[0.0], [10.0]], device=CUDA)
     target_std = torch.tensor([[1.0], [2.0]], device=CUDA)

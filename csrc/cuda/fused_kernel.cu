@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "checks.h"
 #include "cuda/ops.h"
 #include "cuda/row_kernels.cuh"
@@ -65,8 +67,16 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
     p.d.std_out = content_std.data_ptr<acc_t>();
     p.d.style_mean_out = style_mean.data_ptr<acc_t>();
     p.d.style_std_out = style_std.data_ptr<acc_t>();
-    launch_rows<scalar_t, acc_t, RowMode::Fused>(
-        p, plan_rows<scalar_t>(R, L, L % VEC == 0, /*cached_rows=*/1, dev));
+    // Threads per row for the longer of the two rows; the cache holds content slots only.
+    RowsLaunch geometry =
+        plan_rows<scalar_t>(R, std::max(L, L_style), L % VEC == 0, /*cached_rows=*/1, dev);
+    const int64_t content_slots = L % VEC == 0 ? L / VEC : ceil_div(L + VEC - 1, VEC);
+    if (geometry.cache_slots > content_slots) {
+      geometry.cache_slots = content_slots;
+      geometry.smem = static_cast<size_t>(geometry.block / geometry.group) * content_slots *
+                      sizeof(Vec<scalar_t, VEC>);
+    }
+    launch_rows<scalar_t, acc_t, RowMode::Fused>(p, geometry);
   });
   return {out, content_mean, content_std, style_mean, style_std};
 }

@@ -173,8 +173,12 @@ enum class RowMode {
   ApplyGrad,       // out = A*g + B*(x-M) + C0 from coef
 };
 
-constexpr int kSlotsPerThread = 4;  // also the unroll: a thread's slots are loaded before use
-constexpr int kUnroll = 4;
+// A row gets about this many 16-byte slots per thread (sets the group size).
+constexpr int kSlotsPerThread = 4;
+// Slots a thread loads before using them. 2 keeps every kernel within the 64 registers of a
+// 1024-thread block (4 spilled heavily for 16-bit types: ptxas -v, sm_90) while keeping 32-64
+// bytes per thread in flight, plenty at 1-2K threads per SM.
+constexpr int kUnroll = 2;
 
 // ---- Path 1 and the contiguous half of path 2.
 
