@@ -113,6 +113,11 @@ def test_fused_matches_reference(case, dtype):
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_fused_matches_cpu_kernel(case, dtype):
+    if case.mean_offset and dtype in LOW_PRECISION:
+        pytest.skip(
+            "16-bit large-mean outputs: the CPU kernel's a*x+b loses ~0.2 there (the CUDA "
+            "kernels apply a*(x-mean)+T_m); both are checked against the reference"
+        )
     content, style = make_inputs(case, dtype, CUDA)
     out, gc, gs = _fused_and_grads(content, style, case, "cpp")
     cpu_out, cpu_gc, cpu_gs = _fused_and_grads(content.cpu(), style.cpu(), case, "cpp")
