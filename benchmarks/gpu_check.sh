@@ -78,8 +78,10 @@ if [ "$BUILD_OK" = yes ] && [ -n "$SANITIZER" ]; then
     "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" benchmarks/gpu_sanitizer_case.py
   run_step racecheck "$T_RACECHECK" "$OUT_DIR/racecheck.log" \
     "$SANITIZER" --tool racecheck --error-exitcode 1 "$PY" benchmarks/gpu_sanitizer_case.py
+elif [ -z "$SANITIZER" ]; then
+  STEPS+=("sanitizer|SKIPPED (compute-sanitizer not found)|0|-")
 else
-  STEPS+=("sanitizer|SKIPPED (${SANITIZER:+no build}${SANITIZER:-compute-sanitizer not found})|0|-")
+  STEPS+=("sanitizer|SKIPPED (no CUDA kernels built)|0|-")
 fi
 
 # ---- 4. Benchmarks.
@@ -99,7 +101,7 @@ TOTAL=$(( $(date +%s) - START ))
   for s in "${STEPS[@]}"; do IFS='|' read -r a b c d <<<"$s"; echo "| $a | $b | $c | $d |"; done
   if [ -f "$OUT_DIR/test_cuda.log" ]; then
     echo
-    echo "tests: $(grep -E '(passed|failed|error)' "$OUT_DIR/test_cuda.log" | tail -n 1)"
+    echo "tests: $(grep -E '[0-9]+ (passed|failed|skipped|errors?)' "$OUT_DIR/test_cuda.log" | tail -n 1)"
   fi
   if [ -f "$OUT_DIR/gpu_bench.json" ]; then
     echo

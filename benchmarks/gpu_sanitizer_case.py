@@ -6,9 +6,13 @@ per row with the row cached in shared memory, split long rows (fewer rows than S
 is split while the content is not, channels_last with C a multiple of the vector width and not.
 """
 
+import os
+import sys
+
 import torch
 
-import adain_ext
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import adain_ext  # noqa: E402
 
 SHAPES = [
     ((4, 64, 4, 4), None, "contiguous"),
