@@ -419,6 +419,12 @@ def main(argv=None):
         default=float(os.environ.get("COMPILE_BUDGET_S", "200")),
         help="stop timing torch.compile (compilation is slow) after this many seconds",
     )
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=float(os.environ.get("TIME_BUDGET_S", "inf")),
+        help="start no new configuration after this many seconds",
+    )
     args = parser.parse_args(argv)
     for module in args.plugin:
         __import__(module)
@@ -451,28 +457,37 @@ def main(argv=None):
     def compile_left():
         return time.time() - started < args.compile_budget_s
 
-    records = []
-    for layout in args.layouts.split(","):
-        for dtype in args.dtypes.split(","):
-            for shape in shapes:
-                recs = bench_config(
-                    shape,
-                    dtype,
-                    layout,
-                    device,
-                    providers,
-                    timer,
-                    copy_gbs,
-                    args.directions.split(","),
-                    compile_left,
-                )
-                records += recs
-                times = " ".join(
-                    f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}" for r in recs if "ms" in r
-                )
-                print(
-                    f"{'x'.join(map(str, shape)):>16} {dtype} {layout:<13} ms {times}", flush=True
-                )
+    # Each shape in both layouts back to back (the channels_last / contiguous ratio), fp32 first;
+    # past --time-budget-s no new configuration starts, so a capped run still reports.
+    configs = [
+        (shape, dtype, layout)
+        for dtype in args.dtypes.split(",")
+        for shape in shapes
+        for layout in args.layouts.split(",")
+    ]
+    records, skipped = [], []
+    for shape, dtype, layout in configs:
+        if time.time() - started > args.time_budget_s:
+            skipped.append(f"{'x'.join(map(str, shape))} {dtype} {layout}")
+            continue
+        recs = bench_config(
+            shape,
+            dtype,
+            layout,
+            device,
+            providers,
+            timer,
+            copy_gbs,
+            args.directions.split(","),
+            compile_left,
+        )
+        records += recs
+        times = " ".join(
+            f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}" for r in recs if "ms" in r
+        )
+        print(f"{'x'.join(map(str, shape)):>16} {dtype} {layout:<13} ms {times}", flush=True)
+    if skipped:
+        print(f"gpu_bench: time budget reached, {len(skipped)} configurations not run")
     cuda = device.startswith("cuda")
     meta = dict(
         device=device,
@@ -485,6 +500,7 @@ def main(argv=None):
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         quick=quick,
         seconds=time.time() - started,
+        not_run=skipped,
     )
     summary = summarize(records)
     os.makedirs(args.out, exist_ok=True)

@@ -87,7 +87,7 @@ fi
 # ---- 4. Benchmarks.
 if [ "$BUILD_OK" = yes ]; then
   run_step bench "$T_BENCH" "$OUT_DIR/gpu_bench.log" \
-    "$PY" benchmarks/gpu_bench.py --out "$OUT_DIR" --compile-budget-s 50 ${BENCH_ARGS:-}
+    "$PY" benchmarks/gpu_bench.py --out "$OUT_DIR" --compile-budget-s 50 --time-budget-s 95 ${BENCH_ARGS:-}
 fi
 
 # ---- Summary, last.
