@@ -476,7 +476,9 @@ def test_int64_indexing_over_2_to_31_elements():
     x = torch.empty((2, 1, 2**15, 2**15 + 1), dtype=torch.bfloat16, device=CUDA)
     assert x.numel() > 2**31
     x[0].fill_(1.0)
-    x[1].copy_(torch.arange(x[1].numel(), device=CUDA).remainder(7).reshape(x[1].shape))
+    pattern = torch.arange(x[1].numel(), device=CUDA, dtype=torch.int32).remainder_(7)
+    x[1].copy_(pattern.reshape(x[1].shape))
+    del pattern
     mean, std = adain_ext.mean_std(x, backend="cpp")
     row = x[1].reshape(-1).float()
     torch.testing.assert_close(
