@@ -1,0 +1,151 @@
+// adain::_affine_forward and adain::_affine_backward on CUDA. Paths and geometry: row_kernels.cuh.
+#include <ATen/ATen.h>
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "cuda/ops.h"
+#include "cuda/row_kernels.cuh"
+
+namespace adain {
+namespace cuda {
+
+// out = a * x + b per row with a = T_s / std_x, b = T_m - a * mean_x (alpha folded into T_m, T_s);
+// also returns x's statistics (N, C) in the accumulation dtype for the backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& x_in,
+                                                              const at::Tensor& mean,
+                                                              const at::Tensor& std, double alpha,
+                                                              double eps, bool unbiased) {
+  check_affine(x_in, mean, std, unbiased);
+  check_eps(eps);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto [x, layout] = canonical_layout(x_in);
+  const auto format = memory_format_of(layout);
+  x = aligned16(x, format);
+  const int64_t N = x.size(0), C = x.size(1), R = N * C;
+  const auto acc = acc_dtype(x.scalar_type());
+  const auto acc_options = x.options().dtype(acc);
+  at::Tensor out = at::empty_like(x, format);
+  at::Tensor x_mean = at::empty({N, C}, acc_options);
+  at::Tensor x_std = at::empty({N, C}, acc_options);
+  if (R == 0) return {out, x_mean, x_std};
+  const int64_t L = x.size(2) * x.size(3);
+  const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
+  const Device dev = device_info();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "adain_affine_forward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    constexpr int VEC = vec_width<scalar_t>();
+    Params<scalar_t, acc_t> p;
+    p.x = x.data_ptr<scalar_t>();
+    p.out = out.data_ptr<scalar_t>();
+    p.d.rows = R;
+    p.d.L = L;
+    p.d.chunk_len = L;
+    p.d.alpha = static_cast<acc_t>(alpha);
+    p.d.eps = static_cast<acc_t>(eps);
+    p.d.unbiased = unbiased;
+    p.d.target_mean = target_mean.data_ptr<acc_t>();
+    p.d.target_std = target_std.data_ptr<acc_t>();
+    p.d.mean_out = x_mean.data_ptr<acc_t>();
+    p.d.std_out = x_std.data_ptr<acc_t>();
+    if (layout == Layout::ChannelsLast) {
+      const int grid = plan_channels_last(p, N, C, L, dev);
+      const at::Tensor partials = attach_partials(p.d, acc_options);
+      const at::Tensor coef = attach_coef(p.d, acc_options);
+      launch_cl_partial<scalar_t, acc_t, /*kSums=*/false>(p, grid);
+      launch_finalize<acc_t, FinalMode::Affine>(p.d, dev);
+      launch_cl_apply<scalar_t, acc_t, /*kHasG=*/false>(p, grid);
+    } else if (use_split(R, L, dev)) {
+      choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
+      const at::Tensor partials = attach_partials(p.d, acc_options);
+      const at::Tensor coef = attach_coef(p.d, acc_options);
+      const RowsLaunch geometry =
+          plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
+      launch_rows<scalar_t, acc_t, RowMode::PartialWelford>(p, geometry);
+      launch_finalize<acc_t, FinalMode::Affine>(p.d, dev);
+      launch_rows<scalar_t, acc_t, RowMode::Apply>(p, geometry);
+    } else {
+      launch_rows<scalar_t, acc_t, RowMode::Affine>(
+          p, plan_rows<scalar_t>(R, L, L % VEC == 0, /*cached_rows=*/1, dev));
+    }
+  });
+  return {out, x_mean, x_std};
+}
+
+namespace {
+
+// grad_x = k*g + ((1-alpha) - k) * (sgx/D * x_hat + sg/L), grad_mean = alpha*sg, grad_std =
+// alpha*sgx, with sg = sum(g), sgx = sum(g * x_hat) per row; g is read in x's layout.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& x_mean,
+    const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto [x, layout] = canonical_layout(x_in);
+  const auto format = memory_format_of(layout);
+  x = aligned16(x, format);
+  const at::Tensor g = aligned16(grad_out.to(x.scalar_type()).contiguous(format), format);
+  const int64_t N = x.size(0), C = x.size(1), R = N * C;
+  const auto acc = acc_dtype(x.scalar_type());
+  const auto acc_options = x.options().dtype(acc);
+  at::Tensor grad_x = at::empty_like(x, format);
+  at::Tensor grad_mean = at::empty({N, C}, acc_options);
+  at::Tensor grad_std = at::empty({N, C}, acc_options);
+  if (R == 0) return {grad_x, grad_mean, grad_std};
+  const int64_t L = x.size(2) * x.size(3);
+  const at::Tensor mean_f = flat_stat(x_mean, acc), std_f = flat_stat(x_std, acc);
+  const at::Tensor std_target = flat_stat(std, acc);
+  const Device dev = device_info();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
+                                  "adain_affine_backward_cuda", [&] {
+    using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    constexpr int VEC = vec_width<scalar_t>();
+    Params<scalar_t, acc_t> p;
+    p.x = x.data_ptr<scalar_t>();
+    p.g = g.data_ptr<scalar_t>();
+    p.out = grad_x.data_ptr<scalar_t>();
+    p.d.rows = R;
+    p.d.L = L;
+    p.d.chunk_len = L;
+    p.d.alpha = static_cast<acc_t>(alpha);
+    p.d.unbiased = unbiased;
+    p.d.x_mean = mean_f.data_ptr<acc_t>();
+    p.d.x_std = std_f.data_ptr<acc_t>();
+    p.d.std_target = std_target.data_ptr<acc_t>();
+    p.d.grad_mean_out = grad_mean.data_ptr<acc_t>();
+    p.d.grad_std_out = grad_std.data_ptr<acc_t>();
+    if (layout == Layout::ChannelsLast) {
+      const int grid = plan_channels_last(p, N, C, L, dev);
+      const at::Tensor partials = attach_partials(p.d, acc_options);
+      const at::Tensor coef = attach_coef(p.d, acc_options);
+      launch_cl_partial<scalar_t, acc_t, /*kSums=*/true>(p, grid);
+      launch_finalize<acc_t, FinalMode::AffineBackward>(p.d, dev);
+      launch_cl_apply<scalar_t, acc_t, /*kHasG=*/true>(p, grid);
+    } else if (use_split(R, L, dev)) {
+      choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
+      const at::Tensor partials = attach_partials(p.d, acc_options);
+      const at::Tensor coef = attach_coef(p.d, acc_options);
+      const RowsLaunch geometry =
+          plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
+      launch_rows<scalar_t, acc_t, RowMode::PartialSums>(p, geometry);
+      launch_finalize<acc_t, FinalMode::AffineBackward>(p.d, dev);
+      launch_rows<scalar_t, acc_t, RowMode::ApplyGrad>(p, geometry);
+    } else {
+      launch_rows<scalar_t, acc_t, RowMode::AffineBackward>(
+          p, plan_rows<scalar_t>(R, L, L % VEC == 0, /*cached_rows=*/2, dev));
+    }
+  });
+  return {grad_x, grad_mean, grad_std};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(adain, CUDA, m) {
+  m.impl("_affine_forward", TORCH_FN(cuda::affine_forward));
+  m.impl("_affine_backward", TORCH_FN(cuda::affine_backward_cuda));
+}
+
+}  // namespace adain

@@ -1,0 +1,496 @@
+"""The CUDA kernels (csrc/cuda): every op and gradient against the float64 reference and against the
+CPU kernels, gradcheck and opcheck on CUDA, each kernel path, CUDA graphs, torch.compile, streams,
+determinism.
+
+Runs only where a CUDA GPU is visible; elsewhere the whole module is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from cases import (
+    CASES,
+    GRAD_CASES,
+    TOLERANCES,
+    Case,
+    assert_close,
+    make_inputs,
+    make_statistics,
+)
+
+import adain_ext
+from adain_ext import _extension, reference
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU: CUDA kernels are compiled but not run"
+)
+
+CUDA = "cuda"
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# Shapes that force each kernel path (csrc/cuda/row_kernels.cuh). "Few rows" means fewer than two
+# per SM: every GPU these run on has at least 40 SMs, so R <= 80 always splits long rows.
+PATH_CASES = [
+    Case("packed_4x4", (4, 512, 4, 4)),  # tiny rows, several per warp
+    Case("packed_odd_rows", (3, 100, 7, 9), alpha=0.4),  # L = 63: rows off the 16-byte grid
+    Case("packed_style_bigger", (4, 256, 8, 8), style=(4, 256, 16, 16)),
+    Case("one_launch_rows", (2, 300, 32, 32)),  # a block per row, row cached in shared memory
+    Case("rows_partial_cache", (4, 160, 160, 160)),  # row larger than the shared-memory budget
+    Case("split_long_rows", (1, 4, 512, 512)),  # few long rows: partials + finalize + apply
+    Case("split_unaligned", (1, 3, 257, 259), alpha=0.6),  # odd L on the split path
+    Case("split_style_only", (2, 8, 16, 16), style=(2, 8, 384, 384)),  # fused falls back
+    Case("fused_style_longer", (2, 150, 4, 4), style=(2, 150, 64, 64)),  # group sized by style
+    Case("cl_wide", (2, 64, 64, 64), layout="channels_last"),
+    Case("cl_odd_channels", (2, 5, 33, 65), unbiased=False, layout="channels_last"),
+    Case("cl_split", (1, 16, 256, 256), alpha=0.8, layout="channels_last"),
+    Case("large_mean_split", (1, 2, 300, 300), mean_offset=1e4),
+    Case("large_mean_cl", (2, 8, 40, 40), mean_offset=1e4, layout="channels_last"),
+]
+PATH = {case.name: case for case in PATH_CASES}
+
+
+def _dtype_name(dtype):
+    return str(dtype).split(".")[-1]
+
+
+def _case_dtypes(cases, dtypes):
+    """(case, dtype) params, honouring a case's own dtype list where cases.py has one."""
+    return [
+        pytest.param(case, dtype, id=f"{case.name}-{_dtype_name(dtype)}")
+        for case in cases
+        for dtype in dtypes
+        if not getattr(case, "dtypes", ()) or _dtype_name(dtype) in case.dtypes
+    ]
+
+
+def _close(actual, expected, dtype, case=None, msg=""):
+    """cases.assert_close, with the case (large-mean slack) where that version takes it."""
+    if case is not None and "case" in inspect.signature(assert_close).parameters:
+        assert_close(actual, expected, dtype, msg=msg, case=case)
+    else:
+        assert_close(actual, expected, dtype, msg=msg)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cuda_kernels_built():
+    if not _extension.has_kernel("cuda"):
+        pytest.fail(
+            "a CUDA GPU is visible but adain_ext._C has no CUDA kernels: rebuild with "
+            "`FORCE_CUDA=1 python setup.py build_ext --inplace`"
+        )
+
+
+def _grad_close(actual, expected, dtype, what):
+    """Gradients of 16-bit inputs carry the rounding of a 16-bit incoming gradient: scale atol by
+    the gradient's magnitude."""
+    atol, rtol = TOLERANCES[dtype]
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(
+        actual.double(),
+        expected.double(),
+        atol=atol * scale,
+        rtol=rtol,
+        msg=lambda m: f"{what}: {m}",
+    )
+
+
+def _fused_and_grads(content, style, case, backend):
+    content = content.detach().requires_grad_(True)
+    style = style.detach().requires_grad_(True)
+    fn = reference.adain if backend == "reference" else adain_ext.adain
+    kwargs = {} if backend == "reference" else {"backend": backend}
+    out = fn(content, style, case.alpha, 1e-5, case.unbiased, **kwargs)
+    grad = torch.linspace(-1, 1, out.numel(), dtype=torch.float64, device=out.device)
+    grad = grad.reshape(out.shape).to(out.dtype)
+    gc, gs = torch.autograd.grad(out, (content, style), grad)
+    return out.detach(), gc, gs
+
+
+def _check_fused(case, dtype, device_ref=CUDA):
+    content, style = make_inputs(case, dtype, CUDA)
+    out, gc, gs = _fused_and_grads(content, style, case, "cpp")
+    ref_out, ref_gc, ref_gs = _fused_and_grads(
+        content.double().to(device_ref), style.double().to(device_ref), case, "reference"
+    )
+    assert out.dtype == dtype and out.device.type == "cuda"
+    if case.layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert gc.is_contiguous(memory_format=torch.channels_last)
+    _close(out, ref_out.to(out.device), dtype, case, msg=f"{case} out")
+    _grad_close(gc, ref_gc.to(gc.device), dtype, f"{case} grad content")
+    _grad_close(gs, ref_gs.to(gs.device), dtype, f"{case} grad style")
+
+
+# ---- Every op against the float64 reference and the CPU kernels, over the shared cases.
+
+
+@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+def test_fused_matches_reference(case, dtype):
+    _check_fused(case, dtype)
+
+
+@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+def test_fused_matches_cpu_kernel(case, dtype):
+    if case.mean_offset and dtype in LOW_PRECISION:
+        pytest.skip(
+            "16-bit large-mean outputs: the CPU kernel's a*x+b loses ~0.2 there (the CUDA "
+            "kernels apply a*(x-mean)+T_m); both are checked against the reference"
+        )
+    content, style = make_inputs(case, dtype, CUDA)
+    out, gc, gs = _fused_and_grads(content, style, case, "cpp")
+    cpu_out, cpu_gc, cpu_gs = _fused_and_grads(content.cpu(), style.cpu(), case, "cpp")
+    _close(out.cpu(), cpu_out, dtype, case, msg=f"{case} out")
+    _grad_close(gc.cpu(), cpu_gc, dtype, f"{case} grad content")
+    _grad_close(gs.cpu(), cpu_gs, dtype, f"{case} grad style")
+    assert out.stride() == cpu_out.stride()
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["nc11", "nc"])
+@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+def test_affine_matches_reference(case, flat, dtype):
+    x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
+    mean, std = make_statistics(case, dtype, CUDA, requires_grad=True, flat=flat)
+    out = adain_ext.adain_affine(x, mean, std, 1e-5, case.unbiased, backend="cpp")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(CUDA, dtype)
+    gx, gm, gs = torch.autograd.grad(out, (x, mean, std), grad)
+    xr, mr, sr = (t.detach().double().requires_grad_(True) for t in (x, mean, std))
+    ref = reference.adain_affine(xr, mr, sr, 1e-5, case.unbiased)
+    rgx, rgm, rgs = torch.autograd.grad(ref, (xr, mr, sr), grad.double())
+    assert gm.shape == mean.shape and gm.dtype == mean.dtype
+    _close(out, ref, dtype, case, msg=f"{case} out")
+    _grad_close(gx, rgx, dtype, "grad x")
+    _grad_close(gm, rgm, dtype, "grad mean")
+    _grad_close(gs, rgs, dtype, "grad std")
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 1.0])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_internal_affine_forward_alpha(case, alpha):
+    """_affine_forward blends the targets with x's own statistics: alpha*affine + (1-alpha)*x."""
+    x, _ = make_inputs(case, torch.float32, CUDA)
+    mean, std = make_statistics(case, torch.float32, CUDA)
+    out, x_mean, x_std = torch.ops.adain._affine_forward(x, mean, std, alpha, 1e-5, case.unbiased)
+    xd = x.double()
+    ref = alpha * reference.adain_affine(xd, mean.double(), std.double(), 1e-5, case.unbiased)
+    ref = ref + (1 - alpha) * xd
+    _close(out, ref, torch.float32, case)
+    rm, rs = reference.mean_std(xd, 1e-5, case.unbiased)
+    assert x_mean.shape == x.shape[:2] and x_mean.dtype == torch.float32
+    _close(x_mean, rm.flatten(1), torch.float32, case)
+    _close(x_std, rs.flatten(1), torch.float32, case)
+
+
+@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+def test_mean_std_matches_reference_and_cpu(case, dtype):
+    x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
+    mean, std = adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp")
+    assert mean.shape == (*x.shape[:2], 1, 1) and mean.dtype == dtype and mean.is_contiguous()
+    wm = torch.linspace(-1, 1, mean.numel(), device=CUDA).reshape(mean.shape).to(dtype)
+    ws = torch.linspace(2, -1, std.numel(), device=CUDA).reshape(std.shape).to(dtype)
+    (gx,) = torch.autograd.grad((mean * wm).sum() + (std * ws).sum(), (x,))
+    xr = x.detach().double().requires_grad_(True)
+    rm, rs = reference.mean_std(xr, 1e-5, case.unbiased)
+    (rgx,) = torch.autograd.grad((rm * wm.double()).sum() + (rs * ws.double()).sum(), (xr,))
+    _close(mean, rm, dtype, case)
+    _close(std, rs, dtype, case)
+    _grad_close(gx, rgx, dtype, "grad x")
+    cm, cs = adain_ext.mean_std(x.detach().cpu(), 1e-5, case.unbiased, backend="cpp")
+    _close(mean.cpu(), cm, dtype, case)
+    _close(std.cpu(), cs, dtype, case)
+
+
+# ---- gradcheck and opcheck on CUDA.
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_gradcheck_cuda(case):
+    content, style = make_inputs(case, torch.float64, CUDA, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda c, s: adain_ext.adain(c, s, case.alpha, 1e-5, case.unbiased, backend="cpp"),
+        (content, style),
+    )
+    mean, std = make_statistics(case, torch.float64, CUDA, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, m, s: adain_ext.adain_affine(x, m, s, 1e-5, case.unbiased, backend="cpp"),
+        (content, mean, std),
+    )
+    assert torch.autograd.gradcheck(
+        lambda x: adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp"), (content,)
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, m, s: torch.ops.adain._affine_forward(x, m, s, case.alpha, 1e-5, case.unbiased)[
+            0
+        ],
+        (content, mean, std),
+    )
+
+
+def _opcheck_samples(case, dtype):
+    content, style = make_inputs(case, dtype, CUDA, requires_grad=True)
+    mean, std = make_statistics(case, dtype, CUDA, requires_grad=True)
+    ops = torch.ops.adain
+    out, x_mean, x_std = ops._affine_forward(
+        content.detach(), mean.detach(), std.detach(), case.alpha, 1e-5, case.unbiased
+    )
+    g = torch.randn_like(out)
+    m, s = ops.mean_std(content.detach(), 1e-5, case.unbiased)
+    return [
+        (ops.mean_std.default, (content, 1e-5, case.unbiased)),
+        (ops.fused.default, (content, style, case.alpha, 1e-5, case.unbiased)),
+        (ops.affine.default, (content, mean, std, 1e-5, case.unbiased)),
+        (ops._fused_forward.default, (content, style, case.alpha, 1e-5, case.unbiased)),
+        (ops._affine_forward.default, (content, mean, std, case.alpha, 1e-5, case.unbiased)),
+        (
+            ops._affine_backward.default,
+            (g, content.detach(), x_mean, x_std, std.detach(), case.alpha, case.unbiased),
+        ),
+        (
+            ops._mean_std_backward.default,
+            (torch.randn_like(m), torch.randn_like(s), content.detach(), m, s, case.unbiased),
+        ),
+    ]
+
+
+# opcheck compiles (aot_dispatch): a few cases covering other sizes, alpha, biased, channels_last.
+OPCHECK_CASES = [
+    c
+    for c in GRAD_CASES
+    if c.name in ("odd_style_other_size", "alpha_biased", "channels_last_alpha")
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+def test_opcheck_cuda(case, dtype):
+    for op, args in _opcheck_samples(case, dtype):
+        if op in (torch.ops.adain.fused.default, torch.ops.adain.affine.default):
+            continue  # CompositeImplicitAutograd: opcheck covers the ops they call
+        torch.library.opcheck(op, args)
+
+
+# ---- Each kernel path.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+def test_paths_match_reference(case, dtype):
+    if case.mean_offset and dtype != torch.float32:
+        pytest.skip("large-mean accuracy is a float32 property")
+    _check_fused(case, dtype)
+    x, _ = make_inputs(case, dtype, CUDA)
+    mean, std = adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp")
+    rm, rs = reference.mean_std(x.double(), 1e-5, case.unbiased)
+    _close(mean, rm, dtype, case)
+    _close(std, rs, dtype, case)
+
+
+def test_large_mean_std_accuracy_every_path():
+    """x = 1e4 + N(0, 1) in float32: std within 1e-3 on every path (never sum of squares)."""
+    for shape, layout in [
+        ((64, 32, 8, 8), "contiguous"),
+        ((2, 300, 32, 32), "contiguous"),
+        ((1, 2, 512, 512), "contiguous"),
+        ((2, 64, 64, 64), "channels_last"),
+    ]:
+        gen = torch.Generator(device=CUDA).manual_seed(0)
+        x = 1e4 + torch.randn(shape, generator=gen, device=CUDA)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        _, std = adain_ext.mean_std(x, 1e-5, True, backend="cpp")
+        _, ref = reference.mean_std(x.double(), 1e-5, True)
+        assert (std.double() - ref).abs().max().item() < 1e-3, (shape, layout)
+
+
+def test_mixed_layouts_and_misaligned_views():
+    case = Case("mixed", (2, 24, 20, 30), style=(2, 24, 11, 13), alpha=0.5)
+    content, style = make_inputs(case, torch.float32, CUDA)
+    style_cl = style.contiguous(memory_format=torch.channels_last)
+    # A contiguous view starting one element past a 16-byte boundary.
+    base = torch.empty(content.numel() + 1, device=CUDA)
+    misaligned = base[1:].view(content.shape).copy_(content)
+    assert misaligned.data_ptr() % 16 != 0
+    expected = reference.adain(content.double(), style.double(), 0.5)
+    for c, s in [(content, style_cl), (misaligned, style), (misaligned, style_cl)]:
+        assert_close(adain_ext.adain(c, s, 0.5, backend="cpp"), expected, torch.float32)
+    # g in another layout than x in the backward.
+    x = content.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = adain_ext.adain(x, style, 0.5, backend="cpp")
+    g = torch.randn(out.shape, device=CUDA)  # contiguous, x is channels_last
+    (gx,) = torch.autograd.grad(out, (x,), g)
+    xr = content.double().requires_grad_(True)
+    (rgx,) = torch.autograd.grad(reference.adain(xr, style.double(), 0.5), (xr,), g.double())
+    assert_close(gx, rgx, torch.float32)
+
+
+def test_nan_stays_in_its_row():
+    for name in ("packed_4x4", "one_launch_rows", "split_long_rows", "cl_wide"):
+        case = PATH[name]
+        content, style = make_inputs(case, torch.float32, CUDA)
+        content = content.clone()
+        content[0, 1, 0, 0] = float("nan")
+        out = adain_ext.adain(content, style, backend="cpp")
+        assert out[0, 1].isnan().all(), case
+        rest = torch.ones(out.shape[:2], dtype=torch.bool)
+        rest[0, 1] = False
+        assert out[rest.to(CUDA)].isfinite().all(), case
+
+
+def test_empty_batch_or_channels():
+    for shape in [(0, 3, 4, 4), (2, 0, 4, 4)]:
+        x = torch.randn(shape, device=CUDA)
+        out = adain_ext.adain(x, x, backend="cpp")
+        assert out.shape == shape and out.device.type == "cuda"
+        mean, _ = adain_ext.mean_std(x, backend="cpp")
+        assert mean.shape == (*shape[:2], 1, 1)
+
+
+def test_errors_match_cpu():
+    x = torch.randn(2, 3, 4, 4, device=CUDA)
+    with pytest.raises(ValueError, match="same N and C"):
+        adain_ext.adain(x, torch.randn(2, 4, 4, 4, device=CUDA), backend="cpp")
+    with pytest.raises(ValueError, match="H\\*W >= 2"):
+        adain_ext.mean_std(torch.randn(2, 3, 1, 1, device=CUDA), backend="cpp")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        adain_ext.adain(x, x, eps=-1.0, backend="cpp")
+    with pytest.raises(TypeError, match="dtype"):
+        adain_ext.adain(x, x.double(), backend="cpp")
+
+
+# ---- Capture, compile, streams, determinism.
+
+
+def _graph_safe_ops(case, dtype=torch.float32):
+    """Callables (no args) running every op's CUDA kernel on static inputs, and those inputs."""
+    content, style = make_inputs(case, dtype, CUDA)
+    mean, std = make_statistics(case, dtype, CUDA)
+    ops = torch.ops.adain
+    _, x_mean, x_std = ops._affine_forward(content, mean, std, case.alpha, 1e-5, case.unbiased)
+    m, s = ops.mean_std(content, 1e-5, case.unbiased)
+    g = torch.randn_like(content)
+    calls = [
+        lambda: ops._fused_forward(content, style, case.alpha, 1e-5, case.unbiased),
+        lambda: ops._affine_forward(content, mean, std, case.alpha, 1e-5, case.unbiased),
+        lambda: ops._affine_backward(g, content, x_mean, x_std, std, case.alpha, case.unbiased),
+        lambda: ops.mean_std(content, 1e-5, case.unbiased),
+        lambda: ops._mean_std_backward(m, s, content, m, s, case.unbiased),
+    ]
+    return calls, (content, style, g)
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+def test_cuda_graph_capture_and_replay(case):
+    calls, inputs = _graph_safe_ops(case)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the capture
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = [call() for call in calls]
+    for t in inputs:  # new data in the static inputs, then replay
+        t.mul_(1.5).add_(0.25)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, call in zip(captured, calls):
+        want = call()
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), case
+
+
+def test_torch_compile_fullgraph_and_reduce_overhead():
+    case = Case("compile", (2, 32, 24, 24), style=(2, 32, 16, 16), alpha=0.7)
+
+    def step(content, style, mean, std):
+        out = adain_ext.adain(content, style, 0.7, backend="cpp")
+        out = out + adain_ext.adain_affine(content, mean, std, backend="cpp")
+        m, s = adain_ext.mean_std(out, backend="cpp")
+        return out * 2 + m + s
+
+    content, style = make_inputs(case, torch.float32, CUDA)
+    mean, std = make_statistics(case, torch.float32, CUDA)
+    for mode in [None, "reduce-overhead"]:
+        compiled = torch.compile(step, fullgraph=True, mode=mode)
+        args = [t.detach().clone().requires_grad_(True) for t in (content, style, mean, std)]
+        eager_args = [t.detach().clone().requires_grad_(True) for t in args]
+        for _ in range(3):  # reduce-overhead records on a later call
+            got = compiled(*args)
+        want = step(*eager_args)
+        torch.testing.assert_close(got, want)
+        grads = torch.autograd.grad(got.square().sum(), args)
+        want_grads = torch.autograd.grad(want.square().sum(), eager_args)
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_runs_on_the_current_stream():
+    """The kernels must queue behind work already on the caller's (non-default) stream."""
+    case = PATH["one_launch_rows"]
+    content, style = make_inputs(case, torch.float32, CUDA)
+    expected = adain_ext.adain(content, style, backend="cpp")
+    target = torch.full_like(content, float("nan"))
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # the copy below lands long after a default-stream launch
+        target.copy_(content)
+        out = adain_ext.adain(target, style, backend="cpp")
+    side.synchronize()
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_device_guard_second_gpu():
+    case = PATH["one_launch_rows"]
+    content, style = make_inputs(case, torch.float32, "cuda:1")
+    with torch.cuda.device(0):
+        out = adain_ext.adain(content, style, backend="cpp")
+    assert out.device == content.device
+    assert_close(out, reference.adain(content.double(), style.double()), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+def test_deterministic(case, dtype):
+    content, style = make_inputs(case, dtype, CUDA)
+    first = _fused_and_grads(content, style, case, "cpp")
+    second = _fused_and_grads(content, style, case, "cpp")
+    for a, b in zip(first, second):
+        assert torch.equal(a, b), case
+    m1 = adain_ext.mean_std(content, backend="cpp")
+    m2 = adain_ext.mean_std(content, backend="cpp")
+    assert all(torch.equal(a, b) for a, b in zip(m1, m2))
+
+
+def test_int64_indexing_over_2_to_31_elements():
+    """More than 2**31 elements (bfloat16, 4 GiB): statistics and output of the last row."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip("needs 24 GiB of free GPU memory")
+    x = torch.empty((2, 1, 2**15, 2**15 + 1), dtype=torch.bfloat16, device=CUDA)
+    assert x.numel() > 2**31
+    x[0].fill_(1.0)
+    pattern = torch.arange(x[1].numel(), device=CUDA, dtype=torch.int32).remainder_(7)
+    x[1].copy_(pattern.reshape(x[1].shape))
+    del pattern
+    mean, std = adain_ext.mean_std(x, backend="cpp")
+    row = x[1].reshape(-1).float()
+    torch.testing.assert_close(
+        mean[1].float().flatten(), row.mean().reshape(1), atol=2e-2, rtol=1e-2
+    )
+    torch.testing.assert_close(
+        std[1].float().flatten(), row.var().add(1e-5).sqrt().reshape(1), atol=2e-2, rtol=1e-2
+    )
+    del row
+    target_mean = torch.tensor([[0.0], [10.0]], device=CUDA)
+    target_std = torch.tensor([[1.0], [2.0]], device=CUDA)
+    out = adain_ext.adain_affine(x, target_mean, target_std, backend="cpp")
+    tail = x[1, 0, -1, -16:].double()
+    ref = (tail - mean[1].double().flatten()) / std[1].double().flatten() * 2.0 + 10.0
+    torch.testing.assert_close(out[1, 0, -1, -16:].double(), ref, atol=0.1, rtol=0.02)

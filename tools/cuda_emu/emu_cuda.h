@@ -1,0 +1,103 @@
+// Host emulation of the few CUDA features the adain kernels use, so that the kernel source in
+// csrc/cuda can run (slowly) on a machine without a GPU: one OS thread per CUDA thread,
+// std::barrier for __syncthreads, a per-warp exchange buffer for shuffles (a divergent shuffle
+// deadlocks, like the real thing would misbehave), shared memory as statics, blocks run in turn.
+// It checks indexing, reductions, caching and host orchestration; not the memory model, timing,
+// alignment faults or anything nvcc-specific. See run.py.
+#pragma once
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+#include <cuda_runtime_api.h>   // cudaDeviceProp, cudaError_t
+#include <c10/cuda/CUDAException.h>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct EmuDim { unsigned x = 1, y = 1, z = 1; };
+inline thread_local EmuDim threadIdx, blockIdx;
+inline EmuDim blockDim, gridDim;
+
+struct EmuWarp {
+  std::unique_ptr<std::barrier<>> bar;
+  uint64_t val[32];
+};
+inline std::vector<EmuWarp>* emu_warps = nullptr;
+inline std::barrier<>* emu_block_barrier = nullptr;
+
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+
+template <typename V>
+inline V emu_exchange(V v, int src_lane) {
+  static_assert(sizeof(V) <= 8);
+  EmuWarp& w = (*emu_warps)[threadIdx.x / 32];
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(V));
+  w.val[threadIdx.x % 32] = bits;
+  w.bar->arrive_and_wait();
+  uint64_t got = w.val[src_lane];
+  w.bar->arrive_and_wait();
+  V out;
+  std::memcpy(&out, &got, sizeof(V));
+  return out;
+}
+template <typename V>
+inline V __shfl_down_sync(unsigned, V v, int delta, int width = 32) {
+  const int lane = threadIdx.x % 32, base = lane / width * width, r = lane - base;
+  return emu_exchange(v, r + delta < width ? lane + delta : lane);
+}
+template <typename V>
+inline V __shfl_sync(unsigned, V v, int src, int width = 32) {
+  const int lane = threadIdx.x % 32, base = lane / width * width;
+  return emu_exchange(v, base + src % width);
+}
+
+inline cudaDeviceProp emu_prop_storage{};
+inline cudaDeviceProp* emu_props() { return &emu_prop_storage; }
+inline void emu_set_device(int sms, int per_sm, int optin) {
+  emu_prop_storage.multiProcessorCount = sms;
+  emu_prop_storage.sharedMemPerMultiprocessor = per_sm;
+  emu_prop_storage.sharedMemPerBlockOptin = optin;
+}
+inline int64_t emu_max_dynamic_smem = 48 * 1024;
+inline int64_t emu_launches = 0;
+template <typename F>
+inline cudaError_t emu_set_attr(F, int, int value) { emu_max_dynamic_smem = value; return cudaSuccess; }
+
+namespace adain { namespace cuda { alignas(16) inline unsigned char cache_bytes[1 << 20]; } }
+
+template <typename K, typename P>
+inline void emu_launch(K kernel, int64_t grid, int64_t block, size_t smem, const P& params) {
+  TORCH_CHECK(block % 32 == 0 && block <= 1024, "emu: block ", block);
+  TORCH_CHECK(smem <= (size_t)(smem > 48 * 1024 ? emu_max_dynamic_smem : 48 * 1024), "emu: smem ", smem, " over the opt-in");
+  TORCH_CHECK(smem <= sizeof(adain::cuda::cache_bytes), "emu: smem");
+  ++emu_launches;
+  blockDim.x = block; gridDim.x = grid;
+  std::vector<EmuWarp> warps(block / 32);
+  for (auto& w : warps) w.bar = std::make_unique<std::barrier<>>(32);
+  std::barrier<> block_bar(block);
+  emu_warps = &warps;
+  emu_block_barrier = &block_bar;
+  std::memset(adain::cuda::cache_bytes, 0xAB, smem);  // garbage, like real shared memory
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < block; ++t) {
+    threads.emplace_back([&, t] {
+      threadIdx.x = t;
+      for (int64_t b = 0; b < grid; ++b) {
+        blockIdx.x = b;
+        kernel(params);
+        block_bar.arrive_and_wait();  // the next block reuses shared memory
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+}

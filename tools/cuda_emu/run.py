@@ -1,0 +1,228 @@
+"""Runs the CUDA kernels' source (csrc/cuda) on the CPU through a small CUDA emulation, and checks
+every op against the CPU kernels (and the float64 reference where the two differ), for every case
+of tests/cases.py plus cases that force each kernel path, on three emulated devices.
+
+    python tools/cuda_emu/run.py            # all devices (a few minutes on 2 cores)
+    python tools/cuda_emu/run.py quick      # one small device
+
+A development aid for machines without a GPU, not a test and not a substitute for
+tests/test_cuda.py on a real GPU: it executes the real kernel and host code (indexing, slot
+masking, reductions and their order, shared-memory caching, path selection, launch geometry),
+but not the GPU memory model, vector-load alignment faults or compiler behaviour.
+
+How: the .cu/.cuh files are copied into a build folder with the launch syntax and the few CUDA
+runtime calls rewritten (see generate()), compiled as host C++ with emu_cuda.h, and loaded as a
+torch extension that exposes the op functions directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+import torch
+import torch.utils.cpp_extension as cpp_extension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+BUILD = os.path.join(ROOT, "build", "cuda_emu")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from cases import CASES, TOLERANCES, Case, make_inputs, make_statistics  # noqa: E402
+
+from adain_ext import reference  # noqa: E402
+
+SOURCES = [
+    "reduce.cuh",
+    "row_kernels.cuh",
+    "ops.h",
+    "mean_std_kernel.cu",
+    "affine_kernel.cu",
+    "fused_kernel.cu",
+]
+LAUNCH = re.compile(r"([\w:]+(?:<[^<>;]*>)?)<<<([^,]+),\s*([^,]+),\s*([^,]+),\s*[^>]*>>>\((.*)\);")
+
+
+def generate() -> str:
+    out = os.path.join(BUILD, "src", "cuda")
+    os.makedirs(out, exist_ok=True)
+    for name in SOURCES:
+        with open(os.path.join(ROOT, "csrc", "cuda", name)) as f:
+            s = f.read()
+        s = s.replace("extern __shared__", "extern")
+        s = LAUNCH.sub(r"emu_launch(\1, \2, \3, \4, \5);", s)
+        s = s.replace("at::cuda::getCurrentDeviceProperties()", "emu_props()")
+        s = s.replace("c10::cuda::current_device()", "0")
+        s = s.replace("C10_CUDA_CHECK(cudaFuncSetAttribute(", "(void)(emu_set_attr(")
+        s = s.replace("C10_CUDA_KERNEL_LAUNCH_CHECK();", "")
+        s = re.sub(r"const c10::cuda::CUDAGuard guard\([^;]*\);", "", s)
+        s = re.sub(r"TORCH_LIBRARY_IMPL\(adain, CUDA, m\) \{.*?\n\}\n", "", s, flags=re.S)
+        for header in (
+            "ATen/cuda/CUDAContext.h",
+            "c10/cuda/CUDAGuard.h",
+            "c10/cuda/CUDAFunctions.h",
+        ):
+            s = s.replace(f"#include <{header}>", "")
+        with open(os.path.join(out, name), "w") as f:
+            f.write(s)
+    main = os.path.join(BUILD, "emu_ext.cpp")
+    with open(main, "w") as f:
+        f.write("""#include <torch/extension.h>
+#include "emu_cuda.h"
+#include "checks.h"
+#include "cuda/mean_std_kernel.cu"
+#include "cuda/affine_kernel.cu"
+#include "cuda/fused_kernel.cu"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_device", &emu_set_device);
+  m.def("launches", [] { return emu_launches; });
+  m.def("mean_std", &adain::cuda::mean_std_cuda);
+  m.def("mean_std_backward", &adain::cuda::mean_std_backward_cuda);
+  m.def("affine_forward", &adain::cuda::affine_forward);
+  m.def("affine_backward", &adain::cuda::affine_backward_cuda);
+  m.def("fused_forward", &adain::cuda::fused_forward_cuda);
+}
+""")
+    return main
+
+
+def build():
+    main = generate()
+    cuda_include = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+    return cpp_extension.load(
+        "adain_cuda_emu",
+        [main],
+        build_directory=BUILD,
+        extra_include_paths=[
+            os.path.join(BUILD, "src"),
+            HERE,
+            os.path.join(ROOT, "csrc"),
+            cuda_include,
+        ],
+        extra_cflags=["-O1", "-std=c++20", "-pthread", "-w"],
+    )
+
+
+def close(actual, expected, dtype):
+    atol, rtol = TOLERANCES[dtype]
+    scale = max(1.0, expected.double().abs().max().item()) if expected.numel() else 1.0
+    try:
+        torch.testing.assert_close(
+            actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True
+        )
+    except AssertionError as error:
+        return str(error).splitlines()[2:4]
+    return None
+
+
+def run_case(emu, case, dtype):
+    """Problems found (empty: all fine)."""
+    ops = torch.ops.adain
+    problems = []
+
+    def compare(what, got, want, ref=None):
+        for a, b, name in zip(got, want, what):
+            if a.stride() != b.stride() or a.dtype != b.dtype or a.shape != b.shape:
+                problems.append(
+                    f"{name}: layout {a.shape}/{a.stride()}/{a.dtype} vs "
+                    f"{b.shape}/{b.stride()}/{b.dtype}"
+                )
+            elif (err := close(a, b, dtype)) and (ref is None or close(a, ref, dtype)):
+                problems.append(f"{name}: {err}")
+            ref = None  # only the first output has a float64 reference here
+
+    content, style = make_inputs(case, dtype)
+    mean, std = make_statistics(case, dtype)
+    eps, unbiased, alpha = 1e-5, case.unbiased, case.alpha
+    compare(
+        ["mean", "std"], emu.mean_std(content, eps, unbiased), ops.mean_std(content, eps, unbiased)
+    )
+    want = ops._affine_forward(content, mean, std, alpha, eps, unbiased)
+    xd = content.double()
+    empty = content.numel() == 0  # the reference cannot reshape empty tensors
+    ref = (
+        None
+        if empty
+        else alpha * reference.adain_affine(xd, mean.double(), std.double(), eps, unbiased)
+        + (1 - alpha) * xd
+    )
+    compare(
+        ["affine out", "x_mean", "x_std"],
+        emu.affine_forward(content, mean, std, alpha, eps, unbiased),
+        want,
+        ref,
+    )
+    g = torch.randn(content.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    args = (g, content, want[1], want[2], std, alpha, unbiased)
+    compare(
+        ["grad x", "grad mean", "grad std"], emu.affine_backward(*args), ops._affine_backward(*args)
+    )
+    ref = None if empty else reference.adain(xd, style.double(), alpha, eps, unbiased)
+    compare(
+        ["fused out", "content mean", "content std", "style mean", "style std"],
+        emu.fused_forward(content, style, alpha, eps, unbiased),
+        ops._fused_forward(content, style, alpha, eps, unbiased),
+        ref,
+    )
+    m, s = ops.mean_std(style, eps, unbiased)
+    gm, gs = torch.randn_like(m), torch.randn_like(s)
+    compare(
+        ["grad style"],
+        [emu.mean_std_backward(gm, gs, style, m, s, unbiased)],
+        [ops._mean_std_backward(gm, gs, style, m, s, unbiased)],
+    )
+    return problems
+
+
+# Smaller than tests/test_cuda.py's PATH_CASES (emulation is slow); the small emulated device
+# (4 SMs) sends the long rows here to the split path.
+PATH_CASES = [
+    Case("packed_4x4", (4, 64, 4, 4)),
+    Case("packed_odd_rows", (3, 20, 7, 9), alpha=0.4),
+    Case("packed_style_bigger", (2, 40, 8, 8), style=(2, 40, 16, 16)),
+    Case("one_launch_rows", (2, 10, 32, 32)),
+    Case("split_long_rows", (1, 2, 160, 160)),
+    Case("split_unaligned", (1, 3, 129, 131), alpha=0.6),
+    Case("split_style_only", (2, 4, 6, 6), style=(2, 4, 130, 130)),
+    Case("fused_style_longer", (2, 8, 4, 4), style=(2, 8, 32, 32)),
+    Case("cl_wide", (2, 64, 8, 8), layout="channels_last"),
+    Case("cl_odd_channels", (2, 5, 33, 65), unbiased=False, layout="channels_last"),
+    Case("cl_split", (1, 16, 64, 64), alpha=0.8, layout="channels_last"),
+    Case("large_mean_split", (1, 2, 130, 130), mean_offset=1e4),
+    Case("large_mean_cl", (2, 8, 40, 40), mean_offset=1e4, layout="channels_last"),
+    Case("empty_n", (0, 3, 4, 4)),
+]
+# (SMs, shared memory per SM, per-block opt-in): a tiny device, H100, A100.
+DEVICES = [(4, 233472, 232448), (132, 233472, 232448), (108, 167936, 166912)]
+
+
+def main():
+    quick = sys.argv[1:] == ["quick"]
+    emu = build()
+    failures = 0
+    for device in DEVICES[:1] if quick else DEVICES:
+        emu.set_device(*device)
+        for case in CASES + PATH_CASES:
+            for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+                start = time.time()
+                problems = run_case(emu, case, dtype)
+                failures += bool(problems)
+                print(
+                    f"{'BAD' if problems else 'ok '} sms={device[0]} {case.name} {dtype} "
+                    f"{time.time() - start:.1f}s",
+                    flush=True,
+                )
+                for p in problems:
+                    print("   ", p)
+    print(
+        f"cuda_emu: {failures} failing case/dtype/device combinations, "
+        f"{emu.launches()} kernel launches emulated"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
