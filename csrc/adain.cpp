@@ -33,6 +33,32 @@ at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor&
   return std::get<0>(op.call(x, mean, std, 1.0, eps, unbiased));
 }
 
+// Backward of _fused_forward for backends without a kernel of their own: the content gradient and
+// the style statistics' gradients, then the style gradient from those.
+std::tuple<at::Tensor, at::Tensor> fused_backward(const at::Tensor& grad_out,
+                                                  const at::Tensor& content, const at::Tensor& style,
+                                                  const at::Tensor& content_mean,
+                                                  const at::Tensor& content_std,
+                                                  const at::Tensor& style_mean,
+                                                  const at::Tensor& style_std, double alpha,
+                                                  bool unbiased) {
+  static auto affine_backward =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("adain::_affine_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+              const at::Tensor&, double, bool)>();
+  static auto mean_std_backward =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("adain::_mean_std_backward", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, bool)>();
+  auto [grad_content, grad_mean, grad_std] = affine_backward.call(
+      grad_out, content, content_mean, content_std, style_std, alpha, unbiased);
+  return {grad_content,
+          mean_std_backward.call(grad_mean, grad_std, style, style_mean, style_std, unbiased)};
+}
+
 TORCH_LIBRARY(adain, m) {
   // Public ops. Statistics are per (n, c) over H*W; std = sqrt(var + eps); unbiased divides by
   // H*W - 1 like the seed's calc_mean_std, unbiased=False by H*W like instance_norm.
@@ -51,9 +77,14 @@ TORCH_LIBRARY(adain, m) {
         "-> (Tensor out, Tensor content_mean, Tensor content_std, Tensor style_mean, Tensor style_std)");
   m.def("_mean_std_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std, "
         "bool unbiased) -> Tensor");
+  m.def("_fused_backward(Tensor grad_out, Tensor content, Tensor style, Tensor content_mean, "
+        "Tensor content_std, Tensor style_mean, Tensor style_std, float alpha, bool unbiased) "
+        "-> (Tensor grad_content, Tensor grad_style)");
 
   m.impl("fused", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fused));
   m.impl("affine", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(affine));
+  // CPU has a one-pass kernel (csrc/cpu/fused_kernel.cpp); other devices compose the two others.
+  m.impl("_fused_backward", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(fused_backward));
 }
 
 }  // namespace adain

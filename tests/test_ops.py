@@ -167,6 +167,11 @@ def test_opcheck(case: Case, dtype):
     torch.library.opcheck(ops._mean_std_backward.default,
                           (torch.randn_like(s_mean), torch.randn_like(s_std), style.detach(),
                            s_mean, s_std, u))
+    with torch.no_grad():
+        _out, c_mean, c_std, s_mean32, s_std32 = ops._fused_forward(content, style, case.alpha, 1e-5, u)
+    torch.library.opcheck(ops._fused_backward.default,
+                          (grad, content.detach(), style.detach(), c_mean, c_std, s_mean32, s_std32,
+                           case.alpha, u))
 
 
 class _AllOps(torch.nn.Module):

@@ -1,7 +1,9 @@
 """adain::_fused_forward (behind adain::fused): fake kernel and autograd.
 
-The backward reuses the other ops' backward kernels: _affine_backward gives the content gradient
-and the gradients of the style statistics, _mean_std_backward turns those into the style gradient.
+The backward is adain::_fused_backward (the content gradient, the style statistics' gradients and
+from them the style gradient; on devices without a kernel of its own it composes
+_affine_backward and _mean_std_backward), or _affine_backward alone when the style needs no
+gradient.
 """
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ def _fused_forward_fake(content, style, alpha, eps, unbiased):
     return (empty_output(content), *stats)
 
 
+@torch.library.register_fake("adain::_fused_backward")
+def _fused_backward_fake(grad_out, content, style, content_mean, content_std, style_mean, style_std,
+                         alpha, unbiased):
+    return empty_output(content), empty_output(style)
+
+
 def _setup_context(ctx, inputs, output):
     content, style, alpha, _eps, unbiased = inputs
     _out, content_mean, content_std, style_mean, style_std = output
@@ -30,14 +38,15 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, *_grad_stats):
     content, style, content_mean, content_std, style_mean, style_std = ctx.saved_tensors
     need_content, need_style = ctx.needs_input_grad[:2]
-    grad_content, grad_style_mean, grad_style_std = torch.ops.adain._affine_backward(
-        grad_out, content, content_mean, content_std, style_std, ctx.alpha, ctx.unbiased
-    )
-    grad_style = None
-    if need_style:
-        grad_style = torch.ops.adain._mean_std_backward(
-            grad_style_mean, grad_style_std, style, style_mean, style_std, ctx.unbiased
+    if not need_style:
+        grad_content, _, _ = torch.ops.adain._affine_backward(
+            grad_out, content, content_mean, content_std, style_std, ctx.alpha, ctx.unbiased
         )
+        return grad_content, None, None, None, None
+    grad_content, grad_style = torch.ops.adain._fused_backward(
+        grad_out, content, style, content_mean, content_std, style_mean, style_std, ctx.alpha,
+        ctx.unbiased
+    )
     return grad_content if need_content else None, grad_style, None, None, None
 
 

@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   check_eps(eps);
   auto [x, layout] = canonical_layout(x_in);
   const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor out = at::empty_like(x, x.options(), memory_format_of(layout));
+  at::Tensor out = empty_output(x, layout);
   at::Tensor x_mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
   at::Tensor x_std = at::empty_like(x_mean);
   if (out.numel() == 0) return {out, x_mean, x_std};
@@ -42,14 +42,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     welford_then_map(
         geo, xp,
         [&](int64_t row, const WelfordState<acc_t>& s) {
-          const acc_t sd = std::sqrt(s.m2 / variance_divisor<acc_t>(s.count, unbiased) + eps_);
           mean_out[row] = s.mean;
-          std_out[row] = sd;
-          // alpha == 1 skips the blend so that an Inf/NaN row statistic is not multiplied by 0.
-          const acc_t t_mean = a_ == 1 ? tm[row] : a_ * tm[row] + (1 - a_) * s.mean;
-          const acc_t t_std = a_ == 1 ? ts[row] : a_ * ts[row] + (1 - a_) * sd;
-          scale[row] = t_std / sd;
-          shift[row] = t_mean;
+          std_out[row] = std_of(s, eps_, unbiased);
+          const auto c = forward_coef(s.mean, std_out[row], tm[row], ts[row], a_);
+          scale[row] = c.scale;
+          shift[row] = c.shift;
         },
         [&](int64_t u, int64_t b, int64_t e) {
           map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, nullptr, scale.data(), shift.data(),
@@ -65,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
   auto [x, layout] = canonical_layout(x_in);
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous(memory_format_of(layout));
   const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor grad_x = at::empty_like(x, x.options(), memory_format_of(layout));
+  at::Tensor grad_x = empty_output(x, layout);
   at::Tensor grad_mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
   at::Tensor grad_std = at::empty_like(grad_mean);
   if (grad_x.numel() == 0) return {grad_x, grad_mean, grad_std};
@@ -81,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
     const acc_t* tsp = ts.const_data_ptr<acc_t>();
     acc_t* gmean = grad_mean.mutable_data_ptr<acc_t>();
     acc_t* gstd = grad_std.mutable_data_ptr<acc_t>();
-    const int64_t rows = geo.N * geo.C, C = geo.C, Lr = geo.L;
+    const int64_t rows = geo.N * geo.C;
     std::vector<acc_t> k(rows), p(rows), q(rows);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
@@ -89,25 +86,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
     reduce_then_map<GradSums<acc_t>>(
         geo,
         [&](int64_t u, int64_t b, int64_t e, GradSums<acc_t>* sums) {
-          if (geo.layout == Layout::Contiguous) {
-            sums[0] = grad_sums_merge(
-                sums[0], grad_sums_contiguous(gp + u * Lr + b, xp + u * Lr + b, e - b, mp[u]));
-          } else {
-            grad_sums_channels_last(gp + u * Lr * C, xp + u * Lr * C, C, b, e, mp + u * C, sums);
-          }
+          grad_sums_unit(geo, gp, xp, mp, u, b, e, sums);
         },
         [](const GradSums<acc_t>& a, const GradSums<acc_t>& b) { return grad_sums_merge(a, b); },
         [&](int64_t row, const GradSums<acc_t>& s) {
-          const acc_t rstd = 1 / sdp[row];
-          const acc_t sgx = s.sum_g_dev * rstd;
-          const acc_t t_std = a_ == 1 ? tsp[row] : a_ * tsp[row] + (1 - a_) * sdp[row];
-          const acc_t kr = t_std * rstd, w = (1 - a_) - kr;
-          // w * (sgx / D * (x - mean) * rstd + sg / L) = p * (x - mean) + q
-          k[row] = kr;
-          p[row] = w * sgx * rstd / D;
-          q[row] = w * s.sum_g / L;
-          gmean[row] = a_ * s.sum_g;
-          gstd[row] = a_ * sgx;
+          const auto c = backward_coef(s, sdp[row], tsp[row], a_, L, D);
+          k[row] = c.k;
+          p[row] = c.p;
+          q[row] = c.q;
+          gmean[row] = c.grad_mean;
+          gstd[row] = c.grad_std;
         },
         [&](int64_t u, int64_t b, int64_t e) {
           map_unit<scalar_t>(geo, u, b, e, out, xp, gp, k.data(), p.data(), q.data(), mp);

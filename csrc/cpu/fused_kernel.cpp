@@ -1,23 +1,145 @@
-// adain::_fused_forward on CPU (adain::fused calls it): the style's statistics, then the content
-// renormalised to them with alpha blending. On CPU the two passes cost what one would: the style
-// is read once, the content once per row while it is in cache.
+// adain::_fused_forward (behind adain::fused) and adain::_fused_backward on CPU.
+//
+// When content and style share a layout and have enough rows (or images) to keep every thread
+// busy, each task handles whole rows end to end in one parallel region: the style row's statistics,
+// the content row's statistics and output (backward: the content row's gradient sums, its gradient,
+// then the style row's gradient from the two sums just computed), each row read while it is in
+// cache and no intermediate (N, C) tensors. Otherwise the ops compose the affine and mean_std
+// kernels, which split long rows across threads.
 #include <torch/library.h>
 
-#include "checks.h"
 #include "cpu/kernels.h"
+#include "cpu/row_kernels.h"
 
 namespace adain::cpu {
+namespace {
+
+// Both inputs in one layout, and no row split: the one-region paths apply.
+bool one_region(const Geometry& content, const Geometry& style) {
+  return content.layout == style.layout && content.segments() == 1 && style.segments() == 1;
+}
+
+int64_t rows_per_unit(const Geometry& geo) { return geo.layout == Layout::Contiguous ? 1 : geo.C; }
+
+int64_t grain_of(const Geometry& content, const Geometry& style) {
+  const int64_t per_unit = content.unit_elements() + style.unit_elements();
+  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, per_unit));
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_forward(
-    const at::Tensor& content, const at::Tensor& style, double alpha, double eps, bool unbiased) {
-  check_pair(content, style, unbiased);
+    const at::Tensor& content_in, const at::Tensor& style_in, double alpha, double eps,
+    bool unbiased) {
+  check_pair(content_in, style_in, unbiased);
   check_eps(eps);
-  auto [style_mean, style_std] = row_mean_std(style, eps, unbiased);
-  auto [out, content_mean, content_std] =
-      affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
-  return {out, content_mean, content_std, style_mean, style_std};
+  auto [content, c_layout] = canonical_layout(content_in);
+  auto [style, s_layout] = canonical_layout(style_in);
+  const Geometry cg = geometry_of(content, c_layout), sg = geometry_of(style, s_layout);
+  if (content.numel() == 0 || !one_region(cg, sg)) {
+    auto [style_mean, style_std] = row_mean_std(style, eps, unbiased);
+    auto [out, content_mean, content_std] =
+        affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
+    return {out, content_mean, content_std, style_mean, style_std};
+  }
+  const auto acc = acc_dtype(content.scalar_type());
+  at::Tensor out = empty_output(content, c_layout);
+  at::Tensor c_mean = at::empty({cg.N, cg.C}, content.options().dtype(acc));
+  at::Tensor c_std = at::empty_like(c_mean), s_mean = at::empty_like(c_mean);
+  at::Tensor s_std = at::empty_like(c_mean);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(), "adain_fused_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t a_ = static_cast<acc_t>(alpha), eps_ = static_cast<acc_t>(eps);
+    const scalar_t* cp = content.const_data_ptr<scalar_t>();
+    const scalar_t* sp = style.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    acc_t *cm = c_mean.mutable_data_ptr<acc_t>(), *cs = c_std.mutable_data_ptr<acc_t>();
+    acc_t *sm = s_mean.mutable_data_ptr<acc_t>(), *ss = s_std.mutable_data_ptr<acc_t>();
+    std::vector<acc_t> scale(cg.N * cg.C), shift(cg.N * cg.C);
+    const int64_t rpu = rows_per_unit(cg);
+    at::parallel_for(0, cg.units(), grain_of(cg, sg), [&](int64_t begin, int64_t end) {
+      std::vector<WelfordState<acc_t>> states(rpu);
+      for (int64_t u = begin; u < end; ++u) {
+        std::fill(states.begin(), states.end(), WelfordState<acc_t>{});
+        welford_unit(sg, sp, u, 0, sg.L, states.data());
+        for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
+          sm[row] = states[r].mean;
+          ss[row] = std_of(states[r], eps_, unbiased);
+        }
+        std::fill(states.begin(), states.end(), WelfordState<acc_t>{});
+        welford_unit(cg, cp, u, 0, cg.L, states.data());
+        for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
+          cm[row] = states[r].mean;
+          cs[row] = std_of(states[r], eps_, unbiased);
+          const auto c = forward_coef(cm[row], cs[row], sm[row], ss[row], a_);
+          scale[row] = c.scale;
+          shift[row] = c.shift;
+        }
+        map_unit<scalar_t>(cg, u, 0, cg.L, op, cp, nullptr, nullptr, scale.data(), shift.data(), cm);
+      }
+    });
+  });
+  return {out, c_mean, c_std, s_mean, s_std};
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_backward(
+    const at::Tensor& grad_out, const at::Tensor& content_in, const at::Tensor& style_in,
+    const at::Tensor& content_mean, const at::Tensor& content_std, const at::Tensor& style_mean,
+    const at::Tensor& style_std, double alpha, bool unbiased) {
+  auto [content, c_layout] = canonical_layout(content_in);
+  auto [style, s_layout] = canonical_layout(style_in);
+  const Geometry cg = geometry_of(content, c_layout), sg = geometry_of(style, s_layout);
+  if (content.numel() == 0 || !one_region(cg, sg)) {
+    auto [grad_content, grad_mean, grad_std] =
+        affine_backward(grad_out, content, content_mean, content_std, style_std, alpha, unbiased);
+    return {grad_content,
+            mean_std_backward(grad_mean, grad_std, style, style_mean, style_std, unbiased)};
+  }
+  const at::Tensor g = grad_out.to(content.scalar_type()).contiguous(memory_format_of(c_layout));
+  const auto acc = acc_dtype(content.scalar_type());
+  at::Tensor grad_content = empty_output(content, c_layout);
+  at::Tensor grad_style = empty_output(style, s_layout);
+  const at::Tensor cm = flat_stat(content_mean, acc), cs = flat_stat(content_std, acc);
+  const at::Tensor sm = flat_stat(style_mean, acc), ss = flat_stat(style_std, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(), "adain_fused_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t a_ = static_cast<acc_t>(alpha);
+    const acc_t cL = static_cast<acc_t>(cg.L), cD = variance_divisor<acc_t>(cg.L, unbiased);
+    const acc_t sL = static_cast<acc_t>(sg.L), sD = variance_divisor<acc_t>(sg.L, unbiased);
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* cp = content.const_data_ptr<scalar_t>();
+    const scalar_t* sp = style.const_data_ptr<scalar_t>();
+    scalar_t* gcp = grad_content.mutable_data_ptr<scalar_t>();
+    scalar_t* gsp = grad_style.mutable_data_ptr<scalar_t>();
+    const acc_t *cmp = cm.const_data_ptr<acc_t>(), *csp = cs.const_data_ptr<acc_t>();
+    const acc_t *smp = sm.const_data_ptr<acc_t>(), *ssp = ss.const_data_ptr<acc_t>();
+    const int64_t rows = cg.N * cg.C, rpu = rows_per_unit(cg);
+    std::vector<acc_t> k(rows), p(rows), q(rows), style_p(rows), style_q(rows);
+    at::parallel_for(0, cg.units(), grain_of(cg, sg), [&](int64_t begin, int64_t end) {
+      std::vector<GradSums<acc_t>> sums(rpu);
+      for (int64_t u = begin; u < end; ++u) {
+        std::fill(sums.begin(), sums.end(), GradSums<acc_t>{});
+        grad_sums_unit(cg, gp, cp, cmp, u, 0, cg.L, sums.data());
+        for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
+          const auto c = backward_coef(sums[r], csp[row], ssp[row], a_, cL, cD);
+          k[row] = c.k;
+          p[row] = c.p;
+          q[row] = c.q;
+          std::tie(style_p[row], style_q[row]) =
+              mean_std_backward_coef(c.grad_mean, c.grad_std, ssp[row], sL, sD);
+        }
+        map_unit<scalar_t>(cg, u, 0, cg.L, gcp, cp, gp, k.data(), p.data(), q.data(), cmp);
+        map_unit<scalar_t>(sg, u, 0, sg.L, gsp, sp, nullptr, nullptr, style_p.data(),
+                           style_q.data(), smp);
+      }
+    });
+  });
+  return {grad_content, grad_style};
 }
 
 }  // namespace adain::cpu
 
-TORCH_LIBRARY_IMPL(adain, CPU, m) { m.impl("_fused_forward", &adain::cpu::fused_forward); }
+TORCH_LIBRARY_IMPL(adain, CPU, m) {
+  m.impl("_fused_forward", &adain::cpu::fused_forward);
+  m.impl("_fused_backward", &adain::cpu::fused_backward);
+}

@@ -1,5 +1,5 @@
 // The CPU kernels' entry points, for the ops that compose them (fused = style statistics, then
-// affine with alpha).
+// affine with alpha; its backward = affine backward, then mean_std backward of the style).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,5 +15,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
                                                               const at::Tensor& mean,
                                                               const at::Tensor& std, double alpha,
                                                               double eps, bool unbiased);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& x_mean,
+    const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased);
+
+at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
+                             const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std,
+                             bool unbiased);
 
 }  // namespace adain::cpu

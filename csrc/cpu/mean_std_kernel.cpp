@@ -23,8 +23,7 @@ std::tuple<at::Tensor, at::Tensor> row_mean_std(const at::Tensor& x_in, double e
         geo, x.const_data_ptr<scalar_t>(),
         [&](int64_t row, const WelfordState<acc_t>& s) {
           mean_out[row] = s.mean;
-          std_out[row] = std::sqrt(s.m2 / variance_divisor<acc_t>(s.count, unbiased) +
-                                   static_cast<acc_t>(eps));
+          std_out[row] = std_of(s, static_cast<acc_t>(eps), unbiased);
         },
         [](int64_t, int64_t, int64_t) {});
   });
@@ -44,7 +43,7 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
                              const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& std,
                              bool unbiased) {
   auto [x, layout] = canonical_layout(x_in);
-  at::Tensor grad_x = at::empty_like(x, x.options(), memory_format_of(layout));
+  at::Tensor grad_x = empty_output(x, layout);
   if (grad_x.numel() == 0) return grad_x;
   const Geometry geo = geometry_of(x, layout);
   const auto acc = acc_dtype(x.scalar_type());
@@ -55,9 +54,10 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
     const int64_t rows = geo.N * geo.C;
     std::vector<acc_t> p(rows), q(rows);
     const acc_t L = static_cast<acc_t>(geo.L), D = variance_divisor<acc_t>(geo.L, unbiased);
+    const acc_t *gsp = gs.const_data_ptr<acc_t>(), *gmp = gm.const_data_ptr<acc_t>();
+    const acc_t* sdp = sd.const_data_ptr<acc_t>();
     for (int64_t r = 0; r < rows; ++r) {
-      p[r] = gs.const_data_ptr<acc_t>()[r] / (D * sd.const_data_ptr<acc_t>()[r]);
-      q[r] = gm.const_data_ptr<acc_t>()[r] / L;
+      std::tie(p[r], q[r]) = mean_std_backward_coef(gmp[r], gsp[r], sdp[r], L, D);
     }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();

@@ -13,8 +13,13 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "checks.h"
 #include "welford.h"
@@ -49,6 +54,27 @@ template <typename acc_t>
 struct RowCoef {
   acc_t k = 0, p = 0, q = 0, m = 0;
 };
+
+// ---- Outputs.
+
+// A fresh output of x's shape in `layout`. Large outputs are fresh mmap'd memory, and faulting it
+// in 4 KiB pages cost as much as the kernel's own work (64 MB: ~16k faults, ~10 ms here); asking for
+// transparent huge pages before the first touch makes that ~30 faults. Only the 2 MiB-aligned
+// interior is advised; nothing else changes and the hint is ignored where THP is off.
+inline at::Tensor empty_output(const at::Tensor& x, Layout layout) {
+  at::Tensor out = at::empty_like(x, x.options(), memory_format_of(layout));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t bytes = out.nbytes();
+  if (bytes >= 2 * kHuge) {
+    const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
+    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
+    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
+#endif
+  return out;
+}
 
 // ---- Loading and storing in the accumulation dtype: 16-bit types go through a float buffer.
 
@@ -336,22 +362,88 @@ void reduce_then_map(const Geometry& geo, Reduce reduce_rows, Merge merge, Finis
   map_units(geo, map);
 }
 
+// Welford states of unit u's rows over positions [b, e), merged into out (one state for a
+// contiguous row, C for a channels_last image).
+template <typename scalar_t>
+void welford_unit(const Geometry& geo, const scalar_t* x, int64_t u, int64_t b, int64_t e,
+                  WelfordState<acc_type<scalar_t>>* out) {
+  const int64_t L = geo.L, C = geo.C;
+  if (geo.layout == Layout::Contiguous) {
+    out[0] = welford_merge(out[0], welford_contiguous(x + u * L + b, e - b));
+  } else {
+    welford_channels_last(x + u * L * C, C, b, e, out);
+  }
+}
+
+// sum(g) and sum(g * (x - mean)) of unit u's rows over [b, e); mean holds every row's mean.
+template <typename scalar_t>
+void grad_sums_unit(const Geometry& geo, const scalar_t* g, const scalar_t* x,
+                    const acc_type<scalar_t>* mean, int64_t u, int64_t b, int64_t e,
+                    GradSums<acc_type<scalar_t>>* out) {
+  const int64_t L = geo.L, C = geo.C;
+  if (geo.layout == Layout::Contiguous) {
+    out[0] = grad_sums_merge(out[0], grad_sums_contiguous(g + u * L + b, x + u * L + b, e - b, mean[u]));
+  } else {
+    grad_sums_channels_last(g + u * L * C, x + u * L * C, C, b, e, mean + u * C, out);
+  }
+}
+
 // Welford statistics of every row of x (a tensor in `geo`'s layout), handed to finish(row, state).
 template <typename scalar_t, typename Finish, typename Map>
 void welford_then_map(const Geometry& geo, const scalar_t* x, Finish finish, Map map) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t L = geo.L, C = geo.C;
   reduce_then_map<WelfordState<acc_t>>(
       geo,
-      [&](int64_t u, int64_t b, int64_t e, WelfordState<acc_t>* out) {
-        if (geo.layout == Layout::Contiguous) {
-          out[0] = welford_merge(out[0], welford_contiguous(x + u * L + b, e - b));
-        } else {
-          welford_channels_last(x + u * L * C, C, b, e, out);
-        }
-      },
+      [&](int64_t u, int64_t b, int64_t e, WelfordState<acc_t>* out) { welford_unit(geo, x, u, b, e, out); },
       [](const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) { return welford_merge(a, b); },
       finish, map);
+}
+
+// ---- Per-row math, written once for every kernel (see the formulas in affine_kernel.cpp).
+
+template <typename acc_t>
+inline acc_t std_of(const WelfordState<acc_t>& s, acc_t eps, bool unbiased) {
+  return std::sqrt(s.m2 / variance_divisor<acc_t>(s.count, unbiased) + eps);
+}
+
+// Forward: out = scale * (x - x_mean) + shift, the targets blended with the row's own by alpha
+// (alpha == 1 skips the blend so that an Inf/NaN row statistic is not multiplied by 0).
+template <typename acc_t>
+struct ForwardCoef {
+  acc_t scale, shift;
+};
+
+template <typename acc_t>
+inline ForwardCoef<acc_t> forward_coef(acc_t x_mean, acc_t x_std, acc_t t_mean, acc_t t_std,
+                                       acc_t alpha) {
+  const acc_t m = alpha == 1 ? t_mean : alpha * t_mean + (1 - alpha) * x_mean;
+  const acc_t s = alpha == 1 ? t_std : alpha * t_std + (1 - alpha) * x_std;
+  return {s / x_std, m};
+}
+
+// Backward of the forward above: grad_x = k*g + p*(x - x_mean) + q, plus the gradients of the
+// target statistics.
+template <typename acc_t>
+struct BackwardCoef {
+  acc_t k, p, q, grad_mean, grad_std;
+};
+
+template <typename acc_t>
+inline BackwardCoef<acc_t> backward_coef(const GradSums<acc_t>& sums, acc_t x_std, acc_t t_std,
+                                         acc_t alpha, acc_t L, acc_t D) {
+  const acc_t rstd = 1 / x_std;
+  const acc_t sgx = sums.sum_g_dev * rstd;  // sum(g * x_hat)
+  const acc_t blended_std = alpha == 1 ? t_std : alpha * t_std + (1 - alpha) * x_std;
+  const acc_t k = blended_std * rstd, w = (1 - alpha) - k;
+  // w * (sgx / D * x_hat + sg / L) = p * (x - mean) + q
+  return {k, w * sgx * rstd / D, w * sums.sum_g / L, alpha * sums.sum_g, alpha * sgx};
+}
+
+// Backward of mean_std: grad_x = grad_mean / L + grad_std * (x - mean) / (D * std) = p*(x - mean) + q.
+template <typename acc_t>
+inline std::pair<acc_t, acc_t> mean_std_backward_coef(acc_t grad_mean, acc_t grad_std, acc_t std,
+                                                      acc_t L, acc_t D) {
+  return {grad_std / (D * std), grad_mean / L};
 }
 
 // Applies out = k*g + p*(x - m) + q to positions [b, e) of unit u, with per-row coefficients
