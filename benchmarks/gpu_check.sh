@@ -5,12 +5,15 @@
 #   benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, then ./out
 #
 # 1. builds adain_ext._C in place for the visible GPU only (TORCH_CUDA_ARCH_LIST = its capability)
-# 2. runs tests/test_cuda.py (junit XML + log)
+# 2. runs tests/test_cuda.py and tests/test_triton.py on the GPU (junit XML + log)
 # 3. runs compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitizer_case.py, if present
-# 4. runs benchmarks/gpu_bench.py (JSON + markdown)
+# 4. runs benchmarks/gpu_bench.py with the Triton providers (JSON + markdown)
+# 5. runs the application benchmarks: the StyleGAN-like generator step (256x256, batch 8) and
+#    end-to-end stylize / train step (benchmarks/bench_style_transfer.py)
 # and prints a summary table last. Every step has a timeout so that the whole run stays under
 # 8 minutes on an H100; a failed step is reported and the next one still runs.
-# Env: STEP_TIMEOUTS="build tests memcheck racecheck bench" seconds (default "150 120 45 40 120"),
+# Env: STEP_TIMEOUTS="build tests memcheck racecheck bench apps" seconds
+#      (default "110 150 30 30 110 50": at most 8 minutes in all),
 #      BENCH_ARGS (extra gpu_bench.py arguments), SKIP_BUILD=1 (reuse a build).
 set -uo pipefail
 
@@ -20,7 +23,7 @@ mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python}"
-read -r T_BUILD T_TESTS T_MEMCHECK T_RACECHECK T_BENCH <<<"${STEP_TIMEOUTS:-150 120 45 40 120}"
+read -r T_BUILD T_TESTS T_MEMCHECK T_RACECHECK T_BENCH T_APPS <<<"${STEP_TIMEOUTS:-110 150 30 30 110 50}"
 START=$(date +%s)
 declare -a STEPS=()
 
@@ -65,7 +68,7 @@ BUILD_OK=$("$PY" -c "import adain_ext, sys; sys.exit(0 if adain_ext._extension.h
 # ---- 2. CUDA tests.
 if [ "$BUILD_OK" = yes ]; then
   run_step tests "$T_TESTS" "$OUT_DIR/test_cuda.log" \
-    "$PY" -m pytest -q -rfEs tests/test_cuda.py --junitxml="$OUT_DIR/test_cuda.xml" -p no:cacheprovider
+    "$PY" -m pytest -q -rfEs tests/test_cuda.py tests/test_triton.py --junitxml="$OUT_DIR/test_cuda.xml" -p no:cacheprovider
 else
   STEPS+=("tests|SKIPPED (no CUDA kernels built)|0|build.log")
 fi
@@ -87,7 +90,10 @@ fi
 # ---- 4. Benchmarks.
 if [ "$BUILD_OK" = yes ]; then
   run_step bench "$T_BENCH" "$OUT_DIR/gpu_bench.log" \
-    "$PY" benchmarks/gpu_bench.py --out "$OUT_DIR" --compile-budget-s 50 --time-budget-s 95 ${BENCH_ARGS:-}
+    "$PY" benchmarks/gpu_bench.py --out "$OUT_DIR" --compile-budget-s 45 --time-budget-s 90 \
+    ${BENCH_ARGS:---plugin triton_providers}
+  run_step apps "$T_APPS" "$OUT_DIR/apps.log" bash -c \
+    "'$PY' benchmarks/bench_stylegan.py --device cuda --rounds 5 && '$PY' -m pytest -q -p no:cacheprovider benchmarks/bench_style_transfer.py -k stylize --benchmark-json='$OUT_DIR/style_transfer.json'"
 fi
 
 # ---- Summary, last.

@@ -17,6 +17,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("json_file")
     parser.add_argument("--machine", default=None)
+    parser.add_argument("--stat", default="median", choices=["median", "min", "mean"],
+                        help="which of pytest-benchmark's per-round statistics to compare")
     args = parser.parse_args(argv)
     with open(args.json_file) as f:
         data = json.load(f)
@@ -24,13 +26,14 @@ def main(argv=None):
     for b in data["benchmarks"]:
         info = b["extra_info"]
         key = (info["direction"], "x".join(map(str, info["shape"])))
-        medians[key][info["provider"]] = b["stats"]["median"]
+        medians[key][info["provider"]] = b["stats"][args.stat]
     providers = sorted({p for row in medians.values() for p in row}, key=lambda p: (p != OURS, p))
     peers = [p for p in providers if p != OURS]
     machine = args.machine or data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
     print(f"Machine: {machine}; torch {data.get('machine_info', {}).get('python_version', '')}"
           f" run {data.get('datetime', '')}\n")
-    print("Median milliseconds per call; in brackets, the speedup of adain_ext over that peer.\n")
+    print(f"{args.stat.capitalize()} milliseconds per call over {data['benchmarks'][0]['stats']['rounds']}"
+          " rounds; in brackets, the speedup of adain_ext over that peer.\n")
     print("| direction | shape | " + " | ".join(providers) + " |")
     print("|---|---|" + "---|" * len(providers))
     ratios = collections.defaultdict(list)
@@ -48,7 +51,7 @@ def main(argv=None):
                 cell += f" ({ratio:.2f}x)"
             cells.append(cell)
         print(f"| {direction} | {shape} | " + " | ".join(cells) + " |")
-    print("\nGeometric-mean speedup of adain_ext:\n")
+    print(f"\nGeometric-mean speedup of adain_ext ({args.stat} times):\n")
     for direction in sorted({d for d, _ in ratios}):
         parts = []
         for p in peers:
