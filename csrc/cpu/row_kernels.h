@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -66,7 +67,11 @@ inline at::Tensor empty_output(const at::Tensor& x, Layout layout) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const size_t bytes = out.nbytes();
-  if (bytes >= 2 * kHuge) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("ADAIN_EXT_HUGE_PAGES");
+    return env == nullptr || env[0] != '0';
+  }();
+  if (enabled && bytes >= 2 * kHuge) {
     const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
     const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
     const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
