@@ -47,5 +47,6 @@ def bench_adain(benchmark, shape, direction, provider):
     content, style = bench.make_inputs(shape, DEVICE, DTYPE, requires_grad=direction == "backward")
     make = bench.forward_runner if direction == "forward" else bench.backward_runner
     run = _synchronised(make(CONTENDERS[provider], content, style))
-    benchmark.pedantic(run, rounds=int(os.environ.get("ADAIN_BENCH_ROUNDS", 10)), warmup_rounds=2,
+    # Five warm-up rounds: the first calls after an allocation-pattern change pay page faults.
+    benchmark.pedantic(run, rounds=int(os.environ.get("ADAIN_BENCH_ROUNDS", 20)), warmup_rounds=5,
                        iterations=1)
