@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from adain_ext import _autograd
 from adain_ext._validation import check_affine, check_eps
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
@@ -307,29 +308,5 @@ def affine_backward_op(grad_out: torch.Tensor, x: torch.Tensor, x_mean: torch.Te
     return affine_backward(grad_out, x, x_mean, x_std, std, alpha, unbiased)
 
 
-def _setup_context(ctx, inputs, output):
-    x, mean, std, alpha, _eps, unbiased = inputs
-    _out, x_mean, x_std = output
-    ctx.mark_non_differentiable(x_mean, x_std)
-    ctx.save_for_backward(x, x_mean, x_std, std)
-    ctx.alpha, ctx.unbiased = alpha, unbiased
-    ctx.mean_like = (mean.shape, mean.dtype)
-    ctx.std_like = (std.shape, std.dtype)
-
-
-def _backward(ctx, grad_out, _grad_x_mean, _grad_x_std):
-    x, x_mean, x_std, std = ctx.saved_tensors
-    grad_x, grad_mean, grad_std = affine_backward_op(grad_out, x, x_mean, x_std, std, ctx.alpha,
-                                                     ctx.unbiased)
-    need_x, need_mean, need_std = ctx.needs_input_grad[:3]
-    return (
-        grad_x if need_x else None,
-        _common.as_grad_of(grad_mean, *ctx.mean_like) if need_mean else None,
-        _common.as_grad_of(grad_std, *ctx.std_like) if need_std else None,
-        None,
-        None,
-        None,
-    )
-
-
+_backward, _setup_context = _autograd.affine_forward(affine_backward_op)
 affine_forward_op.register_autograd(_backward, setup_context=_setup_context)

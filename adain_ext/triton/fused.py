@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from adain_ext import _autograd
 from adain_ext._validation import check_eps, check_pair
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
@@ -88,24 +89,6 @@ def fused_forward_op(content: torch.Tensor, style: torch.Tensor, alpha: float, e
     return fused_forward(content, style, alpha, eps, unbiased)
 
 
-def _setup_context(ctx, inputs, output):
-    content, style, alpha, _eps, unbiased = inputs
-    _out, content_mean, content_std, style_mean, style_std = output
-    ctx.mark_non_differentiable(content_mean, content_std, style_mean, style_std)
-    ctx.save_for_backward(content, style, content_mean, content_std, style_mean, style_std)
-    ctx.alpha, ctx.unbiased = alpha, unbiased
-
-
-def _backward(ctx, grad_out, *_grad_stats):
-    content, style, content_mean, content_std, style_mean, style_std = ctx.saved_tensors
-    need_content, need_style = ctx.needs_input_grad[:2]
-    grad_content, grad_style_mean, grad_style_std = affine_backward_op(
-        grad_out, content, content_mean, content_std, style_std, ctx.alpha, ctx.unbiased)
-    grad_style = None
-    if need_style:
-        grad_style = mean_std_backward_op(grad_style_mean, grad_style_std, style, style_mean,
-                                          style_std, ctx.unbiased)
-    return grad_content if need_content else None, grad_style, None, None, None
-
-
+# No fused backward kernel in Triton yet: the backward composes the two others.
+_backward, _setup_context = _autograd.fused_forward(affine_backward_op, mean_std_backward_op)
 fused_forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -6,6 +6,7 @@ import torch
 import triton.language as tl
 from torch.library import wrap_triton
 
+from adain_ext import _autograd
 from adain_ext._validation import check_eps, check_features
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
@@ -169,21 +170,5 @@ def mean_std_backward_op(grad_mean: torch.Tensor, grad_std: torch.Tensor, x: tor
     return mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased)
 
 
-def _setup_context(ctx, inputs, output):
-    x, _eps, unbiased = inputs
-    mean, std = output
-    ctx.save_for_backward(x, mean, std)
-    ctx.unbiased = unbiased
-
-
-def _backward(ctx, grad_mean, grad_std):
-    if not ctx.needs_input_grad[0]:
-        return None, None, None
-    x, mean, std = ctx.saved_tensors
-    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-    grad_std = torch.zeros_like(std) if grad_std is None else grad_std
-    grad_x = mean_std_backward_op(grad_mean, grad_std, x, mean, std, ctx.unbiased)
-    return grad_x, None, None
-
-
+_backward, _setup_context = _autograd.mean_std(mean_std_backward_op)
 mean_std_op.register_autograd(_backward, setup_context=_setup_context)
