@@ -7,7 +7,7 @@
 
 See README.md for the backends and their semantics.
 """
-from adain_ext import _extension, reference
+from adain_ext import _extension, reference  # noqa: F401  (adain_ext._extension for callers)
 from adain_ext._extension import HAS_CPP
 from adain_ext.functional import BACKENDS, adain, adain_affine, mean_std, resolve_backend
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import inspect
 import math
 import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F

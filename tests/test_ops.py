@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import CASE_DTYPES, CASES, GRAD_CASES, Case, assert_close, make_inputs, make_statistics
 
 import adain_ext
 from adain_ext import reference
-from cases import CASE_DTYPES, CASES, GRAD_CASES, Case, assert_close, make_inputs, make_statistics
 
 pytestmark = pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
 

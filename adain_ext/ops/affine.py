@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from adain_ext._validation import check_affine, check_eps
 from adain_ext import _autograd
 from adain_ext._layout import empty_output, empty_stats
+from adain_ext._validation import check_affine, check_eps
 
 
 @torch.library.register_fake("adain::_affine_forward")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from adain_ext._validation import check_eps, check_pair
 from adain_ext import _autograd
 from adain_ext._layout import empty_output, empty_stats
+from adain_ext._validation import check_eps, check_pair
 
 
 @torch.library.register_fake("adain::_fused_forward")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from adain_ext import _autograd
-from adain_ext._validation import check_eps, check_features
 from adain_ext._layout import empty_output
+from adain_ext._validation import check_eps, check_features
 
 
 @torch.library.register_fake("adain::mean_std")
