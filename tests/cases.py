@@ -107,3 +107,16 @@ def assert_close(actual, expected, dtype, msg="", case: Case | None = None):
         # inherent to fp32 statistics (the seed's own code in fp32 has it too).
         atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=msg)
+
+
+def assert_compile_matches_eager(model, inputs):
+    """torch.compile(fullgraph=True) of model: no graph break, and its output and the gradients of
+    every input equal eager's (aot_eager, so AOTAutograd traces the ops' registered autograd)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    eager_out = model(*inputs)
+    torch.testing.assert_close(compiled(*inputs), eager_out)
+    eager_grads = torch.autograd.grad(eager_out.sum(), inputs)
+    compiled_grads = torch.autograd.grad(compiled(*inputs).sum(), inputs)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want)

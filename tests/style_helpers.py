@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -83,3 +84,13 @@ def write_png(path: Path, image: torch.Tensor, mode: str = "RGB") -> Path:
         img = Image.fromarray(gray)  # 16-bit grayscale PNG
     img.save(path)
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for the modules that import it: these tiny convs gain nothing from more,
+    and on a shared 2-core machine oversubscribed threads make them 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

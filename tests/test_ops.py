@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import CASE_DTYPES, CASES, GRAD_CASES, Case, assert_close, make_inputs, make_statistics
+from cases import (
+    CASE_DTYPES,
+    CASES,
+    GRAD_CASES,
+    Case,
+    assert_close,
+    assert_compile_matches_eager,
+    make_inputs,
+    make_statistics,
+)
 
 import adain_ext
 from adain_ext import reference
@@ -187,17 +196,7 @@ def test_torch_compile_fullgraph(layout):
     case = Case("compile", (2, 4, 8, 8), style=(2, 4, 5, 7), layout=layout)
     content, style = make_inputs(case, requires_grad=True)
     mean, std = make_statistics(case, requires_grad=True)
-    model = _AllOps()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    eager_out = model(content, style, mean, std)
-    compiled_out = compiled(content, style, mean, std)
-    torch.testing.assert_close(compiled_out, eager_out)
-    eager_grads = torch.autograd.grad(eager_out.sum(), (content, style, mean, std))
-    compiled_grads = torch.autograd.grad(compiled(content, style, mean, std).sum(),
-                                         (content, style, mean, std))
-    for got, want in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(got, want)
+    assert_compile_matches_eager(_AllOps(), (content, style, mean, std))
 
 
 def test_torch_compile_inductor_matches_eager():

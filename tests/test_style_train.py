@@ -18,7 +18,7 @@ pytest.importorskip("PIL", reason="the style-transfer tests need Pillow (pip ins
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import adain_ext  # noqa: F401
-from style_helpers import random_image, random_vgg, write_png
+from style_helpers import one_thread, random_image, random_vgg, write_png  # noqa: F401
 
 from adain_ext.style_transfer import models, train
 
@@ -26,14 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny convs gain nothing from more, and on a shared 2-core
-    machine oversubscribed threads make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -17,7 +17,8 @@ pytest.importorskip("PIL", reason="the style-transfer tests need Pillow (pip ins
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the "compiled extension missing" warning, if any
     import adain_ext
-from style_helpers import (
+from style_helpers import (  # noqa: F401  (one_thread is an autouse fixture)
+    one_thread,
     random_decoder,
     random_image,
     random_vgg,
@@ -35,14 +36,6 @@ BACKENDS = ["reference"] + (["cpp"] if adain_ext.HAS_CPP else [])
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny convs gain nothing from more, and on a shared 2-core
-    machine oversubscribed threads make them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def vgg():

@@ -7,28 +7,19 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("PIL", reason="the style-transfer tests need Pillow (pip install Pillow)")
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import adain_ext  # noqa: F401
-from style_helpers import random_decoder, random_image, random_vgg, write_png
+from style_helpers import one_thread, random_decoder, random_image, random_vgg, write_png  # noqa: F401
 
 from adain_ext.cli import main
 from adain_ext.style_transfer import models
 from adain_ext.style_transfer.network import StyleTransfer
 
 FRAMES, FPS, H, W = 6, 12, 40, 48
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

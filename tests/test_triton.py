@@ -20,6 +20,7 @@ from cases import (
     TOLERANCES,
     Case,
     assert_close,
+    assert_compile_matches_eager,
     make_inputs,
     make_statistics,
 )
@@ -370,17 +371,7 @@ def test_torch_compile_fullgraph(layout):
     case = Case("compile", (2, 4, 8, 8), style=(2, 4, 5, 7), layout=layout)
     content, style = _inputs(case, requires_grad=True)
     mean, std = _stats(case, requires_grad=True)
-    model = _AllOps()
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    eager_out = model(content, style, mean, std)
-    compiled_out = compiled(content, style, mean, std)
-    torch.testing.assert_close(compiled_out, eager_out)
-    eager_grads = torch.autograd.grad(eager_out.sum(), (content, style, mean, std))
-    compiled_grads = torch.autograd.grad(compiled(content, style, mean, std).sum(),
-                                         (content, style, mean, std))
-    for got, want in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(got, want)
+    assert_compile_matches_eager(_AllOps(), (content, style, mean, std))
 
 
 @pytest.mark.skipif(not CUDA, reason="Inductor running the traced kernels needs CUDA: under "
