@@ -5,7 +5,8 @@
 #   benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, then ./out
 #
 # 1. builds adain_ext._C in place for the visible GPU only (TORCH_CUDA_ARCH_LIST = its capability)
-# 2. runs tests/test_cuda.py and tests/test_triton.py on the GPU (junit XML + log)
+# 2. runs tests/test_cuda.py, tests/test_cuda_sass.py and tests/test_triton.py on the GPU (junit
+#    XML + log)
 # 3. runs compute-sanitizer memcheck and racecheck on benchmarks/gpu_sanitizer_case.py, if present
 # 4. runs benchmarks/gpu_bench.py with the Triton providers (JSON + markdown)
 # 5. runs the application benchmarks: the StyleGAN-like generator step (256x256, batch 8) and
@@ -68,7 +69,7 @@ BUILD_OK=$("$PY" -c "import adain_ext, sys; sys.exit(0 if adain_ext._extension.h
 # ---- 2. CUDA tests.
 if [ "$BUILD_OK" = yes ]; then
   run_step tests "$T_TESTS" "$OUT_DIR/test_cuda.log" \
-    "$PY" -m pytest -q -rfEs tests/test_cuda.py tests/test_triton.py --junitxml="$OUT_DIR/test_cuda.xml" -p no:cacheprovider
+    "$PY" -m pytest -q -rfEs tests/test_cuda.py tests/test_cuda_sass.py tests/test_triton.py --junitxml="$OUT_DIR/test_cuda.xml" -p no:cacheprovider
 else
   STEPS+=("tests|SKIPPED (no CUDA kernels built)|0|build.log")
 fi

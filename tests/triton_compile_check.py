@@ -4,12 +4,17 @@
 
 The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) never lowers them, so a kernel can
 pass every interpreted test and still fail to compile; this script catches that part on any
-machine (triton ships ptxas). It must run without TRITON_INTERPRET, hence its own process
-(tests/test_triton.py runs it in a subprocess). Prints one line per kernel variant; exit 1 if any
-failed.
+machine (triton ships ptxas). Each variant is compiled twice: unspecialised (an odd shape) and
+with the specialisation triton's launcher gives a typical shape (16-byte aligned pointers, sizes
+divisible by 16), where the streaming kernels must use 16-byte global loads and the kernels that
+write the output 16-byte stores (the bandwidth of the GPU backend depends on it, and a changed
+mask or index expression can silently lose it). It must run without TRITON_INTERPRET, hence its
+own process (tests/test_triton.py runs it in a subprocess). Prints one line per compilation;
+exit 1 if any failed.
 """
 import importlib
 import os
+import re
 import sys
 import time
 
@@ -80,20 +85,48 @@ def variants():
                     kernel, signature, constexprs
 
 
+# Kernels that write the big output tensor (the others write only per-row statistics/partials).
+WRITES_TILES = {"mean_std_backward", "affine_row", "affine_apply", "affine_backward_row",
+                "affine_backward_apply", "fused_row"}
+
+
+def aligned_attrs(signature: dict) -> dict:
+    """The specialisation triton's launcher gives a typical shape: every pointer 16-byte aligned
+    (PyTorch allocations are) and every size a multiple of 16 (C = 64..512, H*W = 16..1M)."""
+    return {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
+            if kind.startswith("*") or (kind == "i32" and name != "ROWS_BUCKET")}
+
+
+def vector_widths(ptx: str) -> tuple[bool, bool]:
+    """Whether the PTX has 16-byte global loads / stores (v4.b32, or v2.b64 for fp64 data)."""
+    wide = r"\.global(?:\.[a-z0-9]+)*\.(?:v4\.b32|v2\.b64|v4\.f32|v4\.u32)"
+    return bool(re.search(r"ld" + wide, ptx)), bool(re.search(r"st" + wide, ptx))
+
+
 def main(sm: int = 90) -> int:
     target = GPUTarget("cuda", sm, 32)
     failed = 0
     for label, kernel, signature, constexprs in variants():
         fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # under autotune
-        start = time.perf_counter()
-        try:
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                      target=target, options={"num_warps": 4})
-            assert "cubin" in compiled.asm
-            print(f"ok   sm_{sm} {label} ({time.perf_counter() - start:.2f}s)")
-        except Exception as error:  # noqa: BLE001  (report every failing variant, not just one)
-            failed += 1
-            print(f"FAIL sm_{sm} {label}: {type(error).__name__}: {str(error)[:2000]}")
+        name, dtype = label.split()[:2]
+        for aligned in (False, True):
+            start = time.perf_counter()
+            tag = f"sm_{sm} {label}{' aligned' if aligned else ''}"
+            try:
+                source = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                                   attrs=aligned_attrs(signature) if aligned else None)
+                compiled = triton.compile(source, target=target, options={"num_warps": 4})
+                assert "cubin" in compiled.asm
+                loads, stores = vector_widths(compiled.asm["ptx"])
+                # Bandwidth needs 16-byte accesses wherever the shape allows them.
+                if aligned and dtype != "fp64" and name != "merge_stats":
+                    assert loads, "no 16-byte global load"
+                    assert stores or name not in WRITES_TILES, "no 16-byte global store"
+                widths = f"16-byte loads {'yes' if loads else 'no'}, stores {'yes' if stores else 'no'}"
+                print(f"ok   {tag} ({widths}; {time.perf_counter() - start:.2f}s)")
+            except Exception as error:  # noqa: BLE001  (report every failing variant, not one)
+                failed += 1
+                print(f"FAIL {tag}: {type(error).__name__}: {str(error)[:2000]}")
     return 1 if failed else 0
 
 

@@ -76,11 +76,28 @@ C10_DEVICE __forceinline__ Vec<T, VEC> load_slot(const T* __restrict__ ptr, int6
   return out;
 }
 
+// One 16-byte store of a full slot. Inline PTX (as CUTLASS's global_store does) because nvcc 13.0
+// split a plain Vec or uint4 assignment into 2-8 narrower stores inside the row kernels, and the
+// __stwb intrinsic, though 16 bytes wide, came out as a STRONG.SM store (both seen in the SASS;
+// tests/test_cuda_sass.py keeps the 16-byte stores there). `ptr` points to global memory and is
+// never read back by the kernel that writes it.
+template <typename T, int VEC>
+C10_DEVICE __forceinline__ void store_vec16(T* __restrict__ ptr, const Vec<T, VEC>& value) {
+  static_assert(sizeof(Vec<T, VEC>) == sizeof(uint4), "slots are 16 bytes");
+#if defined(__CUDA_ARCH__)
+  const uint4 bits = *reinterpret_cast<const uint4*>(&value);
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(ptr), "r"(bits.x), "r"(bits.y),
+               "r"(bits.z), "r"(bits.w));
+#else
+  *reinterpret_cast<Vec<T, VEC>*>(ptr) = value;
+#endif
+}
+
 template <typename T, int VEC>
 C10_DEVICE __forceinline__ void store_slot(T* __restrict__ ptr, int64_t offset, int lo, int hi,
                                            const Vec<T, VEC>& value, bool aligned = true) {
   if (aligned && lo == 0 && hi == VEC) {
-    *reinterpret_cast<Vec<T, VEC>*>(ptr + offset) = value;
+    store_vec16<T, VEC>(ptr + offset, value);
   } else {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {

@@ -183,6 +183,12 @@ constexpr int kSlotsPerThread = 4;
 // 1024-thread block (4 spilled heavily for 16-bit types: ptxas -v, sm_90) while keeping 32-64
 // bytes per thread in flight, plenty at 1-2K threads per SM.
 constexpr int kUnroll = 2;
+// Where a slot is two 16-byte loads of 16-bit data (x and g: 16 values to widen per slot), 1:
+// at 2 those kernels spilled (ptxas -v, sm_90), and 32 bytes per thread are still in flight.
+template <typename T, bool kTwoInputs>
+constexpr int unroll_slots() {
+  return (sizeof(T) == 2 && kTwoInputs) ? 1 : kUnroll;
+}
 
 // ---- Path 1 and the contiguous half of path 2.
 
@@ -227,11 +233,12 @@ C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
                                                       int64_t cache_slots) {
   Sum2<acc_t> sums;
   const int64_t step = static_cast<int64_t>(group);
-  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kUnroll) {
-    Vec<T, VEC> vx[kUnroll], vg[kUnroll];
-    int lo[kUnroll], hi[kUnroll];
+  constexpr int kU = unroll_slots<T, true>();
+  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kU) {
+    Vec<T, VEC> vx[kU], vg[kU];
+    int lo[kU], hi[kU];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t s = s0 + u * step;
       lo[u] = hi[u] = 0;
       if (s < seg.nslots) {
@@ -241,7 +248,7 @@ C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t s = s0 + u * step;
       if (s < seg.nslots) {
         if (kCache && s < cache_slots) {
@@ -270,11 +277,12 @@ C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __r
                                            const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
                                            int64_t cache_slots) {
   const int64_t step = static_cast<int64_t>(group);
-  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kUnroll) {
-    Vec<T, VEC> vx[kUnroll], vg[kUnroll];
-    int lo[kUnroll], hi[kUnroll];
+  constexpr int kU = unroll_slots<T, kHasG>();
+  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kU) {
+    Vec<T, VEC> vx[kU], vg[kU];
+    int lo[kU], hi[kU];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t s = s0 + u * step;
       lo[u] = hi[u] = 0;
       if (s < seg.nslots) {
@@ -289,7 +297,7 @@ C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __r
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t s = s0 + u * step;
       if (s < seg.nslots) {
         Vec<T, VEC> y;
