@@ -12,7 +12,7 @@
 namespace adain {
 namespace cuda {
 
-// out = a * x + b per row with a = T_s / std_x, b = T_m - a * mean_x (alpha folded into T_m, T_s);
+// out = T_s * (x - mean_x) / std_x + T_m per row (alpha folded into the targets T_m, T_s);
 // also returns x's statistics (N, C) in the accumulation dtype for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& x_in,
                                                               const at::Tensor& mean,
@@ -37,7 +37,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "adain_affine_forward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    constexpr int VEC = vec_width<scalar_t>();
     Params<scalar_t, acc_t> p;
     p.x = x.data_ptr<scalar_t>();
     p.out = out.data_ptr<scalar_t>();
@@ -51,26 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     p.d.target_std = target_std.data_ptr<acc_t>();
     p.d.mean_out = x_mean.data_ptr<acc_t>();
     p.d.std_out = x_std.data_ptr<acc_t>();
-    if (layout == Layout::ChannelsLast) {
-      const int grid = plan_channels_last(p, N, C, L, dev);
-      const at::Tensor partials = attach_partials(p.d, acc_options);
-      const at::Tensor coef = attach_coef(p.d, acc_options);
-      launch_cl_partial<scalar_t, acc_t, /*kSums=*/false>(p, grid);
-      launch_finalize<acc_t, FinalMode::Affine>(p.d, dev);
-      launch_cl_apply<scalar_t, acc_t, /*kHasG=*/false>(p, grid);
-    } else if (use_split(R, L, dev)) {
-      choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
-      const at::Tensor partials = attach_partials(p.d, acc_options);
-      const at::Tensor coef = attach_coef(p.d, acc_options);
-      const RowsLaunch geometry =
-          plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
-      launch_rows<scalar_t, acc_t, RowMode::PartialWelford>(p, geometry);
-      launch_finalize<acc_t, FinalMode::Affine>(p.d, dev);
-      launch_rows<scalar_t, acc_t, RowMode::Apply>(p, geometry);
-    } else {
-      launch_rows<scalar_t, acc_t, RowMode::Affine>(
-          p, plan_rows<scalar_t>(R, L, L % VEC == 0, /*cached_rows=*/1, dev));
-    }
+    run_row_op<RowOp::Affine>(p, layout, N, C, acc_options, dev);
   });
   return {out, x_mean, x_std};
 }
@@ -101,7 +81,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "adain_affine_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    constexpr int VEC = vec_width<scalar_t>();
     Params<scalar_t, acc_t> p;
     p.x = x.data_ptr<scalar_t>();
     p.g = g.data_ptr<scalar_t>();
@@ -116,26 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     p.d.std_target = std_target.data_ptr<acc_t>();
     p.d.grad_mean_out = grad_mean.data_ptr<acc_t>();
     p.d.grad_std_out = grad_std.data_ptr<acc_t>();
-    if (layout == Layout::ChannelsLast) {
-      const int grid = plan_channels_last(p, N, C, L, dev);
-      const at::Tensor partials = attach_partials(p.d, acc_options);
-      const at::Tensor coef = attach_coef(p.d, acc_options);
-      launch_cl_partial<scalar_t, acc_t, /*kSums=*/true>(p, grid);
-      launch_finalize<acc_t, FinalMode::AffineBackward>(p.d, dev);
-      launch_cl_apply<scalar_t, acc_t, /*kHasG=*/true>(p, grid);
-    } else if (use_split(R, L, dev)) {
-      choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
-      const at::Tensor partials = attach_partials(p.d, acc_options);
-      const at::Tensor coef = attach_coef(p.d, acc_options);
-      const RowsLaunch geometry =
-          plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
-      launch_rows<scalar_t, acc_t, RowMode::PartialSums>(p, geometry);
-      launch_finalize<acc_t, FinalMode::AffineBackward>(p.d, dev);
-      launch_rows<scalar_t, acc_t, RowMode::ApplyGrad>(p, geometry);
-    } else {
-      launch_rows<scalar_t, acc_t, RowMode::AffineBackward>(
-          p, plan_rows<scalar_t>(R, L, L % VEC == 0, /*cached_rows=*/2, dev));
-    }
+    run_row_op<RowOp::AffineBackward>(p, layout, N, C, acc_options, dev);
   });
   return {grad_x, grad_mean, grad_std};
 }

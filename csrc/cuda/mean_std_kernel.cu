@@ -26,7 +26,6 @@ std::tuple<at::Tensor, at::Tensor> row_statistics(const at::Tensor& x_in, double
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_mean_std_cuda",
                                   [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    constexpr int VEC = vec_width<scalar_t>();
     Params<scalar_t, acc_t> p;
     p.x = x.data_ptr<scalar_t>();
     p.d.rows = R;
@@ -36,20 +35,7 @@ std::tuple<at::Tensor, at::Tensor> row_statistics(const at::Tensor& x_in, double
     p.d.unbiased = unbiased;
     p.d.mean_out = mean.data_ptr<acc_t>();
     p.d.std_out = std.data_ptr<acc_t>();
-    if (layout == Layout::ChannelsLast) {
-      const int grid = plan_channels_last(p, N, C, L, dev);
-      const at::Tensor partials = attach_partials(p.d, acc_options);
-      launch_cl_partial<scalar_t, acc_t, /*kSums=*/false>(p, grid);
-      launch_finalize<acc_t, FinalMode::Stats>(p.d, dev);
-    } else if (use_split(R, L, dev)) {
-      choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
-      const at::Tensor partials = attach_partials(p.d, acc_options);
-      launch_rows<scalar_t, acc_t, RowMode::PartialWelford>(
-          p, plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev));
-      launch_finalize<acc_t, FinalMode::Stats>(p.d, dev);
-    } else {
-      launch_rows<scalar_t, acc_t, RowMode::Stats>(p, plan_rows<scalar_t>(R, L, L % VEC == 0, 0, dev));
-    }
+    run_row_op<RowOp::Stats>(p, layout, N, C, acc_options, dev);
   });
   return {mean, std};
 }

@@ -36,6 +36,7 @@
 #include <mutex>
 #include <vector>
 
+#include "checks.h"
 #include "cuda/reduce.cuh"
 #include "welford.h"
 
@@ -840,6 +841,62 @@ inline at::Tensor attach_coef(RowData<acc_t>& d, const at::TensorOptions& acc_op
   at::Tensor coef = at::empty({d.rows, 4}, acc_options);
   d.coef = coef.data_ptr<acc_t>();
   return coef;
+}
+
+
+// ---- The three paths, once for every reduce-then-map op.
+
+// The reductions an op needs per row, and whether it then maps the rows to an output.
+enum class RowOp {
+  Stats,           // mean_std: statistics only
+  Affine,          // affine forward: statistics, then out
+  AffineBackward,  // affine backward: gradient sums, then grad_x
+};
+
+template <RowOp kOp>
+struct RowOpKernels {
+  static constexpr bool kGrad = kOp == RowOp::AffineBackward;  // reduces (g, x), maps with g
+  static constexpr bool kMaps = kOp != RowOp::Stats;
+  static constexpr RowMode kOneLaunch =
+      kOp == RowOp::Stats ? RowMode::Stats : kGrad ? RowMode::AffineBackward : RowMode::Affine;
+  static constexpr RowMode kPartial = kGrad ? RowMode::PartialSums : RowMode::PartialWelford;
+  static constexpr RowMode kApply = kGrad ? RowMode::ApplyGrad : RowMode::Apply;
+  static constexpr FinalMode kFinal =
+      kOp == RowOp::Stats ? FinalMode::Stats : kGrad ? FinalMode::AffineBackward : FinalMode::Affine;
+  static constexpr int kCachedRows = kOp == RowOp::Stats ? 0 : kGrad ? 2 : 1;  // tensors cached
+};
+
+// Runs op kOp over the R = p.d.rows rows of length L = p.d.L that p describes (pointers and
+// per-row inputs set by the op file) by the path the layout and shape select:
+//   channels_last:  partial states per (image, channel tile, chunk), finalize, apply   (3 launches)
+//   few long rows:  partial states per row segment, finalize, apply                     (3 launches)
+//   otherwise:      one launch, each row reduced and mapped while cached on chip        (1 launch)
+// The workspaces are freed on return; the caching allocator keeps them for this stream's work.
+template <RowOp kOp, typename T, typename acc_t>
+inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
+                       const at::TensorOptions& acc_options, const Device& dev) {
+  using K = RowOpKernels<kOp>;
+  constexpr int VEC = vec_width<T>();
+  const int64_t R = p.d.rows, L = p.d.L;
+  at::Tensor partials, coef;
+  if (layout == Layout::ChannelsLast) {
+    const int grid = plan_channels_last(p, N, C, L, dev);
+    partials = attach_partials(p.d, acc_options);
+    if (K::kMaps) coef = attach_coef(p.d, acc_options);
+    launch_cl_partial<T, acc_t, K::kGrad>(p, grid);
+    launch_finalize<acc_t, K::kFinal>(p.d, dev);
+    if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad>(p, grid);
+  } else if (use_split(R, L, dev)) {
+    choose_chunks<T>(R, L, dev, p.d.chunks, p.d.chunk_len);
+    partials = attach_partials(p.d, acc_options);
+    if (K::kMaps) coef = attach_coef(p.d, acc_options);
+    const RowsLaunch geometry = plan_rows<T>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
+    launch_rows<T, acc_t, K::kPartial>(p, geometry);
+    launch_finalize<acc_t, K::kFinal>(p.d, dev);
+    if (K::kMaps) launch_rows<T, acc_t, K::kApply>(p, geometry);
+  } else {
+    launch_rows<T, acc_t, K::kOneLaunch>(p, plan_rows<T>(R, L, L % VEC == 0, K::kCachedRows, dev));
+  }
 }
 
 }  // namespace cuda
