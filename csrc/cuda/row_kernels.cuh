@@ -193,6 +193,44 @@ constexpr int unroll_slots() {
 
 // ---- Path 1 and the contiguous half of path 2.
 
+// Walks this lane's slots of a segment, kU slots per step: loads all kU first (x, and g when
+// kWithG; when kFromCache, slots below `cached` from the shared-memory cache, the rest from global
+// memory; masked elements as 0), then calls use(s, lo, hi, x_slot, g_slot) on each in order.
+// Loading before using keeps kU 16-byte loads per input in flight. (kFromCache is a template
+// flag, not cached == 0: the compiler cannot drop an `s < 0` test, and at 64 registers the dead
+// branch made the 16-bit kernels spill.)
+template <typename T, int VEC, int kU, bool kWithG, bool kFromCache, typename Use>
+C10_DEVICE __forceinline__ void walk_slots(const T* __restrict__ x, const T* __restrict__ g,
+                                           const Segment& seg, int lane, int group,
+                                           const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
+                                           int64_t cached, Use&& use) {
+  const int64_t step = static_cast<int64_t>(group);
+  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kU) {
+    Vec<T, VEC> vx[kU], vg[kU];
+    int lo[kU], hi[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t s = s0 + u * step;
+      lo[u] = hi[u] = 0;
+      if (s < seg.nslots) {
+        slot_bounds<VEC>(seg, s, lo[u], hi[u]);
+        if (kFromCache && s < cached) {
+          vx[u] = cache_x[s];
+          if (kWithG) vg[u] = cache_g[s];
+        } else {
+          vx[u] = load_slot<T, VEC>(x, seg.first + s * VEC, lo[u], hi[u]);
+          if (kWithG) vg[u] = load_slot<T, VEC>(g, seg.first + s * VEC, lo[u], hi[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t s = s0 + u * step;
+      if (s < seg.nslots) use(s, lo[u], hi[u], vx[u], vg[u]);
+    }
+  }
+}
+
 // Welford state of this lane's slots of a segment; slots below cache_slots are kept in `cache`.
 template <typename acc_t, typename T, int VEC, bool kCache>
 C10_DEVICE __forceinline__ WelfordState<acc_t> lane_welford(const T* __restrict__ x,
@@ -200,28 +238,12 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> lane_welford(const T* __restrict_
                                                             Vec<T, VEC>* cache,
                                                             int64_t cache_slots) {
   WelfordState<acc_t> st;
-  const int64_t step = static_cast<int64_t>(group);
-  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kUnroll) {
-    Vec<T, VEC> v[kUnroll];
-    int lo[kUnroll], hi[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t s = s0 + u * step;
-      lo[u] = hi[u] = 0;
-      if (s < seg.nslots) {
-        slot_bounds<VEC>(seg, s, lo[u], hi[u]);
-        v[u] = load_slot<T, VEC>(x, seg.first + s * VEC, lo[u], hi[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t s = s0 + u * step;
-      if (s < seg.nslots) {
-        if (kCache && s < cache_slots) cache[s] = v[u];
-        st = welford_merge(st, slot_state<acc_t>(v[u], lo[u], hi[u]));
-      }
-    }
-  }
+  walk_slots<T, VEC, unroll_slots<T, false>(), false, false>(
+      x, nullptr, seg, lane, group, nullptr, nullptr, 0,
+      [&](int64_t s, int lo, int hi, const Vec<T, VEC>& vx, const Vec<T, VEC>&) {
+        if (kCache && s < cache_slots) cache[s] = vx;
+        st = welford_merge(st, slot_state<acc_t>(vx, lo, hi));
+      });
   return st;
 }
 
@@ -233,39 +255,21 @@ C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
                                                       Vec<T, VEC>* cache_x, Vec<T, VEC>* cache_g,
                                                       int64_t cache_slots) {
   Sum2<acc_t> sums;
-  const int64_t step = static_cast<int64_t>(group);
-  constexpr int kU = unroll_slots<T, true>();
-  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kU) {
-    Vec<T, VEC> vx[kU], vg[kU];
-    int lo[kU], hi[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t s = s0 + u * step;
-      lo[u] = hi[u] = 0;
-      if (s < seg.nslots) {
-        slot_bounds<VEC>(seg, s, lo[u], hi[u]);
-        vx[u] = load_slot<T, VEC>(x, seg.first + s * VEC, lo[u], hi[u]);
-        vg[u] = load_slot<T, VEC>(g, seg.first + s * VEC, lo[u], hi[u]);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t s = s0 + u * step;
-      if (s < seg.nslots) {
+  walk_slots<T, VEC, unroll_slots<T, true>(), true, false>(
+      x, g, seg, lane, group, nullptr, nullptr, 0,
+      [&](int64_t s, int, int, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
         if (kCache && s < cache_slots) {
-          cache_x[s] = vx[u];
-          cache_g[s] = vg[u];
+          cache_x[s] = vx;
+          cache_g[s] = vg;
         }
         // Masked elements were loaded as 0 in g, so they add nothing.
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const acc_t gj = static_cast<acc_t>(vg[u].v[j]);
+          const acc_t gj = static_cast<acc_t>(vg.v[j]);
           sums.a += gj;
-          sums.b += gj * (static_cast<acc_t>(vx[u].v[j]) - mean);
+          sums.b += gj * (static_cast<acc_t>(vx.v[j]) - mean);
         }
-      }
-    }
-  }
+      });
   return sums;
 }
 
@@ -277,40 +281,17 @@ C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __r
                                            int group, const Coef<acc_t>& c,
                                            const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
                                            int64_t cache_slots) {
-  const int64_t step = static_cast<int64_t>(group);
-  constexpr int kU = unroll_slots<T, kHasG>();
-  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kU) {
-    Vec<T, VEC> vx[kU], vg[kU];
-    int lo[kU], hi[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t s = s0 + u * step;
-      lo[u] = hi[u] = 0;
-      if (s < seg.nslots) {
-        slot_bounds<VEC>(seg, s, lo[u], hi[u]);
-        if (s < cache_slots) {
-          vx[u] = cache_x[s];
-          if (kHasG) vg[u] = cache_g[s];
-        } else {
-          vx[u] = load_slot<T, VEC>(x, seg.first + s * VEC, lo[u], hi[u]);
-          if (kHasG) vg[u] = load_slot<T, VEC>(g, seg.first + s * VEC, lo[u], hi[u]);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t s = s0 + u * step;
-      if (s < seg.nslots) {
+  walk_slots<T, VEC, unroll_slots<T, kHasG>(), kHasG, true>(
+      x, g, seg, lane, group, cache_x, cache_g, cache_slots,
+      [&](int64_t s, int lo, int hi, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
         Vec<T, VEC> y;
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const acc_t gj = kHasG ? static_cast<acc_t>(vg[u].v[j]) : acc_t(0);
-          y.v[j] = static_cast<T>(apply_coef<acc_t, kHasG>(c, static_cast<acc_t>(vx[u].v[j]), gj));
+          const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
+          y.v[j] = static_cast<T>(apply_coef<acc_t, kHasG>(c, static_cast<acc_t>(vx.v[j]), gj));
         }
-        store_slot<T, VEC>(out, seg.first + s * VEC, lo[u], hi[u], y);
-      }
-    }
-  }
+        store_slot<T, VEC>(out, seg.first + s * VEC, lo, hi, y);
+      });
 }
 
 template <typename acc_t>
@@ -500,6 +481,32 @@ C10_DEVICE __forceinline__ ClTile cl_tile(const Params<T, acc_t>& p, int64_t til
   return t;
 }
 
+// Walks this thread's positions of tile t (VEC channels each), kUnroll positions per step: loads
+// all first (x, and g when kWithG; channels past C as 0), then calls use(offset, x_slot, g_slot)
+// on each in order, offset being the flat index of the slot's first channel.
+template <typename T, typename acc_t, int VEC, bool kWithG, typename Use>
+C10_DEVICE __forceinline__ void walk_cl_positions(const Params<T, acc_t>& p, const ClTile& t,
+                                                  int tl, int threads_l, Use&& use) {
+  const int64_t step = static_cast<int64_t>(threads_l);
+  for (int64_t l0 = t.l_begin + tl; l0 < t.l_end; l0 += step * kUnroll) {
+    Vec<T, VEC> vx[kUnroll], vg[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t l = l0 + u * step;
+      if (l < t.l_end) {
+        const int64_t off = (t.n * p.d.L + l) * p.channels + t.c0;
+        vx[u] = load_slot<T, VEC>(p.x, off, 0, t.valid, p.channels_aligned);
+        if (kWithG) vg[u] = load_slot<T, VEC>(p.g, off, 0, t.valid, p.channels_aligned);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t l = l0 + u * step;
+      if (l < t.l_end) use((t.n * p.d.L + l) * p.channels + t.c0, vx[u], vg[u]);
+    }
+  }
+}
+
 // Per-channel partial states of a (channel tile, position chunk): Welford of x, or (kSums) the
 // backward's sum(g) and sum(g * (x - mean)).
 template <typename T, typename acc_t, bool kSums>
@@ -524,42 +531,27 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
     }
     int64_t count = 0;
     if (t.valid > 0) {
-      for (int64_t l0 = t.l_begin + tl; l0 < t.l_end; l0 += static_cast<int64_t>(threads_l) * kUnroll) {
-        Vec<T, VEC> vx[kUnroll], vg[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t l = l0 + static_cast<int64_t>(u) * threads_l;
-          if (l < t.l_end) {
-            const int64_t off = (t.n * d.L + l) * p.channels + t.c0;
-            vx[u] = load_slot<T, VEC>(p.x, off, 0, t.valid, p.channels_aligned);
-            if (kSums) vg[u] = load_slot<T, VEC>(p.g, off, 0, t.valid, p.channels_aligned);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t l = l0 + static_cast<int64_t>(u) * threads_l;
-          if (l < t.l_end) {
+      walk_cl_positions<T, acc_t, VEC, kSums>(
+          p, t, tl, threads_l, [&](int64_t, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
             if constexpr (kSums) {
 #pragma unroll
               for (int j = 0; j < VEC; ++j) {
-                const acc_t gj = static_cast<acc_t>(vg[u].v[j]);
+                const acc_t gj = static_cast<acc_t>(vg.v[j]);
                 a[j] += gj;
-                b[j] += gj * (static_cast<acc_t>(vx[u].v[j]) - mean[j]);
+                b[j] += gj * (static_cast<acc_t>(vx.v[j]) - mean[j]);
               }
             } else {  // Welford, one division per VEC channels
               ++count;
               const acc_t inv = acc_t(1) / static_cast<acc_t>(count);
 #pragma unroll
               for (int j = 0; j < VEC; ++j) {
-                const acc_t xj = static_cast<acc_t>(vx[u].v[j]);
+                const acc_t xj = static_cast<acc_t>(vx.v[j]);
                 const acc_t delta = xj - a[j];
                 a[j] += delta * inv;
                 b[j] += delta * (xj - a[j]);
               }
             }
-          }
-        }
-      }
+          });
     }
     // Column-wise tree over the threads_l position threads (a power of two), fixed order.
 #pragma unroll
@@ -622,33 +614,17 @@ __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_
     for (int j = 0; j < VEC; ++j) {
       if (j < t.valid) c[j] = load_coef(d.coef, t.n * p.channels + t.c0 + j);
     }
-    for (int64_t l0 = t.l_begin + tl; l0 < t.l_end; l0 += static_cast<int64_t>(threads_l) * kUnroll) {
-      Vec<T, VEC> vx[kUnroll], vg[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t l = l0 + static_cast<int64_t>(u) * threads_l;
-        if (l < t.l_end) {
-          const int64_t off = (t.n * d.L + l) * p.channels + t.c0;
-          vx[u] = load_slot<T, VEC>(p.x, off, 0, t.valid, p.channels_aligned);
-          if (kHasG) vg[u] = load_slot<T, VEC>(p.g, off, 0, t.valid, p.channels_aligned);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t l = l0 + static_cast<int64_t>(u) * threads_l;
-        if (l < t.l_end) {
+    walk_cl_positions<T, acc_t, VEC, kHasG>(
+        p, t, tl, threads_l, [&](int64_t off, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
           Vec<T, VEC> y;
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
-            const acc_t gj = kHasG ? static_cast<acc_t>(vg[u].v[j]) : acc_t(0);
+            const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
             y.v[j] = static_cast<T>(
-                apply_coef<acc_t, kHasG>(c[j], static_cast<acc_t>(vx[u].v[j]), gj));
+                apply_coef<acc_t, kHasG>(c[j], static_cast<acc_t>(vx.v[j]), gj));
           }
-          const int64_t off = (t.n * d.L + l) * p.channels + t.c0;
           store_slot<T, VEC>(p.out, off, 0, t.valid, y, p.channels_aligned);
-        }
-      }
-    }
+        });
   }
 }
 
