@@ -109,6 +109,37 @@ def assert_close(actual, expected, dtype, msg="", case: Case | None = None):
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=msg)
 
 
+def assert_grads_close(got, want, dtype, case: Case | None = None, msg: str = ""):
+    """Gradients against float64 ones, with TOLERANCES: atol relative to each gradient's magnitude
+    (a 16-bit gradient carries the rounding of a 16-bit incoming gradient), plus the large-mean
+    slack of assert_close."""
+    atol, rtol = TOLERANCES[dtype]
+    if case is not None and case.mean_offset:
+        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and g.dtype == dtype and g.shape == w.shape
+        torch.testing.assert_close(g.double(), w.double().to(g.device), rtol=rtol,
+                                   atol=atol * max(1.0, w.abs().max().item()),
+                                   msg=(lambda m: f"{msg}: {m}") if msg else None)
+
+
+def double_leaves(*tensors):
+    """float64 copies of tensors as new autograd leaves (for the reference's gradients)."""
+    return [t.detach().double().requires_grad_() for t in tensors]
+
+
+def expected_format(t: torch.Tensor):
+    """The memory format the kernels give an output for input t: channels_last kept, anything
+    else (contiguous, strided) contiguous."""
+    return torch.channels_last if (not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)) else torch.contiguous_format
+
+
+def assert_layout_like(out: torch.Tensor, like: torch.Tensor):
+    assert out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
+    assert out.is_contiguous(memory_format=expected_format(like))
+
+
 def assert_compile_matches_eager(model, inputs):
     """torch.compile(fullgraph=True) of model: no graph break, and its output and the gradients of
     every input equal eager's (aot_eager, so AOTAutograd traces the ops' registered autograd)."""

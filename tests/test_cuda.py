@@ -7,16 +7,15 @@ Runs only where a CUDA GPU is visible; elsewhere the whole module is skipped wit
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from cases import (
+    CASE_DTYPES,
     CASES,
     GRAD_CASES,
-    TOLERANCES,
     Case,
     assert_close,
+    assert_grads_close,
     make_inputs,
     make_statistics,
 )
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.skipif(
 
 CUDA = "cuda"
 LOW_PRECISION = [torch.float16, torch.bfloat16]
-ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 # Shapes that force each kernel path (csrc/cuda/row_kernels.cuh). "Few rows" means fewer than two
 # per SM: every GPU these run on has at least 40 SMs, so R <= 80 always splits long rows.
@@ -53,28 +51,6 @@ PATH_CASES = [
 PATH = {case.name: case for case in PATH_CASES}
 
 
-def _dtype_name(dtype):
-    return str(dtype).split(".")[-1]
-
-
-def _case_dtypes(cases, dtypes):
-    """(case, dtype) params, honouring a case's own dtype list where cases.py has one."""
-    return [
-        pytest.param(case, dtype, id=f"{case.name}-{_dtype_name(dtype)}")
-        for case in cases
-        for dtype in dtypes
-        if not getattr(case, "dtypes", ()) or _dtype_name(dtype) in case.dtypes
-    ]
-
-
-def _close(actual, expected, dtype, case=None, msg=""):
-    """cases.assert_close, with the case (large-mean slack) where that version takes it."""
-    if case is not None and "case" in inspect.signature(assert_close).parameters:
-        assert_close(actual, expected, dtype, msg=msg, case=case)
-    else:
-        assert_close(actual, expected, dtype, msg=msg)
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _cuda_kernels_built():
     if not _extension.has_kernel("cuda"):
@@ -82,20 +58,6 @@ def _cuda_kernels_built():
             "a CUDA GPU is visible but adain_ext._C has no CUDA kernels: rebuild with "
             "`FORCE_CUDA=1 python setup.py build_ext --inplace`"
         )
-
-
-def _grad_close(actual, expected, dtype, what):
-    """Gradients of 16-bit inputs carry the rounding of a 16-bit incoming gradient: scale atol by
-    the gradient's magnitude."""
-    atol, rtol = TOLERANCES[dtype]
-    scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(
-        actual.double(),
-        expected.double(),
-        atol=atol * scale,
-        rtol=rtol,
-        msg=lambda m: f"{what}: {m}",
-    )
 
 
 def _fused_and_grads(content, style, case, backend):
@@ -120,20 +82,20 @@ def _check_fused(case, dtype, device_ref=CUDA):
     if case.layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert gc.is_contiguous(memory_format=torch.channels_last)
-    _close(out, ref_out.to(out.device), dtype, case, msg=f"{case} out")
-    _grad_close(gc, ref_gc.to(gc.device), dtype, f"{case} grad content")
-    _grad_close(gs, ref_gs.to(gs.device), dtype, f"{case} grad style")
+    assert_close(out, ref_out.to(out.device), dtype, msg=f"{case} out", case=case)
+    assert_grads_close((gc,), (ref_gc.to(gc.device),), dtype, msg=f"{case} grad content")
+    assert_grads_close((gs,), (ref_gs.to(gs.device),), dtype, msg=f"{case} grad style")
 
 
 # ---- Every op against the float64 reference and the CPU kernels, over the shared cases.
 
 
-@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+@pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
 def test_fused_matches_reference(case, dtype):
     _check_fused(case, dtype)
 
 
-@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+@pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
 def test_fused_matches_cpu_kernel(case, dtype):
     if case.mean_offset and dtype in LOW_PRECISION:
         pytest.skip(
@@ -143,14 +105,14 @@ def test_fused_matches_cpu_kernel(case, dtype):
     content, style = make_inputs(case, dtype, CUDA)
     out, gc, gs = _fused_and_grads(content, style, case, "cpp")
     cpu_out, cpu_gc, cpu_gs = _fused_and_grads(content.cpu(), style.cpu(), case, "cpp")
-    _close(out.cpu(), cpu_out, dtype, case, msg=f"{case} out")
-    _grad_close(gc.cpu(), cpu_gc, dtype, f"{case} grad content")
-    _grad_close(gs.cpu(), cpu_gs, dtype, f"{case} grad style")
+    assert_close(out.cpu(), cpu_out, dtype, msg=f"{case} out", case=case)
+    assert_grads_close((gc.cpu(),), (cpu_gc,), dtype, msg=f"{case} grad content")
+    assert_grads_close((gs.cpu(),), (cpu_gs,), dtype, msg=f"{case} grad style")
     assert out.stride() == cpu_out.stride()
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["nc11", "nc"])
-@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+@pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
 def test_affine_matches_reference(case, flat, dtype):
     x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
     mean, std = make_statistics(case, dtype, CUDA, requires_grad=True, flat=flat)
@@ -161,10 +123,10 @@ def test_affine_matches_reference(case, flat, dtype):
     ref = reference.adain_affine(xr, mr, sr, 1e-5, case.unbiased)
     rgx, rgm, rgs = torch.autograd.grad(ref, (xr, mr, sr), grad.double())
     assert gm.shape == mean.shape and gm.dtype == mean.dtype
-    _close(out, ref, dtype, case, msg=f"{case} out")
-    _grad_close(gx, rgx, dtype, "grad x")
-    _grad_close(gm, rgm, dtype, "grad mean")
-    _grad_close(gs, rgs, dtype, "grad std")
+    assert_close(out, ref, dtype, msg=f"{case} out", case=case)
+    assert_grads_close((gx,), (rgx,), dtype, msg="grad x")
+    assert_grads_close((gm,), (rgm,), dtype, msg="grad mean")
+    assert_grads_close((gs,), (rgs,), dtype, msg="grad std")
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.35, 1.0])
@@ -177,14 +139,14 @@ def test_internal_affine_forward_alpha(case, alpha):
     xd = x.double()
     ref = alpha * reference.adain_affine(xd, mean.double(), std.double(), 1e-5, case.unbiased)
     ref = ref + (1 - alpha) * xd
-    _close(out, ref, torch.float32, case)
+    assert_close(out, ref, torch.float32, case=case)
     rm, rs = reference.mean_std(xd, 1e-5, case.unbiased)
     assert x_mean.shape == x.shape[:2] and x_mean.dtype == torch.float32
-    _close(x_mean, rm.flatten(1), torch.float32, case)
-    _close(x_std, rs.flatten(1), torch.float32, case)
+    assert_close(x_mean, rm.flatten(1), torch.float32, case=case)
+    assert_close(x_std, rs.flatten(1), torch.float32, case=case)
 
 
-@pytest.mark.parametrize(("case", "dtype"), _case_dtypes(CASES, ALL_DTYPES))
+@pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
 def test_mean_std_matches_reference_and_cpu(case, dtype):
     x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
     mean, std = adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp")
@@ -195,12 +157,12 @@ def test_mean_std_matches_reference_and_cpu(case, dtype):
     xr = x.detach().double().requires_grad_(True)
     rm, rs = reference.mean_std(xr, 1e-5, case.unbiased)
     (rgx,) = torch.autograd.grad((rm * wm.double()).sum() + (rs * ws.double()).sum(), (xr,))
-    _close(mean, rm, dtype, case)
-    _close(std, rs, dtype, case)
-    _grad_close(gx, rgx, dtype, "grad x")
+    assert_close(mean, rm, dtype, case=case)
+    assert_close(std, rs, dtype, case=case)
+    assert_grads_close((gx,), (rgx,), dtype, msg="grad x")
     cm, cs = adain_ext.mean_std(x.detach().cpu(), 1e-5, case.unbiased, backend="cpp")
-    _close(mean.cpu(), cm, dtype, case)
-    _close(std.cpu(), cs, dtype, case)
+    assert_close(mean.cpu(), cm, dtype, case=case)
+    assert_close(std.cpu(), cs, dtype, case=case)
 
 
 # ---- gradcheck and opcheck on CUDA.
@@ -284,8 +246,8 @@ def test_paths_match_reference(case, dtype):
     x, _ = make_inputs(case, dtype, CUDA)
     mean, std = adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp")
     rm, rs = reference.mean_std(x.double(), 1e-5, case.unbiased)
-    _close(mean, rm, dtype, case)
-    _close(std, rs, dtype, case)
+    assert_close(mean, rm, dtype, case=case)
+    assert_close(std, rs, dtype, case=case)
 
 
 def test_large_mean_std_accuracy_every_path():

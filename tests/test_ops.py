@@ -1,16 +1,18 @@
-"""The compiled ops (backend="cpp", CPU here) and the reference backend against the float64 oracle:
-outputs, layouts, gradients, gradcheck, opcheck, torch.compile."""
+"""The compiled ops (backend="cpp", CPU here) beyond the per-op checks against the float64 oracle
+that every backend gets in test_backends.py: the seed's defaults, gradcheck, opcheck,
+torch.compile, thread splits, NaN/Inf, empty tensors."""
 from __future__ import annotations
 
 import pytest
 import torch
 from cases import (
-    CASE_DTYPES,
     CASES,
     GRAD_CASES,
     Case,
     assert_close,
     assert_compile_matches_eager,
+    assert_grads_close,
+    double_leaves,
     make_inputs,
     make_statistics,
 )
@@ -20,53 +22,6 @@ from adain_ext import reference
 
 pytestmark = pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
 
-BACKENDS = ["cpp", "reference"]
-
-
-def _expected_format(t: torch.Tensor):
-    return torch.channels_last if (not t.is_contiguous() and t.is_contiguous(
-        memory_format=torch.channels_last)) else torch.contiguous_format
-
-
-def _check_layout(out: torch.Tensor, like: torch.Tensor, backend: str):
-    assert out.shape == like.shape and out.dtype == like.dtype
-    if backend == "cpp":  # the reference follows PyTorch's own stride propagation
-        assert out.is_contiguous(memory_format=_expected_format(like))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
-def test_adain_matches_reference(case: Case, dtype, backend):
-    content, style = make_inputs(case, dtype)
-    out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend=backend)
-    expected = reference.adain(content.double(), style.double(), case.alpha, unbiased=case.unbiased)
-    _check_layout(out, content, backend)
-    assert_close(out, expected, dtype, case=case)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
-def test_mean_std_matches_reference(case: Case, dtype, backend):
-    content, _ = make_inputs(case, dtype)
-    mean, std = adain_ext.mean_std(content, unbiased=case.unbiased, backend=backend)
-    ref_mean, ref_std = reference.mean_std(content.double(), unbiased=case.unbiased)
-    N, C = case.content[:2]
-    for got, want in ((mean, ref_mean), (std, ref_std)):
-        assert got.shape == (N, C, 1, 1) and got.dtype == dtype and got.is_contiguous()
-        assert_close(got, want, dtype, case=case)
-
-
-@pytest.mark.parametrize("flat", [False, True], ids=["NC11", "NC"])
-@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
-def test_affine_matches_reference(case: Case, dtype, flat):
-    x, _ = make_inputs(case, dtype)
-    mean, std = make_statistics(case, torch.float32, flat=flat)
-    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="cpp")
-    expected = reference.adain_affine(x.double(), mean.double(), std.double(), unbiased=case.unbiased)
-    _check_layout(out, x, "cpp")
-    assert_close(out, expected, dtype, case=case)
-
-
 def test_defaults_are_the_seed_calc_mean_std_and_adain():
     content, style = make_inputs(Case("seed", (2, 8, 12, 10), style=(2, 8, 6, 9)), torch.float64)
     torch.testing.assert_close(adain_ext.mean_std(content), reference.calc_mean_std(content))
@@ -74,64 +29,6 @@ def test_defaults_are_the_seed_calc_mean_std_and_adain():
                                reference.adaptive_instance_normalization(content, style))
     torch.testing.assert_close(torch.ops.adain.fused(content, style),
                                reference.adaptive_instance_normalization(content, style))
-
-
-GRAD_TOLERANCES = {torch.float64: (1e-8, 1e-8), torch.float32: (1e-4, 1e-4),
-                   torch.float16: (3e-2, 3e-2), torch.bfloat16: (2e-1, 1e-1)}
-
-
-def _grads_close(got, want, dtype):
-    atol, rtol = GRAD_TOLERANCES[dtype]
-    for g, w in zip(got, want):
-        assert g is not None and g.dtype == dtype
-        torch.testing.assert_close(g.double(), w.double(), atol=atol * max(1.0, w.abs().max().item()),
-                                   rtol=rtol)
-
-
-def _double_leaves(*tensors):
-    return [t.detach().double().requires_grad_() for t in tensors]
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
-def test_adain_gradients(case: Case, dtype):
-    content, style = make_inputs(case, dtype, requires_grad=True)
-    out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="cpp")
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
-    got = torch.autograd.grad(out, (content, style), grad_out)
-    c64, s64 = _double_leaves(content, style)
-    ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
-    want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
-    _grads_close(got, want, dtype)
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
-def test_affine_gradients(case: Case, dtype):
-    x, _ = make_inputs(case, dtype, requires_grad=True)
-    mean, std = make_statistics(case, dtype, requires_grad=True)
-    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="cpp")
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dtype)
-    got = torch.autograd.grad(out, (x, mean, std), grad_out)
-    x64, m64, s64 = _double_leaves(x, mean, std)
-    ref = reference.adain_affine(x64, m64, s64, unbiased=case.unbiased)
-    want = torch.autograd.grad(ref, (x64, m64, s64), grad_out.double())
-    _grads_close(got, want, dtype)
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
-def test_mean_std_gradients(case: Case, dtype):
-    x, _ = make_inputs(case, dtype, requires_grad=True)
-    mean, std = adain_ext.mean_std(x, unbiased=case.unbiased, backend="cpp")
-    gen = torch.Generator().manual_seed(5)
-    gm, gs = (torch.randn(mean.shape, generator=gen).to(dtype) for _ in range(2))
-    (got,) = torch.autograd.grad((mean, std), (x,), (gm, gs))
-    (x64,) = _double_leaves(x)
-    rm, rs = reference.mean_std(x64, unbiased=case.unbiased)
-    want = torch.autograd.grad((rm, rs), (x64,), (gm.double(), gs.double()))
-    _grads_close((got,), want, dtype)
-    # Using only one output: the other's gradient arrives as None.
-    (got_std_only,) = torch.autograd.grad(adain_ext.mean_std(x, unbiased=case.unbiased)[1].sum(), x)
-    (want_std_only,) = torch.autograd.grad(reference.mean_std(x64, unbiased=case.unbiased)[1].sum(), x64)
-    _grads_close((got_std_only,), (want_std_only,), dtype)
 
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
@@ -222,11 +119,11 @@ def test_split_rows_match_whole_rows(layout, threads):
         grads = torch.autograd.grad(out, (content, style), torch.ones_like(out))
     finally:
         torch.set_num_threads(previous)
-    c64, s64 = _double_leaves(content, style)
+    c64, s64 = double_leaves(content, style)
     ref = reference.adain(c64, s64, case.alpha)
     assert_close(out, ref, torch.float32)
     want = torch.autograd.grad(ref, (c64, s64), torch.ones_like(ref))
-    _grads_close(grads, want, torch.float32)
+    assert_grads_close(grads, want, torch.float32)
 
 
 def test_large_mean_statistics_are_accurate():

@@ -1,6 +1,7 @@
-"""The Triton backend (adain_ext.triton, ops adain_triton::*) against the float64 oracle and the
-C++ kernels: outputs, layouts, every gradient, gradcheck, opcheck, torch.compile, forced launch
-paths (packed rows, two passes, rows split across programs), bad input.
+"""The Triton backend (adain_ext.triton, ops adain_triton::*) beyond the per-op checks against the
+float64 oracle that every backend gets in test_backends.py: agreement with the C++ kernels,
+gradcheck, opcheck, torch.compile, forced launch paths (packed rows, two passes, rows split across
+programs), bad input.
 
 Without a GPU the kernels run on CPU tensors through the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton). What the interpreter cannot do (bfloat16
@@ -17,10 +18,11 @@ from cases import (
     CASE_DTYPES,
     CASES,
     GRAD_CASES,
-    TOLERANCES,
     Case,
     assert_close,
     assert_compile_matches_eager,
+    assert_grads_close,
+    double_leaves,
     make_inputs,
     make_statistics,
 )
@@ -34,7 +36,7 @@ T = pytest.importorskip("adain_ext.triton")
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 ON_INTERPRETER = T.INTERPRET
-BF16_SKIP = ("bf16 through compiled kernels needs CUDA (the interpreter runs the bf16 cases above: "
+BF16_SKIP = ("bf16 through compiled kernels needs CUDA (the interpreter runs test_backends.py's bf16 cases: "
              "load, fp32 math, store; it cannot do bf16 arithmetic, which the kernels avoid)")
 
 
@@ -51,120 +53,11 @@ def _stats(case, dtype=torch.float32, requires_grad=False, flat=False):
     return make_statistics(case, dtype, DEVICE, requires_grad, flat)
 
 
-def _expected_format(t: torch.Tensor):
-    return torch.channels_last if (not t.is_contiguous() and t.is_contiguous(
-        memory_format=torch.channels_last)) else torch.contiguous_format
-
-
-def _check_layout(out: torch.Tensor, like: torch.Tensor):
-    assert out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
-    assert out.is_contiguous(memory_format=_expected_format(like))
-
-
-def _grads_close(got, want, dtype, case=None):
-    """Per-dtype tolerance of cases.TOLERANCES, atol relative to the gradient's magnitude."""
-    atol, rtol = TOLERANCES[dtype]
-    if case is not None and case.mean_offset:
-        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
-    for g, w in zip(got, want):
-        assert g is not None and g.dtype == dtype and g.shape == w.shape
-        torch.testing.assert_close(g.double(), w.double(), rtol=rtol,
-                                   atol=atol * max(1.0, w.abs().max().item()))
-
-
-def _double_leaves(*tensors):
-    return [t.detach().double().requires_grad_() for t in tensors]
-
-
 def _grad_out(shape, dtype, seed):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
 
 
-# ---- Outputs against the float64 reference, every case x dtype.
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
-def test_adain_matches_reference(case: Case, dtype):
-    content, style = _inputs(case, dtype)
-    out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="triton")
-    expected = reference.adain(content.double(), style.double(), case.alpha, unbiased=case.unbiased)
-    _check_layout(out, content)
-    assert_close(out, expected, dtype, case=case)
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
-def test_mean_std_matches_reference(case: Case, dtype):
-    content, _ = _inputs(case, dtype)
-    mean, std = adain_ext.mean_std(content, unbiased=case.unbiased, backend="triton")
-    ref_mean, ref_std = reference.mean_std(content.double(), unbiased=case.unbiased)
-    N, C = case.content[:2]
-    for got, want in ((mean, ref_mean), (std, ref_std)):
-        assert got.shape == (N, C, 1, 1) and got.dtype == dtype and got.is_contiguous()
-        assert_close(got, want, dtype, case=case)
-
-
-@pytest.mark.parametrize("flat", [False, True], ids=["NC11", "NC"])
-@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
-def test_affine_matches_reference(case: Case, dtype, flat):
-    x, _ = _inputs(case, dtype)
-    mean, std = _stats(case, torch.float32, flat=flat)  # statistics of another dtype than x
-    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="triton")
-    expected = reference.adain_affine(x.double(), mean.double(), std.double(),
-                                      unbiased=case.unbiased)
-    _check_layout(out, x)
-    assert_close(out, expected, dtype, case=case)
-
-
-# ---- Every gradient against the float64 reference, every case x dtype.
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
-def test_adain_gradients(case: Case, dtype):
-    content, style = _inputs(case, dtype, requires_grad=True)
-    out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="triton")
-    grad_out = _grad_out(out.shape, dtype, 3)
-    got = torch.autograd.grad(out, (content, style), grad_out)
-    c64, s64 = _double_leaves(content, style)
-    ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
-    want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
-    _grads_close(got, want, dtype, case)
-    for g, leaf in zip(got, (content, style)):
-        _check_layout(g, leaf)
-
-
-@pytest.mark.parametrize("flat", [False, True], ids=["NC11", "NC"])
-@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
-def test_affine_gradients(case: Case, dtype, flat):
-    x, _ = _inputs(case, dtype, requires_grad=True)
-    mean, std = _stats(case, dtype, requires_grad=True, flat=flat)
-    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="triton")
-    grad_out = _grad_out(out.shape, dtype, 4)
-    got = torch.autograd.grad(out, (x, mean, std), grad_out)
-    x64, m64, s64 = _double_leaves(x, mean, std)
-    ref = reference.adain_affine(x64, m64, s64, unbiased=case.unbiased)
-    want = torch.autograd.grad(ref, (x64, m64, s64), grad_out.double())
-    _grads_close(got, want, dtype, case)
-
-
-@pytest.mark.parametrize("case,dtype", CASE_DTYPE_PARAMS)
-def test_mean_std_gradients(case: Case, dtype):
-    x, _ = _inputs(case, dtype, requires_grad=True)
-    mean, std = adain_ext.mean_std(x, unbiased=case.unbiased, backend="triton")
-    gm, gs = _grad_out(mean.shape, dtype, 5), _grad_out(std.shape, dtype, 6)
-    (got,) = torch.autograd.grad((mean, std), (x,), (gm, gs))
-    (x64,) = _double_leaves(x)
-    rm, rs = reference.mean_std(x64, unbiased=case.unbiased)
-    want = torch.autograd.grad((rm, rs), (x64,), (gm.double(), gs.double()))
-    _grads_close((got,), want, dtype, case)
-    # Only one output used: the other's gradient arrives as None.
-    (got_std,) = torch.autograd.grad(
-        adain_ext.mean_std(x, unbiased=case.unbiased, backend="triton")[1].sum(), x)
-    (want_std,) = torch.autograd.grad(reference.mean_std(x64, unbiased=case.unbiased)[1].sum(), x64)
-    _grads_close((got_std,), (want_std,), dtype, case)
-
-
 # ---- Against the C++ kernels (same device), outputs and gradients.
-
 
 
 def _cpp_available():
@@ -191,7 +84,7 @@ def test_matches_cpp_kernels(case: Case, dtype):
         return (out_a, out_f, m, s, *grads)
 
     for got, want in zip(run("triton"), run("cpp")):
-        _grads_close((got,), (want,), dtype, case)
+        assert_grads_close((got,), (want,), dtype, case)
 
 
 # ---- Every launch path on tiny shapes: thresholds shrunk so packed rows, two-pass rows and rows
@@ -243,7 +136,7 @@ def test_every_launch_path(path, case: Case, dtype):
         grad_out = _grad_out(content.shape, dtype, 8)
         got = torch.autograd.grad((out_a, out_f, m, s), (content, style, mean, std),
                                   (grad_out, grad_out, torch.ones_like(m), torch.ones_like(s)))
-    c64, s64, m64, sd64 = _double_leaves(content, style, mean, std)
+    c64, s64, m64, sd64 = double_leaves(content, style, mean, std)
     ref_a = reference.adain(c64, s64, case.alpha, unbiased=u)
     ref_f = reference.adain_affine(c64, m64, sd64, unbiased=u)
     rm, rs = reference.mean_std(c64, unbiased=u)
@@ -252,7 +145,7 @@ def test_every_launch_path(path, case: Case, dtype):
     want = torch.autograd.grad((ref_a, ref_f, rm, rs), (c64, s64, m64, sd64),
                                (grad_out.double(), grad_out.double(), torch.ones_like(rm),
                                 torch.ones_like(rs)))
-    _grads_close(got, want, dtype, case)
+    assert_grads_close(got, want, dtype, case)
 
 
 @pytest.mark.parametrize("style_path", ["fused_one_launch", "split"])
@@ -267,10 +160,10 @@ def test_style_much_longer_than_content(style_path):
         assert T._common.plan(6, 20, False, content.device).single_pass
         out = T.adain(content, style, case.alpha, unbiased=False)
         got = torch.autograd.grad(out, (content, style), torch.ones_like(out))
-    c64, s64 = _double_leaves(content, style)
+    c64, s64 = double_leaves(content, style)
     ref = reference.adain(c64, s64, case.alpha, unbiased=False)
     assert_close(out, ref, torch.float64)
-    _grads_close(got, torch.autograd.grad(ref, (c64, s64), torch.ones_like(ref)), torch.float64)
+    assert_grads_close(got, torch.autograd.grad(ref, (c64, s64), torch.ones_like(ref)), torch.float64)
 
 
 def test_plans():
@@ -458,13 +351,13 @@ def test_bfloat16_on_cuda():
             continue  # large_mean: bf16 cannot hold 1e4 + N(0, 1)
         content, style = _inputs(case, torch.bfloat16, requires_grad=True)
         out = T.adain(content, style, case.alpha, unbiased=case.unbiased)
-        c64, s64 = _double_leaves(content, style)
+        c64, s64 = double_leaves(content, style)
         ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
         assert_close(out, ref, torch.bfloat16, case=case)
         grad_out = _grad_out(out.shape, torch.bfloat16, 9)
         got = torch.autograd.grad(out, (content, style), grad_out)
         want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
-        _grads_close(got, want, torch.bfloat16, case)
+        assert_grads_close(got, want, torch.bfloat16, case)
 
 
 @pytest.mark.skipif(not (CUDA and T._common.AUTOTUNE),
