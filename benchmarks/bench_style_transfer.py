@@ -38,7 +38,7 @@ from adain_ext.style_transfer.reference import (
     reference_encoder,
     reference_style_transfer,
 )
-from adain_ext.style_transfer.train import AdaINLoss
+from adain_ext.style_transfer.train import AdaINLoss, train_step
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -146,17 +146,7 @@ def test_train_step(benchmark, weights, provider, shape):
     optimizer = torch.optim.Adam(net.decoder.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda") if autocast is torch.float16 else None
 
-    def step():
-        with torch.autocast(DEVICE.type, dtype=autocast, enabled=autocast is not None):
-            loss_c, loss_s = net(content, style)
-        loss = loss_c + 10.0 * loss_s
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+    def step():  # the training loop's step, paper weights (content 1, style 10)
+        train_step(net, optimizer, content, style, 1.0, 10.0, autocast, scaler)
 
     _run(benchmark, step, 5 if CUDA else 3)

@@ -263,6 +263,26 @@ def _tensorboard(log_dir: str, disabled: bool):
     return SummaryWriter(log_dir)
 
 
+def train_step(model: nn.Module, optimizer, content: torch.Tensor, style: torch.Tensor,
+               content_weight: float, style_weight: float, autocast_dtype=None, scaler=None):
+    """One optimisation step of the paper's loss; returns (loss, content loss, style loss).
+    autocast_dtype runs the forward under torch.autocast; scaler (a GradScaler, for float16)
+    scales the loss."""
+    with torch.autocast(content.device.type, dtype=autocast_dtype,
+                        enabled=autocast_dtype is not None):
+        loss_c, loss_s = model(content, style)
+    loss = content_weight * loss_c + style_weight * loss_s
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, loss_c, loss_s
+
+
 def train(args) -> dict:
     """Runs training; returns the last iteration's {"iteration", "loss_c", "loss_s"}, the run's
     wall time ("seconds") and every iteration's weighted loss on this process ("history")."""
@@ -333,17 +353,8 @@ def train(args) -> dict:
             group["lr"] = lr
         content = next(content_iter).to(device, non_blocking=True, memory_format=memory_format)
         style = next(style_iter).to(device, non_blocking=True, memory_format=memory_format)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss_c, loss_s = model(content, style)
-        loss = args.content_weight * loss_c + args.style_weight * loss_s
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss, loss_c, loss_s = train_step(model, optimizer, content, style, args.content_weight,
+                                          args.style_weight, autocast_dtype, scaler)
         done = it + 1
         last = {"iteration": done, "loss_c": loss_c.item(), "loss_s": loss_s.item()}
         history.append(loss.item())
