@@ -67,3 +67,15 @@ def progress(total: int, desc: str, disable: bool = False, initial: int = 0):
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def run_command(name: str, build_parser, run, argv: list[str] | None) -> int:
+    """The body of every `adain-ext <name>` main: parse argv with build_parser() and return
+    run(args); a UsageError (a user's mistake: missing file, bad option value) becomes one line on
+    stderr and exit status 1 instead of a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"adain-ext {name}: error: {error}", file=sys.stderr)
+        return 1

@@ -20,6 +20,7 @@ from adain_ext.style_transfer._runtime import (
     progress,
     resolve_device,
     resolve_dtype,
+    run_command,
     warn,
 )
 from adain_ext.style_transfer.network import StyleTransfer, coral, normalize_weights
@@ -261,9 +262,4 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"adain-ext stylize: error: {error}", file=sys.stderr)
-        return 1
+    return run_command("stylize", build_parser, run, argv)

@@ -31,7 +31,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import adain_ext
 from adain_ext.style_transfer import images, models
-from adain_ext.style_transfer._runtime import UsageError, progress, resolve_device, warn
+from adain_ext.style_transfer._runtime import (
+    UsageError,
+    progress,
+    resolve_device,
+    run_command,
+    warn,
+)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -379,13 +385,12 @@ def train(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    def run(args) -> int:
         train(args)
-    except UsageError as error:
-        print(f"adain-ext train: error: {error}", file=sys.stderr)
-        return 1
+        return 0
+
+    try:
+        return run_command("train", build_parser, run, argv)
     finally:
         if dist.is_available() and dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             dist.destroy_process_group()
-    return 0

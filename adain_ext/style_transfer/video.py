@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from adain_ext.style_transfer import images, models
-from adain_ext.style_transfer._runtime import UsageError, progress, resolve_device, resolve_dtype
+from adain_ext.style_transfer._runtime import (
+    UsageError,
+    progress,
+    resolve_device,
+    resolve_dtype,
+    run_command,
+)
 from adain_ext.style_transfer.network import StyleTransfer, normalize_weights
 
 INSTALL = "stylizing video needs PyAV: pip install av   (or pip install 'adain_ext[video]')"
@@ -162,9 +168,4 @@ def _open_stream(av, sink, args, rate, width, height):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as error:
-        print(f"adain-ext video: error: {error}", file=sys.stderr)
-        return 1
+    return run_command("video", build_parser, run, argv)
