@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -185,3 +186,46 @@ def test_mixed_precision_and_keep_aspect_run(data, tmp_path):
                                                  "--keep_aspect", "--no-channels_last"))
     result = train.train(args)
     assert result["iteration"] == 2 and all(math.isfinite(h) for h in result["history"])
+
+
+class _RecordingWriter:
+    """Stands in for torch.utils.tensorboard.SummaryWriter: tensorboard is an optional dependency
+    (the `train` extra), not a test one, so the logging path is checked against this recorder."""
+
+    calls: list = []
+
+    def __init__(self, log_dir):
+        self.calls.append(("open", log_dir))
+
+    def add_scalar(self, tag, value, step):
+        self.calls.append((tag, step, value))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_tensorboard_logs_every_interval(data, tmp_path, monkeypatch):
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = _RecordingWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    monkeypatch.setattr(_RecordingWriter, "calls", [])
+    argv = [a for a in _argv(data, tmp_path / "ckpt", "--max_iter", "4", "--log_interval", "2",
+                             "--log_dir", str(tmp_path / "logs")) if a != "--no_tensorboard"]
+    train.train(train.build_parser().parse_args(argv))
+    calls = _RecordingWriter.calls
+    assert calls[0] == ("open", str(tmp_path / "logs")) and calls[-1] == ("close",)
+    scalars = {(tag, step): value for tag, step, value in calls[1:-1]}
+    assert set(scalars) == {(tag, step) for tag in ("loss_content", "loss_style", "lr")
+                            for step in (2, 4)}
+    assert all(math.isfinite(v) and v > 0 for v in scalars.values())
+    # The logged rate is the one the step used: lr / (1 + lr_decay * iteration), iteration 0-based.
+    assert scalars["lr", 2] == pytest.approx(1e-4 / (1 + 5e-5 * 1))
+    assert scalars["lr", 4] == pytest.approx(1e-4 / (1 + 5e-5 * 3))
+
+
+def test_training_without_tensorboard_says_so_and_runs(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import raises ImportError
+    argv = [a for a in _argv(data, tmp_path / "ckpt", "--max_iter", "1") if a != "--no_tensorboard"]
+    result = train.train(train.build_parser().parse_args(argv))
+    assert result["iteration"] == 1
+    assert "tensorboard is not installed" in capsys.readouterr().err
