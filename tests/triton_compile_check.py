@@ -8,14 +8,17 @@ machine (triton ships ptxas). Each variant is compiled twice: unspecialised (an 
 with the specialisation triton's launcher gives a typical shape (16-byte aligned pointers, sizes
 divisible by 16), where the streaming kernels must use 16-byte global loads and the kernels that
 write the output 16-byte stores (the bandwidth of the GPU backend depends on it, and a changed
-mask or index expression can silently lose it). It must run without TRITON_INTERPRET, hence its
+mask or index expression can silently lose it) and no kernel may spill (cuobjdump's resource
+report of the cubin); contiguous kernels are also compiled at the largest tile the plans use. It must run without TRITON_INTERPRET, hence its
 own process (tests/test_triton.py runs it in a subprocess). Prints one line per compilation;
 exit 1 if any failed.
 """
 import importlib
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.pop("TRITON_INTERPRET", None)
@@ -103,30 +106,65 @@ def vector_widths(ptx: str) -> tuple[bool, bool]:
     return bool(re.search(r"ld" + wide, ptx)), bool(re.search(r"st" + wide, ptx))
 
 
+def cubin_resources(cubin: bytes) -> dict | None:
+    """REG/STACK/LOCAL/SHARED of a cubin's kernel from cuobjdump -res-usage (triton ships
+    cuobjdump); None where it is missing."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.access(tool, os.X_OK):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    return dict(zip(("REG", "STACK", "SHARED", "LOCAL"), map(int, found.groups()))) if found else None
+
+
+# The heaviest tile the launch plans use (_common.Limits.max_tile: a whole 16384-element row in one
+# program, 16 warps): compiled too for contiguous rows, where register pressure peaks.
+MAX_TILE = {"BLOCK_L": 16384, "num_warps": 16}
+
+
+def compilations():
+    """(tag, fn, signature, constexprs, num_warps, aligned) for every variant: unspecialised, and
+    specialised as for a typical shape, plus the max tile for contiguous rows."""
+    for label, kernel, signature, constexprs in variants():
+        fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # under autotune
+        yield label, fn, signature, constexprs, 4, False
+        yield f"{label} aligned", fn, signature, constexprs, 4, True
+        if "contiguous" in label and constexprs.get("BLOCK_L") == 2048:
+            big = dict(constexprs, BLOCK_L=MAX_TILE["BLOCK_L"])
+            yield f"{label} aligned max-tile", fn, signature, big, MAX_TILE["num_warps"], True
+
+
 def main(sm: int = 90) -> int:
     target = GPUTarget("cuda", sm, 32)
     failed = 0
-    for label, kernel, signature, constexprs in variants():
-        fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # under autotune
-        name, dtype = label.split()[:2]
-        for aligned in (False, True):
-            start = time.perf_counter()
-            tag = f"sm_{sm} {label}{' aligned' if aligned else ''}"
-            try:
-                source = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
-                                   attrs=aligned_attrs(signature) if aligned else None)
-                compiled = triton.compile(source, target=target, options={"num_warps": 4})
-                assert "cubin" in compiled.asm
-                loads, stores = vector_widths(compiled.asm["ptx"])
-                # Bandwidth needs 16-byte accesses wherever the shape allows them.
-                if aligned and dtype != "fp64" and name != "merge_stats":
+    for tag, fn, signature, constexprs, num_warps, aligned in compilations():
+        name, dtype = tag.split()[:2]
+        start = time.perf_counter()
+        tag = f"sm_{sm} {tag}"
+        try:
+            source = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                               attrs=aligned_attrs(signature) if aligned else None)
+            compiled = triton.compile(source, target=target, options={"num_warps": num_warps})
+            assert "cubin" in compiled.asm
+            loads, stores = vector_widths(compiled.asm["ptx"])
+            resources = cubin_resources(compiled.asm["cubin"])
+            if aligned and dtype != "fp64":
+                # Bandwidth needs 16-byte accesses wherever the shape allows them, and no spills.
+                if name != "merge_stats":
                     assert loads, "no 16-byte global load"
                     assert stores or name not in WRITES_TILES, "no 16-byte global store"
-                widths = f"16-byte loads {'yes' if loads else 'no'}, stores {'yes' if stores else 'no'}"
-                print(f"ok   {tag} ({widths}; {time.perf_counter() - start:.2f}s)")
-            except Exception as error:  # noqa: BLE001  (report every failing variant, not one)
-                failed += 1
-                print(f"FAIL {tag}: {type(error).__name__}: {str(error)[:2000]}")
+                if resources is not None:
+                    assert resources["LOCAL"] == 0 and resources["STACK"] == 0, \
+                        f"spills or local arrays: {resources}"
+            widths = f"16-byte loads {'yes' if loads else 'no'}, stores {'yes' if stores else 'no'}"
+            regs = f", {resources['REG']} registers, stack {resources['STACK']}" if resources else ""
+            print(f"ok   {tag} ({widths}{regs}; {time.perf_counter() - start:.2f}s)")
+        except Exception as error:  # noqa: BLE001  (report every failing variant, not one)
+            failed += 1
+            print(f"FAIL {tag}: {type(error).__name__}: {str(error)[:2000]}")
     return 1 if failed else 0
 
 
