@@ -1,4 +1,5 @@
-"""`adain-ext video`: frame count, frame rate, size and colours survive; PyAV stays optional."""
+"""`adain-ext video`: frame count, frame rate, size, colours and the audio track survive; PyAV
+stays optional."""
 from __future__ import annotations
 
 import sys
@@ -41,6 +42,67 @@ def setup(tmp_path_factory):
         for packet in stream.encode():
             sink.mux(packet)
     return root
+
+
+AUDIO_RATE, AUDIO_SECONDS = 16000, FRAMES / FPS
+
+
+def _write_video_with_audio(av, path, codec="aac", sample_format="fltp"):
+    """FRAMES video frames and AUDIO_SECONDS of a 440 Hz tone, interleaved."""
+    with av.open(str(path), "w") as sink:
+        video = sink.add_stream("mpeg4", rate=FPS)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        audio = sink.add_stream(codec, rate=AUDIO_RATE)
+        audio.layout = "mono"
+        t = np.arange(int(AUDIO_RATE * AUDIO_SECONDS)) / AUDIO_RATE
+        tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+        tone = (tone * 32767).astype(np.int16) if sample_format == "s16" else tone.astype(np.float32)
+        for i in range(FRAMES):
+            rgb = np.full((H, W, 3), 30 * i, np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                sink.mux(packet)
+        for start in range(0, len(tone), 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format=sample_format,
+                                               layout="mono")
+            chunk.sample_rate, chunk.pts = AUDIO_RATE, start
+            for packet in audio.encode(chunk):
+                sink.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                sink.mux(packet)
+
+
+def _audio_packets(path):
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None, []
+        stream = container.streams.audio[0]
+        packets = [(p.pts, bytes(p)) for p in container.demux(stream) if p.dts is not None]
+        return stream.codec_context.name, packets
+
+
+def test_video_copies_the_audio_track(setup, tmp_path):
+    av = pytest.importorskip("av")
+    source = tmp_path / "with_audio.mp4"
+    _write_video_with_audio(av, source)
+    codec, packets = _audio_packets(source)
+    assert codec == "aac" and len(packets) > 5
+    out = tmp_path / "styled.mp4"
+    argv = _argv(setup, out)
+    argv[2] = str(source)
+    assert main(argv) == 0
+    frames, rate = _read(out)
+    assert len(frames) == FRAMES and rate == Fraction(FPS)
+    out_codec, out_packets = _audio_packets(out)
+    # Copied, not re-encoded: the same compressed packets.
+    assert out_codec == "aac" and [p for _, p in out_packets] == [p for _, p in packets]
+    silent = tmp_path / "silent.mp4"
+    assert main(_argv(setup, silent, "--no_audio")[:2] + [str(source)] +
+                _argv(setup, silent, "--no_audio")[3:]) == 0
+    assert _audio_packets(silent) == (None, [])
+    assert len(_read(silent)[0]) == FRAMES
 
 
 def _read(path):
@@ -88,3 +150,19 @@ def test_video_errors(setup, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     assert main(_argv(setup, out)) == 1
     assert "pip install av" in capsys.readouterr().err
+
+
+def test_video_drops_audio_the_output_cannot_hold(setup, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    if "pcm_mulaw" not in av.codecs_available:
+        pytest.skip("this PyAV's FFmpeg has no pcm_mulaw encoder to make the test input")
+    source = tmp_path / "mulaw.avi"  # AVI holds mu-law audio; MP4 cannot
+    _write_video_with_audio(av, source, codec="pcm_mulaw", sample_format="s16")
+    assert _audio_packets(source)[0] == "pcm_mulaw"
+    out = tmp_path / "styled.mp4"
+    argv = _argv(setup, out)
+    argv[2] = str(source)
+    assert main(argv) == 0
+    assert "written without it" in capsys.readouterr().err
+    assert _audio_packets(out) == (None, [])
+    assert len(_read(out)[0]) == FRAMES

@@ -2,7 +2,9 @@
 
 The style statistics are computed once; frames are decoded as RGB (the Torch7 script's BGR/RGB
 swap does not happen here), stylized in batches, clamped to [0, 1], and encoded at the source
-frame rate. The output is written to a temp file and renamed, so an error leaves no partial video.
+frame rate. The first audio track is copied unchanged (no re-encoding) when the output container
+can hold its codec (else it is dropped with a warning; --no_audio drops it). The output is written
+to a temp file and renamed, so an error leaves no partial video.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from adain_ext.style_transfer._runtime import (
     resolve_device,
     resolve_dtype,
     run_command,
+    warn,
 )
 from adain_ext.style_transfer.network import StyleTransfer, normalize_weights
 
@@ -53,6 +56,8 @@ def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
                    help="output file (default: output/{video}_stylized_{style}.mp4)")
     p.add_argument("--codec", default="libx264", help="video codec (falls back to mpeg4)")
     p.add_argument("--crf", type=int, default=18, help="quality for libx264")
+    p.add_argument("--no_audio", action="store_true",
+                   help="drop the audio track (default: copy the first one unchanged)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
@@ -116,16 +121,19 @@ def run(args) -> int:
             if not container.streams.video:
                 raise UsageError(f"{source} has no video stream")
             stream = container.streams.video[0]
+            audio_in = None if args.no_audio or not container.streams.audio else \
+                container.streams.audio[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
             stats = [net.style_stats(prepare(s[None])) for s in style_images]
             total = stream.frames or 0
             with av.open(tmp, mode="w", format=None if output.suffix else "mp4") as sink, \
                     progress(total, "video", args.no_progress) as bar:
-                out_stream = None
+                out_stream = audio_out = None
                 pending: list[torch.Tensor] = []
+                audio_backlog: list = []  # audio packets demuxed before the output streams exist
 
                 def flush():
-                    nonlocal out_stream
+                    nonlocal out_stream, audio_out
                     batch = prepare(torch.stack(pending))
                     frames = net.stylize(batch, stats, weights, args.alpha).float().clamp_(0, 1)
                     for frame in frames:
@@ -133,16 +141,33 @@ def run(args) -> int:
                         # yuv420p needs even sizes: drop at most one last row/column.
                         rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2])
                         if out_stream is None:
+                            # Every stream is added before the first packet writes the header.
                             out_stream = _open_stream(av, sink, args, rate, rgb.shape[1], rgb.shape[0])
+                            audio_out = _copy_stream(sink, audio_in, output)
+                            for packet in audio_backlog:
+                                mux_audio(packet)
+                            audio_backlog.clear()
                         for packet in out_stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                             sink.mux(packet)
                     bar.update(len(pending))
                     pending.clear()
 
-                for frame in container.decode(stream):
-                    pending.append(_frame_tensor(frame, args.content_size))
-                    if len(pending) >= max(1, args.batch_size):
-                        flush()
+                def mux_audio(packet):
+                    if out_stream is None:
+                        audio_backlog.append(packet)
+                    elif audio_out is not None:
+                        packet.stream = audio_out  # copied as is; the muxer interleaves by time
+                        sink.mux(packet)
+
+                for packet in container.demux(*[s for s in (stream, audio_in) if s is not None]):
+                    if packet.stream.index != stream.index:
+                        if packet.dts is not None:  # a demuxer's flush packet carries nothing
+                            mux_audio(packet)
+                        continue
+                    for frame in packet.decode():
+                        pending.append(_frame_tensor(frame, args.content_size))
+                        if len(pending) >= max(1, args.batch_size):
+                            flush()
                 if pending:
                     flush()
                 if out_stream is None:
@@ -155,6 +180,21 @@ def run(args) -> int:
         raise
     print(f"wrote {output}", file=sys.stderr)
     return 0
+
+
+def _copy_stream(sink, audio_in, output: Path):
+    """An output stream that takes audio_in's packets unchanged, or None (no audio, or a codec
+    the output container cannot hold: then the video is still written, without sound)."""
+    if audio_in is None:
+        return None
+    codec = audio_in.codec_context.name
+    if codec not in sink.supported_codecs:
+        warn(f"the audio track ({codec}) cannot be stored in {output.suffix or 'mp4'} files; "
+             "the video is written without it (choose another --output extension, e.g. .mkv)")
+        return None
+    if hasattr(sink, "add_stream_from_template"):  # PyAV >= 14
+        return sink.add_stream_from_template(audio_in)
+    return sink.add_stream(template=audio_in)
 
 
 def _open_stream(av, sink, args, rate, width, height):
