@@ -320,6 +320,13 @@ def summarize(records):
                 summary[f"{direction}: speedup vs {base} (geomean)"] = geomean(
                     [theirs[k] / ours[k] for k in keys]
                 )
+    # Issue 4: the Triton backend within 10% of the CUDA C++ one on every shape, or faster.
+    for direction in ("forward", "backward"):
+        ours, triton_ms = times("adain_ext", direction), times("triton", direction)
+        ratios = [triton_ms[k] / ours[k] for k in ours.keys() & triton_ms.keys()]
+        if ratios:
+            summary[f"{direction}: triton / adain_ext time (worst)"] = max(ratios)
+            summary[f"{direction}: triton / adain_ext time (geomean)"] = geomean(ratios)
     big = [
         r["pct_copy"]
         for r in records

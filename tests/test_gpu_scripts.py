@@ -67,7 +67,10 @@ def test_gpu_bench_runs_every_provider(tmp_path):
                     (provider, direction, layout)
     errors = [r["max_err_vs_reference"] for r in records if "max_err_vs_reference" in r]
     assert errors and max(errors) < 1e-3
-    assert report["summary"]
+    summary = report["summary"]
+    for direction in ("forward", "backward"):
+        assert summary[f"{direction}: speedup vs torch.compile (geomean)"] > 0
+        assert summary[f"{direction}: triton / adain_ext time (worst)"] > 0
 
 
 def test_sanitizer_case_runs(tmp_path):
