@@ -464,6 +464,24 @@ struct ClTile {
   int valid;  // channels of this thread inside C (0..VEC)
 };
 
+// This thread's lanes in a channels_last block: tc across channels (threads_c of them, VEC channels
+// each), tl across positions (threads_l of them).
+struct ClLanes {
+  int tc, tl, threads_l;
+};
+
+C10_DEVICE __forceinline__ ClLanes cl_lanes(int threads_c) {
+  const int t = static_cast<int>(threadIdx.x);
+  return {t % threads_c, t / threads_c, static_cast<int>(blockDim.x) / threads_c};
+}
+
+// Tiles of a channels_last launch: (image, channel tile, position chunk), the same order in the
+// partial and the apply kernel.
+template <typename T, typename acc_t>
+C10_HOST_DEVICE __forceinline__ int64_t cl_tile_count(const Params<T, acc_t>& p) {
+  return (p.d.rows / p.channels) * p.channel_tiles * p.d.chunks;
+}
+
 template <typename T, typename acc_t, int VEC>
 C10_DEVICE __forceinline__ ClTile cl_tile(const Params<T, acc_t>& p, int64_t tile, int tc) {
   const RowData<acc_t>& d = p.d;
@@ -486,9 +504,9 @@ C10_DEVICE __forceinline__ ClTile cl_tile(const Params<T, acc_t>& p, int64_t til
 // on each in order, offset being the flat index of the slot's first channel.
 template <typename T, typename acc_t, int VEC, bool kWithG, typename Use>
 C10_DEVICE __forceinline__ void walk_cl_positions(const Params<T, acc_t>& p, const ClTile& t,
-                                                  int tl, int threads_l, Use&& use) {
-  const int64_t step = static_cast<int64_t>(threads_l);
-  for (int64_t l0 = t.l_begin + tl; l0 < t.l_end; l0 += step * kUnroll) {
+                                                  const ClLanes& lanes, Use&& use) {
+  const int64_t step = static_cast<int64_t>(lanes.threads_l);
+  for (int64_t l0 = t.l_begin + lanes.tl; l0 < t.l_end; l0 += step * kUnroll) {
     Vec<T, VEC> vx[kUnroll], vg[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -516,13 +534,11 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
   __shared__ acc_t sh_b[kClBlock * VEC];
   __shared__ int64_t sh_n[kClBlock];
   const RowData<acc_t>& d = p.d;
-  const int tc = static_cast<int>(threadIdx.x) % p.threads_c;
-  const int tl = static_cast<int>(threadIdx.x) / p.threads_c;
-  const int threads_l = static_cast<int>(blockDim.x) / p.threads_c;
-  const int64_t tiles = (d.rows / p.channels) * p.channel_tiles * d.chunks;
+  const ClLanes lanes = cl_lanes(p.threads_c);
+  const int tl = lanes.tl, threads_l = lanes.threads_l;
 
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, tc);
+  for (int64_t tile = blockIdx.x; tile < cl_tile_count(p); tile += gridDim.x) {
+    const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, lanes.tc);
     acc_t a[VEC], b[VEC], mean[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
@@ -532,7 +548,7 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
     int64_t count = 0;
     if (t.valid > 0) {
       walk_cl_positions<T, acc_t, VEC, kSums>(
-          p, t, tl, threads_l, [&](int64_t, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
+          p, t, lanes, [&](int64_t, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
             if constexpr (kSums) {
 #pragma unroll
               for (int j = 0; j < VEC; ++j) {
@@ -601,13 +617,10 @@ template <typename T, typename acc_t, bool kHasG>
 __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_t> p) {
   constexpr int VEC = vec_width<T>();
   const RowData<acc_t>& d = p.d;
-  const int tc = static_cast<int>(threadIdx.x) % p.threads_c;
-  const int tl = static_cast<int>(threadIdx.x) / p.threads_c;
-  const int threads_l = static_cast<int>(blockDim.x) / p.threads_c;
-  const int64_t tiles = (d.rows / p.channels) * p.channel_tiles * d.chunks;
+  const ClLanes lanes = cl_lanes(p.threads_c);
 
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, tc);
+  for (int64_t tile = blockIdx.x; tile < cl_tile_count(p); tile += gridDim.x) {
+    const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, lanes.tc);
     if (t.valid == 0) continue;  // no barrier in this kernel
     Coef<acc_t> c[VEC];
 #pragma unroll
@@ -615,7 +628,7 @@ __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_
       if (j < t.valid) c[j] = load_coef(d.coef, t.n * p.channels + t.c0 + j);
     }
     walk_cl_positions<T, acc_t, VEC, kHasG>(
-        p, t, tl, threads_l, [&](int64_t off, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
+        p, t, lanes, [&](int64_t off, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
           Vec<T, VEC> y;
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
