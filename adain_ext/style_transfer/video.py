@@ -188,7 +188,8 @@ def _copy_stream(sink, audio_in, output: Path):
     if audio_in is None:
         return None
     codec = audio_in.codec_context.name
-    if codec not in sink.supported_codecs:
+    supported = getattr(sink, "supported_codecs", None)  # PyAV >= 13; older ones fail at the mux
+    if supported is not None and codec not in supported:
         warn(f"the audio track ({codec}) cannot be stored in {output.suffix or 'mp4'} files; "
              "the video is written without it (choose another --output extension, e.g. .mkv)")
         return None
