@@ -102,13 +102,17 @@ def extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     vector_flags, vector_why = _cpu_vector_flags()
     # No -std flag: torch picks the standard its headers need (C++17 up to 2.10, C++20 after).
-    cxx_flags = opt + ["-fopenmp"] + vector_flags
+    # OpenMP runs at::parallel_for across threads. Apple's clang has no -fopenmp: there (and
+    # wherever else it is not Linux) the kernels are built without it and run on one thread.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = opt + openmp + vector_flags
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     use_cuda, why = _want_cuda()
     include_dirs = [os.path.join(ROOT, "csrc")]
     config = {"torch": torch.__version__, "CUDA kernels": f"{use_cuda} ({why})",
               "CPU vectors": vector_why,
+              "OpenMP": "yes" if openmp else f"no ({sys.platform}: one thread)",
               "cxx flags": " ".join(cxx_flags)}
     if use_cuda and cuda_sources:
         os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
@@ -121,11 +125,11 @@ def extensions():
             "adain_ext._C", sources + cuda_sources, include_dirs=include_dirs,
             define_macros=[("ADAIN_EXT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=openmp,
         )
     else:
         ext = CppExtension("adain_ext._C", sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+                           extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp)
     config["sources"] = ", ".join(ext.sources)
     print("adain_ext build configuration:")
     for key, value in config.items():
