@@ -30,9 +30,12 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -743,27 +746,51 @@ inline RowsLaunch plan_rows(int64_t segments, int64_t seg_len, bool aligned, int
   return r;
 }
 
+// Makes `kernel` launchable with `bytes` of dynamic shared memory on the current device. A kernel
+// may take 48 KiB of shared memory per block, static and dynamic together, until it opts in to
+// more with cudaFuncAttributeMaxDynamicSharedMemorySize (per kernel and device): so the limit on
+// its dynamic part depends on its static part, which only the runtime knows
+// (cudaFuncGetAttributes). Opts in once, to all the device allows, and remembers the limit.
+// Both calls can touch the context, so they run in relaxed stream-capture mode: a first launch
+// inside CUDA graph capture then works too (the attribute is not a stream operation).
+inline void ensure_dynamic_smem(const void* kernel, size_t bytes) {
+  struct Key {
+    const void* kernel;
+    int device;
+    bool operator<(const Key& o) const {
+      return kernel != o.kernel ? std::less<const void*>()(kernel, o.kernel) : device < o.device;
+    }
+  };
+  static std::mutex mutex;
+  static std::map<Key, size_t> limit;  // the kernel's max dynamic shared memory, once known
+  const Key key{kernel, static_cast<int>(c10::cuda::current_device())};
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = limit.find(key);
+  if (it != limit.end() && bytes <= it->second) return;
+  const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+  cudaFuncAttributes attr;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  size_t allowed = static_cast<size_t>(attr.maxDynamicSharedSizeBytes);
+  if (bytes > allowed) {
+    const int64_t most = static_cast<int64_t>(
+        at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin) -
+        static_cast<int64_t>(attr.sharedSizeBytes);
+    TORCH_CHECK(static_cast<int64_t>(bytes) <= most, "adain: a launch asks for ", bytes,
+                " bytes of dynamic shared memory; this device allows ", most);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(most)));
+    allowed = static_cast<size_t>(most);
+  }
+  limit[key] = allowed;
+}
+
 template <typename T, typename acc_t, RowMode kMode>
 inline void launch_rows(Params<T, acc_t> p, const RowsLaunch& r) {
   p.group = r.group;
   p.num_blocks = r.num_blocks;
   p.cache_slots = r.cache_slots;
   auto kernel = contig_rows_kernel<T, acc_t, kMode>;
-  if (r.smem > 48 * 1024) {
-    // Opting in to more than 48 KiB is per kernel and device, and the call can synchronise the
-    // runtime: do it once per device (normally during warm-up, before any graph capture), to the
-    // most any launch asks for.
-    static std::mutex mutex;
-    static std::vector<bool> done;
-    const auto device = static_cast<size_t>(c10::cuda::current_device());
-    const std::lock_guard<std::mutex> lock(mutex);
-    if (done.size() <= device) done.resize(device + 1, false);
-    if (!done[device]) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(device_info().cache_budget_max)));
-      done[device] = true;
-    }
-  }
+  if (r.smem > 0) ensure_dynamic_smem(reinterpret_cast<const void*>(kernel), r.smem);
   kernel<<<r.grid, r.block, r.smem, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -4,6 +4,7 @@ of tests/cases.py plus cases that force each kernel path, on three emulated devi
 
     python tools/cuda_emu/run.py            # all devices (a few minutes on 2 cores)
     python tools/cuda_emu/run.py quick      # one small device
+    python tools/cuda_emu/run.py sweep      # launch limits only, over a sweep of shapes
 
 A development aid for machines without a GPU, not a test and not a substitute for
 tests/test_cuda.py on a real GPU: it executes the real kernel and host code (indexing, slot
@@ -54,8 +55,11 @@ def generate() -> str:
         s = s.replace("extern __shared__", "extern")
         s = LAUNCH.sub(r"emu_launch(\1, \2, \3, \4, \5);", s)
         s = s.replace("at::cuda::getCurrentDeviceProperties()", "emu_props()")
-        s = s.replace("c10::cuda::current_device()", "0")
-        s = s.replace("C10_CUDA_CHECK(cudaFuncSetAttribute(", "(void)(emu_set_attr(")
+        s = s.replace("c10::cuda::current_device()", "emu_device_index")
+        s = s.replace("C10_CUDA_CHECK(", "EMU_CUDA_CHECK(")
+        s = s.replace("cudaFuncSetAttribute(", "emu_cudaFuncSetAttribute(")
+        s = s.replace("cudaFuncGetAttributes(", "emu_cudaFuncGetAttributes(")
+        s = s.replace("c10::cuda::CUDAStreamCaptureModeGuard", "EmuCaptureModeGuard")
         s = s.replace("C10_CUDA_KERNEL_LAUNCH_CHECK();", "")
         s = re.sub(r"const c10::cuda::CUDAGuard guard\([^;]*\);", "", s)
         s = re.sub(r"TORCH_LIBRARY_IMPL\(adain, CUDA, m\) \{.*?\n\}\n", "", s, flags=re.S)
@@ -63,6 +67,7 @@ def generate() -> str:
             "ATen/cuda/CUDAContext.h",
             "c10/cuda/CUDAGuard.h",
             "c10/cuda/CUDAFunctions.h",
+            "c10/cuda/CUDAGraphsC10Utils.h",
         ):
             s = s.replace(f"#include <{header}>", "")
         with open(os.path.join(out, name), "w") as f:
@@ -78,6 +83,7 @@ def generate() -> str:
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_device", &emu_set_device);
+  m.def("set_dry_run", &emu_set_dry_run);
   m.def("launches", [] { return emu_launches; });
   m.def("mean_std", &adain::cuda::mean_std_cuda);
   m.def("mean_std_backward", &adain::cuda::mean_std_backward_cuda);
@@ -199,9 +205,68 @@ PATH_CASES = [
 DEVICES = [(4, 233472, 232448), (132, 233472, 232448), (108, 167936, 166912)]
 
 
+def sweep_launch_limits(emu) -> int:
+    """Every op on row lengths across every launch-geometry threshold (packed rows, block rows,
+    the 48 KiB shared-memory opt-in of each dtype and cached-tensor count, the opt-in ceiling,
+    split rows) and both layouts, on each emulated device, with launches checked against the
+    hardware limits (grid, block, static + dynamic shared memory, opt-in) but not executed.
+    Returns the number of failing calls."""
+    emu.set_dry_run(True)
+    failures = calls = 0
+    lengths = sorted(set(range(2, 70000, 61)) | {16383, 16384, 24576, 65536})
+    try:
+        for device in DEVICES:
+            emu.set_device(*device)
+            for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+                acc = torch.float64 if dtype == torch.float64 else torch.float32
+                for layout, rows_list, lens in (
+                    ("contiguous", (1, 7, 300), lengths),
+                    ("channels_last", (8, 300), lengths[::16]),
+                ):
+                    for rows in rows_list:
+                        for L in lens:
+                            n, c = (rows, 1) if layout == "contiguous" else (rows // 8 or 1, 8)
+                            x = torch.empty(n, c, 1, L, dtype=dtype)
+                            if layout == "channels_last":
+                                x = x.contiguous(memory_format=torch.channels_last)
+                            stat = torch.empty(n, c, dtype=acc)
+                            target = torch.ones(n, c, 1, 1, dtype=dtype)
+                            style_long = torch.empty(n, c, 1, 2 * L + 1, dtype=dtype)
+                            calls_here = [
+                                ("mean_std", lambda: emu.mean_std(x, 1e-5, True)),
+                                ("affine_forward", lambda: emu.affine_forward(
+                                    x, target, target, 0.5, 1e-5, True)),
+                                ("affine_backward", lambda: emu.affine_backward(
+                                    x, x, stat, stat, target, 0.5, True)),
+                                ("fused_forward", lambda: emu.fused_forward(x, x, 0.5, 1e-5, True)),
+                                ("fused_forward long style", lambda: emu.fused_forward(
+                                    x, style_long, 0.5, 1e-5, True)),
+                                ("mean_std_backward", lambda: emu.mean_std_backward(
+                                    stat, stat, x, stat, stat, True)),
+                            ]
+                            for name, call in calls_here:
+                                calls += 1
+                                try:
+                                    call()
+                                except RuntimeError as error:
+                                    failures += 1
+                                    if failures <= 30:
+                                        message = str(error).splitlines()[0]
+                                        print(f"BAD sms={device[0]} {name} {dtype} {layout} "
+                                              f"rows={rows} L={L}: {message}", flush=True)
+    finally:
+        emu.set_dry_run(False)
+    print(f"cuda_emu sweep: {failures} of {calls} calls broke a launch limit, "
+          f"{emu.launches()} launches checked")
+    return failures
+
+
 def main():
-    quick = sys.argv[1:] == ["quick"]
+    mode = sys.argv[1] if len(sys.argv) > 1 else "all"
     emu = build()
+    if mode == "sweep":
+        return 1 if sweep_launch_limits(emu) else 0
+    quick = mode == "quick"
     failures = 0
     for device in DEVICES[:1] if quick else DEVICES:
         emu.set_device(*device)
