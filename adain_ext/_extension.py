@@ -41,3 +41,17 @@ KERNEL_DEVICE_TYPES = _kernel_device_types()
 def has_kernel(device_type: str) -> bool:
     """True when the compiled ops have kernels for this device type ("cpu" or "cuda")."""
     return device_type in KERNEL_DEVICE_TYPES
+
+
+# Debug hook (tests): the kernel path the last CUDA op took, csrc/cuda/row_kernels.cuh LaunchPath.
+CUDA_PATHS = ("none", "packed", "rows", "rows_partial_cache", "split", "channels_last")
+
+
+def last_cuda_launch() -> dict:
+    """Path and geometry of the most recent CUDA op of this process: {"path", "launches", "grid",
+    "block", "smem", "chunks"}. Raises RuntimeError where the CUDA kernels were not built."""
+    if not hasattr(torch.ops.adain, "_cuda_last_launch"):
+        raise RuntimeError("adain_ext._C was built without CUDA kernels")
+    path, launches, grid, block, smem, chunks = torch.ops.adain._cuda_last_launch()
+    return {"path": CUDA_PATHS[path], "launches": launches, "grid": grid, "block": block,
+            "smem": smem, "chunks": chunks}

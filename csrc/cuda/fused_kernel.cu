@@ -71,12 +71,14 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
     RowsLaunch geometry =
         plan_rows<scalar_t>(R, std::max(L, L_style), L % VEC == 0, /*cached_rows=*/1, dev);
     const int64_t content_slots = L % VEC == 0 ? L / VEC : ceil_div(L + VEC - 1, VEC);
+    geometry.row_slots = content_slots;
     if (geometry.cache_slots > content_slots) {
       geometry.cache_slots = content_slots;
       geometry.smem = static_cast<size_t>(geometry.block / geometry.group) * content_slots *
                       sizeof(Vec<scalar_t, VEC>);
     }
     launch_rows<scalar_t, acc_t, RowMode::Fused>(p, geometry);
+    record_rows_launch(geometry, /*cached_rows=*/1, 1, 1);
   });
   return {out, content_mean, content_std, style_mean, style_std};
 }

@@ -89,10 +89,13 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
     if (layout == Layout::ChannelsLast) {
       const int grid = plan_channels_last(p, N, C, L, dev);
       launch_cl_apply<scalar_t, acc_t, /*kHasG=*/false>(p, grid);
+      record_launch(LaunchPath::ChannelsLast, 2, grid, kClBlock, 0, p.d.chunks);
     } else {
       if (use_split(R, L, dev)) choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
-      launch_rows<scalar_t, acc_t, RowMode::Apply>(
-          p, plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev));
+      const RowsLaunch geometry =
+          plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
+      launch_rows<scalar_t, acc_t, RowMode::Apply>(p, geometry);
+      record_rows_launch(geometry, 0, 2, p.d.chunks);
     }
   });
   return grad_x;
@@ -100,6 +103,12 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
 
 }  // namespace
 }  // namespace cuda
+
+// Debug hook for tests, no tensor arguments: [path, launches, grid, block, smem, chunks] of the
+// last CUDA op (LaunchPath in row_kernels.cuh; adain_ext._extension.last_cuda_launch decodes it).
+TORCH_LIBRARY_FRAGMENT(adain, m) {
+  m.def("_cuda_last_launch() -> int[]", &cuda::last_launch);
+}
 
 TORCH_LIBRARY_IMPL(adain, CUDA, m) {
   m.impl("mean_std", TORCH_FN(cuda::mean_std_cuda));

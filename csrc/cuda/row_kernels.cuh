@@ -708,7 +708,8 @@ struct RowsLaunch {
   int block = 256;
   int64_t num_blocks = 0;
   int grid = 1;
-  int64_t cache_slots = 0;
+  int64_t row_slots = 0;    // slots of the longest segment
+  int64_t cache_slots = 0;  // of which kept in shared memory
   size_t smem = 0;
 };
 
@@ -721,6 +722,7 @@ inline RowsLaunch plan_rows(int64_t segments, int64_t seg_len, bool aligned, int
   constexpr int VEC = vec_width<T>();
   RowsLaunch r;
   const int64_t max_slots = aligned ? ceil_div(seg_len, VEC) : ceil_div(seg_len + VEC - 1, VEC);
+  r.row_slots = max_slots;
   r.group = std::min(1024, next_pow2(ceil_div(max_slots, kSlotsPerThread)));
   if (r.group > kWarpSize) {
     r.block = r.group;
@@ -834,6 +836,53 @@ inline void launch_cl_apply(const Params<T, acc_t>& p, int grid) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// ---- The path an op took, kept for tests (a debug hook: tests/test_cuda.py asserts that each
+// shape takes the path it is meant to exercise). One record per process, the last op's.
+
+enum class LaunchPath : int64_t {
+  None = 0,
+  Packed = 1,            // one launch, several rows per block
+  Rows = 2,              // one launch, a block per row, the row cached whole (or not needed)
+  RowsPartialCache = 3,  // one launch, a block per row, part of the row read again from L2
+  Split = 4,             // partials per row segment, finalize, apply
+  ChannelsLast = 5,      // partials per channel tile, finalize, apply
+};
+
+struct LaunchRecord {
+  LaunchPath path = LaunchPath::None;
+  int64_t launches = 0;  // kernel launches of the op
+  int64_t grid = 0, block = 0, smem = 0;  // of its main (row or channel-tile) kernel
+  int64_t chunks = 1;    // segments per row
+};
+
+inline std::mutex launch_record_mutex;
+inline LaunchRecord last_launch_record;
+
+inline void record_launch(LaunchPath path, int64_t launches, int64_t grid, int64_t block,
+                          int64_t smem, int64_t chunks) {
+  const std::lock_guard<std::mutex> lock(launch_record_mutex);
+  last_launch_record = LaunchRecord{path, launches, grid, block, smem, chunks};
+}
+
+inline void record_rows_launch(const RowsLaunch& r, int cached_rows, int64_t launches,
+                               int64_t chunks) {
+  LaunchPath path = LaunchPath::Rows;
+  if (chunks > 1) {
+    path = LaunchPath::Split;
+  } else if (r.block > r.group) {
+    path = LaunchPath::Packed;
+  } else if (cached_rows > 0 && r.cache_slots < r.row_slots) {
+    path = LaunchPath::RowsPartialCache;
+  }
+  record_launch(path, launches, r.grid, r.block, static_cast<int64_t>(r.smem), chunks);
+}
+
+inline std::vector<int64_t> last_launch() {
+  const std::lock_guard<std::mutex> lock(launch_record_mutex);
+  const LaunchRecord& r = last_launch_record;
+  return {static_cast<int64_t>(r.path), r.launches, r.grid, r.block, r.smem, r.chunks};
+}
+
 // ---- Host helpers for the op files.
 
 // The kernels walk 16-byte slots from the base pointer: an input that is a view starting off a
@@ -902,6 +951,7 @@ inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
     launch_cl_partial<T, acc_t, K::kGrad>(p, grid);
     launch_finalize<acc_t, K::kFinal>(p.d, dev);
     if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad>(p, grid);
+    record_launch(LaunchPath::ChannelsLast, K::kMaps ? 3 : 2, grid, kClBlock, 0, p.d.chunks);
   } else if (use_split(R, L, dev)) {
     choose_chunks<T>(R, L, dev, p.d.chunks, p.d.chunk_len);
     partials = attach_partials(p.d, acc_options);
@@ -910,8 +960,11 @@ inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
     launch_rows<T, acc_t, K::kPartial>(p, geometry);
     launch_finalize<acc_t, K::kFinal>(p.d, dev);
     if (K::kMaps) launch_rows<T, acc_t, K::kApply>(p, geometry);
+    record_rows_launch(geometry, 0, K::kMaps ? 3 : 2, p.d.chunks);
   } else {
-    launch_rows<T, acc_t, K::kOneLaunch>(p, plan_rows<T>(R, L, L % VEC == 0, K::kCachedRows, dev));
+    const RowsLaunch geometry = plan_rows<T>(R, L, L % VEC == 0, K::kCachedRows, dev);
+    launch_rows<T, acc_t, K::kOneLaunch>(p, geometry);
+    record_rows_launch(geometry, K::kCachedRows, 1, 1);
   }
 }
 

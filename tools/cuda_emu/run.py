@@ -62,7 +62,8 @@ def generate() -> str:
         s = s.replace("c10::cuda::CUDAStreamCaptureModeGuard", "EmuCaptureModeGuard")
         s = s.replace("C10_CUDA_KERNEL_LAUNCH_CHECK();", "")
         s = re.sub(r"const c10::cuda::CUDAGuard guard\([^;]*\);", "", s)
-        s = re.sub(r"TORCH_LIBRARY_IMPL\(adain, CUDA, m\) \{.*?\n\}\n", "", s, flags=re.S)
+        s = re.sub(r"TORCH_LIBRARY_(IMPL|FRAGMENT)\(adain, (CUDA, )?m\) \{.*?\n\}\n", "", s,
+                   flags=re.S)
         for header in (
             "ATen/cuda/CUDAContext.h",
             "c10/cuda/CUDAGuard.h",
@@ -85,6 +86,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_device", &emu_set_device);
   m.def("set_dry_run", &emu_set_dry_run);
   m.def("launches", [] { return emu_launches; });
+  m.def("last_launch", &adain::cuda::last_launch);
   m.def("mean_std", &adain::cuda::mean_std_cuda);
   m.def("mean_std_backward", &adain::cuda::mean_std_backward_cuda);
   m.def("affine_forward", &adain::cuda::affine_forward);

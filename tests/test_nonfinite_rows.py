@@ -1,0 +1,59 @@
+"""Rows whose statistics overflow: every compiled backend follows the reference's one rule.
+
+A float32 row of values near +-3e19 has a finite mean but an infinite std (its variance
+overflows). The reference then gives that row (x - mean) / inf * std_s + mean_s = the style's
+mean, a finite output. At alpha == 1 the kernels use the target statistics as they are (no
+blend with the row's own: 1 * std_s + 0 * inf would be NaN), so they agree with it. Other rows
+are never affected. (At alpha < 1 the blend itself is inf / inf: such rows are NaN in the
+kernels, a documented limit, while the reference blends outputs instead of statistics.)
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adain_ext
+from adain_ext import _extension, reference
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _overflowing_inputs(device):
+    gen = torch.Generator().manual_seed(11)
+    content = torch.randn(2, 3, 8, 8, generator=gen)
+    style = torch.randn(2, 3, 5, 7, generator=gen)
+    signs = torch.randint(0, 2, (8, 8), generator=gen) * 2 - 1
+    content[0, 1] = signs * 3e19  # mean finite, variance overflows float32
+    content[1, 2, 3, 4] = float("inf")  # mean and variance infinite
+    return content.to(device), style.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_infinite_std_row_at_alpha_one_matches_reference(device):
+    if not _extension.has_kernel(device):
+        pytest.skip(f"no compiled kernels for {device}")
+    content, style = _overflowing_inputs(device)
+    _, content_std = reference.mean_std(content)
+    assert content_std[0, 1].isinf().all() and content_std[0, 0].isfinite().all()
+    want = reference.adain(content, style, 1.0)
+    got = adain_ext.adain(content, style, 1.0, backend="cpp")
+    # The overflowing row is the style's mean (finite), the Inf row NaN, as in the reference.
+    assert got[0, 1].isfinite().all()
+    torch.testing.assert_close(got, want, equal_nan=True, atol=2e-5, rtol=2e-5)
+    mean, std = reference.mean_std(style)
+    got_affine = adain_ext.adain_affine(content, mean, std, backend="cpp")
+    torch.testing.assert_close(got_affine, want, equal_nan=True, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_rows_leave_the_others_alone(device):
+    if not _extension.has_kernel(device):
+        pytest.skip(f"no compiled kernels for {device}")
+    content, style = _overflowing_inputs(device)
+    for alpha in (1.0, 0.5):
+        got = adain_ext.adain(content, style, alpha, backend="cpp")
+        clean = torch.ones(2, 3, dtype=torch.bool)
+        clean[0, 1] = clean[1, 2] = False
+        want = reference.adain(content.double(), style.double(), alpha)
+        torch.testing.assert_close(got[clean.to(device)].double(), want[clean.to(device)],
+                                   atol=2e-5, rtol=2e-5)
