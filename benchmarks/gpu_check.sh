@@ -185,7 +185,8 @@ write_summary() {
         echo "Cases not ok ($(printf '%s\n' "$bad" | wc -l)), \`verdict case max-abs-err err/tolerance\`:"
         echo
         echo '```'
-        printf '%s\n' "$bad" | head -n 80
+        printf '%s\n' "$bad" | head -n 60
+        [ "$(printf '%s\n' "$bad" | wc -l)" -gt 60 ] && echo "... the rest are in smoke.log"
         echo '```'
       fi
     fi
