@@ -94,9 +94,16 @@ def _assert_returnable(out: Path):
 
 
 def _assert_no_stub_left(tmp_path):
+    def running_stub(pid):  # alive, not a zombie, and still the stand-in or its sleep
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        return "zombie" not in status and ("stub.sh" in cmdline or "sleep" in cmdline)
+
     pids = (tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []
-    alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")
-             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    alive = [pid for pid in pids if running_stub(pid)]
     assert not alive, f"processes of the steps still running: {alive}"
 
 
