@@ -203,6 +203,7 @@ write_summary() {
       --out "$OUT_DIR" 2>&1 \
       || echo "(benchmarks/report.py gpu-check failed; the logs are in logs.tar.gz)"
     for name in "${ROWS[@]}"; do
+      [ "$name" = smoke ] && [ -n "$counts" ] && continue  # its verdicts are listed above
       if is_bad "${STATUS[$name]}" && [ -f "$WORK/$name.log" ]; then
         echo
         echo "### $name: last lines of $name.log"

@@ -273,7 +273,8 @@ def gpu_check_main(argv) -> int:
         lines += ["", f"{len(set(failed_ids))} failed node ids are in failed_tests.txt. After a "
                   "fix, rerun them with `bash benchmarks/gpu_check.sh --quick` after copying that "
                   "file to benchmarks/results/last_failed.txt, or with `--only-tests-file`."]
-    print("\n".join(lines))
+    if lines:
+        print("\n".join(lines))
     return 0
 
 
