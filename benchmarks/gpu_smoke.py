@@ -18,8 +18,9 @@ torch.ops.adain.fused / affine / mean_std and their registered backward ops). Sh
 to take each CUDA path of csrc/cuda/row_kernels.cuh on an H200 (132 SMs: a contiguous tensor of
 fewer than 264 rows with H*W >= 16384 takes the split path) and the Triton plans of
 adain_ext/triton/_common.py. The FRESH_PROCESS_SHAPES have a static plus dynamic shared memory
-just above 48 KiB, which needs the kernel's shared-memory opt-in: that bug only shows while the
-kernel has not opted in yet, so each of those shapes runs in a process of its own.
+just above 48 KiB, which needs the kernel's shared-memory opt-in: a missing opt-in fails only
+while the kernel has not opted in for a larger launch yet, so each of those shapes runs in a
+process of its own.
 """
 from __future__ import annotations
 
