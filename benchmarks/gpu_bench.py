@@ -401,6 +401,14 @@ def markdown(meta, records, summary):
     return "\n".join(lines) + "\n"
 
 
+def write_json_atomically(path: str, data) -> None:
+    """Writes a whole file or none: a reader (or a kill) never sees half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -464,16 +472,42 @@ def main(argv=None):
     def compile_left():
         return time.time() - started < args.compile_budget_s
 
-    # Each shape in both layouts back to back (the channels_last / contiguous ratio), fp32 first;
-    # past --time-budget-s no new configuration starts, so a capped run still reports.
+    # Each shape in both dtypes and both layouts back to back (the channels_last / contiguous
+    # ratio, fp32 and bf16 from the first shapes on); past --time-budget-s no new configuration
+    # starts, so a capped run still reports. The JSON and markdown are rewritten after every
+    # configuration: a run killed at its time limit leaves what it measured.
     configs = [
         (shape, dtype, layout)
-        for dtype in args.dtypes.split(",")
         for shape in shapes
+        for dtype in args.dtypes.split(",")
         for layout in args.layouts.split(",")
     ]
+    cuda = device.startswith("cuda")
+    meta = dict(
+        device=device,
+        device_name=torch.cuda.get_device_name()
+        if cuda
+        else platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        copy_gbs=copy_gbs,
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        quick=quick,
+        configs=len(configs),
+    )
+    os.makedirs(args.out, exist_ok=True)
     records, skipped = [], []
-    for shape, dtype, layout in configs:
+
+    def write_outputs(done: int):
+        meta.update(configs_done=done, seconds=time.time() - started, not_run=skipped)
+        write_json_atomically(
+            os.path.join(args.out, "gpu_bench.json"),
+            dict(meta=meta, summary=summarize(records), records=records),
+        )
+        with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
+            f.write(markdown(meta, records, summarize(records)))
+
+    for done, (shape, dtype, layout) in enumerate(configs):
         if time.time() - started > args.time_budget_s:
             skipped.append(f"{'x'.join(map(str, shape))} {dtype} {layout}")
             continue
@@ -493,28 +527,11 @@ def main(argv=None):
             f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}" for r in recs if "ms" in r
         )
         print(f"{'x'.join(map(str, shape)):>16} {dtype} {layout:<13} ms {times}", flush=True)
+        write_outputs(done + 1)
     if skipped:
         print(f"gpu_bench: time budget reached, {len(skipped)} configurations not run")
-    cuda = device.startswith("cuda")
-    meta = dict(
-        device=device,
-        device_name=torch.cuda.get_device_name()
-        if cuda
-        else platform.processor() or platform.machine(),
-        torch=torch.__version__,
-        cuda=torch.version.cuda,
-        copy_gbs=copy_gbs,
-        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        quick=quick,
-        seconds=time.time() - started,
-        not_run=skipped,
-    )
+    write_outputs(len(configs) - len(skipped))
     summary = summarize(records)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
-        json.dump(dict(meta=meta, summary=summary, records=records), f, indent=1)
-    with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
-        f.write(markdown(meta, records, summary))
     print(f"\nwrote {args.out}/gpu_bench.json and gpu_bench.md ({meta['seconds']:.0f} s)")
     for k, v in summary.items():
         print(f"  {k}: {v:.3g}")

@@ -4,13 +4,20 @@ A GPU is lent to few sessions, for minutes, and gpu_check.sh gets one run and ma
 script that crashes there wastes the whole lease, and CI never runs the benchmark files otherwise
 (they are not under tests/). So every script the GPU check calls runs here on CPU, small, in a
 subprocess, and must finish cleanly with its outputs in place. Speed is not checked.
+
+gpu_check.sh itself runs here with stand-ins for python3 and compute-sanitizer that fail or hang:
+it must still name every step's failure in summary.md, leave at most 8 files, and leave a summary
+when it is killed midway.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -38,13 +45,277 @@ def test_gpu_check_script_is_valid_bash():
     _run("bash", "-n", str(BENCH / "gpu_check.sh"))
 
 
+# ---- gpu_check.sh's bookkeeping, with stand-ins for python3 and compute-sanitizer.
+
+# Stands in for python3 and compute-sanitizer: records its pid, then hangs when its arguments
+# match $FAKE_HANG_ON (an extended regex), else prints $FAKE_SAYS and fails.
+STUB = """#!/usr/bin/env bash
+echo $$ >>"$FAKE_PIDS"
+if [ -n "${FAKE_HANG_ON:-}" ] && [[ "$*" =~ $FAKE_HANG_ON ]]; then
+  echo "fake: hanging on $*"
+  sleep 300 &
+  echo $! >>"$FAKE_PIDS"
+  wait
+fi
+echo "${FAKE_SAYS:-fake: refusing} $*" >&2
+exit 3
+"""
+STEPS = ("build", "smoke", "tests", "triton", "bench", "apps", "probe")
+
+
+def _fake_env(tmp_path, **overrides):
+    stub = tmp_path / "stub.sh"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), COMPUTE_SANITIZER=str(stub),
+               REPORT_PYTHON=sys.executable, GPU_CHECK_FAKE_GPU="1", AUX_TIMEOUT="5",
+               FAKE_PIDS=str(tmp_path / "pids"), TMPDIR=str(tmp_path))
+    env.pop("OUT", None)
+    env.update(overrides)
+    return env
+
+
+def _rows(summary: str) -> dict:
+    """summary.md's step table: name -> status."""
+    table = summary.split("| step | status | seconds | limit | note |\n|---|---|---|---|---|\n")[1]
+    rows = {}
+    for line in table.split("\n\n")[0].splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        rows[cells[1]] = cells[2]
+    return rows
+
+
+def _assert_returnable(out: Path):
+    """What the GPU machine gives back: at most 8 files, no deeper than 2 folders below out."""
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8, files
+    assert all(len(p.relative_to(out).parts) <= 3 for p in files), files
+    assert (out / "summary.md").exists() and (out / "logs.tar.gz").exists()
+
+
+def _assert_no_stub_left(tmp_path):
+    def running_stub(pid):  # alive, not a zombie, and still the stand-in or its sleep
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        return "zombie" not in status and ("stub.sh" in cmdline or "sleep" in cmdline)
+
+    pids = (tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []
+    alive = [pid for pid in pids if running_stub(pid)]
+    assert not alive, f"processes of the steps still running: {alive}"
+
+
 @pytest.mark.skipif(CUDA, reason="with a GPU visible the script would run the whole check")
 def test_gpu_check_stops_cleanly_without_a_gpu(tmp_path):
-    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(tmp_path)], cwd=ROOT,
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], cwd=ROOT,
+                            env=dict(os.environ, PYTHON=sys.executable, AUX_TIMEOUT="60"),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "torch sees no CUDA GPU" in result.stderr
-    assert (tmp_path / "env.txt").exists()
+    _assert_returnable(out)
+    assert "sees no CUDA GPU" in (out / "summary.md").read_text()
+
+
+def test_gpu_check_reports_every_step_failing_or_timing_out(tmp_path):
+    """Every step fails (the stand-in python3 exits 3) or runs past its limit (the pytest steps
+    get SIGINT, the others SIGTERM): each is named with its failure in summary.md, its log is in
+    logs.tar.gz, nothing of it keeps running, and at most 8 files come back."""
+    out = tmp_path / "out"
+    limits = " ".join(f"{s}=2" for s in STEPS + ("memcheck", "racecheck"))
+    env = _fake_env(tmp_path, STEP_TIMEOUTS=limits, FAKE_HANG_ON="test_cuda.py|gpu_bench")
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    _assert_returnable(out)
+    summary = (out / "summary.md").read_text()
+    rows = _rows(summary)
+    assert [s for s in STEPS if s in rows] == list(STEPS), summary
+    for step in STEPS:
+        expected = "TIMEOUT" if step in ("tests", "bench") else "FAILED (rc 3)"
+        assert rows[step] == expected, (step, summary)
+        assert f"### {step}: last lines of {step}.log" in summary
+    assert rows["memcheck"] == rows["racecheck"] == "SKIPPED"
+    assert "fake: refusing" in summary and "finished" in summary
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {f"{s}.log" for s in STEPS} | {"env.txt"} <= names
+    _assert_no_stub_left(tmp_path)
+    assert not list(tmp_path.glob("gpu_check.*")), "the work folder was left behind"
+
+
+def test_gpu_check_killed_mid_step_still_leaves_a_summary(tmp_path):
+    out = tmp_path / "out"
+    env = _fake_env(tmp_path, FAKE_HANG_ON="gpu_smoke")
+    proc = subprocess.Popen(["bash", str(BENCH / "gpu_check.sh"), str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            summary = out / "summary.md"
+            if summary.exists() and "| smoke | RUNNING" in summary.read_text():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the smoke step never started")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    _assert_returnable(out)
+    summary = (out / "summary.md").read_text()
+    assert _rows(summary)["smoke"] == "KILLED (SIGTERM)", summary
+    assert "killed by SIGTERM during smoke" in summary
+    _assert_no_stub_left(tmp_path)
+
+
+def test_gpu_check_skips_the_sanitizer_when_the_runtime_refuses_the_device(tmp_path):
+    out = tmp_path / "out"
+    env = _fake_env(tmp_path, FAKE_SAYS="========= Error: Device not supported")
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--only", "sanitizer", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = (out / "summary.md").read_text()
+    rows = _rows(summary)
+    assert set(rows) == {"probe", "memcheck", "racecheck"}, summary
+    assert set(rows.values()) == {"SKIPPED"}
+    assert "refused the device: ========= Error: Device not supported" in summary
+
+
+def test_gpu_check_runs_given_test_ids_in_place_of_the_test_files(tmp_path):
+    out = tmp_path / "out"
+    ids = tmp_path / "last_failed.txt"
+    ids.write_text("# from an earlier run\ntests/test_cuda.py::test_a[odd-float32]\n"
+                   "tests/test_triton.py::test_b\n")
+    env = _fake_env(tmp_path)
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--quick", "--only-tests-file",
+                             str(ids), str(out)], cwd=ROOT, env=dict(env, SKIP_BUILD="1"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    summary = (out / "summary.md").read_text()
+    assert list(_rows(summary)) == ["smoke", "tests"], summary
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        log = tar.extractfile("./tests.log").read().decode()
+    assert log.rstrip().endswith(
+        "tests/test_cuda.py::test_a[odd-float32] tests/test_triton.py::test_b"), log
+
+
+# ---- The smoke step.
+
+
+def test_smoke_passes_on_cpu():
+    result = _run(sys.executable, str(BENCH / "gpu_smoke.py"), "--device", "cpu", "--quick")
+    lines = result.stdout.splitlines()
+    verdicts = [ln for ln in lines if ln.split(" ", 1)[0] in ("ok", "BAD", "ERROR")]
+    assert verdicts and all(ln.startswith("ok ") for ln in verdicts), result.stdout
+    names = {ln.split()[1] for ln in verdicts}
+    for op in ("fused", "affine", "mean_std"):
+        for backend in ("cpp", "triton"):
+            for dtype in ("fp32", "fp16", "bf16", "fp64"):
+                assert f"{op}/{backend}/{dtype}/cl_c5" in names
+        assert f"{op}/cpp/fp32/optin_relu4_1" in names  # the one run in a process of its own
+    assert f"gpu_smoke: {len(verdicts)} ok, 0 BAD, 0 ERROR" in lines[-1]
+
+
+@pytest.fixture
+def smoke():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_smoke
+    finally:
+        sys.path.remove(str(BENCH))
+    shape = gpu_smoke.Shape("t", (2, 3, 5, 7), style=(2, 3, 4, 4), alpha=0.7)
+    return gpu_smoke, shape
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_smoke_flags_a_wrong_forward_or_backward(smoke, monkeypatch, dtype):
+    gpu_smoke, shape = smoke
+    case = gpu_smoke.SmokeCase("fused", "cpp", dtype, shape)
+    assert gpu_smoke.run_case(case, "cpu")[0] == "ok"
+    right = adain_ext.adain
+
+    def one_element_off(*args, **kwargs):  # a kernel that gets one output element wrong
+        out = right(*args, **kwargs)
+        return out + torch.zeros_like(out).flatten().index_fill(0, torch.tensor([17]), 1.0).view_as(out)
+
+    def gradient_off(*args, **kwargs):  # right forward, gradients twice what they should be
+        out = right(*args, **kwargs)
+        out.register_hook(lambda g: g * 2)
+        return out
+
+    def raises(*args, **kwargs):
+        raise RuntimeError("CUDA error: invalid argument\nmore")
+
+    for planted, verdict in ((one_element_off, "BAD"), (gradient_off, "BAD"), (raises, "ERROR")):
+        monkeypatch.setattr(adain_ext, "adain", planted)
+        got, detail = gpu_smoke.run_case(case, "cpu")
+        assert got == verdict, (planted.__name__, detail)
+    assert detail == "RuntimeError: CUDA error: invalid argument"
+
+
+def test_smoke_error_measure(smoke):
+    gpu_smoke, _ = smoke
+    want = torch.tensor([1.0, -2.0, 100.0], dtype=torch.float64)
+    atol, rtol = gpu_smoke.TOLERANCES[torch.float32]
+    assert gpu_smoke.error_vs_tolerance(want.float(), want, torch.float32) == (0.0, 0.0)
+    err, ratio = gpu_smoke.error_vs_tolerance(want.float() + torch.tensor([0, 0, 1.0]), want,
+                                              torch.float32)
+    assert err == 1.0 and ratio == pytest.approx(1.0 / (atol + rtol * 100))
+    nan = torch.tensor([1.0, float("nan"), 100.0])
+    assert gpu_smoke.error_vs_tolerance(nan, want, torch.float32)[1] == float("inf")
+
+
+# ---- The summary's sections.
+
+
+def test_report_gpu_check_sections(tmp_path):
+    """report.py gpu-check: counts and failed node ids from JUnit XML (written to
+    failed_tests.txt for the --quick rerun), each benchmark ratio beside its target."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    (out / "junit-tests.xml").write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_cuda" name="test_ok[a-b]" time="2.5"/>'
+        '<testcase classname="tests.test_cuda" name="test_bad[odd-float32]" time="0.1">'
+        '<failure message="AssertionError: 3 != 4">trace</failure></testcase>'
+        '<testcase classname="tests.test_cuda" name="test_skip"><skipped message="x"/></testcase>'
+        '<testcase time="0.000"/></testsuite></testsuites>')
+    (work / "triton.log").write_text("FAILED tests/test_triton.py::test_t[x] - Timeout >60.0s\n")
+    (out / "gpu_bench.json").write_text(json.dumps({
+        "meta": {"device_name": "NVIDIA H200", "copy_gbs": 4300.0, "configs": 4, "seconds": 30},
+        "summary": {"forward: speedup vs torch.compile (geomean)": 1.2,
+                    "forward: min % of copy bandwidth, shapes >= 64 MB": 85.0},
+        "records": [{"provider": "adain_ext", "shape": [1, 2, 3, 4], "dtype": "fp32",
+                     "layout": "contiguous", "ms": 0.1, "direction": "forward"}]}))
+    (work / "apps.log").write_text("device: NVIDIA H200\n  fused             10.0 ms\n"
+                                   "  reference         14.0 ms   fused is 1.40x faster\n")
+    (work / "style_transfer.json").write_text(json.dumps({"benchmarks": [
+        {"group": g, "extra_info": {"provider": p}, "stats": {"mean": t}}
+        for g, p, t in (("stylize cuda 8x512", "reference", 0.9),
+                        ("stylize cuda 8x512", "adain_ext-fp32", 0.6),
+                        ("stylize cuda 8x512", "adain_ext-fp16", 0.2),
+                        ("train-step cuda 8x256", "reference", 0.3),
+                        ("train-step cuda 8x256", "adain_ext-bf16", 0.25))]}))
+    result = _run(sys.executable, str(BENCH / "report.py"), "gpu-check", "--work", str(work),
+                  "--out", str(out))
+    text = result.stdout
+    assert "| tests | 1 | 1 | 0 | 1 |" in text
+    assert "| triton | no junit-triton.xml: from the log | 1 failed | | |" in text
+    assert "| forward: speedup vs torch.compile (geomean) | 1.2 | >= 1.5 | **no** |" in text
+    assert "| forward: min % of copy bandwidth, shapes >= 64 MB | 85 | >= 80 | yes |" in text
+    assert "| StyleGAN step: fused speedup over reference | 1.40 | >= 1.3 | yes |" in text
+    assert ("| stylize cuda 8x512: adain_ext-fp16 over reference (adain_ext-fp32 1.50, "
+            "adain_ext-fp16 4.50) | 4.50 | >= 3 | yes |") in text
+    assert "| train-step cuda 8x256: adain_ext-bf16 over reference" in text
+    assert "| 1.20 | >= 1.5 | **no** |" in text
+    assert "1 of 4 configurations measured" in text
+    assert (out / "failed_tests.txt").read_text().split() == [
+        "tests/test_cuda.py::test_bad[odd-float32]", "tests/test_triton.py::test_t[x]"]
 
 
 def test_gpu_bench_runs_every_provider(tmp_path):
@@ -67,6 +338,7 @@ def test_gpu_bench_runs_every_provider(tmp_path):
                     (provider, direction, layout)
     errors = [r["max_err_vs_reference"] for r in records if "max_err_vs_reference" in r]
     assert errors and max(errors) < 1e-3
+    assert report["meta"]["configs_done"] == report["meta"]["configs"] == 6
     summary = report["summary"]
     for direction in ("forward", "backward"):
         assert summary[f"{direction}: speedup vs torch.compile (geomean)"] > 0
