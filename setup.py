@@ -101,7 +101,7 @@ def extensions():
     debug = os.environ.get("ADAIN_EXT_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     vector_flags, vector_why = _cpu_vector_flags()
-    # No -std flag: torch picks the standard its headers need (C++17 up to 2.10, C++20 after).
+    # No -std flag: torch picks the standard its headers need (C++17 with torch 2.11, C++20 with 2.14).
     # OpenMP runs at::parallel_for across threads. Apple's clang has no -fopenmp: there (and
     # wherever else it is not Linux) the kernels are built without it and run on one thread.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []

@@ -66,6 +66,8 @@ enum class Layout { Contiguous, ChannelsLast };
 
 // Contiguous and channels_last are kept (contiguous wins when a tensor is both); any other
 // strides are made contiguous. Returns the tensor to read and its layout.
+// (The CUDA files unpack the pair with std::tie: a lambda capturing structured bindings is C++20,
+// and torch 2.11 compiles extensions as C++17, where nvcc warns (#3357) at every dispatch.)
 inline std::pair<at::Tensor, Layout> canonical_layout(const at::Tensor& x) {
   if (x.is_contiguous()) return {x, Layout::Contiguous};
   if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {x, Layout::ChannelsLast};

@@ -21,7 +21,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   check_affine(x_in, mean, std, unbiased);
   check_eps(eps);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  auto [x, layout] = canonical_layout(x_in);
+  at::Tensor x;
+  Layout layout;
+  std::tie(x, layout) = canonical_layout(x_in);
   const auto format = memory_format_of(layout);
   x = aligned16(x, format);
   const int64_t N = x.size(0), C = x.size(1), R = N * C;
@@ -63,7 +65,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& x_mean,
     const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  auto [x, layout] = canonical_layout(x_in);
+  at::Tensor x;
+  Layout layout;
+  std::tie(x, layout) = canonical_layout(x_in);
   const auto format = memory_format_of(layout);
   x = aligned16(x, format);
   const at::Tensor g = aligned16(grad_out.to(x.scalar_type()).contiguous(format), format);

@@ -25,8 +25,12 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
   check_pair(content_in, style_in, unbiased);
   check_eps(eps);
   const c10::cuda::CUDAGuard guard(content_in.device());
-  auto [content, content_layout] = canonical_layout(content_in);
-  auto [style, style_layout] = canonical_layout(style_in);
+  at::Tensor content;
+  Layout content_layout;
+  std::tie(content, content_layout) = canonical_layout(content_in);
+  at::Tensor style;
+  Layout style_layout;
+  std::tie(style, style_layout) = canonical_layout(style_in);
   const int64_t N = content.size(0), C = content.size(1), R = N * C;
   const int64_t L = content.size(2) * content.size(3);
   const int64_t L_style = style.size(2) * style.size(3);

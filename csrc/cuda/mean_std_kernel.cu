@@ -14,7 +14,9 @@ namespace cuda {
 
 std::tuple<at::Tensor, at::Tensor> row_statistics(const at::Tensor& x_in, double eps,
                                                   bool unbiased) {
-  auto [x, layout] = canonical_layout(x_in);
+  at::Tensor x;
+  Layout layout;
+  std::tie(x, layout) = canonical_layout(x_in);
   x = aligned16(x, memory_format_of(layout));
   const int64_t N = x.size(0), C = x.size(1), R = N * C;
   const auto acc_options = x.options().dtype(acc_dtype(x.scalar_type()));
@@ -57,7 +59,9 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
                                   const at::Tensor& x_in, const at::Tensor& mean,
                                   const at::Tensor& std, bool unbiased) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  auto [x, layout] = canonical_layout(x_in);
+  at::Tensor x;
+  Layout layout;
+  std::tie(x, layout) = canonical_layout(x_in);
   const auto format = memory_format_of(layout);
   x = aligned16(x, format);
   at::Tensor grad_x = at::empty_like(x, format);
