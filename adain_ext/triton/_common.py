@@ -1,5 +1,6 @@
-"""What every Triton op shares: launch plans (block sizes, split and pack thresholds), layout and
-dtype rules (the same as the C++ kernels', csrc/checks.h), scalar passing, and op registration.
+"""What every Triton op shares: launch plans (block sizes, split and pack thresholds), the one
+launch path (grid limits, device guard), layout and dtype rules (the same as the C++ kernels',
+csrc/checks.h), scalar passing, and op registration.
 """
 import contextlib
 import dataclasses
@@ -10,6 +11,7 @@ import struct
 
 import torch
 import triton
+from torch.library import wrap_triton
 
 # Under TRITON_INTERPRET=1 @triton.jit returns an InterpretedFunction that runs on CPU tensors.
 # wrap_triton passes it through untraced, and it cannot run on fake tensors, so in that mode the
@@ -106,6 +108,11 @@ class Plan:
     def l_blocks(self) -> int:
         return triton.cdiv(self.length, self.block_l)
 
+    def grid(self, pieces: int = 1) -> tuple[int]:
+        """`pieces` programs (splits or L tiles) per block of rows, flattened onto grid axis 0
+        (decoded in the kernels by welford.row_block_and_piece)."""
+        return (self.row_blocks * pieces,)
+
     @property
     def rows_bucket(self) -> int:
         return min(int(math.log2(max(self.rows, 1))), 24)
@@ -142,6 +149,45 @@ def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> P
     chunk = triton.cdiv(triton.cdiv(length, splits), block_l) * block_l
     splits = triton.cdiv(length, chunk)
     return Plan(rows, length, block_r, block_l, False, splits, chunk, _num_warps(block_r * block_l))
+
+
+# CUDA's grid limits (maxGridSize, the same on every GPU since compute capability 3.0). The
+# interpreter has none, so launch() checks them itself: a plan that would fail on a GPU fails
+# every CPU test run too.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(kernel, grid: tuple) -> None:
+    for axis, (programs, most) in enumerate(zip(grid, MAX_GRID)):
+        if programs > most:
+            name = getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+            raise RuntimeError(
+                f"adain_ext.triton: {name} would launch a grid of {tuple(grid)} programs; CUDA "
+                f"allows at most {most} on grid axis {axis} (limits {MAX_GRID}). This is a launch "
+                "plan bug in adain_ext/triton, please report it with the input shape.")
+
+
+def on_device(device: torch.device):
+    """The device a kernel must launch on: Triton launches on the current CUDA device (and its
+    current stream), so a cuda:1 tensor needs cuda:1 made current, as the C++ ops' device guard
+    does. A no-op for CPU tensors (the interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def launch(kernel, grid: tuple, *args, **kwargs) -> None:
+    """Every Triton launch of the package: the grid checked against CUDA's limits, on the device
+    of the first tensor argument."""
+    check_grid(kernel, grid)
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with on_device(device):
+        _run(kernel, grid, args, kwargs)
+
+
+def _run(kernel, grid, args, kwargs) -> None:
+    # wrap_triton lets torch.compile trace into a triton_op's kernels. The interpreter's ops are
+    # opaque custom ops (see INTERPRET), so they launch directly: nothing traces them, and some
+    # torch versions (2.11) reject the interpreter's function object in wrap_triton.
+    (kernel if INTERPRET else wrap_triton(kernel))[grid](*args, **kwargs)
 
 
 def launch_options(p: Plan) -> dict:

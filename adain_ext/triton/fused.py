@@ -9,7 +9,6 @@ The backward reuses the affine and mean_std backward kernels.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from adain_ext import _autograd
 from adain_ext._validation import check_eps, check_pair
@@ -63,9 +62,9 @@ def fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
     # The style streams through tiles no larger than the content tile or the packing tile.
     block_l_style = min(triton.next_power_of_2(L_style),
                         max(p.block_l, _common.limits_now().pack_tile // p.block_r))
-    wrap_triton(_fused_row_kernel)[(p.row_blocks,)](
-        content, style, out, *stats, R, C, L, L_style, alpha_hi, alpha_lo, eps_hi, eps_lo,
-        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+    _common.launch(
+        _fused_row_kernel, p.grid(), content, style, out, *stats, R, C, L, L_style, alpha_hi,
+        alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
         STYLE_CHANNELS_LAST=style_channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
         BLOCK_L_STYLE=block_l_style, **_common.launch_options(p))
     return (out, *stats)

@@ -32,6 +32,15 @@ def tile_stats(x, mask):
 
 
 @triton.jit
+def row_block_and_piece(pieces):
+    """This program's block of rows and its piece of them (a split or an L tile). Grids are 1-D,
+    program = row_block * pieces + piece (_common.Plan.grid): CUDA allows 2**31 - 1 programs on
+    grid axis 0 but only 65535 on axes 1 and 2, fewer than the tiles of a 2**25-element row."""
+    program = tl.program_id(0)
+    return program // pieces, program % pieces
+
+
+@triton.jit
 def row_base(rows, C, L, CHANNELS_LAST: tl.constexpr):
     """Offset of element 0 of each row r = n*C + c. 64-bit: N*C*H*W may exceed 2**31."""
     rows64 = rows.to(tl.int64)
