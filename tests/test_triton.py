@@ -386,6 +386,82 @@ def test_large_mean_statistics_are_accurate(path):
     assert (std.cpu().double() - ref_std).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_float64_divisors_of_rows_longer_than_2_to_the_24(unbiased):
+    """L and L - 1 must be formed in the statistics dtype: as fp32 (what `L - 1.0` gives in a
+    kernel) 2**24 + 3 rounds to 2**24 + 4. Each kernel that divides by them runs one program on
+    tiny buffers standing in for such a row (partial sums given, one tile of x), in float64."""
+    from adain_ext.triton import _common
+    from adain_ext.triton.affine import _affine_backward_apply_kernel
+    from adain_ext.triton.mean_std import _mean_std_backward_kernel, _merge_stats_kernel
+
+    L = 2**24 + 3
+    D = L - 1 if unbiased else L
+    f64 = {"dtype": torch.float64, "device": DEVICE}
+
+    def vec(*values):
+        return torch.tensor(values, **f64)
+
+    flags = {"UNBIASED": unbiased, "CHANNELS_LAST": False, "BLOCK_R": 1, "BLOCK_L": 4}
+    x, g = vec(0.25, -1.5, 2.0, 3.0), vec(1.0, -2.0, 0.5, 0.75)
+    mean, std, m2 = vec(0.125), vec(1.75), vec(3.0e7)
+
+    got = torch.empty(1, **f64)
+    _common.launch(_merge_stats_kernel, (1,), vec(0.5), m2, torch.empty(1, **f64), got, 1, L, L,
+                   1, 0.0, 0.0, 0, **flags)
+    torch.testing.assert_close(got, (m2 / D).sqrt(), rtol=1e-15, atol=0)
+
+    gm, gs = vec(3.0), vec(-2.0)
+    got = torch.empty(4, **f64)
+    _common.launch(_mean_std_backward_kernel, (1,), gm, gs, x, mean, std, got, 1, 1, L, 0,
+                   **flags)
+    torch.testing.assert_close(got, gs * (x - mean) / (D * std) + gm / L, rtol=1e-15, atol=0)
+
+    alpha, std_t, sum_g, sum_gxc = 0.5, vec(0.75), vec(5.0), vec(-7.0)
+    got, grads = torch.empty(4, **f64), torch.empty(2, **f64)
+    _common.launch(_affine_backward_apply_kernel, (1,), g, x, mean, std, std_t, sum_g, sum_gxc,
+                   got, grads[:1], grads[1:], 1, 1, L, 1, alpha, 0.0, 0, **flags)
+    k = (alpha * std_t + (1 - alpha) * std) / std
+    coef = (1 - alpha) - k
+    want = k * g + coef * (sum_gxc / std / D * (x - mean) / std + sum_g / L)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_alpha_one_takes_the_target_statistics_as_they_are(layout, dtype):
+    """At alpha == 1 the target statistics are used as they are (the rule of every backend; the
+    reference does no blend at all), never blended as 1 * target + 0 * own: an Inf or NaN own
+    statistic would turn that into NaN. Rows with an Inf, a NaN, and a variance that overflows
+    (std = Inf, finite mean: the reference gives the target mean there) match the reference,
+    NaN for NaN, and leave the other rows alone; gradients match the C++ kernels."""
+    case = Case("alpha_one", (2, 4, 6, 5), style=(2, 4, 3, 7), layout=layout)
+    content, style = _inputs(case, dtype)
+    mean, std = _stats(case, dtype)
+    huge = 1e30 if dtype == torch.float32 else 1e200  # its square overflows
+    content[0, 1, 2, 3] = float("inf")
+    content[0, 2, 4, 1] = float("nan")
+    content[1, 3] = huge * torch.tensor([1.0, -1.0], dtype=dtype).repeat(15).reshape(6, 5)
+    content.requires_grad_()
+    ref = {"adain": reference.adain(content.detach(), style),
+           "adain_affine": reference.adain_affine(content.detach(), mean, std)}
+    assert ref["adain"][1, 3].isfinite().all()  # the overflowing row is the one that tells
+    got = {"adain": T.adain(content, style), "adain_affine": T.adain_affine(content, mean, std)}
+    for name, out in got.items():
+        assert torch.equal(out.isnan(), ref[name].isnan()), name
+        finite = ref[name].isfinite()
+        assert_close(out[finite], ref[name][finite], dtype)
+    if _cpp_available():
+        grad_out = _grad_out(content.shape, dtype, 10)
+        for name, out in got.items():
+            (want,) = torch.autograd.grad(getattr(adain_ext, name)(
+                content, *((style,) if name == "adain" else (mean, std)), backend="cpp"),
+                content, grad_out)
+            (grad,) = torch.autograd.grad(out, content, grad_out)
+            assert torch.equal(grad.isnan(), want.isnan()), name
+            assert_close(grad[want.isfinite()], want[want.isfinite()], dtype)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_nan_and_inf_stay_in_their_row(layout):
     case = Case("nan", (2, 4, 6, 5), layout=layout)

@@ -9,8 +9,9 @@ with the specialisation triton's launcher gives a typical shape (16-byte aligned
 divisible by 16), where the streaming kernels must use 16-byte global loads and the kernels that
 write the output 16-byte stores (the bandwidth of the GPU backend depends on it, and a changed
 mask or index expression can silently lose it) and no kernel may spill (cuobjdump's resource
-report of the cubin); contiguous kernels are also compiled at the largest tile the plans use. It must run without TRITON_INTERPRET, hence its
-own process (tests/test_triton.py runs it in a subprocess). Prints one line per compilation;
+report of the cubin); contiguous kernels are also compiled at the largest tile the plans use.
+No float64 kernel may convert an integer to fp32 (a row length would lose bits). It must run
+without TRITON_INTERPRET, hence its own process (tests/test_triton.py runs it in a subprocess). Prints one line per compilation;
 exit 1 if any failed.
 """
 import importlib
@@ -93,6 +94,9 @@ WRITES_TILES = {"mean_std_backward", "affine_row", "affine_apply", "affine_backw
                 "affine_backward_apply", "fused_row"}
 
 
+INT_TO_FP32 = re.compile(r"cvt\.[a-z]+\.f32\.[su](?:8|16|32|64)\b")
+
+
 def aligned_attrs(signature: dict) -> dict:
     """The specialisation triton's launcher gives a typical shape: every pointer 16-byte aligned
     (PyTorch allocations are) and every size a multiple of 16 (C = 64..512, H*W = 16..1M)."""
@@ -150,6 +154,11 @@ def main(sm: int = 90) -> int:
             compiled = triton.compile(source, target=target, options={"num_warps": num_warps})
             assert "cubin" in compiled.asm
             loads, stores = vector_widths(compiled.asm["ptx"])
+            if dtype == "fp64":
+                # fp64 statistics need L and L - 1 exact: through fp32 (`L - 1.0` in a kernel) a
+                # row longer than 2**24 gets a rounded divisor.
+                assert not INT_TO_FP32.search(compiled.asm["ptx"]), \
+                    "an integer converted to fp32 in a float64 kernel"
             resources = cubin_resources(compiled.asm["cubin"])
             if aligned and dtype != "fp64":
                 # Bandwidth needs 16-byte accesses wherever the shape allows them, and no spills.

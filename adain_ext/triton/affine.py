@@ -3,7 +3,8 @@ launchers, op registration and autograd.
 
 out = T_s * (x - mean_x) / std_x + T_m, with T_m = alpha*mean_t + (1-alpha)*mean_x and
 T_s = alpha*std_t + (1-alpha)*std_x: alpha folded into the target statistics is exact, since
-x = std_x * x_hat + mean_x. The public adain_affine uses alpha = 1; the fused op passes its alpha.
+x = std_x * x_hat + mean_x. At alpha = 1 they are mean_t and std_t themselves (blend). The public
+adain_affine uses alpha = 1; the fused op passes its alpha.
 """
 import torch
 import triton
@@ -18,17 +19,26 @@ from adain_ext.triton.welford import (
     merge_partials,
     row_base,
     row_block_and_piece,
+    row_length,
     scalar,
     std_of,
     tile_pointers,
     tile_stats,
+    variance_divisor,
 )
+
+
+@triton.jit
+def blend(alpha, target, own):
+    """alpha * target + (1 - alpha) * own, and target itself at alpha == 1 (the rule of every
+    backend): an Inf or NaN statistic of x's own must not reach the result through 0 * Inf."""
+    return tl.where(alpha == 1.0, target, alpha * target + (1.0 - alpha) * own)
 
 
 @triton.jit
 def target_stats(mean_t, std_t, mean_x, std_x, alpha):
     """T_m and T_s: the per-row target statistics blended with x's own by alpha."""
-    return alpha * mean_t + (1.0 - alpha) * mean_x, alpha * std_t + (1.0 - alpha) * std_x
+    return blend(alpha, mean_t, mean_x), blend(alpha, std_t, std_x)
 
 
 @triton.jit
@@ -105,15 +115,11 @@ def grad_x_tile(g, x, mean_x, std_x, std_t, sum_g, sum_gx, alpha, L, UNBIASED: t
     """grad_x = k*g + ((1-alpha) - k) * (sum_gx/D * x_hat + sum_g/L), k = T_s/std_x, where
     sum_gx = sum(g * x_hat) and x_hat = (x - mean_x)/std_x. The (1-alpha) terms are the
     gradient through x's own statistics inside T_m and T_s."""
-    if UNBIASED:
-        divisor = L - 1.0
-    else:
-        divisor = L * 1.0
     rstd = 1.0 / std_x
-    k = (alpha * std_t + (1.0 - alpha) * std_x) * rstd
+    k = blend(alpha, std_t, std_x) * rstd
     coef = (1.0 - alpha) - k
-    slope = coef * sum_gx / divisor * rstd
-    shift = coef * sum_g / L
+    slope = coef * sum_gx / variance_divisor(L, std_x, UNBIASED) * rstd
+    shift = coef * sum_g / row_length(L, std_x)
     return k[:, None] * g + slope[:, None] * (x - mean_x[:, None]) + shift[:, None]
 
 

@@ -13,10 +13,12 @@ from adain_ext.triton.welford import (
     merge_partials,
     row_base,
     row_block_and_piece,
+    row_length,
     row_stats_loop,
     scalar,
     std_of,
     tile_pointers,
+    variance_divisor,
 )
 
 
@@ -71,12 +73,9 @@ def _mean_std_backward_kernel(GM, GS, X, MEAN, STD, GX, R, C, L, ROWS_BUCKET,
     acc = MEAN.dtype.element_ty
     mean = tl.load(MEAN + rows, mask=rows_mask, other=0.0)
     std = tl.load(STD + rows, mask=rows_mask, other=1.0)
-    if UNBIASED:
-        divisor = L - 1.0
-    else:
-        divisor = L * 1.0
-    slope = tl.load(GS + rows, mask=rows_mask, other=0.0) / (divisor * std)
-    shift = tl.load(GM + rows, mask=rows_mask, other=0.0) / (L * 1.0)
+    slope = tl.load(GS + rows, mask=rows_mask, other=0.0) / (
+        variance_divisor(L, std, UNBIASED) * std)
+    shift = tl.load(GM + rows, mask=rows_mask, other=0.0) / row_length(L, std)
     base = row_base(rows, C, L, CHANNELS_LAST)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0).to(acc)

@@ -96,13 +96,26 @@ def merge_partials(PMEAN, PM2, rows, rows_mask, R, L, chunk, splits, acc_zero):
 
 
 @triton.jit
-def std_of(m2, L, eps, UNBIASED: tl.constexpr):
-    """std = sqrt(m2 / D + eps), D = L - 1 (unbiased, the seed's calc_mean_std) or L."""
+def row_length(L, like):
+    """L in the statistics dtype (that of `like`, a per-row vector). Written `L * 1.0` it would be
+    fp32 (a Python float literal is fp32 in Triton): fp64 rows longer than 2**24 would get a
+    rounded length."""
+    return tl.zeros_like(like) + L
+
+
+@triton.jit
+def variance_divisor(L, like, UNBIASED: tl.constexpr):
+    """D = L - 1 (unbiased, the seed's calc_mean_std) or L, in the statistics dtype."""
+    divisor = row_length(L, like)
     if UNBIASED:
-        divisor = L - 1.0
-    else:
-        divisor = L * 1.0
-    return tl.sqrt(m2 / divisor + eps)
+        divisor = divisor - 1.0
+    return divisor
+
+
+@triton.jit
+def std_of(m2, L, eps, UNBIASED: tl.constexpr):
+    """std = sqrt(m2 / D + eps)."""
+    return tl.sqrt(m2 / variance_divisor(L, m2, UNBIASED) + eps)
 
 
 @triton.jit
