@@ -289,9 +289,12 @@ def test_torch_compile_inductor_traces_into_the_kernels():
 def test_new_resolution_in_the_same_bucket_does_not_recompile():
     """H*W is a runtime argument: a new resolution compiles nothing when its row length is in a
     known power-of-two bucket (and has the same divisibility by 16, which triton specialises on)."""
+    from triton.runtime.jit import JITFunction
+
     from adain_ext.triton.affine import _affine_row_kernel
 
-    jit = getattr(_affine_row_kernel, "fn", _affine_row_kernel)  # the JITFunction under autotune
+    jit = _affine_row_kernel  # the JITFunction, under autotune or not
+    jit = jit if isinstance(jit, JITFunction) else jit.fn
 
     def compiled_variants():
         return sum(len(caches[0]) for caches in jit.device_caches.values())
@@ -338,8 +341,8 @@ def test_kernels_compile_for_a_gpu_without_one():
     if "ptxas" in result.stdout + result.stderr and "No such file" in result.stdout:
         pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    # 72 variants x (odd, typical shape) + 36 contiguous ones at the largest tile
-    assert result.stdout.count("ok   sm_90") == 180
+    # 72 variants x (odd shape, typical shape, largest tile)
+    assert result.stdout.count("ok   sm_90") == 216
 
 
 # ---- CUDA-only dtypes and tuning.
@@ -361,17 +364,48 @@ def test_bfloat16_on_cuda():
         assert_grads_close(got, want, torch.bfloat16, case)
 
 
-@pytest.mark.skipif(not (CUDA and T._common.AUTOTUNE),
-                    reason="multi-config autotune benchmarks configs on a GPU driver: CUDA only "
-                    "(the interpreter runs each kernel with the single num_warps of its plan)")
-def test_autotune_on_cuda():
-    from adain_ext.triton.affine import _affine_row_kernel
+# Run in its own process with autotuning on, whatever the suite runs with (GPU test runs set
+# ADAIN_EXT_TRITON_AUTOTUNE=0: tuning every key the suite reaches takes minutes).
+_AUTOTUNE_CHECK = """
+import torch
+from adain_ext import reference
+from adain_ext.triton import _common, adain
+from adain_ext.triton.fused import _fused_row_kernel
 
-    assert len(_affine_row_kernel.configs) > 1
-    for shape in ((4, 64, 32, 32), (1, 8, 256, 256), (8, 512, 8, 8)):
-        content, style = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
-        assert_close(T.adain(content, style), reference.adain(content.double(), style.double()),
-                     torch.float32)
+assert _common.AUTOTUNE and len(_fused_row_kernel.configs) == len(_common.AUTOTUNE_WARPS)
+for shape, layout, tile in (((4, 64, 32, 32), torch.contiguous_format, 1024),
+                            ((1, 2, 128, 128), torch.contiguous_format, 16384),
+                            ((1, 16, 32, 64), torch.channels_last, 8 * 2048)):
+    content, style = (torch.randn(shape, device="cuda").contiguous(memory_format=layout)
+                      for _ in range(2))
+    content.requires_grad_()
+    out = adain(content, style)
+    tuned = sorted(c.num_warps for c in _fused_row_kernel.configs_timings)
+    fits = [w for w in _common.AUTOTUNE_WARPS if w >= _common.min_warps(tile)]
+    assert tuned == fits, (shape, tuned, fits)
+    out.backward(torch.ones_like(out))
+    want = reference.adain(content.detach().double(), style.double())
+    torch.testing.assert_close(out.double(), want, atol=2e-4, rtol=2e-4)
+    print("ok", shape, "benchmarked num_warps", tuned, "chose", _fused_row_kernel.best_config)
+"""
+
+
+@pytest.mark.skipif(not CUDA, reason="autotuning benchmarks configs on a GPU: CUDA only (the "
+                    "interpreter runs each kernel with the single num_warps of its plan)")
+def test_autotune_on_cuda():
+    """Real autotuning: the configs that would spill a tile are never benchmarked, the tuned
+    kernels give the reference's results, forward and backward."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env[T._common.AUTOTUNE_ENV] = "1"
+    result = subprocess.run([sys.executable, "-c", _AUTOTUNE_CHECK], capture_output=True,
+                            text=True, env=env, timeout=300, check=False,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("ok ") == 3, result.stdout
 
 
 # ---- Numerics and edge cases.

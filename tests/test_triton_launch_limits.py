@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 T = pytest.importorskip("adain_ext.triton")
 # The modules, not the functions adain_ext.triton exports under the same names.
 _common, mean_std, affine, fused = (importlib.import_module("adain_ext.triton." + name)
@@ -68,6 +68,9 @@ def recorded_launches(monkeypatch):
     def record(kernel, grid, args, kwargs):
         name = getattr(kernel, "fn", kernel).__name__
         launches.append((name, tuple(grid), _CurrentDevice.index))
+        if "num_warps" in kwargs:  # one config (no autotuning): it must hold the widest tile
+            tile = _common.largest_tile(kwargs)
+            assert kwargs["num_warps"] >= _common.min_warps(tile), (name, kwargs)
 
     monkeypatch.setattr(_common, "_run", record)
     # launch() would stop at the first bad grid; the sweep lists them all against its own limits.
@@ -124,6 +127,19 @@ def test_launch_rejects_a_grid_cuda_would_reject():
             _common.launch(mean_std._row_stats_kernel, grid, x, stats, stats, 1, 1, 4, 4, 0.0,
                            0.0, 0, FINALIZE=True, UNBIASED=True, CHANNELS_LAST=False, BLOCK_R=1,
                            BLOCK_L=4)
+
+
+def test_autotune_keeps_only_configs_that_hold_the_tile():
+    configs = [triton.Config({}, num_warps=w) for w in (2, 4, 8, 16)]
+
+    def kept(**constexprs):
+        return [c.num_warps for c in _common.configs_that_fit(configs, {}, **constexprs)]
+
+    assert kept(BLOCK_R=1, BLOCK_L=16384) == [8, 16]  # spill with 2-4 warps on sm_90
+    assert kept(BLOCK_R=8, BLOCK_L=2048) == [8, 16]
+    assert kept(BLOCK_R=1, BLOCK_L=64, BLOCK_L_STYLE=16384) == [8, 16]  # the fused style tile
+    assert kept(BLOCK_R=4, BLOCK_L=1024) == [2, 4, 8, 16]
+    assert kept(BLOCK_R=1, BLOCK_L=65536) == [16]  # none fits: the most warps
 
 
 def test_cpu_tensors_need_no_device_guard():
