@@ -408,6 +408,23 @@ def test_autotune_on_cuda():
     assert result.stdout.count("ok ") == 3, result.stdout
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="needs two GPUs (a tensor on cuda:1 while cuda:0 is current); "
+                    "test_triton_launch_limits.py checks without one that every launch makes "
+                    "its tensors' device current")
+def test_tensors_on_a_gpu_other_than_the_current_one():
+    with torch.cuda.device(0):
+        content = torch.randn(2, 3, 9, 11, device="cuda:1", requires_grad=True)
+        style = torch.randn(2, 3, 7, 5, device="cuda:1")
+        out = T.adain(content, style, 0.7)
+        (grad,) = torch.autograd.grad(out, content, torch.ones_like(out))
+    c64, s64 = double_leaves(content, style)
+    ref = reference.adain(c64, s64, 0.7)
+    assert_close(out, ref, torch.float32)
+    want = torch.autograd.grad(ref, c64, torch.ones_like(ref))
+    assert_grads_close((grad,), want, torch.float32)
+
+
 # ---- Numerics and edge cases.
 
 
