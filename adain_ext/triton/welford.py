@@ -1,4 +1,5 @@
-"""The one Welford/Chan merge of the Triton kernels, and the statistics helpers built on it.
+"""The one Welford/Chan merge of the Triton kernels, the statistics helpers built on it, and the
+row addressing every kernel shares (which rows and piece a program takes, where a row starts).
 
 Every statistic is computed from centred pieces: a tile's mean from its sum, its m2 from the
 squared deviations to that mean (x is still in registers, so this costs no extra read), and the
