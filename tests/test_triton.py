@@ -289,9 +289,12 @@ def test_torch_compile_inductor_traces_into_the_kernels():
 def test_new_resolution_in_the_same_bucket_does_not_recompile():
     """H*W is a runtime argument: a new resolution compiles nothing when its row length is in a
     known power-of-two bucket (and has the same divisibility by 16, which triton specialises on)."""
+    from triton.runtime.jit import JITFunction
+
     from adain_ext.triton.affine import _affine_row_kernel
 
-    jit = getattr(_affine_row_kernel, "fn", _affine_row_kernel)  # the JITFunction under autotune
+    jit = _affine_row_kernel  # the JITFunction, under autotune or not
+    jit = jit if isinstance(jit, JITFunction) else jit.fn
 
     def compiled_variants():
         return sum(len(caches[0]) for caches in jit.device_caches.values())
@@ -338,8 +341,8 @@ def test_kernels_compile_for_a_gpu_without_one():
     if "ptxas" in result.stdout + result.stderr and "No such file" in result.stdout:
         pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    # 72 variants x (odd, typical shape) + 36 contiguous ones at the largest tile
-    assert result.stdout.count("ok   sm_90") == 180
+    # 72 variants x (odd shape, typical shape, largest tile)
+    assert result.stdout.count("ok   sm_90") == 216
 
 
 # ---- CUDA-only dtypes and tuning.
@@ -361,17 +364,65 @@ def test_bfloat16_on_cuda():
         assert_grads_close(got, want, torch.bfloat16, case)
 
 
-@pytest.mark.skipif(not (CUDA and T._common.AUTOTUNE),
-                    reason="multi-config autotune benchmarks configs on a GPU driver: CUDA only "
-                    "(the interpreter runs each kernel with the single num_warps of its plan)")
-def test_autotune_on_cuda():
-    from adain_ext.triton.affine import _affine_row_kernel
+# Run in its own process with autotuning on, whatever the suite runs with (GPU test runs set
+# ADAIN_EXT_TRITON_AUTOTUNE=0: tuning every key the suite reaches takes minutes).
+_AUTOTUNE_CHECK = """
+import torch
+from adain_ext import reference
+from adain_ext.triton import _common, adain
+from adain_ext.triton.fused import _fused_row_kernel
 
-    assert len(_affine_row_kernel.configs) > 1
-    for shape in ((4, 64, 32, 32), (1, 8, 256, 256), (8, 512, 8, 8)):
-        content, style = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
-        assert_close(T.adain(content, style), reference.adain(content.double(), style.double()),
-                     torch.float32)
+assert _common.AUTOTUNE and len(_fused_row_kernel.configs) == len(_common.AUTOTUNE_WARPS)
+for shape, layout, tile in (((4, 64, 32, 32), torch.contiguous_format, 1024),
+                            ((1, 2, 128, 128), torch.contiguous_format, 16384),
+                            ((1, 16, 32, 64), torch.channels_last, 8 * 2048)):
+    content, style = (torch.randn(shape, device="cuda").contiguous(memory_format=layout)
+                      for _ in range(2))
+    content.requires_grad_()
+    out = adain(content, style)
+    tuned = sorted(c.num_warps for c in _fused_row_kernel.configs_timings)
+    fits = [w for w in _common.AUTOTUNE_WARPS if w >= _common.min_warps(tile)]
+    assert tuned == fits, (shape, tuned, fits)
+    out.backward(torch.ones_like(out))
+    want = reference.adain(content.detach().double(), style.double())
+    torch.testing.assert_close(out.double(), want, atol=2e-4, rtol=2e-4)
+    print("ok", shape, "benchmarked num_warps", tuned, "chose", _fused_row_kernel.best_config)
+"""
+
+
+@pytest.mark.skipif(not CUDA, reason="autotuning benchmarks configs on a GPU: CUDA only (the "
+                    "interpreter runs each kernel with the single num_warps of its plan)")
+def test_autotune_on_cuda():
+    """Real autotuning: the configs that would spill a tile are never benchmarked, the tuned
+    kernels give the reference's results, forward and backward."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env[T._common.AUTOTUNE_ENV] = "1"
+    result = subprocess.run([sys.executable, "-c", _AUTOTUNE_CHECK], capture_output=True,
+                            text=True, env=env, timeout=300, check=False,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("ok ") == 3, result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="needs two GPUs (a tensor on cuda:1 while cuda:0 is current); "
+                    "test_triton_launch_limits.py checks without one that every launch makes "
+                    "its tensors' device current")
+def test_tensors_on_a_gpu_other_than_the_current_one():
+    with torch.cuda.device(0):
+        content = torch.randn(2, 3, 9, 11, device="cuda:1", requires_grad=True)
+        style = torch.randn(2, 3, 7, 5, device="cuda:1")
+        out = T.adain(content, style, 0.7)
+        (grad,) = torch.autograd.grad(out, content, torch.ones_like(out))
+    c64, s64 = double_leaves(content, style)
+    ref = reference.adain(c64, s64, 0.7)
+    assert_close(out, ref, torch.float32)
+    want = torch.autograd.grad(ref, c64, torch.ones_like(ref))
+    assert_grads_close((grad,), want, torch.float32)
 
 
 # ---- Numerics and edge cases.
@@ -384,6 +435,82 @@ def test_large_mean_statistics_are_accurate(path):
         _, std = T.mean_std(x.to(DEVICE))
     _, ref_std = reference.mean_std(x.double())
     assert (std.cpu().double() - ref_std).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_float64_divisors_of_rows_longer_than_2_to_the_24(unbiased):
+    """L and L - 1 must be formed in the statistics dtype: as fp32 (what `L - 1.0` gives in a
+    kernel) 2**24 + 3 rounds to 2**24 + 4. Each kernel that divides by them runs one program on
+    tiny buffers standing in for such a row (partial sums given, one tile of x), in float64."""
+    from adain_ext.triton import _common
+    from adain_ext.triton.affine import _affine_backward_apply_kernel
+    from adain_ext.triton.mean_std import _mean_std_backward_kernel, _merge_stats_kernel
+
+    L = 2**24 + 3
+    D = L - 1 if unbiased else L
+    f64 = {"dtype": torch.float64, "device": DEVICE}
+
+    def vec(*values):
+        return torch.tensor(values, **f64)
+
+    flags = {"UNBIASED": unbiased, "CHANNELS_LAST": False, "BLOCK_R": 1, "BLOCK_L": 4}
+    x, g = vec(0.25, -1.5, 2.0, 3.0), vec(1.0, -2.0, 0.5, 0.75)
+    mean, std, m2 = vec(0.125), vec(1.75), vec(3.0e7)
+
+    got = torch.empty(1, **f64)
+    _common.launch(_merge_stats_kernel, (1,), vec(0.5), m2, torch.empty(1, **f64), got, 1, L, L,
+                   1, 0.0, 0.0, 0, **flags)
+    torch.testing.assert_close(got, (m2 / D).sqrt(), rtol=1e-15, atol=0)
+
+    gm, gs = vec(3.0), vec(-2.0)
+    got = torch.empty(4, **f64)
+    _common.launch(_mean_std_backward_kernel, (1,), gm, gs, x, mean, std, got, 1, 1, L, 0,
+                   **flags)
+    torch.testing.assert_close(got, gs * (x - mean) / (D * std) + gm / L, rtol=1e-15, atol=0)
+
+    alpha, std_t, sum_g, sum_gxc = 0.5, vec(0.75), vec(5.0), vec(-7.0)
+    got, grads = torch.empty(4, **f64), torch.empty(2, **f64)
+    _common.launch(_affine_backward_apply_kernel, (1,), g, x, mean, std, std_t, sum_g, sum_gxc,
+                   got, grads[:1], grads[1:], 1, 1, L, 1, alpha, 0.0, 0, **flags)
+    k = (alpha * std_t + (1 - alpha) * std) / std
+    coef = (1 - alpha) - k
+    want = k * g + coef * (sum_gxc / std / D * (x - mean) / std + sum_g / L)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_alpha_one_takes_the_target_statistics_as_they_are(layout, dtype):
+    """At alpha == 1 the target statistics are used as they are (the rule of every backend; the
+    reference does no blend at all), never blended as 1 * target + 0 * own: an Inf or NaN own
+    statistic would turn that into NaN. Rows with an Inf, a NaN, and a variance that overflows
+    (std = Inf, finite mean: the reference gives the target mean there) match the reference,
+    NaN for NaN, and leave the other rows alone; gradients match the C++ kernels."""
+    case = Case("alpha_one", (2, 4, 6, 5), style=(2, 4, 3, 7), layout=layout)
+    content, style = _inputs(case, dtype)
+    mean, std = _stats(case, dtype)
+    huge = 1e30 if dtype == torch.float32 else 1e200  # its square overflows
+    content[0, 1, 2, 3] = float("inf")
+    content[0, 2, 4, 1] = float("nan")
+    content[1, 3] = huge * torch.tensor([1.0, -1.0], dtype=dtype).repeat(15).reshape(6, 5)
+    content.requires_grad_()
+    ref = {"adain": reference.adain(content.detach(), style),
+           "adain_affine": reference.adain_affine(content.detach(), mean, std)}
+    assert ref["adain"][1, 3].isfinite().all()  # the overflowing row is the one that tells
+    got = {"adain": T.adain(content, style), "adain_affine": T.adain_affine(content, mean, std)}
+    for name, out in got.items():
+        assert torch.equal(out.isnan(), ref[name].isnan()), name
+        finite = ref[name].isfinite()
+        assert_close(out[finite], ref[name][finite], dtype)
+    if _cpp_available():
+        grad_out = _grad_out(content.shape, dtype, 10)
+        for name, out in got.items():
+            (want,) = torch.autograd.grad(getattr(adain_ext, name)(
+                content, *((style,) if name == "adain" else (mean, std)), backend="cpp"),
+                content, grad_out)
+            (grad,) = torch.autograd.grad(out, content, grad_out)
+            assert torch.equal(grad.isnan(), want.isnan()), name
+            assert_close(grad[want.isfinite()], want[want.isfinite()], dtype)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -4,12 +4,16 @@
 
 The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) never lowers them, so a kernel can
 pass every interpreted test and still fail to compile; this script catches that part on any
-machine (triton ships ptxas). Each variant is compiled twice: unspecialised (an odd shape) and
+machine (triton ships ptxas). Each variant is compiled unspecialised (an odd shape), and
 with the specialisation triton's launcher gives a typical shape (16-byte aligned pointers, sizes
 divisible by 16), where the streaming kernels must use 16-byte global loads and the kernels that
 write the output 16-byte stores (the bandwidth of the GPU backend depends on it, and a changed
 mask or index expression can silently lose it) and no kernel may spill (cuobjdump's resource
-report of the cubin); contiguous kernels are also compiled at the largest tile the plans use. It must run without TRITON_INTERPRET, hence its
+report of the cubin). Every variant is also compiled at the largest tile the plans use with the
+fewest warps autotuning may pick for it (_common.min_warps), where no fp32/fp16/bf16 kernel may
+spill more than a few registers (float64 kernels spill there with any number of warps: 16384
+doubles and their temporaries outgrow the register file). No float64 kernel may convert an
+integer to fp32 (a row length would lose bits). It must run without TRITON_INTERPRET, hence its
 own process (tests/test_triton.py runs it in a subprocess). Prints one line per compilation;
 exit 1 if any failed.
 """
@@ -29,8 +33,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-mean_std, affine, fused = (importlib.import_module("adain_ext.triton." + name)
-                           for name in ("mean_std", "affine", "fused"))
+_common, mean_std, affine, fused = (importlib.import_module("adain_ext.triton." + name)
+                                    for name in ("_common", "mean_std", "affine", "fused"))
 
 # Argument kinds: "x" a tensor of the input dtype, "acc" of the accumulation dtype, "i32"/"fp32" a
 # runtime scalar; constexprs are given per variant.
@@ -60,7 +64,7 @@ KERNELS = {
                               "GST:acc R C L splits alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
     "fused_row": (fused._fused_row_kernel,
                   ("CONTENT:x STYLE:x OUT:x CMEAN:acc CSTD:acc SMEAN:acc SSTD:acc R C L L_STYLE "
-                  "alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET"),
+                  "alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET STYLE_BUCKET"),
                   {"STYLE_CHANNELS_LAST": "other", "BLOCK_L_STYLE": 128}),
 }
 DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # x -> acc
@@ -93,11 +97,14 @@ WRITES_TILES = {"mean_std_backward", "affine_row", "affine_apply", "affine_backw
                 "affine_backward_apply", "fused_row"}
 
 
+INT_TO_FP32 = re.compile(r"cvt\.[a-z]+\.f32\.[su](?:8|16|32|64)\b")
+
+
 def aligned_attrs(signature: dict) -> dict:
     """The specialisation triton's launcher gives a typical shape: every pointer 16-byte aligned
     (PyTorch allocations are) and every size a multiple of 16 (C = 64..512, H*W = 16..1M)."""
     return {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
-            if kind.startswith("*") or (kind == "i32" and name != "ROWS_BUCKET")}
+            if kind.startswith("*") or (kind == "i32" and not name.endswith("_BUCKET"))}
 
 
 def vector_widths(ptx: str) -> tuple[bool, bool]:
@@ -120,21 +127,26 @@ def cubin_resources(cubin: bytes) -> dict | None:
     return dict(zip(("REG", "STACK", "SHARED", "LOCAL"), map(int, found.groups()))) if found else None
 
 
-# The heaviest tile the launch plans use (_common.Limits.max_tile: a whole 16384-element row in one
-# program, 16 warps): compiled too for contiguous rows, where register pressure peaks.
-MAX_TILE = {"BLOCK_L": 16384, "num_warps": 16}
+# The heaviest tile the launch plans use (a whole 16384-element row, or 8 channels_last rows of
+# 2048), where register pressure peaks, with the fewest warps autotuning may give it. A stack of a
+# few registers is tolerated there: triton 3.8 spills 4 bytes (8-byte frame) in the bf16
+# channels_last statistics kernel with 8 warps (triton 3.6: none), where 4 warps spill 40 B-5 KB.
+MAX_TILE = _common.Limits().max_tile
+MAX_TILE_STACK = 16
 
 
 def compilations():
     """(tag, fn, signature, constexprs, num_warps, aligned) for every variant: unspecialised, and
-    specialised as for a typical shape, plus the max tile for contiguous rows."""
+    specialised as for a typical shape, and at the largest tile."""
     for label, kernel, signature, constexprs in variants():
         fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # under autotune
         yield label, fn, signature, constexprs, 4, False
         yield f"{label} aligned", fn, signature, constexprs, 4, True
-        if "contiguous" in label and constexprs.get("BLOCK_L") == 2048:
-            big = dict(constexprs, BLOCK_L=MAX_TILE["BLOCK_L"])
-            yield f"{label} aligned max-tile", fn, signature, big, MAX_TILE["num_warps"], True
+        big = dict(constexprs, BLOCK_L=MAX_TILE // constexprs["BLOCK_R"])
+        if "BLOCK_L_STYLE" in big:
+            big["BLOCK_L_STYLE"] = big["BLOCK_L"]
+        yield (f"{label} aligned max-tile", fn, signature, big, _common.min_warps(MAX_TILE),
+               True)
 
 
 def main(sm: int = 90) -> int:
@@ -150,14 +162,20 @@ def main(sm: int = 90) -> int:
             compiled = triton.compile(source, target=target, options={"num_warps": num_warps})
             assert "cubin" in compiled.asm
             loads, stores = vector_widths(compiled.asm["ptx"])
+            if dtype == "fp64":
+                # fp64 statistics need L and L - 1 exact: through fp32 (`L - 1.0` in a kernel) a
+                # row longer than 2**24 gets a rounded divisor.
+                assert not INT_TO_FP32.search(compiled.asm["ptx"]), \
+                    "an integer converted to fp32 in a float64 kernel"
             resources = cubin_resources(compiled.asm["cubin"])
             if aligned and dtype != "fp64":
                 # Bandwidth needs 16-byte accesses wherever the shape allows them, and no spills.
                 if name != "merge_stats":
                     assert loads, "no 16-byte global load"
                     assert stores or name not in WRITES_TILES, "no 16-byte global store"
+                stack = MAX_TILE_STACK if "max-tile" in tag else 0
                 if resources is not None:
-                    assert resources["LOCAL"] == 0 and resources["STACK"] == 0, \
+                    assert resources["LOCAL"] == 0 and resources["STACK"] <= stack, \
                         f"spills or local arrays: {resources}"
             widths = f"16-byte loads {'yes' if loads else 'no'}, stores {'yes' if stores else 'no'}"
             regs = f", {resources['REG']} registers, stack {resources['STACK']}" if resources else ""

@@ -4,6 +4,12 @@ Kernels and launchers live one file per op (mean_std.py, affine.py, fused.py); t
 Welford/Chan merge they share is in welford.py; launch plans, layout rules and registration in
 _common.py. Each op is registered as adain_triton::<name> (a torch.library.triton_op on a GPU, so
 torch.compile traces into the kernels) with the same schema and semantics as the C++ adain::<name>.
+
+On a GPU each kernel's num_warps is autotuned (the first call of each bucket of shapes benchmarks
+the configs that do not spill its tile; see _common.AUTOTUNE_KEY). ADAIN_EXT_TRITON_AUTOTUNE=0,
+set before this package is imported, turns that off: every kernel then runs with the num_warps
+of its launch plan and nothing is benchmarked (test runs use it: the GPU suite would otherwise
+tune some 270 keys, about 6 minutes). The interpreter (TRITON_INTERPRET=1) never autotunes.
 """
 import torch
 

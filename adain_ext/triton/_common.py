@@ -1,5 +1,6 @@
-"""What every Triton op shares: launch plans (block sizes, split and pack thresholds), layout and
-dtype rules (the same as the C++ kernels', csrc/checks.h), scalar passing, and op registration.
+"""What every Triton op shares: launch plans (block sizes, split and pack thresholds), the one
+launch path (grid limits, device guard), layout and dtype rules (the same as the C++ kernels',
+csrc/checks.h), scalar passing, and op registration.
 """
 import contextlib
 import dataclasses
@@ -10,6 +11,7 @@ import struct
 
 import torch
 import triton
+from torch.library import wrap_triton
 
 # Under TRITON_INTERPRET=1 @triton.jit returns an InterpretedFunction that runs on CPU tensors.
 # wrap_triton passes it through untraced, and it cannot run on fake tensors, so in that mode the
@@ -18,21 +20,52 @@ import triton
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Multi-config autotuning benchmarks every config on the device: GPU only. The interpreter runs
-# each kernel with the one num_warps its plan picks (which it ignores anyway).
-AUTOTUNE = not INTERPRET and torch.cuda.is_available()
-AUTOTUNE_KEY = ["ROWS_BUCKET", "BLOCK_R", "BLOCK_L", "CHANNELS_LAST"]  # dtypes are added by triton
+# each kernel with the one num_warps its plan picks (which it ignores anyway). AUTOTUNE_ENV=0
+# gives every kernel that one config on a GPU too: no benchmarking (the GPU test suite would
+# otherwise tune about 270 keys, some 6 minutes).
+AUTOTUNE_ENV = "ADAIN_EXT_TRITON_AUTOTUNE"
+AUTOTUNE = (not INTERPRET and torch.cuda.is_available()
+            and os.environ.get(AUTOTUNE_ENV, "1") != "0")
+AUTOTUNE_WARPS = (2, 4, 8, 16)
+# Arguments a tuned config is keyed on, where a kernel has them (triton adds the dtypes): the
+# tiles (which bucket the row lengths and the packing), log2 of the number of rows and of the
+# style's row length, the layouts, and whether a statistics pass finishes the rows.
+AUTOTUNE_KEY = ["ROWS_BUCKET", "STYLE_BUCKET", "BLOCK_R", "BLOCK_L", "BLOCK_L_STYLE",
+                "CHANNELS_LAST", "STYLE_CHANNELS_LAST", "FINALIZE"]
+
+
+def min_warps(tile: int) -> int:
+    """The fewest warps that hold a tile of this many elements without spilling registers: at
+    most 64 elements a thread. Measured on sm_90 cubins: [1, 16384] fp32 tiles and [8, 2048]
+    channels_last ones spill 40 B-5 KB in most kernels with 4 warps, none with 8 (triton 3.6;
+    3.8 spills 4 bytes in one bf16 kernel). tests/triton_compile_check.py compiles every kernel
+    at its largest tile with this many warps and rejects more than a few spilled registers."""
+    return max(1, tile // 2048)
+
+
+def largest_tile(constexprs: dict) -> int:
+    """Elements of the largest [BLOCK_R, BLOCK_L] tile a kernel holds (the fused kernel's style
+    tile may be wider than its content tile)."""
+    return constexprs["BLOCK_R"] * max(constexprs["BLOCK_L"], constexprs.get("BLOCK_L_STYLE", 0))
+
+
+def configs_that_fit(configs, named_args, **constexprs):
+    """Autotune's early_config_prune: drops the configs whose warps would spill the tile."""
+    fewest = min_warps(largest_tile(constexprs))
+    return ([c for c in configs if c.num_warps >= fewest]
+            or [max(configs, key=lambda c: c.num_warps)])
 
 
 def kernel(fn):
-    """@triton.jit, plus on a GPU @triton.autotune over num_warps keyed on coarse buckets: the
-    block sizes (which bucket the row length and the packing), the layout, log2 of the number of
-    rows, and the tensor dtypes. Never keyed on H*W itself, so a new resolution in a known bucket
-    reuses the tuned config and the compiled kernel."""
+    """@triton.jit, plus on a GPU @triton.autotune over num_warps keyed on coarse buckets
+    (AUTOTUNE_KEY). Never keyed on H*W itself, so a new resolution in a known bucket reuses the
+    tuned config and the compiled kernel."""
     jitted = triton.jit(fn)
     if not AUTOTUNE:
         return jitted
-    configs = [triton.Config({}, num_warps=w) for w in (2, 4, 8, 16)]
-    return triton.autotune(configs=configs, key=AUTOTUNE_KEY)(jitted)
+    configs = [triton.Config({}, num_warps=w) for w in AUTOTUNE_WARPS]
+    return triton.autotune(configs=configs, key=AUTOTUNE_KEY,
+                           prune_configs_by={"early_config_prune": configs_that_fit})(jitted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +139,19 @@ class Plan:
     def l_blocks(self) -> int:
         return triton.cdiv(self.length, self.block_l)
 
+    def grid(self, pieces: int = 1) -> tuple[int]:
+        """`pieces` programs (splits or L tiles) per block of rows, flattened onto grid axis 0
+        (decoded in the kernels by welford.row_block_and_piece)."""
+        return (self.row_blocks * pieces,)
+
     @property
     def rows_bucket(self) -> int:
-        return min(int(math.log2(max(self.rows, 1))), 24)
+        return size_bucket(self.rows)
+
+
+def size_bucket(size: int) -> int:
+    """log2 of a count, for autotune keys: coarse, so tuned configs carry over between sizes."""
+    return min(int(math.log2(max(size, 1))), 30)
 
 
 def _num_warps(tile: int) -> int:
@@ -144,9 +187,51 @@ def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> P
     return Plan(rows, length, block_r, block_l, False, splits, chunk, _num_warps(block_r * block_l))
 
 
-def launch_options(p: Plan) -> dict:
-    """num_warps for a plain launch; autotuned kernels pick their own."""
-    return {} if AUTOTUNE else {"num_warps": p.num_warps}
+# CUDA's grid limits (maxGridSize, the same on every GPU since compute capability 3.0). The
+# interpreter has none, so launch() checks them itself: a plan that would fail on a GPU fails
+# every CPU test run too.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(kernel, grid: tuple) -> None:
+    for axis, (programs, most) in enumerate(zip(grid, MAX_GRID)):
+        if programs > most:
+            name = getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+            raise RuntimeError(
+                f"adain_ext.triton: {name} would launch a grid of {tuple(grid)} programs; CUDA "
+                f"allows at most {most} on grid axis {axis} (limits {MAX_GRID}). This is a launch "
+                "plan bug in adain_ext/triton, please report it with the input shape.")
+
+
+def on_device(device: torch.device):
+    """The device a kernel must launch on: Triton launches on the current CUDA device (and its
+    current stream), so a cuda:1 tensor needs cuda:1 made current, as the C++ ops' device guard
+    does. A no-op for CPU tensors (the interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def launch(kernel, grid: tuple, *args, **kwargs) -> None:
+    """Every Triton launch of the package: the grid checked against CUDA's limits, on the device
+    of the first tensor argument."""
+    check_grid(kernel, grid)
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    with on_device(device):
+        _run(kernel, grid, args, kwargs)
+
+
+def _run(kernel, grid, args, kwargs) -> None:
+    # wrap_triton lets torch.compile trace into a triton_op's kernels. The interpreter's ops are
+    # opaque custom ops (see INTERPRET), so they launch directly: nothing traces them, and some
+    # torch versions (2.11) reject the interpreter's function object in wrap_triton.
+    (kernel if INTERPRET else wrap_triton(kernel))[grid](*args, **kwargs)
+
+
+def launch_options(p: Plan, block_l_style: int = 0) -> dict:
+    """num_warps for a plain launch: the plan's, or more for the fused kernel's style tile
+    [BLOCK_R, block_l_style] when it is the wider one. Autotuned kernels pick their own."""
+    if AUTOTUNE:
+        return {}
+    return {"num_warps": max(p.num_warps, _num_warps(p.block_r * block_l_style))}
 
 
 def split_scalar(value: float) -> tuple[float, float]:

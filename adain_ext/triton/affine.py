@@ -3,12 +3,12 @@ launchers, op registration and autograd.
 
 out = T_s * (x - mean_x) / std_x + T_m, with T_m = alpha*mean_t + (1-alpha)*mean_x and
 T_s = alpha*std_t + (1-alpha)*std_x: alpha folded into the target statistics is exact, since
-x = std_x * x_hat + mean_x. The public adain_affine uses alpha = 1; the fused op passes its alpha.
+x = std_x * x_hat + mean_x. At alpha = 1 they are mean_t and std_t themselves (blend). The public
+adain_affine uses alpha = 1; the fused op passes its alpha.
 """
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from adain_ext import _autograd
 from adain_ext._validation import check_affine, check_eps
@@ -18,17 +18,27 @@ from adain_ext.triton.mean_std import _row_stats_kernel
 from adain_ext.triton.welford import (
     merge_partials,
     row_base,
+    row_block_and_piece,
+    row_length,
     scalar,
     std_of,
     tile_pointers,
     tile_stats,
+    variance_divisor,
 )
+
+
+@triton.jit
+def blend(alpha, target, own):
+    """alpha * target + (1 - alpha) * own, and target itself at alpha == 1 (the rule of every
+    backend): an Inf or NaN statistic of x's own must not reach the result through 0 * Inf."""
+    return tl.where(alpha == 1.0, target, alpha * target + (1.0 - alpha) * own)
 
 
 @triton.jit
 def target_stats(mean_t, std_t, mean_x, std_x, alpha):
     """T_m and T_s: the per-row target statistics blended with x's own by alpha."""
-    return alpha * mean_t + (1.0 - alpha) * mean_x, alpha * std_t + (1.0 - alpha) * std_x
+    return blend(alpha, mean_t, mean_x), blend(alpha, std_t, std_x)
 
 
 @triton.jit
@@ -79,8 +89,8 @@ def _affine_apply_kernel(X, PMEAN, PM2, MT, ST, OUT, XMEAN, XSTD, R, C, L, chunk
                          BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Second pass for long rows: every program merges its rows' partial statistics (in the same
     order, so all tiles of a row agree bit for bit) and writes one [BLOCK_R, BLOCK_L] tile."""
-    pid_l = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], XMEAN.dtype.element_ty)
     alpha = scalar(alpha_hi, alpha_lo, acc_zero)
@@ -90,12 +100,12 @@ def _affine_apply_kernel(X, PMEAN, PM2, MT, ST, OUT, XMEAN, XSTD, R, C, L, chunk
     std_t = tl.load(ST + rows, mask=rows_mask, other=1.0)
     target_mean, target_std = target_stats(mean_t, std_t, mean_x, std_x, alpha)
     base = row_base(rows, C, L, CHANNELS_LAST)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     out = normalize_tile(x.to(acc_zero.dtype), mean_x, std_x, target_mean, target_std)
     tl.store(tile_pointers(OUT, base, offs_l, C, CHANNELS_LAST), out, mask=mask)
-    first = rows_mask & (pid_l == 0)
+    first = rows_mask & (l_tile == 0)
     tl.store(XMEAN + rows, mean_x, mask=first)
     tl.store(XSTD + rows, std_x, mask=first)
 
@@ -105,15 +115,11 @@ def grad_x_tile(g, x, mean_x, std_x, std_t, sum_g, sum_gx, alpha, L, UNBIASED: t
     """grad_x = k*g + ((1-alpha) - k) * (sum_gx/D * x_hat + sum_g/L), k = T_s/std_x, where
     sum_gx = sum(g * x_hat) and x_hat = (x - mean_x)/std_x. The (1-alpha) terms are the
     gradient through x's own statistics inside T_m and T_s."""
-    if UNBIASED:
-        divisor = L - 1.0
-    else:
-        divisor = L * 1.0
     rstd = 1.0 / std_x
-    k = (alpha * std_t + (1.0 - alpha) * std_x) * rstd
+    k = blend(alpha, std_t, std_x) * rstd
     coef = (1.0 - alpha) - k
-    slope = coef * sum_gx / divisor * rstd
-    shift = coef * sum_g / L
+    slope = coef * sum_gx / variance_divisor(L, std_x, UNBIASED) * rstd
+    shift = coef * sum_g / row_length(L, std_x)
     return k[:, None] * g + slope[:, None] * (x - mean_x[:, None]) + shift[:, None]
 
 
@@ -150,10 +156,10 @@ def _affine_backward_partial_kernel(G, X, XMEAN, PSG, PSGX, R, C, L, chunk, ROWS
                                     CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                                     BLOCK_L: tl.constexpr):
     """First backward pass for long rows: sum(g) and sum(g * (x - mean_x)) over one piece of
-    each row (program axis 1), to [split, row] buffers. Plain sums are exact enough here: the
-    terms are already centred."""
-    split = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    each row, to [split, row] buffers. Plain sums are exact enough here: the terms are already
+    centred."""
+    row_block, split = row_block_and_piece(tl.cdiv(L, chunk))
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], PSG.dtype.element_ty)
     mean_x = tl.load(XMEAN + rows, mask=rows_mask, other=0.0)
@@ -182,8 +188,8 @@ def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST
                                   BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Second backward pass for long rows: sums the partials (in split order) and writes one
     [BLOCK_R, BLOCK_L] tile of grad_x; the first tile of each row writes the statistics' grads."""
-    pid_l = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], XMEAN.dtype.element_ty)
     alpha = scalar(alpha_hi, alpha_lo, acc_zero)
@@ -197,14 +203,14 @@ def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST
         sum_gxc += tl.load(PSGX + s * R + rows, mask=rows_mask, other=0.0)
     sum_gx = sum_gxc / std_x
     base = row_base(rows, C, L, CHANNELS_LAST)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     g = tl.load(tile_pointers(G, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     grad = grad_x_tile(g.to(acc_zero.dtype), x.to(acc_zero.dtype), mean_x, std_x, std_t, sum_g,
                        sum_gx, alpha, L, UNBIASED)
     tl.store(tile_pointers(GX, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
-    first = rows_mask & (pid_l == 0)
+    first = rows_mask & (l_tile == 0)
     tl.store(GMT + rows, alpha * sum_g, mask=first)
     tl.store(GST + rows, alpha * sum_gx, mask=first)
 
@@ -228,21 +234,22 @@ def affine_forward(x, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
     p = _common.plan(R, L, channels_last, x.device)
     opts = _common.launch_options(p)
     if p.single_pass:
-        wrap_triton(_affine_row_kernel)[(p.row_blocks,)](
-            x, mt, st, out, x_mean, x_std, R, C, L, alpha_hi, alpha_lo, eps_hi, eps_lo,
-            p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
-            BLOCK_L=p.block_l, **opts)
+        _common.launch(
+            _affine_row_kernel, p.grid(), x, mt, st, out, x_mean, x_std, R, C, L, alpha_hi,
+            alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
+            CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
         return out, x_mean, x_std
     p_mean = torch.empty(p.splits, R, dtype=acc, device=x.device)
     p_m2 = torch.empty(p.splits, R, dtype=acc, device=x.device)
-    wrap_triton(_row_stats_kernel)[(p.row_blocks, p.splits)](
-        x, p_mean, p_m2, R, C, L, p.chunk, eps_hi, eps_lo, p.rows_bucket, FINALIZE=False,
+    _common.launch(
+        _row_stats_kernel, p.grid(p.splits), x, p_mean, p_m2, R, C, L, p.chunk, eps_hi, eps_lo,
+        p.rows_bucket, FINALIZE=False, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+    _common.launch(
+        _affine_apply_kernel, p.grid(p.l_blocks), x, p_mean, p_m2, mt, st, out, x_mean, x_std,
+        R, C, L, p.chunk, p.splits, alpha_hi, alpha_lo, eps_hi, eps_lo, p.rows_bucket,
         UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
         **opts)
-    wrap_triton(_affine_apply_kernel)[(p.row_blocks, p.l_blocks)](
-        x, p_mean, p_m2, mt, st, out, x_mean, x_std, R, C, L, p.chunk, p.splits, alpha_hi,
-        alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
-        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     return out, x_mean, x_std
 
 
@@ -262,20 +269,22 @@ def affine_backward(grad_out, x, x_mean, x_std, std_t, alpha: float, unbiased: b
     p = _common.plan(R, L, channels_last, x.device)
     opts = _common.launch_options(p)
     if p.single_pass:
-        wrap_triton(_affine_backward_row_kernel)[(p.row_blocks,)](
-            g, x, xm, xs, st, grad_x, grad_mt, grad_st, R, C, L, alpha_hi, alpha_lo,
-            p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
-            BLOCK_L=p.block_l, **opts)
+        _common.launch(
+            _affine_backward_row_kernel, p.grid(), g, x, xm, xs, st, grad_x, grad_mt, grad_st, R,
+            C, L, alpha_hi, alpha_lo, p.rows_bucket, UNBIASED=unbiased,
+            CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
         return grad_x, grad_mt, grad_st
     p_sg = torch.empty(p.splits, R, dtype=acc, device=x.device)
     p_sgx = torch.empty(p.splits, R, dtype=acc, device=x.device)
-    wrap_triton(_affine_backward_partial_kernel)[(p.row_blocks, p.splits)](
-        g, x, xm, p_sg, p_sgx, R, C, L, p.chunk, p.rows_bucket, CHANNELS_LAST=channels_last,
-        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
-    wrap_triton(_affine_backward_apply_kernel)[(p.row_blocks, p.l_blocks)](
-        g, x, xm, xs, st, p_sg, p_sgx, grad_x, grad_mt, grad_st, R, C, L, p.splits, alpha_hi,
-        alpha_lo, p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
-        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+    _common.launch(
+        _affine_backward_partial_kernel, p.grid(p.splits), g, x, xm, p_sg, p_sgx, R, C, L,
+        p.chunk, p.rows_bucket, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
+        BLOCK_L=p.block_l, **opts)
+    _common.launch(
+        _affine_backward_apply_kernel, p.grid(p.l_blocks), g, x, xm, xs, st, p_sg, p_sgx, grad_x,
+        grad_mt, grad_st, R, C, L, p.splits, alpha_hi, alpha_lo, p.rows_bucket,
+        UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
+        **opts)
     return grad_x, grad_mt, grad_st
 
 

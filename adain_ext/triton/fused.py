@@ -9,7 +9,6 @@ The backward reuses the affine and mean_std backward kernels.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from adain_ext import _autograd
 from adain_ext._validation import check_eps, check_pair
@@ -22,7 +21,7 @@ from adain_ext.triton.welford import row_base, row_stats_loop, scalar, std_of
 
 @kernel
 def _fused_row_kernel(CONTENT, STYLE, OUT, CMEAN, CSTD, SMEAN, SSTD, R, C, L, L_STYLE,
-                      alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET,
+                      alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET, STYLE_BUCKET,
                       UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       STYLE_CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_L_STYLE: tl.constexpr):
@@ -63,11 +62,12 @@ def fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
     # The style streams through tiles no larger than the content tile or the packing tile.
     block_l_style = min(triton.next_power_of_2(L_style),
                         max(p.block_l, _common.limits_now().pack_tile // p.block_r))
-    wrap_triton(_fused_row_kernel)[(p.row_blocks,)](
-        content, style, out, *stats, R, C, L, L_style, alpha_hi, alpha_lo, eps_hi, eps_lo,
-        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
-        STYLE_CHANNELS_LAST=style_channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-        BLOCK_L_STYLE=block_l_style, **_common.launch_options(p))
+    _common.launch(
+        _fused_row_kernel, p.grid(), content, style, out, *stats, R, C, L, L_style, alpha_hi,
+        alpha_lo, eps_hi, eps_lo, p.rows_bucket, _common.size_bucket(L_style),
+        UNBIASED=unbiased, CHANNELS_LAST=channels_last, STYLE_CHANNELS_LAST=style_channels_last,
+        BLOCK_R=p.block_r, BLOCK_L=p.block_l, BLOCK_L_STYLE=block_l_style,
+        **_common.launch_options(p, block_l_style))
     return (out, *stats)
 
 

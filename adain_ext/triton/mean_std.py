@@ -4,7 +4,6 @@ Also the row-statistics launcher the affine and fused ops reuse for long rows an
 """
 import torch
 import triton.language as tl
-from torch.library import wrap_triton
 
 from adain_ext import _autograd
 from adain_ext._validation import check_eps, check_features
@@ -13,10 +12,13 @@ from adain_ext.triton._common import kernel
 from adain_ext.triton.welford import (
     merge_partials,
     row_base,
+    row_block_and_piece,
+    row_length,
     row_stats_loop,
     scalar,
     std_of,
     tile_pointers,
+    variance_divisor,
 )
 
 
@@ -24,11 +26,11 @@ from adain_ext.triton.welford import (
 def _row_stats_kernel(X, MEAN, SECOND, R, C, L, chunk, eps_hi, eps_lo, ROWS_BUCKET,
                       FINALIZE: tl.constexpr, UNBIASED: tl.constexpr,
                       CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Statistics of BLOCK_R rows over elements [split*chunk, split*chunk + chunk), split being
-    program axis 1. FINALIZE (one split): writes mean and std. Otherwise writes the piece's mean
-    and m2 to [split, row] partial buffers, merged later by merge_partials."""
-    split = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    """Statistics of BLOCK_R rows over elements [split*chunk, split*chunk + chunk). FINALIZE (one
+    split): writes mean and std. Otherwise writes the piece's mean and m2 to [split, row] partial
+    buffers, merged later by merge_partials."""
+    row_block, split = row_block_and_piece(tl.cdiv(L, chunk))
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], MEAN.dtype.element_ty)
     base = row_base(rows, C, L, CHANNELS_LAST)
@@ -64,18 +66,16 @@ def _mean_std_backward_kernel(GM, GS, X, MEAN, STD, GX, R, C, L, ROWS_BUCKET,
                               UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                               BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """grad_x = gm / L + gs * (x - mean) / (D * std), one [BLOCK_R, BLOCK_L] tile per program."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     rows_mask = rows < R
     acc = MEAN.dtype.element_ty
     mean = tl.load(MEAN + rows, mask=rows_mask, other=0.0)
     std = tl.load(STD + rows, mask=rows_mask, other=1.0)
-    if UNBIASED:
-        divisor = L - 1.0
-    else:
-        divisor = L * 1.0
-    slope = tl.load(GS + rows, mask=rows_mask, other=0.0) / (divisor * std)
-    shift = tl.load(GM + rows, mask=rows_mask, other=0.0) / (L * 1.0)
+    slope = tl.load(GS + rows, mask=rows_mask, other=0.0) / (
+        variance_divisor(L, std, UNBIASED) * std)
+    shift = tl.load(GM + rows, mask=rows_mask, other=0.0) / row_length(L, std)
     base = row_base(rows, C, L, CHANNELS_LAST)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0).to(acc)
@@ -100,21 +100,21 @@ def row_stats(x: torch.Tensor, channels_last: bool, eps: float, unbiased: bool, 
     eps_hi, eps_lo = _common.split_scalar(eps)
     opts = _common.launch_options(p)
     if p.splits == 1:
-        wrap_triton(_row_stats_kernel)[(p.row_blocks, 1)](
-            x, mean, std, R, C, L, L, eps_hi, eps_lo, p.rows_bucket, FINALIZE=True,
-            UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
-            BLOCK_L=p.block_l, **opts)
+        _common.launch(
+            _row_stats_kernel, p.grid(), x, mean, std, R, C, L, L, eps_hi, eps_lo,
+            p.rows_bucket, FINALIZE=True, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+            BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
         return mean, std
     p_mean = torch.empty(p.splits, R, dtype=acc, device=x.device)
     p_m2 = torch.empty(p.splits, R, dtype=acc, device=x.device)
-    wrap_triton(_row_stats_kernel)[(p.row_blocks, p.splits)](
-        x, p_mean, p_m2, R, C, L, p.chunk, eps_hi, eps_lo, p.rows_bucket, FINALIZE=False,
-        UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-        **opts)
-    wrap_triton(_merge_stats_kernel)[(p.row_blocks,)](
-        p_mean, p_m2, mean, std, R, L, p.chunk, p.splits, eps_hi, eps_lo, p.rows_bucket,
-        UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-        **opts)
+    _common.launch(
+        _row_stats_kernel, p.grid(p.splits), x, p_mean, p_m2, R, C, L, p.chunk, eps_hi, eps_lo,
+        p.rows_bucket, FINALIZE=False, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+    _common.launch(
+        _merge_stats_kernel, p.grid(), p_mean, p_m2, mean, std, R, L, p.chunk, p.splits, eps_hi,
+        eps_lo, p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     return mean, std
 
 
@@ -129,10 +129,10 @@ def mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased: bool) -> torc
     acc = _common.stat_dtype(x.dtype)
     gm, gs, m, s = (_common.flat_stat(t, acc) for t in (grad_mean, grad_std, mean, std))
     p = _common.plan(R, L, channels_last, x.device)
-    wrap_triton(_mean_std_backward_kernel)[(p.row_blocks, p.l_blocks)](
-        gm, gs, x, m, s, grad_x, R, C, L, p.rows_bucket, UNBIASED=unbiased,
-        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-        **_common.launch_options(p))
+    _common.launch(
+        _mean_std_backward_kernel, p.grid(p.l_blocks), gm, gs, x, m, s, grad_x, R, C, L,
+        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
+        BLOCK_L=p.block_l, **_common.launch_options(p))
     return grad_x
 
 

@@ -1,4 +1,5 @@
-"""The one Welford/Chan merge of the Triton kernels, and the statistics helpers built on it.
+"""The one Welford/Chan merge of the Triton kernels, the statistics helpers built on it, and the
+row addressing every kernel shares (which rows and piece a program takes, where a row starts).
 
 Every statistic is computed from centred pieces: a tile's mean from its sum, its m2 from the
 squared deviations to that mean (x is still in registers, so this costs no extra read), and the
@@ -29,6 +30,15 @@ def tile_stats(x, mask):
     centred = tl.where(mask, x - mean[:, None], 0.0)
     m2 = tl.sum(centred * centred, axis=1)
     return mean, m2, count
+
+
+@triton.jit
+def row_block_and_piece(pieces):
+    """This program's block of rows and its piece of them (a split or an L tile). Grids are 1-D,
+    program = row_block * pieces + piece (_common.Plan.grid): CUDA allows 2**31 - 1 programs on
+    grid axis 0 but only 65535 on axes 1 and 2, fewer than the tiles of a 2**25-element row."""
+    program = tl.program_id(0)
+    return program // pieces, program % pieces
 
 
 @triton.jit
@@ -87,13 +97,26 @@ def merge_partials(PMEAN, PM2, rows, rows_mask, R, L, chunk, splits, acc_zero):
 
 
 @triton.jit
-def std_of(m2, L, eps, UNBIASED: tl.constexpr):
-    """std = sqrt(m2 / D + eps), D = L - 1 (unbiased, the seed's calc_mean_std) or L."""
+def row_length(L, like):
+    """L in the statistics dtype (that of `like`, a per-row vector). Written `L * 1.0` it would be
+    fp32 (a Python float literal is fp32 in Triton): fp64 rows longer than 2**24 would get a
+    rounded length."""
+    return tl.zeros_like(like) + L
+
+
+@triton.jit
+def variance_divisor(L, like, UNBIASED: tl.constexpr):
+    """D = L - 1 (unbiased, the seed's calc_mean_std) or L, in the statistics dtype."""
+    divisor = row_length(L, like)
     if UNBIASED:
-        divisor = L - 1.0
-    else:
-        divisor = L * 1.0
-    return tl.sqrt(m2 / divisor + eps)
+        divisor = divisor - 1.0
+    return divisor
+
+
+@triton.jit
+def std_of(m2, L, eps, UNBIASED: tl.constexpr):
+    """std = sqrt(m2 / D + eps)."""
+    return tl.sqrt(m2 / variance_divisor(L, m2, UNBIASED) + eps)
 
 
 @triton.jit
