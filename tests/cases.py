@@ -56,13 +56,44 @@ CASE_DTYPES = [
 # Cases small enough for float64 gradcheck.
 GRAD_CASES = [c for c in CASES if c.name not in ("long_rows", "many_rows")]
 
-# (atol, rtol) against the float64 reference, for outputs and gradients.
+# (atol, rtol) against the float64 reference, for outputs and gradients. atol is relative to the
+# largest expected magnitude (see _magnitude), so a gradient of size 0.01 is held to the same
+# relative accuracy as one of size 10. Measured on the CPU kernels over every case, op and gradient,
+# max |error| / (max|expected| + |expected|) is 2.6e-3 in bf16, 2.9e-4 in fp16 and 1.7e-7 in fp32:
+# the 16-bit budgets leave about 4x, and every budget rejects a 3% error in the largest entry
+# (tests/test_tolerances.py).
 TOLERANCES = {
     torch.float64: (1e-9, 1e-9),
-    torch.float32: (2e-4, 2e-4),
-    torch.float16: (2e-2, 1e-2),
-    torch.bfloat16: (1e-1, 5e-2),
+    torch.float32: (5e-5, 5e-5),
+    torch.float16: (1.5e-3, 1.5e-3),
+    torch.bfloat16: (1e-2, 1e-2),
 }
+
+
+def degenerate_rows(case: Case | None) -> bool:
+    """True when content rows hold at most 2 values: instance-normalising them gives +-1 (or 0)
+    whatever the input, so the content gradient is the rounding residue of O(1) terms that cancel,
+    not a value a relative tolerance can hold (1/sqrt(eps) amplifies it when H*W == 1)."""
+    return case is None or case.content[2] * case.content[3] <= 2
+
+
+def _magnitude(expected: torch.Tensor, floor: float) -> float:
+    return max(floor, expected.abs().max().item()) if expected.numel() else floor
+
+
+def _centred(actual: torch.Tensor, expected: torch.Tensor, case: Case | None):
+    """Large-mean outputs as deviations from each expected row mean: rtol * |1e4| would hide any
+    error in the normalised term."""
+    if case is None or not case.mean_offset or expected.dim() != 4 or expected[0, 0].numel() < 2:
+        return actual, expected
+    centre = expected.mean(dim=(2, 3), keepdim=True)
+    return actual - centre, expected - centre
+
+
+def _large_mean_slack(case: Case | None, dtype) -> float:
+    # A row mean of size M is stored to M * 2^-24 in fp32: that much error in x - mean is
+    # inherent to fp32 statistics (the seed's own code in fp32 has it too).
+    return abs(case.mean_offset) * torch.finfo(dtype).eps * 4 if case is not None else 0.0
 
 
 def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -101,25 +132,26 @@ def make_statistics(case: Case, dtype=torch.float32, device="cpu", requires_grad
 
 
 def assert_close(actual, expected, dtype, msg="", case: Case | None = None):
+    """An output against the float64 reference: TOLERANCES, atol relative to the largest expected
+    value (large-mean outputs centred first, plus the large-mean slack)."""
     atol, rtol = TOLERANCES[dtype]
-    if case is not None and case.mean_offset:
-        # A row mean of size M is stored to M * 2^-24 in fp32: that much error in x - mean is
-        # inherent to fp32 statistics (the seed's own code in fp32 has it too).
-        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=msg)
+    got, want = _centred(actual.double(), expected.double().to(actual.device), case)
+    atol = atol * _magnitude(want, 0.0) + _large_mean_slack(case, dtype)
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=msg or None)
 
 
 def assert_grads_close(got, want, dtype, case: Case | None = None, msg: str = ""):
-    """Gradients against float64 ones, with TOLERANCES: atol relative to each gradient's magnitude
-    (a 16-bit gradient carries the rounding of a 16-bit incoming gradient), plus the large-mean
-    slack of assert_close."""
+    """Gradients against float64 ones, with TOLERANCES: atol relative to each gradient's largest
+    entry. Without a case, or for rows of at most 2 values (see degenerate_rows), atol is relative
+    to max(1, largest entry) instead. The large-mean slack is relative here: it is an error in
+    x - mean, which reaches a gradient through x_hat = (x - mean) / std, so in proportion to it."""
     atol, rtol = TOLERANCES[dtype]
-    if case is not None and case.mean_offset:
-        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
+    atol += _large_mean_slack(case, dtype)
+    floor = 1.0 if degenerate_rows(case) else 0.0
     for g, w in zip(got, want, strict=True):
         assert g is not None and g.dtype == dtype and g.shape == w.shape
-        torch.testing.assert_close(g.double(), w.double().to(g.device), rtol=rtol,
-                                   atol=atol * max(1.0, w.abs().max().item()),
+        w = w.double().to(g.device)
+        torch.testing.assert_close(g.double(), w, rtol=rtol, atol=atol * _magnitude(w, floor),
                                    msg=(lambda m: f"{msg}: {m}") if msg else None)
 
 
