@@ -183,3 +183,38 @@ def assert_compile_matches_eager(model, inputs):
     compiled_grads = torch.autograd.grad(compiled(*inputs).sum(), inputs)
     for got, want in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(got, want)
+
+
+def opcheck_samples(ops, case: Case, dtype):
+    """(op overload, args) for torch.library.opcheck: every op of the namespace `ops`
+    (torch.ops.adain or torch.ops.adain_triton) that it has, the backward ops with inputs a real
+    forward hands them."""
+    content, style = make_inputs(case, dtype, requires_grad=True)
+    mean, std = make_statistics(case, dtype, requires_grad=True)
+    u, alpha = case.unbiased, case.alpha
+    samples = [
+        (ops.mean_std.default, (content, 1e-5, u)),
+        (ops._fused_forward.default, (content, style, alpha, 1e-5, u)),
+        (ops._affine_forward.default, (content, mean, std, alpha, 1e-5, u)),
+    ]
+    if hasattr(ops, "fused"):
+        samples += [(ops.fused.default, (content, style, alpha, 1e-5, u)),
+                    (ops.affine.default, (content, mean, std, 1e-5, u))]
+    gen = torch.Generator().manual_seed(1)
+    grad = torch.randn(content.shape, generator=gen).to(dtype)
+    with torch.no_grad():
+        _out, x_mean, x_std = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
+        _out, c_mean, c_std, s_mean, s_std = ops._fused_forward(content, style, alpha, 1e-5, u)
+    grad_mean, grad_std = (torch.randn(s_mean.shape, generator=gen).to(s_mean.dtype)
+                           for _ in range(2))
+    samples += [
+        (ops._affine_backward.default,
+         (grad, content.detach(), x_mean, x_std, std.detach(), alpha, u)),
+        (ops._mean_std_backward.default,
+         (grad_mean, grad_std, style.detach(), s_mean, s_std, u)),
+    ]
+    if hasattr(ops, "_fused_backward"):
+        samples.append((ops._fused_backward.default,
+                        (grad, content.detach(), style.detach(), c_mean, c_std, s_mean, s_std,
+                         alpha, u)))
+    return samples

@@ -1,5 +1,5 @@
-"""The CPU kernels' split path: with fewer rows (contiguous) or images (channels_last) than twice the
-thread count, each is cut into segments whose partial statistics and gradient sums are merged.
+"""The CPU kernels' split path: with fewer rows (contiguous) or images (channels_last) than twice
+the thread count, each is cut into segments whose partial statistics and gradient sums are merged.
 Every op and every gradient runs on shapes that force that split, checked against the float64
 oracle, and adain::_cpu_segment_log confirms that every reduction and map really split (several
 threads) or really did not (one thread)."""

@@ -42,7 +42,8 @@ def _references(case: Case, dtype):
               ("affine grad std", True, grads[2])]
     m, s = reference.mean_std(content, unbiased=u)
     found += [("mean", False, m.detach()), ("std", False, s.detach())]
-    (grad,) = torch.autograd.grad((m, s), (content,), (_grad_out(m.shape, 5), _grad_out(s.shape, 6)))
+    grads_in = (_grad_out(m.shape, 5), _grad_out(s.shape, 6))
+    (grad,) = torch.autograd.grad((m, s), (content,), grads_in)
     found.append(("mean_std grad x", True, grad))
     if degenerate_rows(case):  # content gradients there are rounding residues (see degenerate_rows)
         found = [f for f in found if f[0] not in ("adain grad content", "affine grad x",
