@@ -185,12 +185,12 @@ def assert_compile_matches_eager(model, inputs):
         torch.testing.assert_close(got, want)
 
 
-def opcheck_samples(ops, case: Case, dtype):
+def opcheck_samples(ops, case: Case, dtype, device="cpu"):
     """(op overload, args) for torch.library.opcheck: every op of the namespace `ops`
     (torch.ops.adain or torch.ops.adain_triton) that it has, the backward ops with inputs a real
     forward hands them."""
-    content, style = make_inputs(case, dtype, requires_grad=True)
-    mean, std = make_statistics(case, dtype, requires_grad=True)
+    content, style = make_inputs(case, dtype, device, requires_grad=True)
+    mean, std = make_statistics(case, dtype, device, requires_grad=True)
     u, alpha = case.unbiased, case.alpha
     samples = [
         (ops.mean_std.default, (content, 1e-5, u)),
@@ -201,11 +201,11 @@ def opcheck_samples(ops, case: Case, dtype):
         samples += [(ops.fused.default, (content, style, alpha, 1e-5, u)),
                     (ops.affine.default, (content, mean, std, 1e-5, u))]
     gen = torch.Generator().manual_seed(1)
-    grad = torch.randn(content.shape, generator=gen).to(dtype)
+    grad = torch.randn(content.shape, generator=gen).to(device, dtype)
     with torch.no_grad():
         _out, x_mean, x_std = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
         _out, c_mean, c_std, s_mean, s_std = ops._fused_forward(content, style, alpha, 1e-5, u)
-    grad_mean, grad_std = (torch.randn(s_mean.shape, generator=gen).to(s_mean.dtype)
+    grad_mean, grad_std = (torch.randn(s_mean.shape, generator=gen).to(device, s_mean.dtype)
                            for _ in range(2))
     samples += [
         (ops._affine_backward.default,
