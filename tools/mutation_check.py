@@ -33,7 +33,7 @@ class Mutant:
     path: str  # relative to the repository root
     old: str  # exact text, present exactly once
     new: str
-    tests: tuple  # pytest arguments (files, -k expressions)
+    tests: tuple  # pytest runs, each a tuple of arguments (files, -k expressions), until one fails
     why: str
 
     @property
@@ -41,38 +41,38 @@ class Mutant:
         return self.path.startswith("csrc/")
 
 
-CPP_TESTS = ("tests/test_cpu_split.py", "tests/test_backends.py", "-k", "cpp or split")
+CPP_TESTS = (("tests/test_cpu_split.py",), ("tests/test_backends.py", "-k", "cpp"))
 
 MUTANTS = [
     Mutant("cpu_split_skips_last", "csrc/cpu/row_kernels.h",
            "      reduce_rows(t / S, b, e, partial.data() + t * rows_per_unit);",
            "      reduce_rows(t / S, b, e - 1, partial.data() + t * rows_per_unit);",
-           ("tests/test_cpu_split.py", "tests/test_ops.py", "tests/test_backends.py"),
+           (("tests/test_cpu_split.py",), ("tests/test_ops.py",), ("tests/test_backends.py",)),
            "each segment's partial sums skip its last element (CPU split path)"),
     Mutant("accelerate_running_stats", "adain_ext/stylegan.py",
            "and not m.affine and not m.track_running_stats)", "and not m.affine)",
-           ("tests/test_stylegan.py",),
+           (("tests/test_stylegan.py",),),
            "accelerate() rewrites InstanceNorm2d(track_running_stats=True)"),
     Mutant("accelerate_functional_affine", "adain_ext/stylegan.py",
            'for k in ("running_mean", "running_var", "weight", "bias"))',
            'for k in ("running_mean", "running_var"))',
-           ("tests/test_stylegan.py",),
+           (("tests/test_stylegan.py",),),
            "accelerate() rewrites F.instance_norm(x, weight=..., bias=...)"),
     Mutant("fake_stats_in_x_dtype", "adain_ext/_layout.py",
            "return x.new_empty(x.shape[:2], dtype=stat_dtype(x.dtype))",
            "return x.new_empty(x.shape[:2], dtype=x.dtype)",
-           ("tests/test_ops.py",),
+           (("tests/test_ops.py",), ("tests/test_triton_16bit.py",)),
            "fake kernels return statistics in x's dtype instead of float32"),
     Mutant("affine_std_grad_shaped_like_mean", "adain_ext/_autograd.py",
            "ctx.std_like = (std.shape, std.dtype)", "ctx.std_like = (mean.shape, mean.dtype)",
-           ("tests/test_ops.py", "tests/test_backends.py", "-k", "cpp"),
+           (("tests/test_ops.py",), ("tests/test_backends.py", "-k", "cpp")),
            "affine backward gives std's gradient mean's shape and dtype"),
     Mutant("grad_16bit_scaled_0.9", "adain_ext/_autograd.py",
            "        return grad_content if need_content else None, grad_style, None, None, None",
            "        if content.dtype in (torch.float16, torch.bfloat16):\n"
            "            grad_content = grad_content * 0.9\n"
            "        return grad_content if need_content else None, grad_style, None, None, None",
-           ("tests/test_backends.py", "-k", "cpp"),
+           (("tests/test_backends.py", "-k", "cpp"),),
            "adain's 16-bit gradients scaled by 0.9"),
     Mutant("mean_std_backward_biased_divisor", "csrc/cpu/mean_std_kernel.cpp",
            "D = variance_divisor<acc_t>(geo.L, unbiased);",
@@ -109,14 +109,15 @@ def _build(repo: str) -> None:
         raise RuntimeError(f"build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
-def _run_tests(repo: str, tests: tuple) -> tuple[bool, str]:
-    """(passed, the first failing test or the error)."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rf", *tests]
-    result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
-    if result.returncode == 0:
-        return True, ""
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.M)
-    return False, failed[0] if failed else result.stdout.strip().splitlines()[-1]
+def _run_tests(repo: str, runs: tuple) -> tuple[bool, str]:
+    """(passed, the first failing test or the error), over pytest runs made one after another."""
+    for args in runs:
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rf", *args]
+        result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.M)
+            return False, failed[0] if failed else result.stdout.strip().splitlines()[-1]
+    return True, ""
 
 
 def _apply(repo: str, m: Mutant) -> str:
@@ -135,6 +136,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="names of the mutants to run")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--keep", action="store_true", help="keep the copy (its path is printed)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first run every chosen mutant's tests unmutated (they must pass)")
     args = parser.parse_args()
     if args.list:
         for m in MUTANTS:
@@ -152,6 +155,13 @@ def main() -> int:
     print(f"copy: {repo}", flush=True)
     rows = []
     try:
+        if args.baseline:
+            runs = list(dict.fromkeys(run for m in chosen for run in m.tests))
+            passed, failure = _run_tests(repo, tuple(runs))
+            if not passed:
+                print(f"baseline: {failure} fails without any mutant; fix that first")
+                return 2
+            print("baseline: every run passes unmutated", flush=True)
         for m in chosen:
             start = time.time()
             original = _apply(repo, m)
