@@ -205,14 +205,16 @@ def opcheck_samples(ops, case: Case, dtype, device="cpu"):
     with torch.no_grad():
         _out, x_mean, x_std = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
         _out, c_mean, c_std, s_mean, s_std = ops._fused_forward(content, style, alpha, 1e-5, u)
-    grad_mean, grad_std = (torch.randn(s_mean.shape, generator=gen).to(device, s_mean.dtype)
-                           for _ in range(2))
-    samples += [
-        (ops._affine_backward.default,
-         (grad, content.detach(), x_mean, x_std, std.detach(), alpha, u)),
-        (ops._mean_std_backward.default,
-         (grad_mean, grad_std, style.detach(), s_mean, s_std, u)),
-    ]
+        public_stats = ops.mean_std(style, 1e-5, u)
+    samples.append((ops._affine_backward.default,
+                    (grad, content.detach(), x_mean, x_std, std.detach(), alpha, u)))
+    # The statistics mean_std's backward gets: mean_std's own ((N, C, 1, 1), x's dtype) and the
+    # fused forward's ((N, C), float32).
+    for m, sd in (public_stats, (s_mean, s_std)):
+        grad_mean, grad_std = (torch.randn(m.shape, generator=gen).to(device, m.dtype)
+                               for _ in range(2))
+        samples.append((ops._mean_std_backward.default,
+                        (grad_mean, grad_std, style.detach(), m, sd, u)))
     if hasattr(ops, "_fused_backward"):
         samples.append((ops._fused_backward.default,
                         (grad, content.detach(), style.detach(), c_mean, c_std, s_mean, s_std,
