@@ -61,10 +61,12 @@ GRAD_CASES = [c for c in CASES if c.name not in ("long_rows", "many_rows")]
 # relative accuracy as one of size 10. Measured on the CPU kernels over every case, op and gradient,
 # max |error| / (max|expected| + |expected|) is 2.6e-3 in bf16, 2.9e-4 in fp16 and 1.7e-7 in fp32:
 # the 16-bit budgets leave about 4x, and every budget rejects a 3% error in the largest entry
-# (tests/test_tolerances.py).
+# (tests/test_tolerances.py). fp32 keeps room for two fp32 kernels that sum a large-mean row in
+# different orders (tools/cuda_emu compares the CUDA kernels with the CPU ones: 2.6e-3 on outputs
+# of size 10 at mean 1e4).
 TOLERANCES = {
     torch.float64: (1e-9, 1e-9),
-    torch.float32: (5e-5, 5e-5),
+    torch.float32: (2e-4, 2e-4),
     torch.float16: (1.5e-3, 1.5e-3),
     torch.bfloat16: (1e-2, 1e-2),
 }
