@@ -10,6 +10,8 @@
 #include <torch/library.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "cpu/kernels.h"
+
 namespace adain {
 
 // out = alpha * AdaIN(content, style) + (1 - alpha) * content.
@@ -80,6 +82,10 @@ TORCH_LIBRARY(adain, m) {
   m.def("_fused_backward(Tensor grad_out, Tensor content, Tensor style, Tensor content_mean, "
         "Tensor content_std, Tensor style_mean, Tensor style_std, float alpha, bool unbiased) "
         "-> (Tensor grad_content, Tensor grad_style)");
+
+  // Test hook: the number of segments each CPU reduction and map split its units into since the
+  // previous call (1: whole rows); `record` turns logging on or off from now on.
+  m.def("_cpu_segment_log(bool record) -> int[]", TORCH_FN(cpu::take_segment_log));
 
   m.impl("fused", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fused));
   m.impl("affine", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(affine));

@@ -56,13 +56,58 @@ CASE_DTYPES = [
 # Cases small enough for float64 gradcheck.
 GRAD_CASES = [c for c in CASES if c.name not in ("long_rows", "many_rows")]
 
-# (atol, rtol) against the float64 reference, for outputs and gradients.
+# (atol, rtol) against the float64 reference, for outputs and gradients. atol is relative to the
+# largest expected magnitude (see _magnitude), so a gradient of size 0.01 is held to the same
+# relative accuracy as one of size 10. Measured on the CPU kernels over every case, op and gradient,
+# max |error| / (max|expected| + |expected|) is 2.6e-3 in bf16, 2.9e-4 in fp16 and 1.7e-7 in fp32:
+# the 16-bit budgets leave about 4x, and every budget rejects a 3% error in the largest entry
+# (tests/test_tolerances.py). fp32 keeps room for two fp32 kernels that sum a large-mean row in
+# different orders (tools/cuda_emu compares the CUDA kernels with the CPU ones: 2.6e-3 on outputs
+# of size 10 at mean 1e4).
 TOLERANCES = {
     torch.float64: (1e-9, 1e-9),
     torch.float32: (2e-4, 2e-4),
-    torch.float16: (2e-2, 1e-2),
-    torch.bfloat16: (1e-1, 5e-2),
+    torch.float16: (1.5e-3, 1.5e-3),
+    torch.bfloat16: (1e-2, 1e-2),
 }
+
+
+def degenerate_rows(case: Case) -> bool:
+    """True when content rows hold at most 2 values: instance-normalising them gives +-1 (or 0)
+    whatever the input, so the content gradient is the rounding residue of terms of size up to
+    |grad_out| * target std / row std (about 10 here) that cancel, not a value a relative tolerance
+    can hold (1/sqrt(eps) amplifies it when H*W == 1)."""
+    return case.content[2] * case.content[3] <= 2
+
+
+def _gradient_floor(case: Case | None, expected: torch.Tensor) -> float:
+    """The magnitude atol is relative to at least: 0 (atol relative to the largest entry); 10 for a
+    cancellation residue of degenerate rows (below 1e-3 where the terms are of size 1 to 10); 1 when
+    the caller gives no case (then degenerate rows cannot be told apart)."""
+    if case is None:
+        return 1.0
+    if degenerate_rows(case) and _magnitude(expected, 0.0) < 1e-3:
+        return 10.0
+    return 0.0
+
+
+def _magnitude(expected: torch.Tensor, floor: float) -> float:
+    return max(floor, expected.abs().max().item()) if expected.numel() else floor
+
+
+def _centred(actual: torch.Tensor, expected: torch.Tensor, case: Case | None):
+    """Large-mean outputs as deviations from each expected row mean: rtol * |1e4| would hide any
+    error in the normalised term."""
+    if case is None or not case.mean_offset or expected.dim() != 4 or expected[0, 0].numel() < 2:
+        return actual, expected
+    centre = expected.mean(dim=(2, 3), keepdim=True)
+    return actual - centre, expected - centre
+
+
+def _large_mean_slack(case: Case | None, dtype) -> float:
+    # A row mean of size M is stored to M * 2^-24 in fp32: that much error in x - mean is
+    # inherent to fp32 statistics (the seed's own code in fp32 has it too).
+    return abs(case.mean_offset) * torch.finfo(dtype).eps * 4 if case is not None else 0.0
 
 
 def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -101,25 +146,25 @@ def make_statistics(case: Case, dtype=torch.float32, device="cpu", requires_grad
 
 
 def assert_close(actual, expected, dtype, msg="", case: Case | None = None):
+    """An output against the float64 reference: TOLERANCES, atol relative to the largest expected
+    value (large-mean outputs centred first, plus the large-mean slack)."""
     atol, rtol = TOLERANCES[dtype]
-    if case is not None and case.mean_offset:
-        # A row mean of size M is stored to M * 2^-24 in fp32: that much error in x - mean is
-        # inherent to fp32 statistics (the seed's own code in fp32 has it too).
-        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
-    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=msg)
+    got, want = _centred(actual.double(), expected.double().to(actual.device), case)
+    atol = atol * _magnitude(want, 0.0) + _large_mean_slack(case, dtype)
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=msg or None)
 
 
 def assert_grads_close(got, want, dtype, case: Case | None = None, msg: str = ""):
-    """Gradients against float64 ones, with TOLERANCES: atol relative to each gradient's magnitude
-    (a 16-bit gradient carries the rounding of a 16-bit incoming gradient), plus the large-mean
-    slack of assert_close."""
+    """Gradients against float64 ones, with TOLERANCES: atol relative to each gradient's largest
+    entry, or to the floor of _gradient_floor. The large-mean slack is relative here: it is an
+    error in x - mean, which reaches a gradient through x_hat = (x - mean) / std, in proportion."""
     atol, rtol = TOLERANCES[dtype]
-    if case is not None and case.mean_offset:
-        atol += abs(case.mean_offset) * torch.finfo(dtype).eps * 4
+    atol += _large_mean_slack(case, dtype)
     for g, w in zip(got, want, strict=True):
         assert g is not None and g.dtype == dtype and g.shape == w.shape
-        torch.testing.assert_close(g.double(), w.double().to(g.device), rtol=rtol,
-                                   atol=atol * max(1.0, w.abs().max().item()),
+        w = w.double().to(g.device)
+        scale = _magnitude(w, _gradient_floor(case, w))
+        torch.testing.assert_close(g.double(), w, rtol=rtol, atol=atol * scale,
                                    msg=(lambda m: f"{msg}: {m}") if msg else None)
 
 
@@ -151,3 +196,40 @@ def assert_compile_matches_eager(model, inputs):
     compiled_grads = torch.autograd.grad(compiled(*inputs).sum(), inputs)
     for got, want in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(got, want)
+
+
+def opcheck_samples(ops, case: Case, dtype, device="cpu"):
+    """(op overload, args) for torch.library.opcheck: every op of the namespace `ops`
+    (torch.ops.adain or torch.ops.adain_triton) that it has, the backward ops with inputs a real
+    forward hands them."""
+    content, style = make_inputs(case, dtype, device, requires_grad=True)
+    mean, std = make_statistics(case, dtype, device, requires_grad=True)
+    u, alpha = case.unbiased, case.alpha
+    samples = [
+        (ops.mean_std.default, (content, 1e-5, u)),
+        (ops._fused_forward.default, (content, style, alpha, 1e-5, u)),
+        (ops._affine_forward.default, (content, mean, std, alpha, 1e-5, u)),
+    ]
+    if hasattr(ops, "fused"):
+        samples += [(ops.fused.default, (content, style, alpha, 1e-5, u)),
+                    (ops.affine.default, (content, mean, std, 1e-5, u))]
+    gen = torch.Generator().manual_seed(1)
+    grad = torch.randn(content.shape, generator=gen).to(device, dtype)
+    with torch.no_grad():
+        _out, x_mean, x_std = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
+        _out, c_mean, c_std, s_mean, s_std = ops._fused_forward(content, style, alpha, 1e-5, u)
+        public_stats = ops.mean_std(style, 1e-5, u)
+    samples.append((ops._affine_backward.default,
+                    (grad, content.detach(), x_mean, x_std, std.detach(), alpha, u)))
+    # The statistics mean_std's backward gets: mean_std's own ((N, C, 1, 1), x's dtype) and the
+    # fused forward's ((N, C), float32).
+    for m, sd in (public_stats, (s_mean, s_std)):
+        grad_mean, grad_std = (torch.randn(m.shape, generator=gen).to(device, m.dtype)
+                               for _ in range(2))
+        samples.append((ops._mean_std_backward.default,
+                        (grad_mean, grad_std, style.detach(), m, sd, u)))
+    if hasattr(ops, "_fused_backward"):
+        samples.append((ops._fused_backward.default,
+                        (grad, content.detach(), style.detach(), c_mean, c_std, s_mean, s_std,
+                         alpha, u)))
+    return samples

@@ -1,6 +1,7 @@
 """The compiled ops (backend="cpp", CPU here) beyond the per-op checks against the float64 oracle
 that every backend gets in test_backends.py: the seed's defaults, gradcheck, opcheck,
-torch.compile, thread splits, NaN/Inf, empty tensors."""
+torch.compile (also in 16-bit), mixed statistic shapes and dtypes, NaN/Inf, empty tensors. The
+split of long rows across threads is tested in test_cpu_split.py."""
 from __future__ import annotations
 
 import pytest
@@ -15,6 +16,7 @@ from cases import (
     double_leaves,
     make_inputs,
     make_statistics,
+    opcheck_samples,
 )
 
 import adain_ext
@@ -45,39 +47,21 @@ def test_gradcheck_float64(case: Case):
 
 OPCHECK_CASES = [c for c in CASES if c.name in ("tiny", "odd_style_other_size", "alpha_biased",
                                                  "channels_last", "strided")]
+# 16-bit: the statistics the internal ops return are float32 whatever x's dtype, which only a
+# 16-bit run tells apart from x's dtype (one case each: both layouts, both variances, alpha).
+OPCHECK_16BIT = {"alpha_biased": torch.float16, "channels_last": torch.bfloat16}
+OPCHECK_PARAMS = [
+    pytest.param(case, dtype, id=f"{case.name}-{str(dtype).split('.')[-1]}")
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    for case in OPCHECK_CASES
+    if dtype in (torch.float32, torch.float64) or OPCHECK_16BIT.get(case.name) == dtype
+]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
+@pytest.mark.parametrize("case,dtype", OPCHECK_PARAMS)
 def test_opcheck(case: Case, dtype):
-    content, style = make_inputs(case, dtype, requires_grad=True)
-    mean, std = make_statistics(case, dtype, requires_grad=True)
-    u = case.unbiased
-    ops = torch.ops.adain
-    samples = [
-        (ops.mean_std.default, (content, 1e-5, u)),
-        (ops._fused_forward.default, (content, style, case.alpha, 1e-5, u)),
-        (ops._affine_forward.default, (content, mean, std, case.alpha, 1e-5, u)),
-        (ops.fused.default, (content, style, case.alpha, 1e-5, u)),
-        (ops.affine.default, (content, mean, std, 1e-5, u)),
-    ]
-    for op, args in samples:
+    for op, args in opcheck_samples(torch.ops.adain, case, dtype):
         torch.library.opcheck(op, args)
-    # The backward ops, with inputs a real forward would hand them.
-    with torch.no_grad():
-        _out, x_mean, x_std = ops._affine_forward(content, mean, std, case.alpha, 1e-5, u)
-        s_mean, s_std = ops.mean_std(style, 1e-5, u)
-    grad = torch.randn_like(content)
-    torch.library.opcheck(ops._affine_backward.default,
-                          (grad, content.detach(), x_mean, x_std, std.detach(), case.alpha, u))
-    torch.library.opcheck(ops._mean_std_backward.default,
-                          (torch.randn_like(s_mean), torch.randn_like(s_std), style.detach(),
-                           s_mean, s_std, u))
-    with torch.no_grad():
-        _out, c_mean, c_std, s_mean32, s_std32 = ops._fused_forward(content, style, case.alpha, 1e-5, u)
-    torch.library.opcheck(ops._fused_backward.default,
-                          (grad, content.detach(), style.detach(), c_mean, c_std, s_mean32, s_std32,
-                           case.alpha, u))
 
 
 class _AllOps(torch.nn.Module):
@@ -88,12 +72,61 @@ class _AllOps(torch.nn.Module):
         return a + b + m + s
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_torch_compile_fullgraph(layout):
+@pytest.mark.parametrize("layout,dtype", [("contiguous", torch.float32),
+                                          ("channels_last", torch.float32),
+                                          ("contiguous", torch.float16),
+                                          ("channels_last", torch.bfloat16)], ids=str)
+def test_torch_compile_fullgraph(layout, dtype):
     case = Case("compile", (2, 4, 8, 8), style=(2, 4, 5, 7), layout=layout)
-    content, style = make_inputs(case, requires_grad=True)
-    mean, std = make_statistics(case, requires_grad=True)
+    content, style = make_inputs(case, dtype, requires_grad=True)
+    mean, std = make_statistics(case, dtype, requires_grad=True)
     assert_compile_matches_eager(_AllOps(), (content, style, mean, std))
+
+
+# adain_affine's target statistics may be (N, C) or (N, C, 1, 1), each in any float dtype; their
+# gradients must come back in their own shape and dtype.
+MIXED_STATISTICS = [  # x dtype, (mean shape, mean dtype), (std shape, std dtype)
+    (torch.float32, ("NC", torch.float16), ("NC11", torch.float64)),
+    (torch.bfloat16, ("NC11", torch.float32), ("NC", torch.bfloat16)),
+    (torch.float16, ("NC", torch.float32), ("NC11", torch.float32)),
+    (torch.float64, ("NC11", torch.float32), ("NC", torch.float64)),
+]
+
+
+def _less_precise(a, b):
+    return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
+
+
+def _mixed_id(params):
+    x_dtype, (m_shape, m_dtype), (s_shape, s_dtype) = params
+    x, m, s = (str(d).split(".")[-1] for d in (x_dtype, m_dtype, s_dtype))
+    return f"x_{x}-mean_{m_shape}_{m}-std_{s_shape}_{s}"
+
+
+@pytest.mark.parametrize("x_dtype,mean_like,std_like", MIXED_STATISTICS,
+                         ids=[_mixed_id(p) for p in MIXED_STATISTICS])
+def test_affine_mixed_statistic_shapes_and_dtypes(x_dtype, mean_like, std_like):
+    case = Case("mixed", (2, 3, 9, 11), layout="channels_last")
+    x, _ = make_inputs(case, x_dtype, requires_grad=True)
+    N, C = case.content[:2]
+    stats = make_statistics(case, torch.float64)
+    mean, std = (t.detach().reshape((N, C) if shape == "NC" else (N, C, 1, 1)).to(dtype)
+                 .requires_grad_() for t, (shape, dtype) in zip(stats, (mean_like, std_like)))
+    out = adain_ext.adain_affine(x, mean, std, backend="cpp")
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(x_dtype)
+    got = torch.autograd.grad(out, (x, mean, std), grad_out)
+    leaves = double_leaves(x, mean, std)
+    ref = reference.adain_affine(*leaves)
+    want = torch.autograd.grad(ref, leaves, grad_out.double())
+    assert out.dtype == x_dtype
+    assert_close(out, ref, x_dtype)
+    for g, w, leaf in zip(got, want, (x, mean, std)):
+        assert g.shape == leaf.shape and g.dtype == leaf.dtype
+        loose = _less_precise(x_dtype, leaf.dtype)
+        assert_grads_close((g.to(loose),), (w,), loose, case)
+    if x_dtype in (torch.float32, torch.bfloat16):
+        torch.library.opcheck(torch.ops.adain._affine_forward.default,
+                              (x, mean, std, 0.7, 1e-5, True))
 
 
 def test_torch_compile_inductor_matches_eager():
@@ -102,28 +135,6 @@ def test_torch_compile_inductor_matches_eager():
     torch._dynamo.reset()
     compiled = torch.compile(lambda c, s: torch.ops.adain.fused(c, s) * 2 + 1, fullgraph=True)
     torch.testing.assert_close(compiled(content, style), torch.ops.adain.fused(content, style) * 2 + 1)
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("threads", [1, 4])
-def test_split_rows_match_whole_rows(layout, threads):
-    """Few long rows are split across threads and merged with Chan's formula; the merged result
-    must agree with the reference whatever the thread count."""
-    case = Case("split", (1, 3, 160, 150), style=(1, 3, 90, 200), alpha=0.6, layout=layout,
-                mean_offset=50.0)
-    content, style = make_inputs(case, requires_grad=True)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = adain_ext.adain(content, style, case.alpha)
-        grads = torch.autograd.grad(out, (content, style), torch.ones_like(out))
-    finally:
-        torch.set_num_threads(previous)
-    c64, s64 = double_leaves(content, style)
-    ref = reference.adain(c64, s64, case.alpha)
-    assert_close(out, ref, torch.float32)
-    want = torch.autograd.grad(ref, (c64, s64), torch.ones_like(ref))
-    assert_grads_close(grads, want, torch.float32)
 
 
 def test_large_mean_statistics_are_accurate():

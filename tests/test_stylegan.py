@@ -322,6 +322,88 @@ def test_accelerate_every_pattern(monkeypatch):
     _assert_same(model, before, (x, w))
 
 
+# Norms accelerate() must leave alone: they are not a plain instance norm, so fusing them would
+# change the output (running statistics in eval, the running-statistics update in train, affine
+# weights), or the modulation is a spatial map the fused op cannot take.
+
+class RunningStatsAdaIN(RosinalityAdaIN):
+    def __init__(self, channels, style_dim):
+        super().__init__(channels, style_dim)
+        self.norm = nn.InstanceNorm2d(channels, track_running_stats=True, momentum=0.5)
+
+
+class AffineNormAdaIN(RosinalityAdaIN):
+    def __init__(self, channels, style_dim):
+        super().__init__(channels, style_dim)
+        self.norm = nn.InstanceNorm2d(channels, affine=True)
+        nn.init.normal_(self.norm.weight)
+        nn.init.normal_(self.norm.bias)
+
+
+class FunctionalRunningStats(FunctionalStyleMod):
+    def __init__(self, channels, style_dim):
+        super().__init__(channels, style_dim)
+        self.register_buffer("running_mean", torch.randn(channels))
+        self.register_buffer("running_var", torch.rand(channels) + 0.5)
+
+    def forward(self, x, latent):
+        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
+        x = F.instance_norm(x, self.running_mean, self.running_var, use_input_stats=False)
+        return x * (style[:, 0] + 1.0) + style[:, 1]
+
+
+class FunctionalAffine(FunctionalStyleMod):
+    def __init__(self, channels, style_dim):
+        super().__init__(channels, style_dim)
+        self.weight = nn.Parameter(torch.randn(channels))
+        self.bias = nn.Parameter(torch.randn(channels))
+
+    def forward(self, x, latent):
+        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
+        x = F.instance_norm(x, weight=self.weight, bias=self.bias, eps=1e-8)
+        return x * (style[:, 0] + 1.0) + style[:, 1]
+
+
+class SpatialStyleMod(nn.Module):
+    """SPADE with a style vector: the modulation maps are (N, C, H, W)."""
+
+    def __init__(self, channels, style_dim):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+
+    def forward(self, x, latent):
+        gamma, beta = self.conv(x).chunk(2, 1)
+        return F.instance_norm(x, eps=1e-5) * gamma + beta
+
+
+LEFT_ALONE = [RunningStatsAdaIN, AffineNormAdaIN, FunctionalRunningStats, FunctionalAffine,
+              SpatialStyleMod]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("model_type", LEFT_ALONE, ids=lambda t: t.__name__)
+def test_accelerate_leaves_other_norms_alone(model_type, training, monkeypatch):
+    torch.manual_seed(0)
+    model = model_type(4, 5).train(training)
+    before = copy.deepcopy(model)
+    if model_type is not SpatialStyleMod:
+        # A spatial map is only known at run time: the rewrite is planned, then falls back.
+        assert find_fusable(model) == []
+    accelerate(model)
+    monkeypatch.setattr(functional, "adain_affine",
+                        lambda *a, **k: pytest.fail("the fused op ran on a norm it must leave"))
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
+    for _ in range(2):  # in train mode the first call updates the running statistics
+        out_after, grads_after = _grads(model, _leaves(x, w))
+        out_before, grads_before = _grads(before, _leaves(x, w))
+        assert torch.equal(out_after, out_before)
+        assert grads_after.keys() == grads_before.keys()
+        for name in grads_before:
+            assert torch.equal(grads_after[name], grads_before[name]), name
+    for (name, after), (_, was) in zip(model.named_buffers(), before.named_buffers(), strict=True):
+        assert torch.equal(after, was), name
+
+
 def test_instance_norm_modulate_broadcasts_and_falls_back():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)

@@ -42,6 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
         affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
     return {out, content_mean, content_std, style_mean, style_std};
   }
+  log_segments(1);
   const auto acc = acc_dtype(content.scalar_type());
   at::Tensor out = empty_output(content, c_layout);
   at::Tensor c_mean = at::empty({cg.N, cg.C}, content.options().dtype(acc));
@@ -95,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     return {grad_content,
             mean_std_backward(grad_mean, grad_std, style, style_mean, style_std, unbiased)};
   }
+  log_segments(1);
   const at::Tensor g = grad_out.to(content.scalar_type()).contiguous(memory_format_of(c_layout));
   const auto acc = acc_dtype(content.scalar_type());
   at::Tensor grad_content = empty_output(content, c_layout);

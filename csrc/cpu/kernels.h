@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <vector>
 
 namespace adain::cpu {
 
@@ -23,5 +24,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
 at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
                              const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std,
                              bool unbiased);
+
+// adain::_cpu_segment_log: the segment counts logged since the previous call (see SegmentLog in
+// row_kernels.h); recording stays on afterwards iff `record`.
+std::vector<int64_t> take_segment_log(bool record);
 
 }  // namespace adain::cpu

@@ -69,6 +69,15 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
   return grad_x;
 }
 
+std::vector<int64_t> take_segment_log(bool record) {
+  SegmentLog& log = segment_log();
+  std::lock_guard<std::mutex> lock(log.mutex);
+  std::vector<int64_t> taken;
+  taken.swap(log.entries);
+  log.recording.store(record);
+  return taken;
+}
+
 }  // namespace adain::cpu
 
 TORCH_LIBRARY_IMPL(adain, CPU, m) {

@@ -13,8 +13,10 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -288,6 +290,30 @@ void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scala
   }
 }
 
+// ---- What the kernels did, for tests (adain::_cpu_segment_log).
+//
+// Splitting a unit into segments only happens with few units and several threads, so a test cannot
+// tell from the result whether the split path ran. While recording is on, every reduction and map
+// logs the number of segments it split each unit into (1: whole units); off, logging costs one
+// relaxed atomic load per kernel call.
+struct SegmentLog {
+  std::atomic<bool> recording{false};
+  std::mutex mutex;
+  std::vector<int64_t> entries;
+};
+
+inline SegmentLog& segment_log() {
+  static SegmentLog log;
+  return log;
+}
+
+inline void log_segments(int64_t segments) {
+  SegmentLog& log = segment_log();
+  if (!log.recording.load(std::memory_order_relaxed)) return;
+  std::lock_guard<std::mutex> lock(log.mutex);
+  log.entries.push_back(segments);
+}
+
 // ---- The driver.
 //
 // Work is split into "units" (a contiguous row, or a whole channels_last image) and, when units
@@ -319,6 +345,7 @@ struct Geometry {
 template <typename Map>
 void map_units(const Geometry& geo, Map map) {
   const int64_t units = geo.units(), S = geo.segments();
+  log_segments(S);
   at::parallel_for(0, units * S, S == 1 ? geo.grain(units) : 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const auto [b, e] = geo.segment_range(t % S, S);
@@ -336,6 +363,7 @@ template <typename State, typename Reduce, typename Merge, typename Finish, type
 void reduce_then_map(const Geometry& geo, Reduce reduce_rows, Merge merge, Finish finish, Map map) {
   const int64_t units = geo.units(), S = geo.segments(), L = geo.L;
   const int64_t rows_per_unit = geo.layout == Layout::Contiguous ? 1 : geo.C;
+  log_segments(S);
   if (S == 1) {
     at::parallel_for(0, units, geo.grain(units), [&](int64_t begin, int64_t end) {
       std::vector<State> states(rows_per_unit);

@@ -1,0 +1,124 @@
+"""The CPU kernels' split path: with fewer rows (contiguous) or images (channels_last) than twice
+the thread count, each is cut into segments whose partial statistics and gradient sums are merged.
+Every op and every gradient runs on shapes that force that split, checked against the float64
+oracle, and adain::_cpu_segment_log confirms that every reduction and map really split (several
+threads) or really did not (one thread)."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from cases import (
+    Case,
+    assert_close,
+    assert_grads_close,
+    double_leaves,
+    make_inputs,
+    make_statistics,
+)
+
+import adain_ext
+from adain_ext import reference
+
+pytestmark = pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
+
+# Units of 2^16 elements or so: at most four segments of the 16384-element minimum task, and
+# lengths that do not divide evenly into them. No mean offset: the error must show against
+# values of size 1, not hide under rtol * |1e4|.
+SPLIT_CASES = [
+    Case("split_rows", (1, 2, 256, 255), style=(1, 2, 240, 250), alpha=0.6),
+    Case("split_rows_biased", (1, 2, 200, 300), unbiased=False),
+    Case("split_images", (1, 12, 64, 72), style=(1, 12, 50, 60), alpha=0.6,
+         layout="channels_last"),
+]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+THREADS = [1, 4]
+
+
+@contextlib.contextmanager
+def _threads_and_segment_log(threads: int):
+    """Runs the body with `threads` intra-op threads; yields the list of segment counts every CPU
+    reduction and map used, filled in when the body ends."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.ops.adain._cpu_segment_log(True)
+    log: list[int] = []
+    try:
+        yield log
+    finally:
+        log.extend(torch.ops.adain._cpu_segment_log(False))
+        torch.set_num_threads(previous)
+
+
+def _assert_split_as_planned(log, threads):
+    assert log, "no CPU kernel ran"
+    if threads == 1:
+        assert set(log) == {1}, log
+    else:
+        assert min(log) > 1, f"some kernel did not split its rows: {log}"
+
+
+def _grad(shape, dtype, seed):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=str)
+def test_split_adain(case: Case, dtype, threads):
+    content, style = make_inputs(case, dtype, requires_grad=True)
+    grad_out = _grad(case.content, dtype, 11)
+    with _threads_and_segment_log(threads) as log:
+        out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="cpp")
+        got = torch.autograd.grad(out, (content, style), grad_out)
+    _assert_split_as_planned(log, threads)
+    c64, s64 = double_leaves(content, style)
+    ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
+    assert_close(out, ref, dtype, case=case)
+    want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
+    assert_grads_close(got, want, dtype, case)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=str)
+def test_split_affine(case: Case, dtype, threads):
+    x, _ = make_inputs(case, dtype, requires_grad=True)
+    mean, std = make_statistics(case, dtype, requires_grad=True)
+    grad_out = _grad(case.content, dtype, 12)
+    with _threads_and_segment_log(threads) as log:
+        out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="cpp")
+        got = torch.autograd.grad(out, (x, mean, std), grad_out)
+    _assert_split_as_planned(log, threads)
+    x64, m64, s64 = double_leaves(x, mean, std)
+    ref = reference.adain_affine(x64, m64, s64, unbiased=case.unbiased)
+    assert_close(out, ref, dtype, case=case)
+    want = torch.autograd.grad(ref, (x64, m64, s64), grad_out.double())
+    assert_grads_close(got, want, dtype, case)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=str)
+def test_split_mean_std(case: Case, dtype, threads):
+    x, _ = make_inputs(case, dtype, requires_grad=True)
+    N, C = case.content[:2]
+    grad_mean, grad_std = _grad((N, C, 1, 1), dtype, 13), _grad((N, C, 1, 1), dtype, 14)
+    with _threads_and_segment_log(threads) as log:
+        mean, std = adain_ext.mean_std(x, unbiased=case.unbiased, backend="cpp")
+        (got,) = torch.autograd.grad((mean, std), (x,), (grad_mean, grad_std))
+    _assert_split_as_planned(log, threads)
+    (x64,) = double_leaves(x)
+    ref_mean, ref_std = reference.mean_std(x64, unbiased=case.unbiased)
+    assert_close(mean, ref_mean, dtype, case=case)
+    assert_close(std, ref_std, dtype, case=case)
+    want = torch.autograd.grad((ref_mean, ref_std), (x64,), (grad_mean.double(), grad_std.double()))
+    assert_grads_close((got,), want, dtype, case)
+
+
+def test_segment_log_is_off_unless_asked():
+    torch.ops.adain._cpu_segment_log(False)
+    x = torch.randn(1, 2, 8, 8)
+    adain_ext.mean_std(x, backend="cpp")
+    assert torch.ops.adain._cpu_segment_log(False) == []

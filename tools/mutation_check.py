@@ -1,0 +1,190 @@
+"""Plants known bugs, one at a time, in a copy of the repository and reports which the tests catch.
+
+    python tools/mutation_check.py                 # every mutant
+    python tools/mutation_check.py --only cpu_split_skips_last accelerate_running_stats
+    python tools/mutation_check.py --list
+
+Each mutant replaces one exact piece of source text (the script stops if the text is no longer
+there, so a refactor cannot turn a mutant into a no-op) and runs the test files that should catch
+it, with -x, on the CPU. The copy holds the tracked and untracked, not ignored, files of this
+working tree and its built adain_ext/_C*.so, so Python mutants need no build; C++ mutants rebuild
+the copy CPU-only (ADAIN_EXT_CUDA=0, minutes). Mutants run one after another: the machines this
+runs on are shared. Prints a table mutant -> caught (by which test) / survived. Not part of CI.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # exact text, present exactly once
+    new: str
+    tests: tuple  # pytest runs, each a tuple of arguments (files, -k expressions), until one fails
+    why: str
+
+    @property
+    def needs_build(self) -> bool:
+        return self.path.startswith("csrc/")
+
+
+CPP_TESTS = (("tests/test_cpu_split.py",), ("tests/test_backends.py", "-k", "cpp"))
+
+MUTANTS = [
+    Mutant("cpu_split_skips_last", "csrc/cpu/row_kernels.h",
+           "      reduce_rows(t / S, b, e, partial.data() + t * rows_per_unit);",
+           "      reduce_rows(t / S, b, e - 1, partial.data() + t * rows_per_unit);",
+           (("tests/test_cpu_split.py",), ("tests/test_ops.py",), ("tests/test_backends.py",)),
+           "each segment's partial sums skip its last element (CPU split path)"),
+    Mutant("accelerate_running_stats", "adain_ext/stylegan.py",
+           "and not m.affine and not m.track_running_stats)", "and not m.affine)",
+           (("tests/test_stylegan.py",),),
+           "accelerate() rewrites InstanceNorm2d(track_running_stats=True)"),
+    Mutant("accelerate_functional_affine", "adain_ext/stylegan.py",
+           'for k in ("running_mean", "running_var", "weight", "bias"))',
+           'for k in ("running_mean", "running_var"))',
+           (("tests/test_stylegan.py",),),
+           "accelerate() rewrites F.instance_norm(x, weight=..., bias=...)"),
+    Mutant("fake_stats_in_x_dtype", "adain_ext/_layout.py",
+           "return x.new_empty(x.shape[:2], dtype=stat_dtype(x.dtype))",
+           "return x.new_empty(x.shape[:2], dtype=x.dtype)",
+           (("tests/test_ops.py",), ("tests/test_triton_16bit.py",)),
+           "fake kernels return statistics in x's dtype instead of float32"),
+    Mutant("affine_std_grad_shaped_like_mean", "adain_ext/_autograd.py",
+           "ctx.std_like = (std.shape, std.dtype)", "ctx.std_like = (mean.shape, mean.dtype)",
+           (("tests/test_ops.py",), ("tests/test_backends.py", "-k", "cpp")),
+           "affine backward gives std's gradient mean's shape and dtype"),
+    Mutant("grad_16bit_scaled_0.9", "adain_ext/_autograd.py",
+           "        return grad_content if need_content else None, grad_style, None, None, None",
+           "        if content.dtype in (torch.float16, torch.bfloat16):\n"
+           "            grad_content = grad_content * 0.9\n"
+           "        return grad_content if need_content else None, grad_style, None, None, None",
+           (("tests/test_backends.py", "-k", "cpp"),),
+           "adain's 16-bit gradients scaled by 0.9"),
+    Mutant("mean_std_backward_biased_divisor", "csrc/cpu/mean_std_kernel.cpp",
+           "D = variance_divisor<acc_t>(geo.L, unbiased);",
+           "D = variance_divisor<acc_t>(geo.L, false);",
+           CPP_TESTS,
+           "mean_std backward divides by H*W where the unbiased variance needs H*W - 1"),
+    Mutant("forward_alpha_drops_content_mean", "csrc/cpu/row_kernels.h",
+           "alpha * t_mean + (1 - alpha) * x_mean;", "alpha * t_mean;",
+           CPP_TESTS,
+           "alpha blend drops the (1 - alpha) * content mean term"),
+]
+
+
+def _copy_tree(dest: str) -> None:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, check=True, capture_output=True).stdout.decode()
+    files = [f for f in listed.split("\0") if f and os.path.isfile(os.path.join(ROOT, f))]
+    files += [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "adain_ext", "_C*.so"))]
+    for f in files:
+        os.makedirs(os.path.dirname(os.path.join(dest, f)) or dest, exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, f), os.path.join(dest, f))
+
+
+def _env() -> dict:
+    env = dict(os.environ, ADAIN_EXT_CUDA="0", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _build(repo: str) -> None:
+    result = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=repo,
+                            env=_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def _run_tests(repo: str, runs: tuple) -> tuple[bool, str]:
+    """(passed, the first failing test or the error), over pytest runs made one after another."""
+    for args in runs:
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rf", *args]
+        result = subprocess.run(cmd, cwd=repo, env=_env(), capture_output=True, text=True)
+        if result.returncode != 0:
+            failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.stdout, flags=re.M)
+            return False, failed[0] if failed else result.stdout.strip().splitlines()[-1]
+    return True, ""
+
+
+def _apply(repo: str, m: Mutant) -> str:
+    path = os.path.join(repo, m.path)
+    with open(path) as f:
+        original = f.read()
+    if original.count(m.old) != 1:
+        raise RuntimeError(f"{m.name}: the text to mutate is not in {m.path} exactly once")
+    with open(path, "w") as f:
+        f.write(original.replace(m.old, m.new))
+    return original
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="names of the mutants to run")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--keep", action="store_true", help="keep the copy (its path is printed)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first run every chosen mutant's tests unmutated (they must pass)")
+    args = parser.parse_args()
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:36} {m.path:32} {m.why}")
+        return 0
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    unknown = set(args.only or ()) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutants: {sorted(unknown)}")
+    # Python mutants first: they run on the copied build; each C++ mutant rebuilds.
+    chosen.sort(key=lambda m: m.needs_build)
+    workdir = tempfile.mkdtemp(prefix="adain_mutants_")
+    repo = os.path.join(workdir, "repo")
+    _copy_tree(repo)
+    print(f"copy: {repo}", flush=True)
+    rows = []
+    try:
+        if args.baseline:
+            runs = list(dict.fromkeys(run for m in chosen for run in m.tests))
+            passed, failure = _run_tests(repo, tuple(runs))
+            if not passed:
+                print(f"baseline: {failure} fails without any mutant; fix that first")
+                return 2
+            print("baseline: every run passes unmutated", flush=True)
+        for m in chosen:
+            start = time.time()
+            original = _apply(repo, m)
+            try:
+                if m.needs_build:
+                    _build(repo)
+                passed, caught_by = _run_tests(repo, m.tests)
+            finally:
+                with open(os.path.join(repo, m.path), "w") as f:
+                    f.write(original)
+            verdict = "SURVIVED" if passed else "caught"
+            rows.append((m.name, verdict, caught_by, time.time() - start))
+            print(f"{m.name}: {verdict} {caught_by} ({time.time() - start:.0f} s)", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"| {'mutant':36} | {'result':8} | caught by")
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 40}")
+    for name, verdict, caught_by, _ in rows:
+        print(f"| {name:36} | {verdict:8} | {caught_by}")
+    return 1 if any(v == "SURVIVED" for _, v, _, _ in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
