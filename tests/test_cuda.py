@@ -133,8 +133,8 @@ def _check_fused(case, dtype, device_ref=CUDA):
         assert out.is_contiguous(memory_format=torch.channels_last)
         assert gc.is_contiguous(memory_format=torch.channels_last)
     assert_close(out, ref_out.to(out.device), dtype, msg=f"{case} out", case=case)
-    assert_grads_close((gc,), (ref_gc.to(gc.device),), dtype, msg=f"{case} grad content")
-    assert_grads_close((gs,), (ref_gs.to(gs.device),), dtype, msg=f"{case} grad style")
+    assert_grads_close((gc,), (ref_gc.to(gc.device),), dtype, case=case, msg=f"{case} grad content")
+    assert_grads_close((gs,), (ref_gs.to(gs.device),), dtype, case=case, msg=f"{case} grad style")
 
 
 # ---- Every op against the float64 reference and the CPU kernels, over the shared cases.
@@ -156,8 +156,8 @@ def test_fused_matches_cpu_kernel(case, dtype):
     out, gc, gs = _fused_and_grads(content, style, case, "cpp")
     cpu_out, cpu_gc, cpu_gs = _fused_and_grads(content.cpu(), style.cpu(), case, "cpp")
     assert_close(out.cpu(), cpu_out, dtype, msg=f"{case} out", case=case)
-    assert_grads_close((gc.cpu(),), (cpu_gc,), dtype, msg=f"{case} grad content")
-    assert_grads_close((gs.cpu(),), (cpu_gs,), dtype, msg=f"{case} grad style")
+    assert_grads_close((gc.cpu(),), (cpu_gc,), dtype, case=case, msg=f"{case} grad content")
+    assert_grads_close((gs.cpu(),), (cpu_gs,), dtype, case=case, msg=f"{case} grad style")
     assert out.stride() == cpu_out.stride()
 
 
@@ -174,9 +174,9 @@ def test_affine_matches_reference(case, flat, dtype):
     rgx, rgm, rgs = torch.autograd.grad(ref, (xr, mr, sr), grad.double())
     assert gm.shape == mean.shape and gm.dtype == mean.dtype
     assert_close(out, ref, dtype, msg=f"{case} out", case=case)
-    assert_grads_close((gx,), (rgx,), dtype, msg="grad x")
-    assert_grads_close((gm,), (rgm,), dtype, msg="grad mean")
-    assert_grads_close((gs,), (rgs,), dtype, msg="grad std")
+    assert_grads_close((gx,), (rgx,), dtype, case=case, msg="grad x")
+    assert_grads_close((gm,), (rgm,), dtype, case=case, msg="grad mean")
+    assert_grads_close((gs,), (rgs,), dtype, case=case, msg="grad std")
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.35, 1.0])
@@ -208,7 +208,7 @@ def test_mean_std_matches_reference_and_cpu(case, dtype):
     (rgx,) = torch.autograd.grad((rm * wm.double()).sum() + (rs * ws.double()).sum(), (xr,))
     assert_close(mean, rm, dtype, case=case)
     assert_close(std, rs, dtype, case=case)
-    assert_grads_close((gx,), (rgx,), dtype, msg="grad x")
+    assert_grads_close((gx,), (rgx,), dtype, case=case, msg="grad x")
     cm, cs = adain_ext.mean_std(x.detach().cpu(), 1e-5, case.unbiased, backend="cpp")
     assert_close(mean.cpu(), cm, dtype, case=case)
     assert_close(std.cpu(), cs, dtype, case=case)
