@@ -41,9 +41,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+from cases import TOLERANCES  # the tests' per-dtype (atol, rtol) against float64
+
 import adain_ext
 from adain_ext import reference
-from cases import TOLERANCES  # the tests' per-dtype (atol, rtol) against float64
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "fp64": torch.float64}

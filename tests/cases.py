@@ -7,6 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+import adain_ext
+from adain_ext import reference
+
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -166,6 +169,26 @@ def assert_grads_close(got, want, dtype, case: Case | None = None, msg: str = ""
         scale = _magnitude(w, _gradient_floor(case, w))
         torch.testing.assert_close(g.double(), w, rtol=rtol, atol=atol * scale,
                                    msg=(lambda m: f"{msg}: {m}") if msg else None)
+
+
+def check_affine_mixed_statistics(x, mean, std, backend: str, case: Case):
+    """adain_affine(x, mean, std) with statistics of their own shapes ((N, C) or (N, C, 1, 1))
+    and dtypes: the output in x's dtype, and each gradient in its input's shape and dtype, against
+    the float64 reference (gradients at the tolerance of the less precise of x's and their own
+    dtype)."""
+    out = adain_ext.adain_affine(x, mean, std, backend=backend)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(x.device,
+                                                                                     x.dtype)
+    got = torch.autograd.grad(out, (x, mean, std), grad_out)
+    leaves = double_leaves(x, mean, std)
+    ref = reference.adain_affine(*leaves)
+    want = torch.autograd.grad(ref, leaves, grad_out.double())
+    assert out.dtype == x.dtype
+    assert_close(out, ref, x.dtype)
+    for g, w, leaf in zip(got, want, (x, mean, std)):
+        assert g.shape == leaf.shape and g.dtype == leaf.dtype
+        loose = x.dtype if torch.finfo(x.dtype).eps >= torch.finfo(leaf.dtype).eps else leaf.dtype
+        assert_grads_close((g.to(loose),), (w,), loose, case)
 
 
 def double_leaves(*tensors):

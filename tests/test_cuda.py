@@ -12,8 +12,8 @@ import torch
 from cases import (
     CASE_DTYPES,
     CASES,
-    TOLERANCES,
     GRAD_CASES,
+    TOLERANCES,
     Case,
     assert_close,
     assert_grads_close,

@@ -12,8 +12,7 @@ from cases import (
     Case,
     assert_close,
     assert_compile_matches_eager,
-    assert_grads_close,
-    double_leaves,
+    check_affine_mixed_statistics,
     make_inputs,
     make_statistics,
     opcheck_samples,
@@ -112,18 +111,7 @@ def test_affine_mixed_statistic_shapes_and_dtypes(x_dtype, mean_like, std_like):
     stats = make_statistics(case, torch.float64)
     mean, std = (t.detach().reshape((N, C) if shape == "NC" else (N, C, 1, 1)).to(dtype)
                  .requires_grad_() for t, (shape, dtype) in zip(stats, (mean_like, std_like)))
-    out = adain_ext.adain_affine(x, mean, std, backend="cpp")
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(x_dtype)
-    got = torch.autograd.grad(out, (x, mean, std), grad_out)
-    leaves = double_leaves(x, mean, std)
-    ref = reference.adain_affine(*leaves)
-    want = torch.autograd.grad(ref, leaves, grad_out.double())
-    assert out.dtype == x_dtype
-    assert_close(out, ref, x_dtype)
-    for g, w, leaf in zip(got, want, (x, mean, std)):
-        assert g.shape == leaf.shape and g.dtype == leaf.dtype
-        loose = _less_precise(x_dtype, leaf.dtype)
-        assert_grads_close((g.to(loose),), (w,), loose, case)
+    check_affine_mixed_statistics(x, mean, std, "cpp", case)
     if x_dtype in (torch.float32, torch.bfloat16):
         torch.library.opcheck(torch.ops.adain._affine_forward.default,
                               (x, mean, std, 0.7, 1e-5, True))

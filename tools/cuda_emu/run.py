@@ -235,21 +235,21 @@ def sweep_launch_limits(emu) -> int:
                             target = torch.ones(n, c, 1, 1, dtype=dtype)
                             style_long = torch.empty(n, c, 1, 2 * L + 1, dtype=dtype)
                             calls_here = [
-                                ("mean_std", lambda: emu.mean_std(x, 1e-5, True)),
-                                ("affine_forward", lambda: emu.affine_forward(
-                                    x, target, target, 0.5, 1e-5, True)),
-                                ("affine_backward", lambda: emu.affine_backward(
-                                    x, x, stat, stat, target, 0.5, True)),
-                                ("fused_forward", lambda: emu.fused_forward(x, x, 0.5, 1e-5, True)),
-                                ("fused_forward long style", lambda: emu.fused_forward(
-                                    x, style_long, 0.5, 1e-5, True)),
-                                ("mean_std_backward", lambda: emu.mean_std_backward(
-                                    stat, stat, x, stat, stat, True)),
+                                ("mean_std", emu.mean_std, (x, 1e-5, True)),
+                                ("affine_forward", emu.affine_forward,
+                                 (x, target, target, 0.5, 1e-5, True)),
+                                ("affine_backward", emu.affine_backward,
+                                 (x, x, stat, stat, target, 0.5, True)),
+                                ("fused_forward", emu.fused_forward, (x, x, 0.5, 1e-5, True)),
+                                ("fused_forward long style", emu.fused_forward,
+                                 (x, style_long, 0.5, 1e-5, True)),
+                                ("mean_std_backward", emu.mean_std_backward,
+                                 (stat, stat, x, stat, stat, True)),
                             ]
-                            for name, call in calls_here:
+                            for name, op, args in calls_here:
                                 calls += 1
                                 try:
-                                    call()
+                                    op(*args)
                                 except RuntimeError as error:
                                     failures += 1
                                     if failures <= 30:
