@@ -264,7 +264,7 @@ def test_smoke_error_measure(smoke):
     assert gpu_smoke.error_vs_tolerance(want.float(), want, torch.float32) == (0.0, 0.0)
     err, ratio = gpu_smoke.error_vs_tolerance(want.float() + torch.tensor([0, 0, 1.0]), want,
                                               torch.float32)
-    assert err == 1.0 and ratio == pytest.approx(1.0 / (atol + rtol * 100))
+    assert err == 1.0 and ratio == pytest.approx(1.0 / (atol * 100 + rtol * 100))  # atol x max|want|
     nan = torch.tensor([1.0, float("nan"), 100.0])
     assert gpu_smoke.error_vs_tolerance(nan, want, torch.float32)[1] == float("inf")
 
