@@ -293,7 +293,7 @@ def test_accelerate_every_pattern(monkeypatch):
     refs = {seed_adain: reference.adaptive_instance_normalization}
     plan = find_fusable(model, reference_functions=refs)
     assert accelerate(model, reference_functions=refs) is model
-    found = {(r.module, r.pattern) for r in plan}
+    found = {(r.module, r.pattern) for r in plan if r.rewritten}
     assert found == {
         ("ros", "instance_norm_modulation"), ("fun", "instance_norm_modulation"),
         ("epi", "instance_norm_modulation"), ("refs", "reference_call"),
@@ -301,12 +301,18 @@ def test_accelerate_every_pattern(monkeypatch):
         ("paper", "reference_backend"),
     }, plan
     assert sum(r.module == "refs" for r in plan) == 5
-    assert "branchy" not in {r.module for r in plan}  # traced code differs in train and eval
+    left_alone = {(r.module, r.reason) for r in plan if not r.rewritten}
+    assert left_alone == {
+        ("branchy", "its traced code differs between train() and eval() (a branch on "
+                    "self.training)"),
+        ("", "the shift is 1, not a tensor"),
+    }, left_alone
     assert list(model.state_dict()) == keys
     assert isinstance(model.ros, RosinalityAdaIN)
     assert "instance_norm_modulate" in model.ros.adain_fused_code
     assert model.ours.impl == "fused" and model.paper.backend == "auto"
-    assert find_fusable(model, reference_functions=refs) == []  # a second pass finds nothing
+    # a second pass finds nothing more to rewrite
+    assert not [r for r in find_fusable(model, reference_functions=refs) if r.rewritten]
 
     calls = []
     fused_affine = functional.adain_affine
@@ -323,8 +329,9 @@ def test_accelerate_every_pattern(monkeypatch):
 
 
 # Norms accelerate() must leave alone: they are not a plain instance norm, so fusing them would
-# change the output (running statistics in eval, the running-statistics update in train, affine
-# weights), or the modulation is a spatial map the fused op cannot take.
+# change the output (running statistics in eval, the running-statistics update in train), or the
+# modulation is a spatial map the fused op cannot take. An affine norm's own weight and bias fold
+# into the modulation instead.
 
 class RunningStatsAdaIN(RosinalityAdaIN):
     def __init__(self, channels, style_dim):
@@ -376,8 +383,12 @@ class SpatialStyleMod(nn.Module):
         return F.instance_norm(x, eps=1e-5) * gamma + beta
 
 
-LEFT_ALONE = [RunningStatsAdaIN, AffineNormAdaIN, FunctionalRunningStats, FunctionalAffine,
-              SpatialStyleMod]
+LEFT_ALONE = {
+    RunningStatsAdaIN: "InstanceNorm2d(affine=False, track_running_stats=True) uses its running "
+                       "statistics in eval mode and updates them in train mode",
+    FunctionalRunningStats: "F.instance_norm with running_mean/running_var updates or uses them",
+    SpatialStyleMod: None,  # a spatial map is only known at run time: planned, then falls back
+}
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -386,9 +397,8 @@ def test_accelerate_leaves_other_norms_alone(model_type, training, monkeypatch):
     torch.manual_seed(0)
     model = model_type(4, 5).train(training)
     before = copy.deepcopy(model)
-    if model_type is not SpatialStyleMod:
-        # A spatial map is only known at run time: the rewrite is planned, then falls back.
-        assert find_fusable(model) == []
+    if LEFT_ALONE[model_type] is not None:
+        assert [f.reason for f in find_fusable(model)] == [LEFT_ALONE[model_type]]
     accelerate(model)
     monkeypatch.setattr(functional, "adain_affine",
                         lambda *a, **k: pytest.fail("the fused op ran on a norm it must leave"))
@@ -402,6 +412,33 @@ def test_accelerate_leaves_other_norms_alone(model_type, training, monkeypatch):
             assert torch.equal(grads_after[name], grads_before[name]), name
     for (name, after), (_, was) in zip(model.named_buffers(), before.named_buffers(), strict=True):
         assert torch.equal(after, was), name
+
+
+@pytest.mark.parametrize("model_type", [AffineNormAdaIN, FunctionalAffine],
+                         ids=lambda t: t.__name__)
+def test_accelerate_folds_the_norms_affine(model_type, monkeypatch):
+    torch.manual_seed(0)
+    model = model_type(4, 5)
+    before = copy.deepcopy(model)
+    assert [f.pattern for f in find_fusable(model)] == ["instance_norm_modulation"]
+    accelerate(model)
+    calls = []
+    fused_affine = functional.adain_affine
+    monkeypatch.setattr(functional, "adain_affine",
+                        lambda *a, **k: calls.append(1) or fused_affine(*a, **k))
+    x, w = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
+    for training in (True, False):
+        model.train(training)
+        before.train(training)
+        grads = _assert_same(model, before, (x, w))
+        assert {"weight", "bias"} & {name.split(".")[-1] for name in grads}
+    assert len(calls) == 2
+    with torch.no_grad():  # read at call time, not when accelerate() ran
+        for p in model.parameters():
+            p.mul_(1.5)
+        for p in before.parameters():
+            p.mul_(1.5)
+    _assert_same(model, before, (x, w))
 
 
 def test_instance_norm_modulate_broadcasts_and_falls_back():

@@ -1,0 +1,404 @@
+"""accelerate() on the AdaIN idioms public models write, in 1-D, 2-D and 3-D.
+
+Each model below is written the way its family writes the layer (no code is copied):
+- a one-shot voice-conversion decoder (AdaIN-VC, jjery2243542/adaptive_voice_conversion): one
+  shared nn.InstanceNorm1d and the modulation in a free function,
+  `x * std.unsqueeze(dim=2) + mean.unsqueeze(dim=2)`; and a StyleTTS / StarGANv2-VC AdaIN1d,
+  `(1 + gamma) * self.norm(x) + beta` with gamma, beta a `chunk` of a `view` of a linear layer;
+- a MUNIT / FUNIT decoder (NVlabs/MUNIT networks.py): AdaptiveInstanceNorm2d written as the
+  batch_norm trick, its weight and bias assigned by the generator from an MLP before each decode;
+- a 3-D block: nn.InstanceNorm3d with `x * (style[:, 0] + 1.0) + style[:, 1]` after
+  `view([-1, 2, C, 1, 1, 1])`, an affine InstanceNorm3d, F.instance_norm of a 5-D tensor, and the
+  batch_norm trick on a clip.
+
+Every test compares the accelerated model with an unchanged deep copy: the output and the
+gradient of every input and parameter, in train and in eval mode, over several calls.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_stylegan import _assert_same
+from torch import nn
+
+from adain_ext import functional
+from adain_ext.stylegan import accelerate, find_fusable
+
+
+def _op_takes_rank(rank: int) -> bool:
+    x = torch.randn(1, 1, *(3,) * (rank - 2))
+    try:
+        functional.adain_affine(x, torch.zeros(1, 1), torch.ones(1, 1), 1e-5, False)
+    except (ValueError, RuntimeError):
+        return False
+    return True
+
+
+needs_rank = {rank: pytest.mark.skipif(not _op_takes_rank(rank),
+                                       reason=f"the fused ops do not take {rank}-D input yet")
+              for rank in (3, 5)}
+
+
+def _count_fused_calls(monkeypatch) -> list:
+    calls = []
+    fused = functional.adain_affine
+    monkeypatch.setattr(functional, "adain_affine",
+                        lambda x, *a, **k: calls.append(tuple(x.shape)) or fused(x, *a, **k))
+    return calls
+
+
+def _check_accelerated(model: nn.Module, make_inputs, monkeypatch, calls_per_forward: int,
+                       modes=(True, False), steps: int = 2):
+    """accelerate(model) gives the same outputs and gradients as the model before, in each mode,
+    with the fused op called calls_per_forward times per forward."""
+    before = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    assert accelerate(model) is model
+    assert list(model.state_dict()) == keys
+    calls = _count_fused_calls(monkeypatch)
+    for training in modes:
+        model.train(training)
+        before.train(training)
+        for step in range(steps):  # new style inputs each step
+            torch.manual_seed(100 + step)
+            inputs = make_inputs()
+            _assert_same(model, before, inputs)
+            model.zero_grad()
+            before.zero_grad()
+    assert len(calls) == calls_per_forward * len(modes) * steps, calls
+    for (name, after), (_, was) in zip(model.named_buffers(), before.named_buffers(), strict=True):
+        torch.testing.assert_close(after, was, atol=1e-6, rtol=1e-5, msg=name)
+    return calls
+
+
+# ------------------------------------------------------------------------------------------
+# 1-D: speech
+# ------------------------------------------------------------------------------------------
+
+def pad_layer(inp, layer):
+    """Reflect-pads a (N, C, T) input so that the conv keeps T."""
+    k = layer.kernel_size[0]
+    pad = (k // 2, k // 2 - 1) if k % 2 == 0 else (k // 2, k // 2)
+    return layer(F.pad(inp, pad=pad, mode="reflect"))
+
+
+def append_cond(x, cond):
+    """The speaker embedding's affine output, (N, 2C): the target mean, then the target std."""
+    p = cond.size(1) // 2
+    mean, std = cond[:, :p], cond[:, p:]
+    return x * std.unsqueeze(dim=2) + mean.unsqueeze(dim=2)
+
+
+class SpeechDecoder(nn.Module):
+    """A one-shot voice-conversion decoder: conv blocks on (N, C, T), each conv followed by the
+    one shared InstanceNorm1d and append_cond of that block's linear layer."""
+
+    def __init__(self, c_in=6, c_cond=5, c_h=8, c_out=4, kernel_size=3, n_conv_blocks=2):
+        super().__init__()
+        self.n_conv_blocks = n_conv_blocks
+        self.act = nn.LeakyReLU()
+        self.in_conv_layer = nn.Conv1d(c_in, c_h, kernel_size=1)
+        self.first_conv_layers = nn.ModuleList(
+            [nn.Conv1d(c_h, c_h, kernel_size=kernel_size) for _ in range(n_conv_blocks)])
+        self.second_conv_layers = nn.ModuleList(
+            [nn.Conv1d(c_h, c_h, kernel_size=kernel_size) for _ in range(n_conv_blocks)])
+        self.norm_layer = nn.InstanceNorm1d(c_h, affine=False)
+        self.conv_affine_layers = nn.ModuleList(
+            [nn.Linear(c_cond, c_h * 2) for _ in range(n_conv_blocks)])
+        self.out_conv_layer = nn.Conv1d(c_h, c_out, kernel_size=1)
+
+    def forward(self, x, cond):
+        out = self.act(pad_layer(x, self.in_conv_layer))
+        for i in range(self.n_conv_blocks):
+            y = self.act(pad_layer(out, self.first_conv_layers[i]))
+            y = self.norm_layer(y)
+            y = append_cond(y, self.conv_affine_layers[i](cond))
+            y = self.act(pad_layer(y, self.second_conv_layers[i]))
+            y = self.norm_layer(y)
+            y = append_cond(y, self.conv_affine_layers[i](cond))
+            out = y + out
+        return pad_layer(out, self.out_conv_layer)
+
+
+class AdaIN1d(nn.Module):
+    """The StyleTTS / StarGANv2-VC AdaIN for (N, C, T) features."""
+
+    def __init__(self, style_dim, num_features):
+        super().__init__()
+        self.norm = nn.InstanceNorm1d(num_features, affine=False)
+        self.fc = nn.Linear(style_dim, num_features * 2)
+
+    def forward(self, x, s):
+        h = self.fc(s)
+        h = h.view(h.size(0), h.size(1), 1)
+        gamma, beta = torch.chunk(h, chunks=2, dim=1)
+        return (1 + gamma) * self.norm(x) + beta
+
+
+class SpeechModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.decoder = SpeechDecoder()
+        self.post = AdaIN1d(5, 4)
+
+    def forward(self, x, cond):
+        return self.post(self.decoder(x, cond), cond)
+
+
+def test_speech_model_findings():
+    found = {(f.module, f.pattern) for f in find_fusable(SpeechModel()) if f.rewritten}
+    assert found == {("decoder", "instance_norm_modulation"), ("post", "instance_norm_modulation")}
+    assert sum(f.module == "decoder" for f in find_fusable(SpeechModel())) == 4
+
+
+@needs_rank[3]
+def test_speech_model(monkeypatch):
+    torch.manual_seed(0)
+    model = SpeechModel()
+    _check_accelerated(model, lambda: (torch.randn(3, 6, 17), torch.randn(3, 5)), monkeypatch,
+                       calls_per_forward=5)
+    assert "append_cond" not in model.decoder.adain_fused_code  # traced through, then fused
+
+
+# ------------------------------------------------------------------------------------------
+# 2-D: MUNIT / FUNIT, the batch_norm trick
+# ------------------------------------------------------------------------------------------
+
+class AdaptiveInstanceNorm2d(nn.Module):
+    """Instance norm as a batch norm over one batch of N*C channels; weight and bias (N*C,) are
+    assigned by the generator before each call; the running buffers are placeholders."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = None
+        self.bias = None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x):
+        assert self.weight is not None and self.bias is not None, "assign weight and bias first"
+        b, c = x.size(0), x.size(1)
+        running_mean = self.running_mean.repeat(b)
+        running_var = self.running_var.repeat(b)
+        x_reshaped = x.contiguous().view(1, b * c, *x.size()[2:])
+        out = F.batch_norm(x_reshaped, running_mean, running_var, self.weight, self.bias,
+                           True, self.momentum, self.eps)
+        return out.view(b, c, *x.size()[2:])
+
+
+class Conv2dBlock(nn.Module):
+    def __init__(self, input_dim, output_dim, kernel_size, stride, padding=0, norm="none",
+                 activation="relu"):
+        super().__init__()
+        self.pad = nn.ZeroPad2d(padding)
+        self.conv = nn.Conv2d(input_dim, output_dim, kernel_size, stride)
+        if norm == "adain":
+            self.norm = AdaptiveInstanceNorm2d(output_dim)
+        elif norm == "in":
+            self.norm = nn.InstanceNorm2d(output_dim, track_running_stats=True)
+        else:
+            self.norm = None
+        self.activation = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "none": None}[activation]
+
+    def forward(self, x):
+        x = self.conv(self.pad(x))
+        if self.norm:
+            x = self.norm(x)
+        if self.activation:
+            x = self.activation(x)
+        return x
+
+
+class ResBlock(nn.Module):
+    def __init__(self, dim, norm):
+        super().__init__()
+        self.model = nn.Sequential(Conv2dBlock(dim, dim, 3, 1, 1, norm=norm),
+                                   Conv2dBlock(dim, dim, 3, 1, 1, norm=norm, activation="none"))
+
+    def forward(self, x):
+        residual = x
+        out = self.model(x)
+        out += residual
+        return out
+
+
+class MunitDecoder(nn.Module):
+    def __init__(self, dim=8, output_dim=3, n_res=2):
+        super().__init__()
+        self.model = nn.Sequential(
+            *[ResBlock(dim, "adain") for _ in range(n_res)],
+            nn.Upsample(scale_factor=2),
+            Conv2dBlock(dim, dim // 2, 5, 1, 2, norm="in"),
+            Conv2dBlock(dim // 2, output_dim, 7, 1, 3, norm="none", activation="tanh"))
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class AdaINGen(nn.Module):
+    """MUNIT's generator, decode half: an MLP maps the style code to every AdaIN layer's
+    weight and bias, assigned to the layers before the decoder runs."""
+
+    def __init__(self, dim=8, style_dim=4, mlp_dim=16):
+        super().__init__()
+        self.dec = MunitDecoder(dim)
+        n_params = sum(2 * m.num_features for m in self.dec.modules()
+                       if m.__class__.__name__ == "AdaptiveInstanceNorm2d")
+        self.mlp = nn.Sequential(nn.Linear(style_dim, mlp_dim), nn.ReLU(),
+                                 nn.Linear(mlp_dim, n_params))
+
+    def forward(self, content, style):
+        adain_params = self.mlp(style.view(style.size(0), -1))
+        self.assign_adain_params(adain_params, self.dec)
+        return self.dec(content)
+
+    def assign_adain_params(self, adain_params, model):
+        for m in model.modules():
+            if m.__class__.__name__ == "AdaptiveInstanceNorm2d":
+                mean = adain_params[:, :m.num_features]
+                std = adain_params[:, m.num_features:2 * m.num_features]
+                m.bias = mean.contiguous().view(-1)
+                m.weight = std.contiguous().view(-1)
+                if adain_params.size(1) > 2 * m.num_features:
+                    adain_params = adain_params[:, 2 * m.num_features:]
+
+
+def test_munit_findings():
+    findings = find_fusable(AdaINGen())
+    fused = [f for f in findings if f.rewritten]
+    assert [f.pattern for f in fused] == ["batch_norm_adain"] * 4
+    assert all("train/eval mode, ranks [3, 4, 5]" in f.detail for f in fused), fused
+    left = {(f.module, f.reason) for f in findings if not f.rewritten}
+    assert ("dec.model.3", "InstanceNorm2d(affine=False, track_running_stats=True) uses its "
+            "running statistics in eval mode and updates them in train mode") in left, left
+
+
+def test_munit_decoder(monkeypatch):
+    torch.manual_seed(0)
+    model = AdaINGen()
+    calls = _check_accelerated(
+        model, lambda: (torch.randn(2, 8, 6, 5), torch.randn(2, 4, 1, 1)), monkeypatch,
+        calls_per_forward=4)
+    assert set(calls) == {(2, 8, 6, 5)}
+    adain = model.dec.model[0].model[0].norm
+    assert type(adain).__name__ == "AdaptiveInstanceNorm2d" and adain.adain_fused_code
+    assert torch.equal(adain.running_mean, torch.zeros(8))  # the original leaves them too
+
+
+def test_munit_weight_and_bias_read_at_call_time():
+    torch.manual_seed(0)
+    norm = AdaptiveInstanceNorm2d(3, eps=1e-3)
+    before = copy.deepcopy(norm)
+    accelerate(norm)
+    x = torch.randn(2, 3, 4, 5)
+    for _ in range(3):  # as the generator does before each decode
+        weight, bias = torch.randn(6), torch.randn(6)
+        norm.weight, norm.bias = weight, bias
+        before.weight, before.bias = weight, bias
+        torch.testing.assert_close(norm(x), before(x), atol=1e-5, rtol=1e-5)
+    norm.eps = before.eps = 0.5  # the module's eps, read at call time too
+    torch.testing.assert_close(norm(x), before(x), atol=1e-5, rtol=1e-5)
+    norm.weight = before.weight = None  # and the original's error where it raised one
+    with pytest.raises(AssertionError, match="assign weight and bias"):
+        norm(x)
+
+
+class TrainingFlagAdaIN(AdaptiveInstanceNorm2d):
+    """The same layer passing self.training: in eval mode batch_norm uses the running stats."""
+
+    def forward(self, x):
+        b, c = x.size(0), x.size(1)
+        out = F.batch_norm(x.contiguous().view(1, b * c, *x.size()[2:]),
+                           self.running_mean.repeat(b), self.running_var.repeat(b),
+                           self.weight, self.bias, self.training, self.momentum, self.eps)
+        return out.view(b, c, *x.size()[2:])
+
+
+class ActivatedAdaIN(AdaptiveInstanceNorm2d):
+    """The layer followed by an activation in the same forward: not the idiom alone."""
+
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def test_batch_norm_trick_modes_and_left_alone():
+    findings = find_fusable(TrainingFlagAdaIN(3))
+    assert [(f.pattern, f.reason) for f in findings] == [
+        ("left_alone", "F.batch_norm(training=False) normalises with the running statistics in "
+                       "eval mode"),
+        ("batch_norm_adain", None)]
+    norm = TrainingFlagAdaIN(3)
+    before = copy.deepcopy(norm)
+    accelerate(norm)
+    x, weight, bias = torch.randn(2, 3, 4, 4), torch.randn(6), torch.randn(6)
+    for m in (norm, before):
+        m.weight, m.bias = weight, bias
+    for training in (True, False):
+        norm.train(training)
+        before.train(training)
+        torch.testing.assert_close(norm(x), before(x), atol=1e-5, rtol=1e-5)
+    findings = find_fusable(ActivatedAdaIN(3))
+    assert [f.reason for f in findings] == ["its forward also calls relu"] * 2
+
+
+# ------------------------------------------------------------------------------------------
+# 3-D: video / volumes
+# ------------------------------------------------------------------------------------------
+
+class AdaIN3d(nn.Module):
+    def __init__(self, num_features, embed_size):
+        super().__init__()
+        self.mlp = nn.Linear(embed_size, num_features * 2)
+        self.relu = nn.ReLU()
+        self.instance_norm = nn.InstanceNorm3d(num_features, affine=False)
+
+    def forward(self, x, latent):
+        style = self.relu(self.mlp(latent))
+        style = style.view([-1, 2, x.shape[1], 1, 1, 1])
+        x = self.instance_norm(x)
+        return x * (style[:, 0] + 1.0) + style[:, 1]
+
+
+class ClipBlock(nn.Module):
+    """A 3-D block: AdaIN3d, an affine InstanceNorm3d modulated by the style, F.instance_norm
+    of the clip, and the batch_norm trick on (N, C, T, H, W)."""
+
+    def __init__(self, channels=4, embed_size=5):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+        self.adain = AdaIN3d(channels, embed_size)
+        self.affine_norm = nn.InstanceNorm3d(channels, affine=True)
+        nn.init.normal_(self.affine_norm.weight)
+        nn.init.normal_(self.affine_norm.bias)
+        self.style = nn.Linear(embed_size, 4 * channels)
+        self.trick = AdaptiveInstanceNorm2d(channels)
+        self.channels = channels
+
+    def forward(self, x, latent):
+        x = self.adain(self.conv(x), latent)
+        s = self.style(latent).view(-1, 4 * self.channels, 1, 1, 1)
+        scale, shift, mean, std = s.chunk(4, 1)
+        x = self.affine_norm(x) * scale + shift
+        x = torch.add(F.instance_norm(x, eps=1e-8).mul(1 + std), mean)
+        self.trick.weight, self.trick.bias = (1 + std).reshape(-1), mean.reshape(-1)
+        return self.trick(x)
+
+
+def test_clip_block_findings():
+    found = sorted((f.module, f.pattern) for f in find_fusable(ClipBlock()) if f.rewritten)
+    assert found == [("", "instance_norm_modulation"), ("", "instance_norm_modulation"),
+                     ("adain", "instance_norm_modulation"), ("trick", "batch_norm_adain")]
+
+
+@needs_rank[5]
+def test_clip_block(monkeypatch):
+    torch.manual_seed(0)
+    model = ClipBlock()
+    _check_accelerated(model, lambda: (torch.randn(2, 4, 3, 5, 4), torch.randn(2, 5)),
+                       monkeypatch, calls_per_forward=4)
