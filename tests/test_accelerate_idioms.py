@@ -402,3 +402,36 @@ def test_clip_block(monkeypatch):
     model = ClipBlock()
     _check_accelerated(model, lambda: (torch.randn(2, 4, 3, 5, 4), torch.randn(2, 5)),
                        monkeypatch, calls_per_forward=4)
+
+
+# ------------------------------------------------------------------------------------------
+# What find_fusable says about the norms it leaves alone
+# ------------------------------------------------------------------------------------------
+
+class UnmodulatedNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(3)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.norm(x)) + F.instance_norm(x) * 2
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.InstanceNorm1d(3)
+
+    def forward(self, x):
+        return self.norm(x) if x.sum() > 0 else x
+
+
+def test_find_fusable_reasons():
+    assert [(f.module, f.pattern, f.detail, f.reason) for f in find_fusable(UnmodulatedNorms())] == [
+        ("", "left_alone", "InstanceNorm2d norm", "its output goes to call_module act, not a multiply"),
+        ("", "left_alone", "F.instance_norm", "the scale is 2, not a tensor")]
+    (finding,) = find_fusable(nn.Sequential(DataDependent()))
+    assert (finding.module, finding.pattern, finding.detail) == ("0", "left_alone",
+                                                                 "forward of DataDependent")
+    assert finding.reason.startswith("torch.fx cannot trace it: TraceError"), finding.reason
