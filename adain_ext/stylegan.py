@@ -17,7 +17,6 @@ does under autocast (no autocast kernel is registered for the op: it is not on a
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import operator
@@ -397,34 +396,49 @@ def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: d
     return done, left_alone, consumed
 
 
-@contextlib.contextmanager
-def _attributes_kept(module: nn.Module):
-    """Tracing runs the forward's Python: attributes it assigns (MUNIT's generator assigns its
-    AdaIN layers' weight and bias) would keep the tracer's proxies. Puts the old values back."""
-    attributes = {m: dict(m.__dict__) for m in module.modules()}
+class _AssignsAttributes(Exception):
+    """The traced forward assigned module attributes: a graph does not record that."""
+
+
+def _run_tracer(module: nn.Module, deep: bool, opaque: set, extra: tuple) -> fx.Graph:
+    """Traces the forward, then puts back every module attribute the forward assigned (they
+    would keep the tracer's proxies) and refuses the trace if there were any: a rewritten
+    forward would drop them, e.g. MUNIT's generator assigning its AdaIN layers' weight and bias
+    before calling its decoder."""
+    saved = {m: dict(m.__dict__) for m in module.modules()}
+    names = {m: name for name, m in module.named_modules()}
     try:
-        yield
+        graph = _Tracer(deep, opaque, extra).trace(module)
     finally:
-        for m, saved in attributes.items():
+        assigned = []
+        for m, attributes in saved.items():
+            assigned += [prefix + key for prefix in [f"{names[m]}." if names[m] else ""]
+                         for key, value in m.__dict__.items()
+                         if key not in attributes or attributes[key] is not value]
             m.__dict__.clear()
-            m.__dict__.update(saved)
+            m.__dict__.update(attributes)
+    if assigned:
+        raise _AssignsAttributes(f"its forward assigns {', '.join(sorted(assigned))}, "
+                                 "which a traced forward would not do")
+    return graph
 
 
 def _trace(module: nn.Module, deep: bool, opaque: set, extra: tuple) -> fx.Graph | None:
-    with _attributes_kept(module):
-        try:
-            return _Tracer(deep, opaque, extra).trace(module)
-        except Exception:  # noqa: BLE001  (data-dependent control flow, unsupported Python: skip)
-            return None
+    try:
+        return _run_tracer(module, deep, opaque, extra)
+    except Exception:  # noqa: BLE001  (data-dependent control flow, unsupported Python: skip)
+        return None
 
 
 def _trace_error(module: nn.Module, opaque: set, extra: tuple) -> str:
     """Why torch.fx cannot trace the module's forward, in one line."""
-    with _attributes_kept(module):
-        try:
-            _Tracer(False, opaque, extra).trace(module)
-        except Exception as error:  # noqa: BLE001
-            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    try:
+        _run_tracer(module, False, opaque, extra)
+    except _AssignsAttributes as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001
+        return ("torch.fx cannot trace it: "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
     return ""
 
 
@@ -711,8 +725,7 @@ def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, a
         elif not probed and (any(isinstance(c, _INSTANCE_NORM) for c in module.children())
                              or _calls(module, "batch_norm") or _calls(module, "instance_norm")):
             findings.append(Finding(name, "left_alone", f"forward of {type(module).__name__}",
-                                    "torch.fx cannot trace it: "
-                                    + _trace_error(module, opaque, extra)))
+                                    _trace_error(module, opaque, extra)))
 
     visit(model)
     return findings
