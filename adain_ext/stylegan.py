@@ -777,7 +777,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto",
     Limits: a rewritten module keeps its object, parameters, buffers, hooks and state_dict keys,
     but its forward becomes the fx-traced code: Python branches in it are frozen as they were at
     accelerate() time (modules whose traced code differs between train() and eval() are left
-    alone; so are modules fx cannot trace, e.g. control flow on tensor values; their children are
+    alone; so are modules whose forward assigns module attributes, which a graph does not
+    record, and modules fx cannot trace, e.g. control flow on tensor values; their children are
     still searched), and torch.save(model) of the whole object does not pickle (save state_dict).
     Hand-written instance norms (x - mean) * rsqrt(var + eps) are not recognised. The fused op
     checks its inputs: H*W < 2 with the unbiased reference semantics raises where the reference
