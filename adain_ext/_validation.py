@@ -5,6 +5,8 @@ the same error whichever backend runs; tests/test_errors.py holds both to that.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -14,19 +16,26 @@ def _fail(message: str, error: type = ValueError):
     raise error(f"adain: {message}")
 
 
+def row_length(x: torch.Tensor) -> int:
+    """Elements per (n, c) row: the product of the trailing dims of a (N, C, *) tensor."""
+    return math.prod(x.shape[2:])
+
+
 def check_features(x: torch.Tensor, name: str, unbiased: bool) -> None:
-    if x.dim() != 4:
-        _fail(f"{name} must be a 4-D (N, C, H, W) tensor, got {x.dim()}-D with shape {list(x.shape)}")
+    if x.dim() < 3:
+        _fail(f"{name} must be a (N, C, *) tensor with at least 3 dims, got {x.dim()}-D with shape "
+              f"{list(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:
         _fail(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}", TypeError)
     if x.shape[0] * x.shape[1] == 0:
-        return  # empty N or C: an empty result, whatever H*W is
-    hw = x.shape[2] * x.shape[3]
-    if hw == 0:
-        _fail(f"{name} has H*W = 0 (shape {list(x.shape)}); statistics need at least one element")
-    if unbiased and hw < 2:
-        _fail(f"{name} has H*W = {hw} (shape {list(x.shape)}); unbiased variance needs H*W >= 2 "
-              "(pass unbiased=False for instance-norm statistics)")
+        return  # empty N or C: an empty result, whatever the row length is
+    L = row_length(x)
+    if L == 0:
+        _fail(f"{name} has L = 0 elements per (n, c) row (shape {list(x.shape)}); statistics need at "
+              "least one element")
+    if unbiased and L < 2:
+        _fail(f"{name} has L = {L} element per (n, c) row (shape {list(x.shape)}); unbiased variance "
+              "needs L >= 2 (pass unbiased=False for instance-norm statistics)")
 
 
 def check_eps(eps: float) -> None:
@@ -47,9 +56,11 @@ def check_pair(content: torch.Tensor, style: torch.Tensor, unbiased: bool) -> No
 
 
 def check_statistic(stat: torch.Tensor, name: str, x: torch.Tensor) -> None:
+    """Per-(n, c) statistics: (N, C), or (N, C) followed by any number of 1s ((N, C, 1, 1) for 4-D
+    x)."""
     N, C = x.shape[:2]
-    if tuple(stat.shape) not in ((N, C), (N, C, 1, 1)):
-        _fail(f"{name} must have shape (N, C) or (N, C, 1, 1) = ({N}, {C}), got {list(stat.shape)}")
+    if tuple(stat.shape[:2]) != (N, C) or any(s != 1 for s in stat.shape[2:]):
+        _fail(f"{name} must have shape (N, C) or (N, C, 1, ...) = ({N}, {C}), got {list(stat.shape)}")
     if stat.dtype not in _FLOAT_DTYPES:
         _fail(f"{name} must be float16, bfloat16, float32 or float64, got {stat.dtype}", TypeError)
     if stat.device != x.device:

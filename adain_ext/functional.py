@@ -4,6 +4,9 @@ backend="auto"      the compiled kernels when they serve the tensor's device, el
 backend="cpp"       the compiled C++/CUDA kernels (torch.ops.adain.*); an error if not built
 backend="triton"    the Triton kernels (adain_ext.triton)
 backend="reference" the pure-PyTorch oracle in adain_ext.reference (always available)
+
+Every op takes (N, C, *) tensors of rank >= 3, with statistics per (n, c) over all trailing dims
+(as F.instance_norm): (N, C, T) sequences, (N, C, H, W) images, (N, C, D, H, W) volumes.
 """
 from __future__ import annotations
 
@@ -34,9 +37,11 @@ def _triton():
 
 
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backend: str = "auto"):
-    """Per-(n, c) mean and std = sqrt(var + eps) over H*W, each (N, C, 1, 1) in x's dtype.
+    """Per-(n, c) mean and std = sqrt(var + eps) over the trailing dims of a (N, C, *) tensor,
+    each (N, C, 1, ...) with x's rank ((N, C, 1, 1) for images) in x's dtype.
 
-    With the defaults this is the seed's `calc_mean_std` (unbiased variance, eps on the variance).
+    With the defaults this is the reference `calc_mean_std` (unbiased variance, eps on the
+    variance).
     """
     which = resolve_backend(backend, x.device)
     if which == "cpp":
@@ -50,7 +55,8 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backe
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
           unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
-    """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have another H and W."""
+    """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have other trailing dims
+    (another H and W, another length, even another rank) but the same N and C."""
     which = resolve_backend(backend, content.device)
     if which == "cpp":
         return torch.ops.adain.fused(content, style, alpha, eps, unbiased)
@@ -63,7 +69,7 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
                  unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
-    """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics, (N, C) or (N, C, 1, 1).
+    """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics, (N, C) or (N, C, 1, ...).
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     """

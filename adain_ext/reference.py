@@ -4,6 +4,8 @@
 `.reshape` so strided input works); `mean_std`, `adain` and `adain_affine` generalise them with
 the options the ops take (eps, unbiased, alpha, external statistics) without changing the math:
 variance over H*W divided by H*W - 1 (or H*W), eps added to the variance before the square root.
+They take (N, C, *) tensors of any rank >= 3, with statistics over all trailing dims (as
+F.instance_norm does); for 4-D input they are calc_mean_std's math exactly.
 """
 from __future__ import annotations
 
@@ -29,20 +31,24 @@ def adaptive_instance_normalization(content_feat: torch.Tensor, style_feat: torc
     return normalized_feat * style_std.expand(size) + style_mean.expand(size)
 
 
+def _stat_shape(x: torch.Tensor) -> tuple[int, ...]:
+    return (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+
+
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
-    """Per-(n, c) mean and sqrt(var + eps), shaped (N, C, 1, 1), in x's dtype."""
+    """Per-(n, c) mean and sqrt(var + eps) over all trailing dims of a (N, C, *) tensor, each
+    shaped (N, C, 1, ...) like x ((N, C, 1, 1) for 4-D: calc_mean_std's shape), in x's dtype."""
     N, C = x.shape[:2]
     rows = x.reshape(N, C, -1)
     var = rows.var(dim=2, correction=1 if unbiased else 0) + eps
-    return rows.mean(dim=2).view(N, C, 1, 1), var.sqrt().view(N, C, 1, 1)
+    return rows.mean(dim=2).view(_stat_shape(x)), var.sqrt().view(_stat_shape(x))
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
                  unbiased: bool = True):
-    """std * (x - mean_x) / std_x + mean, with target statistics given as (N, C) or (N, C, 1, 1)."""
-    N, C = x.shape[:2]
+    """std * (x - mean_x) / std_x + mean, with target statistics given as (N, C) or (N, C, 1, ...)."""
     x_mean, x_std = mean_std(x, eps, unbiased)
-    out = (x - x_mean) / x_std * std.reshape(N, C, 1, 1) + mean.reshape(N, C, 1, 1)
+    out = (x - x_mean) / x_std * std.reshape(_stat_shape(x)) + mean.reshape(_stat_shape(x))
     return out.to(x.dtype)
 
 

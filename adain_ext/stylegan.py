@@ -110,7 +110,8 @@ class StyleModulation(nn.Module):
                                            backend=self.backend)
         if self.impl == "reference":
             return reference.adain_affine(x, shift, scale, self.eps, self.unbiased)
-        out = F.instance_norm(x, eps=self.eps) * scale[:, :, None, None] + shift[:, :, None, None]
+        per_row = (*scale.shape, *([1] * (x.dim() - 2)))  # (N, C, 1, ...) against (N, C, *)
+        out = F.instance_norm(x, eps=self.eps) * scale.view(per_row) + shift.view(per_row)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:

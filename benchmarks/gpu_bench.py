@@ -59,10 +59,14 @@ GPU_SHAPES = [
     (4, 256, 64, 64),
     (4, 64, 256, 256),
     (4, 32, 1024, 1024),
+    # Other ranks: speech/sequence features (N, C, T) and video/volume features (N, C, D, H, W).
+    (16, 256, 128),
+    (16, 256, 2048),
+    (2, 64, 16, 64, 64),
 ]
-QUICK_SHAPES = [(2, 8, 16, 16), (1, 4, 64, 64), (4, 64, 4, 4)]
+QUICK_SHAPES = [(2, 8, 16, 16), (1, 4, 64, 64), (4, 64, 4, 4), (4, 16, 256), (1, 8, 4, 16, 16)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+LAYOUTS = ("contiguous", "channels_last")  # channels last: C innermost, in every rank
 GRAPH_REPLAY_BELOW = 16 * 2**20  # bytes moved: below this, time CUDA-graph replays
 BIG_SHAPE_BYTES = 64 * 2**20  # the issue's "shapes moving 64 MB or more"
 
@@ -87,7 +91,7 @@ def _compiled(device):
 
 
 def _style_stats(style):
-    var, mean = torch.var_mean(style, dim=(2, 3), keepdim=True, correction=1)
+    var, mean = torch.var_mean(style, dim=tuple(range(2, style.dim())), keepdim=True, correction=1)
     return mean, (var + EPS).sqrt()
 
 
@@ -209,9 +213,16 @@ def make_inputs(shape, dtype, layout, device, seed=0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
     content = torch.randn(shape, generator=gen).mul_(2).add_(0.5)
     style = torch.randn(shape, generator=gen).mul_(3).sub_(1)
-    content = content.to(device=device, dtype=dtype).contiguous(memory_format=layout)
-    style = style.to(device=device, dtype=dtype).contiguous(memory_format=layout)
-    return content, style
+    return in_layout(content.to(device=device, dtype=dtype), layout), in_layout(
+        style.to(device=device, dtype=dtype), layout)
+
+
+def in_layout(t, layout):
+    """t contiguous, or channels last (C innermost: channels_last, channels_last_3d, (N, T, C))."""
+    if layout == "contiguous":
+        return t.contiguous()
+    order = [0, *range(2, t.dim()), 1]
+    return t.permute(order).contiguous().permute([order.index(d) for d in range(t.dim())])
 
 
 def time_direction(timer, fn, direction, content, style, grad_out, graph):
@@ -238,7 +249,7 @@ def bench_config(
     directions,
     compile_budget_left: Callable[[], bool],
 ):
-    dtype, layout = DTYPES[dtype_name], LAYOUTS[layout_name]
+    dtype, layout = DTYPES[dtype_name], layout_name
     content, style = make_inputs(shape, dtype, layout, device)
     grad_out = torch.randn_like(content)
     itemsize = content.element_size()

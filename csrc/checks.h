@@ -4,23 +4,33 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace adain {
 
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
+// Elements per (n, c) row: the product of the trailing dims of a (N, C, *) tensor.
+inline int64_t row_length(const at::Tensor& x) {
+  int64_t L = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) L *= x.size(d);
+  return L;
+}
+
 inline void check_features(const at::Tensor& x, const char* name, bool unbiased) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "adain: ", name, " must be a 4-D (N, C, H, W) tensor, got ",
-                    x.dim(), "-D with shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() >= 3, "adain: ", name,
+                    " must be a (N, C, *) tensor with at least 3 dims, got ", x.dim(),
+                    "-D with shape ", x.sizes());
   TORCH_CHECK_TYPE(is_float_dtype(x.scalar_type()), "adain: ", name,
                    " must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
   if (x.size(0) * x.size(1) == 0) return;  // empty N or C: an empty result
-  const int64_t hw = x.size(2) * x.size(3);
-  TORCH_CHECK_VALUE(hw > 0, "adain: ", name, " has H*W = 0 (shape ", x.sizes(),
+  const int64_t L = row_length(x);
+  TORCH_CHECK_VALUE(L > 0, "adain: ", name, " has L = 0 elements per (n, c) row (shape ", x.sizes(),
                     "); statistics need at least one element");
-  TORCH_CHECK_VALUE(!unbiased || hw >= 2, "adain: ", name, " has H*W = ", hw, " (shape ",
-                    x.sizes(), "); unbiased variance needs H*W >= 2 ",
+  TORCH_CHECK_VALUE(!unbiased || L >= 2, "adain: ", name, " has L = ", L,
+                    " element per (n, c) row (shape ", x.sizes(), "); unbiased variance needs L >= 2 ",
                     "(pass unbiased=False for instance-norm statistics)");
 }
 
@@ -40,13 +50,13 @@ inline void check_pair(const at::Tensor& content, const at::Tensor& style, bool 
                     " but content is on ", content.device());
 }
 
+// Per-(n, c) statistics: (N, C), or (N, C) followed by any number of 1s ((N, C, 1, 1) for 4-D x).
 inline void check_statistic(const at::Tensor& stat, const char* name, const at::Tensor& x) {
   const int64_t N = x.size(0), C = x.size(1);
-  const bool ok = (stat.dim() == 2 && stat.size(0) == N && stat.size(1) == C) ||
-                  (stat.dim() == 4 && stat.size(0) == N && stat.size(1) == C &&
-                   stat.size(2) == 1 && stat.size(3) == 1);
-  TORCH_CHECK_VALUE(ok, "adain: ", name, " must have shape (N, C) or (N, C, 1, 1) = (", N, ", ", C,
-                    "), got ", stat.sizes());
+  bool ok = stat.dim() >= 2 && stat.size(0) == N && stat.size(1) == C;
+  for (int64_t d = 2; ok && d < stat.dim(); ++d) ok = stat.size(d) == 1;
+  TORCH_CHECK_VALUE(ok, "adain: ", name, " must have shape (N, C) or (N, C, 1, ...) = (", N, ", ",
+                    C, "), got ", stat.sizes());
   TORCH_CHECK_TYPE(is_float_dtype(stat.scalar_type()), "adain: ", name,
                    " must be float16, bfloat16, float32 or float64, got ", stat.scalar_type());
   TORCH_CHECK_VALUE(stat.device() == x.device(), "adain: ", name, " is on ", stat.device(),
@@ -64,19 +74,62 @@ inline void check_affine(const at::Tensor& x, const at::Tensor& mean, const at::
 
 enum class Layout { Contiguous, ChannelsLast };
 
-// Contiguous and channels_last are kept (contiguous wins when a tensor is both); any other
-// strides are made contiguous. Returns the tensor to read and its layout.
-// (The CUDA files unpack the pair with std::tie: a lambda capturing structured bindings is C++20,
-// and torch 2.11 compiles extensions as C++17, where nvcc warns (#3357) at every dispatch.)
-inline std::pair<at::Tensor, Layout> canonical_layout(const at::Tensor& x) {
-  if (x.is_contiguous()) return {x, Layout::Contiguous};
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {x, Layout::ChannelsLast};
-  return {x.contiguous(), Layout::Contiguous};
-}
-
 inline at::MemoryFormat memory_format_of(Layout layout) {
   return layout == Layout::ChannelsLast ? at::MemoryFormat::ChannelsLast
                                         : at::MemoryFormat::Contiguous;
+}
+
+// (N, C, *) tensors of any rank >= 3 run as the rows of a 4-D tensor. "Channels last" means C
+// innermost with the other dims in order (channels_last for 4-D, channels_last_3d for 5-D, the
+// (N, T, C) memory of a transposed sequence for 3-D); in both layouts the trailing dims merge into
+// one, so a (N, C, *) tensor reads as (N, C, L, 1) in the same layout without a copy. 4-D tensors
+// keep their own shape.
+inline bool is_channels_last(const at::Tensor& x) {
+  std::vector<int64_t> order{0};
+  for (int64_t d = 2; d < x.dim(); ++d) order.push_back(d);
+  order.push_back(1);
+  return x.permute(order).is_contiguous();
+}
+
+// x as 4-D rows in `layout` (copied only when its strides differ).
+inline at::Tensor as_rows(const at::Tensor& x, Layout layout) {
+  if (x.dim() == 4) return x.contiguous(memory_format_of(layout));
+  at::Tensor in_layout = x;
+  if (layout == Layout::Contiguous) {
+    in_layout = x.contiguous();
+  } else if (!is_channels_last(x)) {
+    std::vector<int64_t> order{0}, inverse(x.dim());
+    for (int64_t d = 2; d < x.dim(); ++d) order.push_back(d);
+    order.push_back(1);
+    for (int64_t d = 0; d < x.dim(); ++d) inverse[order[d]] = d;
+    in_layout = x.permute(order).contiguous().permute(inverse);
+  }
+  return in_layout.view({x.size(0), x.size(1), row_length(x), 1});  // the trailing dims merge
+}
+
+// Contiguous and channels last are kept (contiguous wins when a tensor is both); any other
+// strides are made contiguous. Returns the 4-D rows to read and their layout.
+// (The CUDA files unpack the pair with std::tie: a lambda capturing structured bindings is C++20,
+// and torch 2.11 compiles extensions as C++17, where nvcc warns (#3357) at every dispatch.)
+inline std::pair<at::Tensor, Layout> canonical_layout(const at::Tensor& x) {
+  const Layout layout = !x.is_contiguous() && is_channels_last(x) ? Layout::ChannelsLast
+                                                                   : Layout::Contiguous;
+  return {as_rows(x, layout), layout};
+}
+
+// A kernel's 4-D result (rows of `like`) back in the shape of `like`, keeping its layout.
+// Always a view: L's stride is 1 (contiguous) or C (channels last), and unflattening it gives the
+// trailing dims the strides of that layout.
+inline at::Tensor shaped_like(const at::Tensor& rows, const at::Tensor& like) {
+  return like.dim() == 4 ? rows : rows.view(like.sizes());
+}
+
+// mean_std's outputs: (N, C) followed by a 1 per trailing dim of x, broadcastable against x.
+inline std::vector<int64_t> stat_shape_of(const at::Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[0] = x.size(0);
+  shape[1] = x.size(1);
+  return shape;
 }
 
 inline at::ScalarType acc_dtype(at::ScalarType t) {

@@ -3,6 +3,7 @@ correctness, gradient and opcheck tests of every backend)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ from adain_ext import reference
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    content: tuple  # (N, C, H, W)
+    content: tuple  # (N, C, *): (N, C, H, W), (N, C, T), (N, C, D, H, W)
     style: tuple | None = None  # None: same shape as content
     alpha: float = 1.0
     unbiased: bool = True
-    layout: str = "contiguous"  # "contiguous", "channels_last" or "strided" (a non-contiguous view)
+    # "contiguous", "channels_last" (C innermost: channels_last, channels_last_3d, (N, T, C) memory)
+    # or "strided" (a non-contiguous view)
+    layout: str = "contiguous"
     mean_offset: float = 0.0  # added to the data: large-mean inputs test the statistics' accuracy
     dtypes: tuple = ()  # dtypes this case runs in; () means all of DTYPES
 
@@ -44,6 +47,14 @@ CASES = [
     Case("large_mean", (2, 3, 16, 16), mean_offset=1e4, dtypes=("float32", "float64")),
     Case("long_rows", (1, 2, 64, 70)),  # few long rows: split across threads/blocks
     Case("many_rows", (4, 64, 4, 4)),  # many tiny rows: packed
+    # Other ranks: statistics over every trailing dim (sequences (N, C, T), volumes (N, C, D, H, W)).
+    Case("sequence", (2, 5, 19), style=(2, 5, 7)),
+    Case("sequence_channels_last", (3, 6, 13), alpha=0.6, unbiased=False, layout="channels_last"),
+    Case("volume", (2, 3, 4, 5, 3), style=(2, 3, 2, 3, 5)),
+    Case("volume_channels_last", (2, 4, 3, 2, 5), style=(2, 4, 5, 1, 3), alpha=0.4,
+         layout="channels_last"),
+    Case("volume_strided", (1, 3, 3, 4, 6), layout="strided"),
+    Case("style_of_another_rank", (2, 3, 6, 5), style=(2, 3, 17)),
 ]
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -79,8 +90,8 @@ def degenerate_rows(case: Case) -> bool:
     """True when content rows hold at most 2 values: instance-normalising them gives +-1 (or 0)
     whatever the input, so the content gradient is the rounding residue of terms of size up to
     |grad_out| * target std / row std (about 10 here) that cancel, not a value a relative tolerance
-    can hold (1/sqrt(eps) amplifies it when H*W == 1)."""
-    return case.content[2] * case.content[3] <= 2
+    can hold (1/sqrt(eps) amplifies it when a row has one element)."""
+    return math.prod(case.content[2:]) <= 2
 
 
 def _gradient_floor(case: Case | None, expected: torch.Tensor) -> float:
@@ -113,11 +124,21 @@ def _large_mean_slack(case: Case | None, dtype) -> float:
     return abs(case.mean_offset) * torch.finfo(dtype).eps * 4 if case is not None else 0.0
 
 
+def channels_last_order(rank: int) -> list[int]:
+    """The dims of a (N, C, *) tensor from outermost to innermost in memory when C is innermost."""
+    return [0, *range(2, rank), 1]
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    return t.permute(channels_last_order(t.dim())).is_contiguous()
+
+
 def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":  # channels_last (4-D), channels_last_3d (5-D), (N, T, C) (3-D)
+        order = channels_last_order(t.dim())
+        return t.permute(order).contiguous().permute([order.index(d) for d in range(t.dim())])
     if layout == "strided":  # every other column of a wider tensor: neither layout the kernels keep
-        wide = torch.cat([t, t], dim=3)
+        wide = torch.cat([t, t], dim=-1)
         return wide[..., ::2].copy_(t)
     return t.contiguous()
 
@@ -141,7 +162,7 @@ def make_statistics(case: Case, dtype=torch.float32, device="cpu", requires_grad
     """Target (mean, std) for adain_affine: std strictly positive."""
     N, C = case.content[:2]
     gen = torch.Generator().manual_seed(7 + sum(map(ord, case.name)))
-    shape = (N, C) if flat else (N, C, 1, 1)
+    shape = (N, C) if flat else (N, C, *([1] * (len(case.content) - 2)))
     mean = torch.randn(shape, generator=gen, dtype=torch.float64)
     std = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 + 0.2
     return (mean.to(device, dtype).requires_grad_(requires_grad),
@@ -196,16 +217,18 @@ def double_leaves(*tensors):
     return [t.detach().double().requires_grad_() for t in tensors]
 
 
-def expected_format(t: torch.Tensor):
-    """The memory format the kernels give an output for input t: channels_last kept, anything
-    else (contiguous, strided) contiguous."""
-    return torch.channels_last if (not t.is_contiguous() and t.is_contiguous(
-        memory_format=torch.channels_last)) else torch.contiguous_format
+def expected_channels_last(t: torch.Tensor) -> bool:
+    """Whether the kernels give an output for input t in channels last (C innermost): they keep
+    channels last and make anything else (strided) contiguous; contiguous wins when t is both."""
+    return not t.is_contiguous() and is_channels_last(t)
 
 
 def assert_layout_like(out: torch.Tensor, like: torch.Tensor):
     assert out.shape == like.shape and out.dtype == like.dtype and out.device == like.device
-    assert out.is_contiguous(memory_format=expected_format(like))
+    if expected_channels_last(like):
+        assert is_channels_last(out), f"channels last expected, got strides {out.stride()}"
+    else:
+        assert out.is_contiguous(), f"contiguous expected, got strides {out.stride()}"
 
 
 def assert_compile_matches_eager(model, inputs):

@@ -200,7 +200,8 @@ def test_internal_affine_forward_alpha(case, alpha):
 def test_mean_std_matches_reference_and_cpu(case, dtype):
     x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
     mean, std = adain_ext.mean_std(x, 1e-5, case.unbiased, backend="cpp")
-    assert mean.shape == (*x.shape[:2], 1, 1) and mean.dtype == dtype and mean.is_contiguous()
+    assert mean.shape == (*x.shape[:2], *([1] * (x.dim() - 2)))  # broadcasts against x
+    assert mean.dtype == dtype and mean.is_contiguous()
     wm, ws = seeded_like(mean, 4), seeded_like(std, 5)
     (gx,) = torch.autograd.grad((mean * wm).sum() + (std * ws).sum(), (x,))
     xr = x.detach().double().requires_grad_(True)

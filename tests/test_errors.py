@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import adain_ext
+from adain_ext import reference
 
 BACKENDS = ["cpp", "reference"] if adain_ext.HAS_CPP else ["reference"]
 
@@ -18,10 +19,10 @@ good = torch.randn(2, 3, 4, 4)
 def _bad_adain_calls():
     """(description, kwargs for adain, expected error, message fragment)."""
     return [
-        ("rank", dict(content=torch.randn(3, 4, 4), style=good), ValueError,
-         "content must be a 4-D (N, C, H, W) tensor, got 3-D"),
-        ("style rank", dict(content=good, style=torch.randn(2, 3, 16)), ValueError,
-         "style must be a 4-D"),
+        ("rank", dict(content=torch.randn(3, 4), style=good), ValueError,
+         "content must be a (N, C, *) tensor with at least 3 dims, got 2-D"),
+        ("style rank", dict(content=good, style=torch.randn(2, 3)), ValueError,
+         "style must be a (N, C, *) tensor"),
         ("N/C mismatch", dict(content=good, style=torch.randn(2, 5, 4, 4)), ValueError,
          "style must have the same N and C as content (got 2x3 and 2x5)"),
         ("integer", dict(content=good.long(), style=good.long()), TypeError,
@@ -32,10 +33,16 @@ def _bad_adain_calls():
          TypeError, "content must be float16, bfloat16, float32 or float64"),
         ("dtype mismatch", dict(content=good, style=good.double()), TypeError,
          "must match content dtype"),
-        ("H*W < 2", dict(content=torch.randn(2, 3, 1, 1), style=good), ValueError,
-         "unbiased variance needs H*W >= 2"),
-        ("H*W = 0", dict(content=torch.randn(2, 3, 0, 4), style=good, unbiased=False), ValueError,
-         "H*W = 0"),
+        ("L < 2", dict(content=torch.randn(2, 3, 1, 1), style=good), ValueError,
+         "content has L = 1 element per (n, c) row"),
+        ("L < 2, 3-D", dict(content=torch.randn(2, 3, 1), style=good), ValueError,
+         "unbiased variance needs L >= 2"),
+        ("style L < 2, 5-D", dict(content=good, style=torch.randn(2, 3, 1, 1, 1)), ValueError,
+         "style has L = 1 element per (n, c) row"),
+        ("L = 0", dict(content=torch.randn(2, 3, 0, 4), style=good, unbiased=False), ValueError,
+         "content has L = 0 elements per (n, c) row"),
+        ("L = 0, 5-D", dict(content=torch.randn(2, 3, 2, 0, 2), style=good, unbiased=False),
+         ValueError, "content has L = 0 elements"),
         ("negative eps", dict(content=good, style=good, eps=-1.0), ValueError,
          "eps must be >= 0, got -1"),
         ("NaN eps", dict(content=good, style=good, eps=float("nan")), ValueError,
@@ -71,8 +78,10 @@ def test_h_times_w_of_one_is_fine_with_biased_statistics():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "stat_shapes,fragment",
-    [(((2, 3, 1), (2, 3)), "mean must have shape (N, C) or (N, C, 1, 1) = (2, 3), got [2, 3, 1]"),
-     (((2, 3), (3, 2)), "std must have shape (N, C) or (N, C, 1, 1) = (2, 3), got [3, 2]"),
+    [(((2, 3, 2), (2, 3)), "mean must have shape (N, C) or (N, C, 1, ...) = (2, 3), got [2, 3, 2]"),
+     (((2, 3), (3, 2)), "std must have shape (N, C) or (N, C, 1, ...) = (2, 3), got [3, 2]"),
+     (((2, 3), (2, 3, 1, 2)), "std must have shape (N, C) or (N, C, 1, ...)"),
+     (((3,), (2, 3)), "mean must have shape"),
      (((1, 3), (2, 3)), "mean must have shape")],
 )
 def test_affine_rejects_statistics_of_the_wrong_shape(stat_shapes, fragment, backend):
@@ -90,10 +99,20 @@ def test_affine_rejects_integer_statistics(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mean_std_rejects_bad_input(backend):
-    with pytest.raises(ValueError, match="x must be a 4-D"):
+    with pytest.raises(ValueError, match=r"x must be a \(N, C, \*\) tensor with at least 3 dims"):
         adain_ext.mean_std(torch.randn(4, 4), backend=backend)
-    with pytest.raises(ValueError, match="unbiased variance needs H\\*W >= 2"):
+    with pytest.raises(ValueError, match="unbiased variance needs L >= 2"):
         adain_ext.mean_std(torch.randn(1, 2, 1, 1), backend=backend)
+    with pytest.raises(ValueError, match="unbiased variance needs L >= 2"):
+        adain_ext.mean_std(torch.randn(1, 2, 1), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stat_shape", [(2, 3), (2, 3, 1), (2, 3, 1, 1), (2, 3, 1, 1, 1)], ids=str)
+def test_affine_takes_statistics_with_any_number_of_trailing_ones(stat_shape, backend):
+    mean, std = torch.randn(stat_shape), torch.rand(stat_shape) + 0.5
+    want = reference.adain_affine(good, mean.reshape(2, 3), std.reshape(2, 3))
+    torch.testing.assert_close(adain_ext.adain_affine(good, mean, std, backend=backend), want)
 
 
 def test_unknown_backend_is_named():

@@ -45,7 +45,8 @@ def test_gradcheck_float64(case: Case):
 
 
 OPCHECK_CASES = [c for c in CASES if c.name in ("tiny", "odd_style_other_size", "alpha_biased",
-                                                 "channels_last", "strided")]
+                                                 "channels_last", "strided",
+                                                 "sequence_channels_last", "volume_channels_last")]
 # 16-bit: the statistics the internal ops return are float32 whatever x's dtype, which only a
 # 16-bit run tells apart from x's dtype (one case each: both layouts, both variances, alpha).
 OPCHECK_16BIT = {"alpha_biased": torch.float16, "channels_last": torch.bfloat16}
@@ -71,12 +72,24 @@ class _AllOps(torch.nn.Module):
         return a + b + m + s
 
 
-@pytest.mark.parametrize("layout,dtype", [("contiguous", torch.float32),
-                                          ("channels_last", torch.float32),
-                                          ("contiguous", torch.float16),
-                                          ("channels_last", torch.bfloat16)], ids=str)
-def test_torch_compile_fullgraph(layout, dtype):
-    case = Case("compile", (2, 4, 8, 8), style=(2, 4, 5, 7), layout=layout)
+COMPILE_SHAPES = {  # content, style: every rank the ops take
+    "4d": ((2, 4, 8, 8), (2, 4, 5, 7)),
+    "3d": ((2, 4, 9), (2, 4, 5)),
+    "5d": ((2, 4, 3, 4, 2), (2, 4, 2, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("rank,layout,dtype", [("4d", "contiguous", torch.float32),
+                                               ("4d", "channels_last", torch.float32),
+                                               ("4d", "contiguous", torch.float16),
+                                               ("4d", "channels_last", torch.bfloat16),
+                                               ("3d", "contiguous", torch.float32),
+                                               ("3d", "channels_last", torch.float16),
+                                               ("5d", "contiguous", torch.float32),
+                                               ("5d", "channels_last", torch.float32)], ids=str)
+def test_torch_compile_fullgraph(rank, layout, dtype):
+    content_shape, style_shape = COMPILE_SHAPES[rank]
+    case = Case("compile", content_shape, style=style_shape, layout=layout)
     content, style = make_inputs(case, dtype, requires_grad=True)
     mean, std = make_statistics(case, dtype, requires_grad=True)
     assert_compile_matches_eager(_AllOps(), (content, style, mean, std))

@@ -12,6 +12,8 @@ torch.compile through the GPU registration of the ops, each in a subprocess.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from cases import (
@@ -109,7 +111,8 @@ def _path_limits(path: str, length: int) -> dict:
 PATHS = ["packed", "two_pass", "split", "split_uneven"]
 PATH_CASES = [c for c in CASES if c.name in ("odd_style_other_size", "alpha_biased",
                                              "channels_last", "strided", "large_mean",
-                                             "long_rows", "many_rows")]
+                                             "long_rows", "many_rows", "sequence",
+                                             "volume_channels_last")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -122,13 +125,13 @@ def test_every_launch_path(path, case: Case, dtype):
     content, style = _inputs(case, dtype, requires_grad=True)
     mean, std = _stats(case, dtype, requires_grad=True)
     u = case.unbiased
-    limits = _path_limits(path, content.shape[2] * content.shape[3])
+    limits = _path_limits(path, math.prod(content.shape[2:]))
     with T.limits(**limits):
         plan = T._common.plan(content.shape[0] * content.shape[1],
-                              content.shape[2] * content.shape[3],
+                              math.prod(content.shape[2:]),
                               T._common.canonical(content)[1], content.device)
         assert plan.single_pass == (path == "packed"), plan
-        if path.startswith("split") and content.shape[2] * content.shape[3] >= 16:
+        if path.startswith("split") and math.prod(content.shape[2:]) >= 16:
             assert plan.splits > 1, plan
         out_a = T.adain(content, style, case.alpha, unbiased=u)
         out_f = T.adain_affine(content, mean, std, unbiased=u)
@@ -216,7 +219,8 @@ def test_gradcheck_float64_split_rows(path):
 # ---- opcheck of the adain_triton ops.
 
 OPCHECK_CASES = [c for c in CASES if c.name in ("tiny", "odd_style_other_size", "alpha_biased",
-                                                 "channels_last", "strided")]
+                                                 "channels_last", "strided",
+                                                 "sequence_channels_last", "volume_channels_last")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -258,10 +262,14 @@ class _AllOps(torch.nn.Module):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_torch_compile_fullgraph(layout):
+@pytest.mark.parametrize("content_shape,style_shape", [((2, 4, 8, 8), (2, 4, 5, 7)),
+                                                       ((2, 4, 9), (2, 4, 5)),
+                                                       ((2, 4, 3, 4, 2), (2, 4, 2, 3, 3))],
+                         ids=["4d", "3d", "5d"])
+def test_torch_compile_fullgraph(layout, content_shape, style_shape):
     """No graph break around the ops, forward and backward match eager. Under the interpreter the
     ops are opaque to torch.compile (aot_eager here); tracing into the kernels is CUDA-only."""
-    case = Case("compile", (2, 4, 8, 8), style=(2, 4, 5, 7), layout=layout)
+    case = Case("compile", content_shape, style=style_shape, layout=layout)
     content, style = _inputs(case, requires_grad=True)
     mean, std = _stats(case, requires_grad=True)
     assert_compile_matches_eager(_AllOps(), (content, style, mean, std))
@@ -574,17 +582,17 @@ def test_adain_rejects_bad_input(call):
 
 def test_affine_and_mean_std_reject_bad_input():
     good = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ValueError, match=_escape("mean must have shape (N, C) or (N, C, 1, 1) = "
-                                                 "(2, 3), got [2, 3, 1]")):
-        adain_ext.adain_affine(good, torch.zeros(2, 3, 1), torch.ones(2, 3), backend="triton")
+    with pytest.raises(ValueError, match=_escape("mean must have shape (N, C) or (N, C, 1, ...) = "
+                                                 "(2, 3), got [2, 3, 2]")):
+        adain_ext.adain_affine(good, torch.zeros(2, 3, 2), torch.ones(2, 3), backend="triton")
     with pytest.raises(ValueError, match=_escape("std must have shape")):
         adain_ext.adain_affine(good, torch.zeros(2, 3), torch.ones(3, 2), backend="triton")
     with pytest.raises(TypeError, match="mean must be float16"):
         adain_ext.adain_affine(good, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3),
                                backend="triton")
-    with pytest.raises(ValueError, match="x must be a 4-D"):
+    with pytest.raises(ValueError, match=_escape("x must be a (N, C, *) tensor")):
         adain_ext.mean_std(torch.randn(4, 4), backend="triton")
-    with pytest.raises(ValueError, match=_escape("unbiased variance needs H*W >= 2")):
+    with pytest.raises(ValueError, match=_escape("unbiased variance needs L >= 2")):
         adain_ext.mean_std(torch.randn(1, 2, 1, 1), backend="triton")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         adain_ext.mean_std(good, eps=-1.0, backend="triton")

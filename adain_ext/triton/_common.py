@@ -253,8 +253,9 @@ from adain_ext._layout import (  # noqa: E402,F401
     empty_stats,
     flat_stat,
     like_layout,
-    output_memory_format,
+    shaped_like,
     stat_dtype,
+    stat_shape,
 )
 
 

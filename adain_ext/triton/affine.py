@@ -218,15 +218,15 @@ def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST
 # ---- Launchers.
 
 
-def affine_forward(x, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
+def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
     """(out, x_mean, x_std) for a canonical-layout-or-not x; targets acc-dtype (N*C,) or any."""
-    x, channels_last = _common.canonical(x)
+    x, channels_last = _common.canonical(x_in)
     out = _common.empty_output(x)
     x_mean, x_std = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
     R, L = N * C, H * W
     if R == 0:
-        return out, x_mean, x_std
+        return _common.shaped_like(out, x_in), x_mean, x_std
     acc = x_mean.dtype
     mt, st = _common.flat_stat(mean_t, acc), _common.flat_stat(std_t, acc)
     alpha_hi, alpha_lo = _common.split_scalar(alpha)
@@ -238,7 +238,7 @@ def affine_forward(x, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
             _affine_row_kernel, p.grid(), x, mt, st, out, x_mean, x_std, R, C, L, alpha_hi,
             alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
             CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
-        return out, x_mean, x_std
+        return _common.shaped_like(out, x_in), x_mean, x_std
     p_mean = torch.empty(p.splits, R, dtype=acc, device=x.device)
     p_m2 = torch.empty(p.splits, R, dtype=acc, device=x.device)
     _common.launch(
@@ -250,18 +250,18 @@ def affine_forward(x, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
         R, C, L, p.chunk, p.splits, alpha_hi, alpha_lo, eps_hi, eps_lo, p.rows_bucket,
         UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
         **opts)
-    return out, x_mean, x_std
+    return _common.shaped_like(out, x_in), x_mean, x_std
 
 
-def affine_backward(grad_out, x, x_mean, x_std, std_t, alpha: float, unbiased: bool):
+def affine_backward(grad_out, x_in, x_mean, x_std, std_t, alpha: float, unbiased: bool):
     """(grad_x, grad_mean_t, grad_std_t), the last two (N, C) in the accumulation dtype."""
-    x, channels_last = _common.canonical(x)
+    x, channels_last = _common.canonical(x_in)
     grad_x = _common.empty_output(x)
     grad_mt, grad_st = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
     R, L = N * C, H * W
     if R == 0:
-        return grad_x, grad_mt, grad_st
+        return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
     acc = grad_mt.dtype
     g = _common.like_layout(grad_out, channels_last)
     xm, xs, st = (_common.flat_stat(t, acc) for t in (x_mean, x_std, std_t))
@@ -273,7 +273,7 @@ def affine_backward(grad_out, x, x_mean, x_std, std_t, alpha: float, unbiased: b
             _affine_backward_row_kernel, p.grid(), g, x, xm, xs, st, grad_x, grad_mt, grad_st, R,
             C, L, alpha_hi, alpha_lo, p.rows_bucket, UNBIASED=unbiased,
             CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
-        return grad_x, grad_mt, grad_st
+        return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
     p_sg = torch.empty(p.splits, R, dtype=acc, device=x.device)
     p_sgx = torch.empty(p.splits, R, dtype=acc, device=x.device)
     _common.launch(
@@ -285,7 +285,7 @@ def affine_backward(grad_out, x, x_mean, x_std, std_t, alpha: float, unbiased: b
         grad_mt, grad_st, R, C, L, p.splits, alpha_hi, alpha_lo, p.rows_bucket,
         UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
         **opts)
-    return grad_x, grad_mt, grad_st
+    return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
 
 
 # ---- Ops (namespace adain_triton; the schemas mirror adain::_affine_forward/_affine_backward).

@@ -41,10 +41,10 @@ def _fused_row_kernel(CONTENT, STYLE, OUT, CMEAN, CSTD, SMEAN, SSTD, R, C, L, L_
                 scalar(alpha_hi, alpha_lo, acc_zero), eps, UNBIASED, CHANNELS_LAST, BLOCK_L)
 
 
-def fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
+def fused_forward(content_in, style_in, alpha: float, eps: float, unbiased: bool):
     """(out, content_mean, content_std, style_mean, style_std), statistics (N, C) acc dtype."""
-    content, channels_last = _common.canonical(content)
-    style, style_channels_last = _common.canonical(style)
+    content, channels_last = _common.canonical(content_in)
+    style, style_channels_last = _common.canonical(style_in)
     N, C, H, W = content.shape
     R, L, L_style = N * C, H * W, style.shape[2] * style.shape[3]
     p = _common.plan(R, L, channels_last, content.device)
@@ -54,7 +54,7 @@ def fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
                                  else (_common.empty_stats(content), _common.empty_stats(content)))
         out, content_mean, content_std = affine_forward(content, style_mean, style_std, alpha,
                                                         eps, unbiased)
-        return out, content_mean, content_std, style_mean, style_std
+        return _common.shaped_like(out, content_in), content_mean, content_std, style_mean, style_std
     out = _common.empty_output(content)
     stats = [_common.empty_stats(content) for _ in range(4)]
     alpha_hi, alpha_lo = _common.split_scalar(alpha)
@@ -68,7 +68,7 @@ def fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
         UNBIASED=unbiased, CHANNELS_LAST=channels_last, STYLE_CHANNELS_LAST=style_channels_last,
         BLOCK_R=p.block_r, BLOCK_L=p.block_l, BLOCK_L_STYLE=block_l_style,
         **_common.launch_options(p, block_l_style))
-    return (out, *stats)
+    return (_common.shaped_like(out, content_in), *stats)
 
 
 # ---- Op (namespace adain_triton; the schema mirrors adain::_fused_forward).

@@ -118,14 +118,14 @@ def row_stats(x: torch.Tensor, channels_last: bool, eps: float, unbiased: bool, 
     return mean, std
 
 
-def mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased: bool) -> torch.Tensor:
+def mean_std_backward(grad_mean, grad_std, x_in, mean, std, unbiased: bool) -> torch.Tensor:
     """The gradient of x given the gradients of its (mean, std); statistics of any float dtype."""
-    x, channels_last = _common.canonical(x)
+    x, channels_last = _common.canonical(x_in)
     grad_x = _common.empty_output(x)
     N, C, H, W = x.shape
     R, L = N * C, H * W
     if R == 0:
-        return grad_x
+        return _common.shaped_like(grad_x, x_in)
     acc = _common.stat_dtype(x.dtype)
     gm, gs, m, s = (_common.flat_stat(t, acc) for t in (grad_mean, grad_std, mean, std))
     p = _common.plan(R, L, channels_last, x.device)
@@ -133,7 +133,7 @@ def mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased: bool) -> torc
         _mean_std_backward_kernel, p.grid(p.l_blocks), gm, gs, x, m, s, grad_x, R, C, L,
         p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
         BLOCK_L=p.block_l, **_common.launch_options(p))
-    return grad_x
+    return _common.shaped_like(grad_x, x_in)
 
 
 # ---- Ops (namespace adain_triton; the schemas mirror adain::mean_std, adain::_mean_std_backward).
@@ -142,8 +142,7 @@ def mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased: bool) -> torc
 def _mean_std_fake(x, eps=1e-5, unbiased=True):
     check_features(x, "x", unbiased)
     check_eps(eps)
-    N, C = x.shape[:2]
-    return x.new_empty(N, C, 1, 1), x.new_empty(N, C, 1, 1)
+    return x.new_empty(_common.stat_shape(x)), x.new_empty(_common.stat_shape(x))
 
 
 @_common.register("mean_std", _mean_std_fake)
@@ -151,11 +150,11 @@ def mean_std_op(x: torch.Tensor, eps: float = 1e-5,
                 unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     check_features(x, "x", unbiased)
     check_eps(eps)
-    N, C = x.shape[:2]
-    if N * C == 0:
-        return x.new_empty(N, C, 1, 1), x.new_empty(N, C, 1, 1)
+    shape = _common.stat_shape(x)
+    if x.shape[0] * x.shape[1] == 0:
+        return x.new_empty(shape), x.new_empty(shape)
     x, channels_last = _common.canonical(x)
-    mean, std = row_stats(x, channels_last, eps, unbiased, shape=(N, C, 1, 1))
+    mean, std = row_stats(x, channels_last, eps, unbiased, shape=shape)
     # The kernels write the accumulation dtype; 16-bit inputs get their one cast here.
     return mean.to(x.dtype), std.to(x.dtype)
 

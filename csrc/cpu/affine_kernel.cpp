@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   at::Tensor out = empty_output(x, layout);
   at::Tensor x_mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
   at::Tensor x_std = at::empty_like(x_mean);
-  if (out.numel() == 0) return {out, x_mean, x_std};
+  if (out.numel() == 0) return {shaped_like(out, x_in), x_mean, x_std};
   const Geometry geo = geometry_of(x, layout);
   const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_affine_forward_cpu", [&] {
@@ -53,19 +53,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
                              mean_out);
         });
   });
-  return {out, x_mean, x_std};
+  return {shaped_like(out, x_in), x_mean, x_std};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& x_mean,
     const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased) {
   auto [x, layout] = canonical_layout(x_in);
-  const at::Tensor g = grad_out.to(x.scalar_type()).contiguous(memory_format_of(layout));
+  const at::Tensor g = as_rows(grad_out.to(x.scalar_type()), layout);
   const auto acc = acc_dtype(x.scalar_type());
   at::Tensor grad_x = empty_output(x, layout);
   at::Tensor grad_mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
   at::Tensor grad_std = at::empty_like(grad_mean);
-  if (grad_x.numel() == 0) return {grad_x, grad_mean, grad_std};
+  if (grad_x.numel() == 0) return {shaped_like(grad_x, x_in), grad_mean, grad_std};
   const Geometry geo = geometry_of(x, layout);
   const at::Tensor m = flat_stat(x_mean, acc), sd = flat_stat(x_std, acc);
   const at::Tensor ts = flat_stat(std, acc);
@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
           map_unit<scalar_t>(geo, u, b, e, out, xp, gp, k.data(), p.data(), q.data(), mp);
         });
   });
-  return {grad_x, grad_mean, grad_std};
+  return {shaped_like(grad_x, x_in), grad_mean, grad_std};
 }
 
 }  // namespace adain::cpu

@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
     auto [style_mean, style_std] = row_mean_std(style, eps, unbiased);
     auto [out, content_mean, content_std] =
         affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
-    return {out, content_mean, content_std, style_mean, style_std};
+    return {shaped_like(out, content_in), content_mean, content_std, style_mean, style_std};
   }
   log_segments(1);
   const auto acc = acc_dtype(content.scalar_type());
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
       }
     });
   });
-  return {out, c_mean, c_std, s_mean, s_std};
+  return {shaped_like(out, content_in), c_mean, c_std, s_mean, s_std};
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_backward(
@@ -93,11 +93,13 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
   if (content.numel() == 0 || !one_region(cg, sg)) {
     auto [grad_content, grad_mean, grad_std] =
         affine_backward(grad_out, content, content_mean, content_std, style_std, alpha, unbiased);
-    return {grad_content,
-            mean_std_backward(grad_mean, grad_std, style, style_mean, style_std, unbiased)};
+    return {shaped_like(grad_content, content_in),
+            shaped_like(mean_std_backward(grad_mean, grad_std, style, style_mean, style_std,
+                                          unbiased),
+                        style_in)};
   }
   log_segments(1);
-  const at::Tensor g = grad_out.to(content.scalar_type()).contiguous(memory_format_of(c_layout));
+  const at::Tensor g = as_rows(grad_out.to(content.scalar_type()), c_layout);
   const auto acc = acc_dtype(content.scalar_type());
   at::Tensor grad_content = empty_output(content, c_layout);
   at::Tensor grad_style = empty_output(style, s_layout);
@@ -136,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
       }
     });
   });
-  return {grad_content, grad_style};
+  return {shaped_like(grad_content, content_in), shaped_like(grad_style, style_in)};
 }
 
 }  // namespace adain::cpu

@@ -34,8 +34,8 @@ std::tuple<at::Tensor, at::Tensor> mean_std(const at::Tensor& x, double eps, boo
   check_features(x, "x", unbiased);
   check_eps(eps);
   auto [mean, std] = row_mean_std(x, eps, unbiased);
-  const int64_t N = x.size(0), C = x.size(1);
-  return {mean.to(x.scalar_type()).view({N, C, 1, 1}), std.to(x.scalar_type()).view({N, C, 1, 1})};
+  const auto shape = stat_shape_of(x);
+  return {mean.to(x.scalar_type()).view(shape), std.to(x.scalar_type()).view(shape)};
 }
 
 // grad_x = grad_mean / L + grad_std * (x - mean) / (D * std): one map per row, p * (x - mean) + q.
@@ -44,7 +44,7 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
                              bool unbiased) {
   auto [x, layout] = canonical_layout(x_in);
   at::Tensor grad_x = empty_output(x, layout);
-  if (grad_x.numel() == 0) return grad_x;
+  if (grad_x.numel() == 0) return shaped_like(grad_x, x_in);
   const Geometry geo = geometry_of(x, layout);
   const auto acc = acc_dtype(x.scalar_type());
   const at::Tensor gm = flat_stat(grad_mean, acc), gs = flat_stat(grad_std, acc);
@@ -66,7 +66,7 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
                          m.const_data_ptr<acc_t>());
     });
   });
-  return grad_x;
+  return shaped_like(grad_x, x_in);
 }
 
 std::vector<int64_t> take_segment_log(bool record) {

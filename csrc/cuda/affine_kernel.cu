@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   at::Tensor out = at::empty_like(x, format);
   at::Tensor x_mean = at::empty({N, C}, acc_options);
   at::Tensor x_std = at::empty({N, C}, acc_options);
-  if (R == 0) return {out, x_mean, x_std};
+  if (R == 0) return {shaped_like(out, x_in), x_mean, x_std};
   const int64_t L = x.size(2) * x.size(3);
   const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
   const Device dev = device_info();
@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     p.d.std_out = x_std.data_ptr<acc_t>();
     run_row_op<RowOp::Affine>(p, layout, N, C, acc_options, dev);
   });
-  return {out, x_mean, x_std};
+  return {shaped_like(out, x_in), x_mean, x_std};
 }
 
 namespace {
@@ -70,14 +70,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
   std::tie(x, layout) = canonical_layout(x_in);
   const auto format = memory_format_of(layout);
   x = aligned16(x, format);
-  const at::Tensor g = aligned16(grad_out.to(x.scalar_type()).contiguous(format), format);
+  const at::Tensor g = aligned16(as_rows(grad_out.to(x.scalar_type()), layout), format);
   const int64_t N = x.size(0), C = x.size(1), R = N * C;
   const auto acc = acc_dtype(x.scalar_type());
   const auto acc_options = x.options().dtype(acc);
   at::Tensor grad_x = at::empty_like(x, format);
   at::Tensor grad_mean = at::empty({N, C}, acc_options);
   at::Tensor grad_std = at::empty({N, C}, acc_options);
-  if (R == 0) return {grad_x, grad_mean, grad_std};
+  if (R == 0) return {shaped_like(grad_x, x_in), grad_mean, grad_std};
   const int64_t L = x.size(2) * x.size(3);
   const at::Tensor mean_f = flat_stat(x_mean, acc), std_f = flat_stat(x_std, acc);
   const at::Tensor std_target = flat_stat(std, acc);
@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     p.d.grad_std_out = grad_std.data_ptr<acc_t>();
     run_row_op<RowOp::AffineBackward>(p, layout, N, C, acc_options, dev);
   });
-  return {grad_x, grad_mean, grad_std};
+  return {shaped_like(grad_x, x_in), grad_mean, grad_std};
 }
 
 }  // namespace

@@ -42,7 +42,7 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
     auto [style_mean, style_std] = row_statistics(style, eps, unbiased);
     auto [out, content_mean, content_std] =
         affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
-    return {out, content_mean, content_std, style_mean, style_std};
+    return {shaped_like(out, content_in), content_mean, content_std, style_mean, style_std};
   }
   content = aligned16(content, at::MemoryFormat::Contiguous);
   style = aligned16(style, at::MemoryFormat::Contiguous);
@@ -84,7 +84,7 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
     launch_rows<scalar_t, acc_t, RowMode::Fused>(p, geometry);
     record_rows_launch(geometry, /*cached_rows=*/1, 1, 1);
   });
-  return {out, content_mean, content_std, style_mean, style_std};
+  return {shaped_like(out, content_in), content_mean, content_std, style_mean, style_std};
 }
 
 }  // namespace

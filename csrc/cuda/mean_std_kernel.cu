@@ -48,10 +48,10 @@ std::tuple<at::Tensor, at::Tensor> mean_std_cuda(const at::Tensor& x, double eps
   check_features(x, "x", unbiased);
   check_eps(eps);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t N = x.size(0), C = x.size(1);
   auto [mean, std] = row_statistics(x, eps, unbiased);
+  const auto shape = stat_shape_of(x);
   // One cast at the store: the statistics were accumulated (and are stored) in acc dtype.
-  return {mean.view({N, C, 1, 1}).to(x.scalar_type()), std.view({N, C, 1, 1}).to(x.scalar_type())};
+  return {mean.view(shape).to(x.scalar_type()), std.view(shape).to(x.scalar_type())};
 }
 
 // grad_x = gm / L + gs * (x - mean) / (D * std), in x's layout and dtype.
@@ -66,7 +66,7 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
   x = aligned16(x, format);
   at::Tensor grad_x = at::empty_like(x, format);
   const int64_t N = x.size(0), C = x.size(1), R = N * C;
-  if (R == 0) return grad_x;
+  if (R == 0) return shaped_like(grad_x, x_in);
   const int64_t L = x.size(2) * x.size(3);
   const auto acc = acc_dtype(x.scalar_type());
   const auto acc_options = x.options().dtype(acc);
@@ -102,7 +102,7 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
       record_rows_launch(geometry, 0, 2, p.d.chunks);
     }
   });
-  return grad_x;
+  return shaped_like(grad_x, x_in);
 }
 
 }  // namespace
