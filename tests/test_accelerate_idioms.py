@@ -25,7 +25,7 @@ from test_stylegan import _assert_same
 from torch import nn
 
 from adain_ext import functional
-from adain_ext.stylegan import accelerate, find_fusable
+from adain_ext.rewrite import accelerate, find_fusable
 
 
 def _count_fused_calls(monkeypatch) -> list:

@@ -16,7 +16,8 @@ from torch import nn
 
 import adain_ext
 from adain_ext import functional, reference
-from adain_ext.stylegan import StyleModulation, accelerate, find_fusable, instance_norm_modulate
+from adain_ext.rewrite import accelerate, find_fusable, instance_norm_modulate
+from adain_ext.stylegan import StyleModulation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(

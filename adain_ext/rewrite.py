@@ -1,0 +1,690 @@
+"""accelerate(model): puts the fused ops in place of the AdaIN code existing models write.
+
+Read with torch.fx where the code can be traced (instance norm of any rank followed by a
+per-(n, c) multiply-add, calls to the reference AdaIN, adain_ext modules on a reference path);
+checked by running it on probe tensors where it cannot (MUNIT/FUNIT's batch_norm trick).
+`find_fusable(model)` says what would be rewritten and why each other instance norm is left
+alone. The README's "Accelerating existing models" lists the idioms with an example each.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from adain_ext import functional, reference
+from adain_ext import nn as adain_nn
+from adain_ext.stylegan import EqualizedLinear, StyleModulation
+
+# Reference functions (adain_ext.reference) and the fused function that computes the same thing.
+# The arguments are passed through unchanged: the signatures line up position by position.
+_REFERENCE_TO_FUSED = {
+    reference.adaptive_instance_normalization: functional.adain,
+    reference.adain: functional.adain,
+    reference.adain_affine: functional.adain_affine,
+    reference.calc_mean_std: functional.mean_std,
+    reference.mean_std: functional.mean_std,
+}
+
+_MUL = {operator.mul, torch.mul, torch.Tensor.mul}
+_ADD = {operator.add, torch.add, torch.Tensor.add}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing accelerate() rewrites, or one norm it leaves alone and why (see find_fusable)."""
+
+    module: str  # qualified name of the module whose forward holds it ("" for the model)
+    pattern: str  # "instance_norm_modulation", "batch_norm_adain", "reference_call",
+    #               "reference_backend", or "left_alone"
+    detail: str  # what was found, in source terms
+    reason: str | None = None  # why it is left alone; None when accelerate() rewrites it
+
+    @property
+    def rewritten(self) -> bool:
+        return self.reason is None
+
+
+def _per_channel(x: torch.Tensor, t) -> bool:
+    """True when t broadcasts against x (N, C, *) as a per-(n, c) value."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.device != x.device:
+        return False
+    if not 1 <= t.dim() <= x.dim():
+        return False  # 0-dim tensors promote differently; leave them to the unfused path
+    shape = (1,) * (x.dim() - t.dim()) + tuple(t.shape)
+    N, C = x.shape[:2]
+    return all(s == 1 for s in shape[2:]) and shape[1] in (1, C) and shape[0] in (1, N)
+
+
+def _as_statistic(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-(n, c) value that broadcasts against x, as the (N, C) statistic the op takes."""
+    N, C = x.shape[:2]
+    shape = (1,) * (x.dim() - t.dim()) + tuple(t.shape)
+    return t.reshape(shape[:2]).expand(N, C)
+
+
+def _channel_vector(t, x: torch.Tensor) -> bool:
+    """True for None or a (C,) float tensor on x's device: an instance norm's affine weight."""
+    return t is None or (isinstance(t, torch.Tensor) and t.is_floating_point()
+                         and tuple(t.shape) == (x.shape[1],) and t.device == x.device)
+
+
+def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto", norm=None,
+                           weight=None, bias=None):
+    """`instance_norm(x) * scale + shift`, fused when scale and shift are per (n, c).
+
+    `norm` is the nn.InstanceNorm1d/2d/3d module the expression used (its affine weight and bias,
+    if any, are read here, at call time), or None for F.instance_norm(x, weight=weight,
+    bias=bias, eps=eps). The norm's own affine map folds into the target statistics:
+    (x_hat * w + b) * scale + shift = x_hat * (w * scale) + (b * scale + shift).
+
+    What accelerate() puts in place of that expression. Anything else (spatial scale/shift as in
+    SPADE, unbatched input, Python numbers, 0-dim tensors) runs the original expression.
+    The result has the dtype the original expression has (x's dtype promoted with scale's and
+    shift's).
+    """
+    if norm is not None:
+        weight, bias = (norm.weight, norm.bias) if norm.affine else (None, None)
+        batched = isinstance(x, torch.Tensor) and x.dim() == norm._get_no_batch_dim() + 1
+    else:
+        batched = isinstance(x, torch.Tensor) and x.dim() >= 3
+    if (batched and x.is_floating_point() and _per_channel(x, scale) and _per_channel(x, shift)
+            and _channel_vector(weight, x) and _channel_vector(bias, x)):
+        dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
+        std, mean = _as_statistic(scale, x), _as_statistic(shift, x)
+        if bias is not None:
+            mean = mean + std * bias
+        if weight is not None:
+            std = std * weight
+        return functional.adain_affine(x.to(dtype), mean, std, eps, False, backend=backend)
+    if norm is not None:
+        normalized = norm(x)
+    else:
+        normalized = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    return normalized * scale + shift
+
+
+# Stay calls when a rewritten forward is read again (accelerate twice, a parent's deep trace).
+_FUSED_FUNCTIONS = (instance_norm_modulate, functional.adain, functional.adain_affine,
+                    functional.mean_std)
+
+
+class _Tracer(fx.Tracer):
+    """Traces one module's forward. Shallow: every child module stays a call (only the module's
+    own code is read). Deep: user-defined children are inlined (torch.nn built-ins, our own
+    modules and modules already rewritten stay calls), so a pattern split across children (norm
+    in one, modulation in a sibling) is seen by their parent."""
+
+    def __init__(self, deep: bool, opaque: set[int], extra_functions: tuple):
+        super().__init__(autowrap_modules=(math, reference),
+                         autowrap_functions=_FUSED_FUNCTIONS + extra_functions)
+        self.deep, self.opaque = deep, opaque
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if not self.deep or id(m) in self.opaque:
+            return True
+        if isinstance(m, (StyleModulation, adain_nn.AdaIN, EqualizedLinear)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+_INSTANCE_NORM = nn.modules.instancenorm._InstanceNorm
+_INSTANCE_NORM_SIGNATURE = inspect.signature(F.instance_norm)
+
+
+@dataclass(frozen=True)
+class _Norm:
+    """An instance norm accelerate() can fuse: the node computing it, read off the graph."""
+
+    x: fx.Node
+    eps: float
+    weight: object  # F.instance_norm's weight/bias arguments (a module's are read at call time)
+    bias: object
+    what: str  # in source terms, for the report
+
+
+def _describe_norm(root: nn.Module, node: fx.Node) -> str | None:
+    """The norm `node` computes, in source terms, or None if it is no instance norm at all."""
+    if node.op == "call_module":
+        m = root.get_submodule(node.target)
+        if isinstance(m, _INSTANCE_NORM):
+            return f"{type(m).__name__} {node.target}"
+    if node.op == "call_function" and node.target is F.instance_norm:
+        return "F.instance_norm"
+    return None
+
+
+def _read_norm(root: nn.Module, node: fx.Node) -> tuple[_Norm | None, str | None]:
+    """(the norm, None) if node computes an instance norm accelerate() can fuse; (None, why not)
+    for an instance norm it cannot; (None, None) for any other node."""
+    what = _describe_norm(root, node)
+    if what is None:
+        return None, None
+    if node.op == "call_module":
+        m = root.get_submodule(node.target)
+        if type(m).forward is not _INSTANCE_NORM.forward:
+            return None, f"{type(m).__name__} overrides the instance norm's forward"
+        if m.track_running_stats:
+            return None, (f"{type(m).__name__}(affine={m.affine}, track_running_stats=True) "
+                          "uses its running statistics in eval mode and updates them in train mode")
+        if len(node.args) != 1 or node.kwargs:
+            return None, "called with more than one argument"
+        return _Norm(node.args[0], m.eps, None, None, what), None
+    try:
+        bound = _INSTANCE_NORM_SIGNATURE.bind(*node.args, **node.kwargs)
+    except TypeError:
+        return None, "its arguments do not match F.instance_norm's signature"
+    bound.apply_defaults()
+    a = bound.arguments
+    if a["running_mean"] is not None or a["running_var"] is not None:
+        return None, "F.instance_norm with running_mean/running_var updates or uses them"
+    if a["use_input_stats"] is not True:
+        return None, "F.instance_norm(use_input_stats=...) may normalise with running statistics"
+    if not isinstance(a["eps"], float):
+        return None, f"eps is {a['eps']!r}, not a number known when accelerate() runs"
+    return _Norm(a["input"], a["eps"], a["weight"], a["bias"], what), None
+
+
+def _binary_operands(node: fx.Node, ops: set) -> tuple | None:
+    is_op = ((node.op == "call_function" and node.target in ops)
+             or (node.op == "call_method" and node.target in {f.__name__ for f in ops}))
+    if is_op and len(node.args) == 2 and not node.kwargs:
+        return node.args
+    return None
+
+
+def _the_other(pair: tuple, node: fx.Node):
+    a, b = pair
+    if a is node and b is not node:
+        return b
+    if b is node and a is not node:
+        return a
+    return None
+
+
+def _node_text(node: fx.Node) -> str:
+    if node.op == "output":
+        return "the module's output"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
+    return f"{node.op} {target}"
+
+
+def _match_modulation(node: fx.Node) -> tuple[tuple | None, str | None]:
+    """((mul, add, scale, shift), None) when the instance norm `node` is followed by
+    `* scale + shift` and neither intermediate value has another use; else (None, why not)."""
+    if len(node.users) != 1:
+        return None, f"its output has {len(node.users)} uses, not one multiply"
+    (mul,) = node.users
+    mul_args = _binary_operands(mul, _MUL)
+    scale = mul_args and _the_other(mul_args, node)
+    if mul_args and not isinstance(scale, fx.Node):
+        return None, f"the scale is {scale!r}, not a tensor"
+    if not isinstance(scale, fx.Node):
+        return None, f"its output goes to {_node_text(mul)}, not a multiply"
+    if len(mul.users) != 1:
+        return None, f"the product has {len(mul.users)} uses, not one add"
+    (add,) = mul.users
+    add_args = _binary_operands(add, _ADD)
+    shift = add_args and _the_other(add_args, mul)
+    if add_args and not isinstance(shift, fx.Node):
+        return None, f"the shift is {shift!r}, not a tensor"
+    if not isinstance(shift, fx.Node):
+        return None, f"the product goes to {_node_text(add)}, not an add"
+    return (mul, add, scale, shift), None
+
+
+def _owner(node: fx.Node, default: str) -> str:
+    """The module whose own code made `node`: the innermost user-defined module a deep trace
+    inlined around it (torch.nn containers do not count), else `default`."""
+    for qualname, cls in reversed(list(node.meta.get("nn_module_stack", {}).values())):
+        if qualname != node.target and not cls.__module__.startswith("torch.nn"):
+            return qualname
+    return default
+
+
+def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: dict):
+    """Rewrites graph in place. Returns (rewrites, left_alone, consumed): (pattern, detail, owner)
+    per rewrite; (node, what, reason) per instance norm left alone; (owner, what) per rewritten
+    norm from an inlined child (see _owner)."""
+    done, left_alone, consumed = [], [], []
+    for node in list(graph.nodes):
+        norm, why_not = _read_norm(root, node)
+        if norm is not None:
+            match, why_not = _match_modulation(node)
+        if why_not is not None:
+            left_alone.append((node, _describe_norm(root, node), why_not))
+        if norm is None or match is None:
+            continue
+        mul, add, scale, shift = match
+        with graph.inserting_before(add):
+            kwargs = {"backend": backend}
+            if node.op == "call_module":
+                kwargs["norm"] = graph.get_attr(node.target)
+            else:
+                kwargs.update(weight=norm.weight, bias=norm.bias)
+            fused = graph.call_function(instance_norm_modulate, (norm.x, scale, shift, norm.eps),
+                                        kwargs)
+        add.replace_all_uses_with(fused)
+        owner = _owner(node, "")
+        if owner:  # the child's own report names the norm relative to the child
+            consumed.append((owner, _describe_norm(root, node).replace(f" {owner}.", " ")))
+        for dead in (add, mul, node):
+            graph.erase_node(dead)
+        done.append(("instance_norm_modulation", f"{norm.what}(x) * {scale.name} + {shift.name}",
+                     owner))
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in references:
+            original = node.target
+            signature = inspect.signature(original)
+            try:
+                bound = signature.bind(*node.args, **node.kwargs)
+            except TypeError:
+                continue
+            if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                   for p in signature.parameters.values()):
+                continue
+            node.target = references[original]
+            node.args, node.kwargs = tuple(bound.args), {"backend": backend}
+            done.append(("reference_call", f"{original.__module__}.{original.__name__}",
+                         _owner(node, "")))
+    return done, left_alone, consumed
+
+
+class _AssignsAttributes(Exception):
+    """The traced forward assigned module attributes: a graph does not record that."""
+
+
+def _run_tracer(module: nn.Module, deep: bool, opaque: set, extra: tuple) -> fx.Graph:
+    """Traces the forward, then puts back every module attribute the forward assigned (they
+    would keep the tracer's proxies) and refuses the trace if there were any: a rewritten
+    forward would drop them, e.g. MUNIT's generator assigning its AdaIN layers' weight and bias
+    before calling its decoder."""
+    saved = {m: dict(m.__dict__) for m in module.modules()}
+    names = {m: name for name, m in module.named_modules()}
+    try:
+        graph = _Tracer(deep, opaque, extra).trace(module)
+    finally:
+        assigned = []
+        for m, attributes in saved.items():
+            assigned += [prefix + key for prefix in [f"{names[m]}." if names[m] else ""]
+                         for key, value in m.__dict__.items()
+                         if key not in attributes or attributes[key] is not value]
+            m.__dict__.clear()
+            m.__dict__.update(attributes)
+    if assigned:
+        raise _AssignsAttributes(f"its forward assigns {', '.join(sorted(assigned))}, "
+                                 "which a traced forward would not do")
+    return graph
+
+
+def _trace(module: nn.Module, deep: bool, opaque: set, extra: tuple) -> fx.Graph | None:
+    try:
+        return _run_tracer(module, deep, opaque, extra)
+    except Exception:  # noqa: BLE001  (data-dependent control flow, unsupported Python: skip)
+        return None
+
+
+def _trace_error(module: nn.Module, opaque: set, extra: tuple) -> str:
+    """Why torch.fx cannot trace the module's forward, in one line."""
+    try:
+        _run_tracer(module, False, opaque, extra)
+    except _AssignsAttributes as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001
+        return ("torch.fx cannot trace it: "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    return ""
+
+
+def _same_in_train_and_eval(module: nn.Module, deep: bool, opaque: set, extra: tuple) -> bool:
+    """fx freezes Python branches; refuse modules whose traced code depends on self.training."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        codes = []
+        for training in (True, False):
+            module.train(training)
+            graph = _trace(module, deep, opaque, extra)
+            if graph is None:
+                return False
+            codes.append(fx.GraphModule(module, graph).code)
+        return codes[0] == codes[1]
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _install(module: nn.Module, forward, code: str, **attributes) -> None:
+    """Gives `module` a new forward, keeping the object, its parameters, buffers, hooks and
+    state_dict keys: its class becomes a subclass of its class with the new forward."""
+    cls = type(module)
+    module.__class__ = type(cls.__name__, (cls,), {
+        "forward": forward,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "adain_fused_code": code,  # the rewritten forward, for inspection
+        **attributes,
+    })
+
+
+# ----- The batch_norm trick (MUNIT / FUNIT AdaptiveInstanceNorm2d) ---------------------------
+#
+# Those modules normalise x (N, C, *) as one batch of N*C channels:
+#     F.batch_norm(x.contiguous().view(1, N*C, *x.shape[2:]), running_mean.repeat(N),
+#                  running_var.repeat(N), self.weight, self.bias, True, momentum, eps)
+# then view the result back to x's shape. With training=True batch_norm uses the batch statistics
+# of each of the N*C channels (biased variance, eps on the variance), i.e. instance norm, and
+# `weight`/`bias` (N*C,), assigned by the model before each call, scale and shift each (n, c):
+# adain_affine(x, mean=bias.view(N, C), std=weight.view(N, C), eps, unbiased=False). The running
+# statistics it updates are the repeated copies, thrown away. Such forwards unpack x.size()[2:],
+# which torch.fx cannot trace, so the module's forward is run once per rank and mode on probe
+# tensors and every tensor operation it makes is recorded and checked instead.
+
+_PROBE_SPATIAL = {3: (5,), 4: (3, 4), 5: (2, 3, 2)}  # the ranks the op takes: (N, C, *)
+_SHAPE_QUERIES = {"size", "dim", "__get__", "__len__"}  # .size(), .dim(), .shape/.ndim, len()
+_RESHAPES = {"view", "reshape", "contiguous", "view_as", "flatten", "unflatten"}
+
+
+class _Recorder(torch.overrides.TorchFunctionMode):
+    """Records every torch function a forward calls: (name, function, args, kwargs, output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.calls.append((getattr(func, "__name__", repr(func)), func, args, kwargs, out))
+        return out
+
+
+def _assigned_affine(module: nn.Module) -> bool:
+    """True when `weight` and `bias` are plain attributes (assigned by the model per call), not
+    parameters or buffers: with a running_mean buffer, the batch_norm trick's signature."""
+    return all(hasattr(module, name) and name not in module._parameters
+               and name not in module._buffers for name in ("weight", "bias"))
+
+
+def _calls(module: nn.Module, function_name: str) -> bool:
+    """True when the module's forward refers to a function of that name (e.g. F.batch_norm)."""
+    code = getattr(type(module).forward, "__code__", None)
+    return code is not None and function_name in code.co_names
+
+
+def _produced_by(calls, tensor, kinds: set):
+    """Follows `tensor` back through calls named in `kinds`; returns the first tensor not made by
+    one of them."""
+    made = {id(out): (name, args) for name, _, args, _, out in calls if isinstance(out, torch.Tensor)}
+    while True:
+        name, args = made.get(id(tensor), (None, None))
+        if name not in kinds or args[0] is tensor:  # x.contiguous() may return x itself
+            return tensor
+        tensor = args[0]
+
+
+_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
+
+
+def _probe_batch_norm_trick(module: nn.Module, rank: int) -> tuple[float | None, str | None]:
+    """(eps, None) if module's forward, in its current mode, computes the batch_norm trick on a
+    (N, C, *) input of this rank; else (None, why not). The module is left as it was."""
+    C = int(getattr(module, "num_features", 0) or module.running_mean.numel())
+    N = 2
+    like = module.running_mean
+    x = torch.randn(N, C, *_PROBE_SPATIAL[rank], dtype=like.dtype, device=like.device)
+    weight = torch.rand(N * C, dtype=like.dtype, device=like.device) + 0.5
+    bias = torch.randn(N * C, dtype=like.dtype, device=like.device)
+    assigned = module.weight, module.bias
+    buffers = {name: b.clone() for name, b in module.named_buffers()}
+    module.weight, module.bias = weight, bias
+    try:
+        with torch.no_grad(), _Recorder() as recorder:
+            out = type(module).forward(module, x)
+    except Exception as error:  # noqa: BLE001  (e.g. `b, c, h, w = x.size()` on another rank)
+        message = str(error).splitlines()[0] if str(error) else ""
+        return None, f"its forward fails on a {rank}-D input ({type(error).__name__}: {message})"
+    finally:
+        module.weight, module.bias = assigned
+    for name, b in module.named_buffers():
+        if not torch.equal(b, buffers[name]):
+            b.copy_(buffers[name])
+            return None, f"its forward changes the buffer {name}"
+    calls = recorder.calls
+    others = sorted({name for name, *_ in calls
+                     if name not in _SHAPE_QUERIES | _RESHAPES | {"repeat", "batch_norm"}})
+    if others:
+        return None, f"its forward also calls {', '.join(others)}"
+    norms = [c for c in calls if c[1] is F.batch_norm or c[1] is torch.batch_norm]
+    if len(norms) != 1:
+        return None, f"its forward calls batch_norm {len(norms)} times"
+    _, func, args, kwargs, normalized = norms[0]
+    if func is not F.batch_norm:
+        return None, "it calls torch.batch_norm rather than F.batch_norm"
+    a = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
+    a.apply_defaults()
+    a = a.arguments
+    if a["training"] is not True:
+        return None, ("F.batch_norm(training=False) normalises with the running statistics in "
+                      f"{'train' if module.training else 'eval'} mode")
+    if a["weight"] is not weight or a["bias"] is not bias:
+        return None, "F.batch_norm's weight and bias are not self.weight and self.bias"
+    if not isinstance(a["eps"], float):
+        return None, f"eps is {a['eps']!r}, not a number"
+    grouped = a["input"]
+    if (_produced_by(calls, grouped, _RESHAPES) is not x
+            or tuple(grouped.shape) != (1, N * C, *x.shape[2:])):
+        return None, "F.batch_norm's input is not x viewed as (1, N*C, *x.shape[2:])"
+    for name in ("running_mean", "running_var"):
+        stat = a[name]
+        if stat is not None and _produced_by(calls, stat, {"repeat"}) is stat:
+            return None, f"F.batch_norm's {name} is not a repeated copy (it would be updated)"
+    if (not isinstance(out, torch.Tensor) or out.shape != x.shape
+            or _produced_by(calls, out, _RESHAPES) is not normalized):
+        return None, "its output is not F.batch_norm's result viewed back to x's shape"
+    return a["eps"], None
+
+
+def _batch_norm_trick_forward(original):
+    """The forward that replaces a recognised batch_norm-trick module's: the fused op where the
+    probe verified the module's (mode, rank) and the assigned weight and bias fit, else the
+    original forward. weight, bias and eps are read at each call."""
+
+    def forward(self, x):
+        weight, bias = self.weight, self.bias
+        plan = type(self).adain_batch_norm_plan
+        if (isinstance(x, torch.Tensor) and (self.training, x.dim()) in plan
+                and x.is_floating_point()):
+            N, C = x.shape[:2]
+            if all(isinstance(t, torch.Tensor) and tuple(t.shape) == (N * C,)
+                   and t.dtype == x.dtype and t.device == x.device for t in (weight, bias)):
+                eps = plan[(self.training, x.dim())]
+                eps = self.eps if eps is None else eps
+                return functional.adain_affine(x, bias.view(N, C), weight.view(N, C), eps, False,
+                                               backend=type(self).adain_backend)
+        return original(self, x)
+
+    return forward
+
+
+def _plan_batch_norm_trick(module: nn.Module):
+    """({(training, rank): eps, or None for "read self.eps"} where the module's forward is the batch_norm trick,
+    {mode: why not} for the modes where it is not for any rank)."""
+    plan, why_not = {}, {}
+    modes = {m: m.training for m in module.modules()}
+    try:
+        for training in (True, False):
+            module.train(training)
+            reasons = []
+            for rank in _PROBE_SPATIAL:
+                eps, reason = _probe_batch_norm_trick(module, rank)
+                if eps is None:
+                    reasons.append(reason)
+                else:
+                    plan[(training, rank)] = None if getattr(module, "eps", None) == eps else eps
+            if not any(key[0] == training for key in plan):  # the reason of a forward that ran
+                ran = [r for r in reasons if not r.startswith("its forward fails")]
+                why_not["train" if training else "eval"] = (ran or reasons)[0]
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return plan, why_not
+
+
+def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, apply: bool):
+    references = dict(_REFERENCE_TO_FUSED)
+    for fn, ref in (reference_functions or {}).items():
+        if ref not in _REFERENCE_TO_FUSED:
+            known = [f.__name__ for f in _REFERENCE_TO_FUSED]
+            raise ValueError(f"reference_functions maps {fn!r} to {ref!r}, which is not one of the "
+                             f"adain_ext.reference functions {known}")
+        references[fn] = _REFERENCE_TO_FUSED[ref]
+    extra = tuple(reference_functions or ())
+    findings, opaque = [], set()
+    names = {m: name for name, m in model.named_modules(remove_duplicate=False)}
+
+    def prefixed(name: str, child: str) -> str:
+        return f"{name}.{child}" if name and child else name or child
+
+    def left_alone(name: str, entries):
+        for node, what, reason in entries:
+            owner = _owner(node, "")
+            if owner == "":  # norms inlined from user-defined children are their own to report
+                findings.append(Finding(name, "left_alone", what, reason))
+
+    def visit(module: nn.Module):
+        for child in module.children():
+            visit(child)
+        name = names.get(module, "")
+        if isinstance(module, (StyleModulation, adain_nn.AdaIN)):
+            uses_reference = (module.impl != "fused" if isinstance(module, StyleModulation)
+                              else module.backend == "reference")
+            if uses_reference:
+                findings.append(Finding(name, "reference_backend", type(module).__name__))
+                if apply:
+                    if isinstance(module, StyleModulation):
+                        module.impl = "fused"
+                    module.backend = backend
+            opaque.add(id(module))
+            return
+        if (type(module).__module__.startswith("torch.nn") or id(module) in opaque
+                or hasattr(module, "adain_fused_code")):
+            return  # built-ins (containers included) have nothing of their own; done already
+        probed = (_assigned_affine(module)
+                  and isinstance(getattr(module, "running_mean", None), torch.Tensor)
+                  and not list(module.children()))
+        if probed:
+            plan, why_not = _plan_batch_norm_trick(module)
+            what = f"F.batch_norm over x.view(1, N*C, ...) ({type(module).__name__})"
+            for mode, reason in why_not.items():
+                findings.append(Finding(name, "left_alone", f"{what} in {mode} mode", reason))
+            if plan:
+                ranks = sorted({rank for _, rank in plan})
+                modes = sorted({"train" if t else "eval" for t, _ in plan}, reverse=True)
+                findings.append(Finding(name, "batch_norm_adain", (
+                    f"{what} -> adain_affine(x, mean=bias.view(N, C), std=weight.view(N, C), "
+                    f"unbiased=False), {'/'.join(modes)} mode, ranks {ranks}")))
+                if apply:
+                    _install(module, _batch_norm_trick_forward(type(module).forward),
+                             f"batch_norm trick -> adain_affine, (training, rank): eps {plan}",
+                             adain_batch_norm_plan=plan, adain_backend=backend)
+                opaque.add(id(module))
+                return
+        traced_left = None  # the norms left alone in the deepest trace that worked
+        for deep in (False, True):
+            graph = _trace(module, deep, opaque, extra)
+            if graph is None:
+                continue
+            found, left, consumed = _rewrite_graph(module, graph, backend, references)
+            traced_left = left
+            if not found:
+                continue
+            if not _same_in_train_and_eval(module, deep, opaque, extra):
+                why = "its traced code differs between train() and eval() (a branch on self.training)"
+                findings.extend(Finding(name, "left_alone", detail, why)
+                                for _, detail, owner in found if not owner)
+                left_alone(name, left)
+                return
+            stale = {(prefixed(name, owner), what) for owner, what in consumed}
+            findings[:] = [f for f in findings if f.rewritten or (f.module, f.detail) not in stale]
+            findings.extend(Finding(name, pattern, detail) for pattern, detail, _ in found)
+            left_alone(name, left)
+            if apply:
+                graph.lint()
+                generated = fx.GraphModule(module, graph)
+                _install(module, type(generated).forward, generated.code)
+            opaque.add(id(module))
+            return
+        if traced_left is not None:
+            left_alone(name, traced_left)
+        elif not probed and (any(isinstance(c, _INSTANCE_NORM) for c in module.children())
+                             or _calls(module, "batch_norm") or _calls(module, "instance_norm")):
+            findings.append(Finding(name, "left_alone", f"forward of {type(module).__name__}",
+                                    _trace_error(module, opaque, extra)))
+
+    visit(model)
+    return findings
+
+
+def find_fusable(model: nn.Module, *, reference_functions: Mapping | None = None) -> list[Finding]:
+    """What accelerate(model) would rewrite, and every instance norm it would leave alone with
+    the reason (`Finding.reason`), without changing the model."""
+    return _plan(model, "auto", reference_functions, apply=False)
+
+
+def accelerate(model: nn.Module, *, backend: str = "auto",
+               reference_functions: Mapping[Callable, Callable] | None = None) -> nn.Module:
+    """Puts the fused op in place of unfused AdaIN code in an existing model; returns the model
+    (the same object, changed in place).
+
+    Supported patterns (each found in the forward of a module, read with torch.fx):
+
+    1. `norm(x) * scale + shift`, where `norm` is an nn.InstanceNorm1d/2d/3d child with
+       track_running_stats=False (affine or not: its weight and bias fold into the modulation)
+       or a call `F.instance_norm(x, weight=..., bias=..., eps=...)` without running
+       statistics; the product and sum may be written `*`/`+`, `torch.mul`/`torch.add` or
+       `.mul`/`.add`, in either operand order, also inside free functions the forward calls
+       (fx traces through them), and the normalised value and the product must have no other
+       use. At run time the fused op is used when scale and shift broadcast as per-(n, c)
+       values ((N, C, 1, ...), (1, C, 1, ...), (C, 1, ...), e.g. `unsqueeze`/`view`/`chunk`
+       of a linear layer's output); otherwise (spatial maps as in SPADE, unbatched input) the
+       original expression runs. The norm, product and sum may sit in different child modules
+       (e.g. the InstanceNorm2d inside an nn.Sequential and the modulation in a sibling
+       module): the smallest enclosing module is rewritten.
+    2. The batch_norm trick of MUNIT/FUNIT's AdaptiveInstanceNorm2d: a leaf module with plain
+       `weight`/`bias` attributes assigned per call and a `running_mean` buffer whose forward
+       is `F.batch_norm(x.view(1, N*C, *spatial), <repeated running stats>, self.weight,
+       self.bias, True, momentum, eps)` viewed back to x's shape. Its forward becomes
+       adain_affine(x, bias.view(N, C), weight.view(N, C), eps, unbiased=False), reading
+       weight, bias and eps at each call; checked by running the forward on probe tensors
+       (ranks 3-5, train and eval) and recording its tensor operations, since fx cannot trace
+       it. Modes and ranks the probe did not verify, and weight/bias of another shape, dtype
+       or device, run the original forward.
+    3. Calls to the reference AdaIN: adain_ext.reference.adaptive_instance_normalization, adain,
+       adain_affine, calc_mean_std and mean_std become adain_ext.adain / adain_affine /
+       mean_std; `reference_functions` maps your own copies of them (e.g. the seed's
+       `adaptive_instance_normalization` pasted into your project) to the reference function
+       they equal, e.g. {my_module.adaptive_instance_normalization:
+       reference.adaptive_instance_normalization}.
+    4. adain_ext modules running a reference path: StyleModulation(impl != "fused") and
+       adain_ext.nn.AdaIN(backend="reference") are switched to the fused path.
+
+    Limits: a rewritten module keeps its object, parameters, buffers, hooks and state_dict keys,
+    but its forward becomes the fx-traced code: Python branches in it are frozen as they were at
+    accelerate() time (modules whose traced code differs between train() and eval() are left
+    alone; so are modules whose forward assigns module attributes, which a graph does not
+    record, and modules fx cannot trace, e.g. control flow on tensor values; their children are
+    still searched), and torch.save(model) of the whole object does not pickle (save state_dict).
+    Hand-written instance norms (x - mean) * rsqrt(var + eps) are not recognised. The fused op
+    checks its inputs: H*W < 2 with the unbiased reference semantics raises where the reference
+    returned NaN.
+    """
+    if backend not in functional.BACKENDS:
+        raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")
+    _plan(model, backend, reference_functions, apply=True)
+    return model
