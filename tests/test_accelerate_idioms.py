@@ -459,3 +459,23 @@ def test_find_fusable_reasons():
     assert (finding.module, finding.pattern, finding.detail) == ("0", "left_alone",
                                                                  "forward of DataDependent")
     assert finding.reason.startswith("torch.fx cannot trace it: TraceError"), finding.reason
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.channels_last_3d],
+                         ids=["munit_channels_last", "adain3d_channels_last_3d"])
+def test_channels_last_input(fmt, monkeypatch):
+    # The features reach the fused op in their layout (no copy to contiguous on the way). 3-D:
+    # the norm comes first, since CPU float64 Conv3d returns contiguous output.
+    torch.manual_seed(0)
+    model = (AdaINGen() if fmt == torch.channels_last else AdaIN3d(4, 5)).to(memory_format=fmt)
+    shape, style_shape = (((2, 8, 6, 5), (2, 4, 1, 1)) if fmt == torch.channels_last
+                          else ((2, 4, 3, 5, 4), (2, 5)))
+    layouts = []
+    fused = functional.adain_affine
+    monkeypatch.setattr(functional, "adain_affine", lambda x, *a, **k: layouts.append(
+        x.is_contiguous(memory_format=fmt) and not x.is_contiguous()) or fused(x, *a, **k))
+    _check_accelerated(model, lambda: (torch.randn(shape).contiguous(memory_format=fmt),
+                                       torch.randn(style_shape)),
+                       monkeypatch, calls_per_forward=4 if fmt == torch.channels_last else 1,
+                       steps=1)
+    assert layouts and all(layouts)
