@@ -130,7 +130,7 @@ def test_internal_forwards_translate_with_their_statistics():
             return torch.ops.adain._fused_forward(content, style, 0.5, EPS, True)
 
     session = ort.InferenceSession(
-        adain_ext.onnx.export(Internal(), (content, style), verbose=False).model_proto.SerializeToString(),
+        adain_ext.onnx.export(Internal().eval(), (content, style), verbose=False).model_proto.SerializeToString(),
         providers=["CPUExecutionProvider"])
     got = session.run(None, {"content": content.numpy(), "style": style.numpy()})
     c_mean, c_std = reference.mean_std(content.double(), EPS)
