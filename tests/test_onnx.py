@@ -38,29 +38,37 @@ N, C = 2, 3
 
 
 class AllOps(torch.nn.Module):
-    """Every public op through the function API: the fused AdaIN, the statistics, the affine
-    with given (N, C) statistics and with (N, C, 1, ...) statistics from mean_std."""
+    """Every public op: the fused AdaIN, the statistics, the affine with given (N, C) statistics
+    and with (N, C, 1, ...) statistics from mean_std; through the function API by default."""
 
-    def __init__(self, alpha: float, unbiased: bool):
+    def __init__(self, alpha: float, unbiased: bool, fused=adain_ext.adain,
+                 mean_std=adain_ext.mean_std, affine=adain_ext.adain_affine):
         super().__init__()
         self.alpha, self.unbiased = alpha, unbiased
+        self.fused, self.mean_std, self.affine = fused, mean_std, affine
 
     def forward(self, content, style, mean, std):
-        fused = adain_ext.adain(content, style, self.alpha, EPS, self.unbiased)
-        style_mean, style_std = adain_ext.mean_std(style, EPS, self.unbiased)
-        affine = adain_ext.adain_affine(content, mean, std, EPS, self.unbiased)
-        renormalised = adain_ext.adain_affine(content, style_mean, style_std, EPS, self.unbiased)
+        fused = self.fused(content, style, self.alpha, EPS, self.unbiased)
+        style_mean, style_std = self.mean_std(style, EPS, self.unbiased)
+        affine = self.affine(content, mean, std, EPS, self.unbiased)
+        renormalised = self.affine(content, style_mean, style_std, EPS, self.unbiased)
         return fused, style_mean, style_std, affine, renormalised
 
 
 def expected(content, style, mean, std, alpha, unbiased):
-    c, s = content.double(), style.double()
+    """The oracle in float64, on any rank: trailing dims flattened into one (the statistics are
+    over all of them), results shaped back, statistics (N, C, 1, ...) with the input's rank."""
+    def rows(t):
+        return t.double().reshape(N, C, -1, 1)
+
+    c, s = rows(content), rows(style)
     style_mean, style_std = reference.mean_std(s, EPS, unbiased)
-    shape = style_mean.shape
-    return (reference.adain(c, s, alpha, EPS, unbiased), style_mean, style_std,
-            reference.adain_affine(c, mean.double().reshape(shape), std.double().reshape(shape),
-                                   EPS, unbiased),
-            reference.adain(c, s, 1.0, EPS, unbiased))
+    target = (mean.double().reshape(N, C, 1, 1), std.double().reshape(N, C, 1, 1))
+    stat_shape = (N, C) + (1,) * (style.dim() - 2)
+    return (reference.adain(c, s, alpha, EPS, unbiased).reshape(content.shape),
+            style_mean.reshape(stat_shape), style_std.reshape(stat_shape),
+            reference.adain_affine(c, *target, EPS, unbiased).reshape(content.shape),
+            reference.adain(c, s, 1.0, EPS, unbiased).reshape(content.shape))
 
 
 def make_inputs(content_tail, style_tail, dtype, seed):
@@ -81,10 +89,11 @@ def ops_take_rank(rank: int) -> bool:
     return True
 
 
-def export(model, inputs, rank):
+def export(model, inputs, rank, translations=None):
     trailing = {i: torch.export.Dim.DYNAMIC for i in range(2, rank)}
     dynamic = {"content": trailing, "style": trailing, "mean": None, "std": None}
-    program = adain_ext.onnx.export(model.eval(), inputs, dynamic_shapes=dynamic, verbose=False)
+    program = adain_ext.onnx.export(model.eval(), inputs, dynamic_shapes=dynamic, verbose=False,
+                                    custom_translation_table=translations)
     return ort.InferenceSession(program.model_proto.SerializeToString(),
                                 providers=["CPUExecutionProvider"])
 
@@ -97,16 +106,10 @@ DTYPES = [torch.float32, torch.float16, torch.float64]
 OUTPUTS = ("fused", "mean_std mean", "mean_std std", "affine", "affine of mean_std")
 
 
-@pytest.mark.parametrize("rank", [4, 3, 5])
-@pytest.mark.parametrize("alpha", [1.0, 0.5])
-@pytest.mark.parametrize("unbiased", [True, False], ids=["unbiased", "biased"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-def test_ops_match_reference_in_onnxruntime(dtype, unbiased, alpha, rank):
-    if rank != 4 and not ops_take_rank(rank):
-        pytest.skip(f"the adain ops take 4-D input only in this build (rank {rank} asked)")
-    model = AllOps(alpha, unbiased)
-    (first, second) = SHAPES[rank]
-    session = export(model, make_inputs(*first, dtype, seed=0), rank)
+def check_exported(model, dtype, alpha, unbiased, rank, translations=None):
+    """Exports once at the first shapes of SHAPES[rank], runs at both, compares every output."""
+    first, second = SHAPES[rank]
+    session = export(model, make_inputs(*first, dtype, seed=0), rank, translations)
     for seed, (content_tail, style_tail) in enumerate((first, second), start=1):
         inputs = make_inputs(content_tail, style_tail, dtype, seed)
         feeds = {name: t.numpy() for name, t in zip(("content", "style", "mean", "std"), inputs)}
@@ -118,6 +121,62 @@ def test_ops_match_reference_in_onnxruntime(dtype, unbiased, alpha, rank):
             error = relative_error(g, w)
             assert error <= TOLERANCES[dtype], (
                 f"{name} at content {content_tail}, style {style_tail}: relative error {error:.3g}")
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+@pytest.mark.parametrize("unbiased", [True, False], ids=["unbiased", "biased"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_ops_match_reference_in_onnxruntime(dtype, unbiased, alpha):
+    check_exported(AllOps(alpha, unbiased), dtype, alpha, unbiased, rank=4)
+
+
+@pytest.mark.parametrize("rank", [3, 5])
+def test_ops_of_other_ranks(rank):
+    if not ops_take_rank(rank):
+        pytest.skip(f"the adain ops take 4-D input only in this build (rank {rank} asked); "
+                    "test_translations_are_rank_generic covers the translations")
+    check_exported(AllOps(0.5, True), torch.float32, 0.5, True, rank)
+
+
+# Stand-ins with the public ops' schemas that take any rank, so that the translations' rank
+# genericity is tested whatever ranks the compiled ops accept.
+@torch.library.custom_op("adain_onnx_test::fused", mutates_args=())
+def any_rank_fused(content: torch.Tensor, style: torch.Tensor, alpha: float, eps: float,
+                   unbiased: bool) -> torch.Tensor:
+    raise AssertionError("only traced")
+
+
+@torch.library.custom_op("adain_onnx_test::mean_std", mutates_args=())
+def any_rank_mean_std(x: torch.Tensor, eps: float, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    raise AssertionError("only traced")
+
+
+@torch.library.custom_op("adain_onnx_test::affine", mutates_args=())
+def any_rank_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float,
+                    unbiased: bool) -> torch.Tensor:
+    raise AssertionError("only traced")
+
+
+any_rank_fused.register_fake(lambda content, style, alpha, eps, unbiased: torch.empty_like(content))
+any_rank_affine.register_fake(lambda x, mean, std, eps, unbiased: torch.empty_like(x))
+
+
+@any_rank_mean_std.register_fake
+def _(x, eps, unbiased):
+    shape = (*x.shape[:2], *[1] * (x.dim() - 2))
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+@pytest.mark.parametrize("rank", [3, 5])
+@pytest.mark.parametrize("unbiased", [True, False], ids=["unbiased", "biased"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=lambda d: str(d).split(".")[-1])
+def test_translations_are_rank_generic(dtype, unbiased, rank):
+    table = adain_ext.onnx.translation_table()
+    stand_ins = {torch.ops.adain_onnx_test.fused.default: table[torch.ops.adain.fused.default],
+                 torch.ops.adain_onnx_test.mean_std.default: table[torch.ops.adain.mean_std.default],
+                 torch.ops.adain_onnx_test.affine.default: table[torch.ops.adain.affine.default]}
+    model = AllOps(0.5, unbiased, any_rank_fused, any_rank_mean_std, any_rank_affine)
+    check_exported(model, dtype, 0.5, unbiased, rank, stand_ins)
 
 
 def test_internal_forwards_translate_with_their_statistics():
