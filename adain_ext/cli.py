@@ -12,6 +12,8 @@ COMMANDS = {
     "video": ("adain_ext.style_transfer.video", "main", "stylize a video frame by frame (needs PyAV)"),
     "train": ("adain_ext.style_transfer.train", "main",
               "train a decoder (the reference train.py options; torchrun for DDP)"),
+    "export": ("adain_ext.style_transfer.export", "main",
+               "write the style-transfer network as one ONNX file (needs onnx, onnxscript)"),
 }
 
 

@@ -103,6 +103,16 @@ MUTANTS = [
            "alpha * t_mean + (1 - alpha) * x_mean;", "alpha * t_mean;",
            CPP_TESTS,
            "alpha blend drops the (1 - alpha) * content mean term"),
+    Mutant("onnx_biased_divisor", "adain_ext/onnx.py",
+           "divisor = op.Sub(count, _scalar(1.0, stat)) if unbiased else count",
+           "divisor = count",
+           (("tests/test_onnx.py",),),
+           "the ONNX translations divide by the count where the unbiased variance needs count - 1"),
+    Mutant("onnx_export_ignores_alpha", "adain_ext/style_transfer/export.py",
+           "blended = torch.lerp(content_feat, target, alpha.to(content_feat.dtype))",
+           "blended = target + 0 * alpha",
+           (("tests/test_style_export.py",),),
+           "the exported network ignores its alpha input"),
 ]
 
 
