@@ -437,9 +437,12 @@ def _probe_batch_norm_trick(module: nn.Module, rank: int) -> tuple[float | None,
     C = int(getattr(module, "num_features", 0) or module.running_mean.numel())
     N = 2
     like = module.running_mean
-    x = torch.randn(N, C, *_PROBE_SPATIAL[rank], dtype=like.dtype, device=like.device)
-    weight = torch.rand(N * C, dtype=like.dtype, device=like.device) + 0.5
-    bias = torch.randn(N * C, dtype=like.dtype, device=like.device)
+    generator = torch.Generator().manual_seed(0)  # the user's random streams stay untouched
+
+    def probe(*shape):
+        return torch.randn(*shape, generator=generator).to(like.device, like.dtype)
+
+    x, weight, bias = probe(N, C, *_PROBE_SPATIAL[rank]), probe(N * C).abs() + 0.5, probe(N * C)
     assigned = module.weight, module.bias
     buffers = {name: b.clone() for name, b in module.named_buffers()}
     module.weight, module.bias = weight, bias

@@ -260,7 +260,10 @@ class AdaINGen(nn.Module):
 
 
 def test_munit_findings():
-    findings = find_fusable(AdaINGen())
+    model = AdaINGen()
+    rng = torch.get_rng_state()
+    findings = find_fusable(model)
+    assert torch.equal(torch.get_rng_state(), rng)  # the probes draw from their own generator
     fused = [f for f in findings if f.rewritten]
     assert [f.pattern for f in fused] == ["batch_norm_adain"] * 4
     assert all("train/eval mode, ranks [3, 4, 5]" in f.detail for f in fused), fused
