@@ -482,3 +482,35 @@ def test_channels_last_input(fmt, monkeypatch):
                        monkeypatch, calls_per_forward=4 if fmt == torch.channels_last else 1,
                        steps=1)
     assert layouts and all(layouts)
+
+
+class NormOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.InstanceNorm1d(3)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+class Modulation(nn.Module):
+    def forward(self, x, style):
+        return x * style[:, :3, None] + style[:, 3:, None]
+
+
+class SplitAcrossSiblings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.normalize, self.modulate = NormOnly(), Modulation()
+
+    def forward(self, x, style):
+        return self.modulate(self.normalize(x), style)
+
+
+def test_norm_and_modulation_in_sibling_modules(monkeypatch):
+    # `normalize` alone leaves its norm unmodulated; the parent sees both and fuses them, so
+    # nothing is reported as left alone
+    findings = find_fusable(SplitAcrossSiblings())
+    assert [(f.module, f.pattern) for f in findings] == [("", "instance_norm_modulation")]
+    _check_accelerated(SplitAcrossSiblings(), lambda: (torch.randn(2, 3, 7), torch.randn(2, 6)),
+                       monkeypatch, calls_per_forward=1)
