@@ -32,7 +32,7 @@ def adaptive_instance_normalization(content_feat: torch.Tensor, style_feat: torc
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
     """Per-(n, c) mean and sqrt(var + eps), shaped (N, C, 1, 1), in x's dtype."""
     N, C = x.shape[:2]
-    rows = x.reshape(N, C, -1)
+    rows = x.flatten(2)  # not reshape(N, C, -1): -1 is ambiguous when N or C is 0
     var = rows.var(dim=2, correction=1 if unbiased else 0) + eps
     return rows.mean(dim=2).view(N, C, 1, 1), var.sqrt().view(N, C, 1, 1)
 
