@@ -87,7 +87,7 @@ USAGE = {
                                        "--style_dir {R}/badstyles") + " --save_dir {R}/out/t"),
     "stylize_style_unreadable": (1, "cannot read image", STYLIZE + " --content {R}/a/x.png "
                                  "--style_dir {R}/badstyles --output {R}/out/d"),
-    "video_truncated": (1, " of 8 frames", VIDEO.replace("{R}/in.mp4", "{R}/trunc.avi") +
+    "video_truncated": (1, "read 6 of 8 frames (0 packets", VIDEO.replace("{R}/in.mp4", "{R}/trunc.avi") +
                         " --output {R}/out/v.mp4"),
     "video_corrupt_packet": (1, "1 packets could not be decoded",
                              VIDEO.replace("{R}/in.mp4", "{R}/corrupt.mp4") + " --output {R}/out/v.mp4"),
@@ -190,8 +190,10 @@ def root(tmp_path_factory):
     (r / "badstyles" / "s.png").write_bytes(b"\x89PNG not really")
     (r / "afile").write_text("a file where a folder is expected")
     _write_video(r / "in.mp4", FRAMES)
-    whole = _write_video(r / "whole.avi", FRAMES, noise_seed=0).read_bytes()
-    (r / "trunc.avi").write_bytes(whole[: int(len(whole) * 0.9)])  # AVI: its header comes first
+    whole = _write_video(r / "whole.avi", FRAMES, noise_seed=0)
+    with av.open(str(whole)) as container:  # cut where packet 6 starts: 6 whole frames remain
+        cut = [packet.pos for packet in container.demux(video=0) if packet.size][6]
+    (r / "trunc.avi").write_bytes(whole.read_bytes()[:cut])  # AVI: its header comes first
     corrupt = bytearray(_write_video(r / "whole.mp4", FRAMES, noise_seed=1).read_bytes())
     middle = len(corrupt) // 2
     corrupt[middle : middle + 300] = b"\xab" * 300  # one packet the decoder rejects (measured)
@@ -323,3 +325,16 @@ def test_sigterm_removes_the_partial_video(root, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
     assert _files(out.parent) == []  # neither the output nor its hidden temp file
+
+
+def test_smallest_image_side_is_the_encoders():
+    """MIN_IMAGE_SIDE, derived from the layout, is exactly where the encoder starts to work."""
+    import torch
+
+    from adain_ext.style_transfer import _checks
+
+    encoder = models.Encoder(random_vgg(num_modules=31))
+    side = _checks.MIN_IMAGE_SIDE
+    assert encoder(torch.rand(1, 3, side, side + 5)).shape[-2] == 2
+    with pytest.raises(RuntimeError, match="[Pp]adding"):
+        encoder(torch.rand(1, 3, side - 1, side + 5))
