@@ -208,7 +208,9 @@ def root(tmp_path_factory):
         (r / folder).mkdir(parents=True, exist_ok=True)
         suffix = Path(name).suffix
         (r / folder / f".{name}.{dead}.tmp{suffix}").write_bytes(b"stale")
+    (r / "work" / "run" / f".checkpoint.pt.{dead}.tmp").write_bytes(b"stale, earlier name")
     (r / "work" / "exts" / f".y_stylized_s.png.{live}.tmp.png").write_bytes(b"a live run's")
+    (r / "work" / "exts" / f".other.png.{dead}.tmp.png").write_bytes(b"not a name this run writes")
     return r
 
 
@@ -222,7 +224,8 @@ def results(root):
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(root.parent / "cases.json")],
                           env=_env(), cwd=root.parent, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout), inputs
+    dead = next(p.name.split(".")[3] for p in (root / "work" / "exts").glob(".other.png.*"))
+    return json.loads(proc.stdout), inputs, dead
 
 
 def _files(folder: Path) -> list[str]:
@@ -291,10 +294,12 @@ def test_a_run_folder_is_never_mixed_with_another_run(root, results):
 
 
 def test_stale_temp_files_are_removed_at_start(root, results):
-    """A dead run's temp files are gone after the next run in that folder; a live one's stays."""
+    """A dead run's temp files of the names a run writes are gone after it; a live process's
+    stays, and so does a temp file of a name the run does not write."""
     leftovers = [f for folder in ("run", "video", "exts") for f in _files(root / "work" / folder)
                  if f.startswith(".")]
-    assert leftovers == [f".y_stylized_s.png.{os.getpid()}.tmp.png"]
+    assert sorted(leftovers) == sorted([f".y_stylized_s.png.{os.getpid()}.tmp.png",
+                                        f".other.png.{results[2]}.tmp.png"])
 
 
 def test_exit_statuses_reach_the_shell(root):

@@ -2,7 +2,6 @@
 statuses, temp files."""
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import sys
@@ -106,13 +105,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: Path, name: str = "*") -> list[Path]:
-    """Deletes the temp files of `name` (temp_path's pattern) in `folder` whose process is gone
-    (a run killed with SIGKILL, or a power cut); returns them."""
+def remove_stale_temps(folder: Path, names=None) -> list[Path]:
+    """Deletes the temp files (temp_path's pattern) in `folder` whose process is gone (a run
+    killed with SIGKILL, or a power cut), only those of `names` when given; returns them."""
     removed = []
-    for tmp in Path(folder).glob(f".{name if name == '*' else glob.escape(name)}.*.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[0].rpartition(".")[2]
-        if tmp.is_file() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    for tmp in Path(folder).glob(".*.*.tmp*"):
+        name, _, tail = tmp.name[1:].rpartition(".tmp")
+        name, _, pid = name.rpartition(".")
+        # tail "" is the checkpoint temp name of earlier versions (.checkpoint.pt.PID.tmp)
+        if not (pid.isdigit() and tail in ("", Path(name).suffix)) or (names is not None and name not in names):
+            continue
+        if tmp.is_file() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -242,9 +242,12 @@ def run(args) -> int:
     _checks.backend("--backend", args.backend, device)
     _checks.weights_file("--vgg", args.vgg)
     _checks.weights_file("--decoder", args.decoder)
-    for folder in {job.output.parent for jobs in plan.jobs_per_content.values() for job in jobs}:
+    outputs_per_folder: dict[Path, set[str]] = {}
+    for job in (job for jobs in plan.jobs_per_content.values() for job in jobs):
+        outputs_per_folder.setdefault(job.output.parent, set()).add(job.output.name)
+    for folder, names in outputs_per_folder.items():
         if folder.is_dir():
-            remove_stale_temps(folder)
+            remove_stale_temps(folder, names)
     channels_last = args.channels_last
     # Every style is read before the models load: a bad style fails before any output is written.
     style_images = {}

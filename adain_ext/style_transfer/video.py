@@ -182,7 +182,7 @@ def _stylize(av, args, net, prepare, container, stream, style_images, weights, s
     """Decodes, stylizes and encodes every frame into a temp file renamed to `output` only when
     every frame the container announces was read."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(output.parent, output.name)
+    remove_stale_temps(output.parent, {output.name})
     tmp = temp_path(output)
     undecodable = 0
     try:
