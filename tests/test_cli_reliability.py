@@ -203,6 +203,7 @@ def root(tmp_path_factory):
     (r / "oldrun" / "decoder_iter_60.pth").write_bytes(b"weights of another run")
     # Leftovers of killed runs (a dead process's temp files) and one of a live process.
     dead, live = _dead_pid(), os.getpid()
+    (r.parent / "dead.pid").write_text(str(dead))
     for folder, name in (("work/run", "checkpoint.pt"), ("work/video", "out.mp4"),
                          ("work/exts", "x_stylized_s.png")):
         (r / folder).mkdir(parents=True, exist_ok=True)
@@ -224,8 +225,7 @@ def results(root):
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(root.parent / "cases.json")],
                           env=_env(), cwd=root.parent, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    dead = next(p.name.split(".")[3] for p in (root / "work" / "exts").glob(".other.png.*"))
-    return json.loads(proc.stdout), inputs, dead
+    return json.loads(proc.stdout), inputs, (root.parent / "dead.pid").read_text()
 
 
 def _files(folder: Path) -> list[str]:
