@@ -343,3 +343,13 @@ def test_smallest_image_side_is_the_encoders():
     assert encoder(torch.rand(1, 3, side, side + 5)).shape[-2] == 2
     with pytest.raises(RuntimeError, match="[Pp]adding"):
         encoder(torch.rand(1, 3, side - 1, side + 5))
+
+
+def test_default_loader_workers_fit_the_machine():
+    """The reference's 16 data-loading processes, but never more than the cores available (more
+    only contend, and DataLoader warns about each)."""
+    from adain_ext.style_transfer import train
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    args = train.build_parser().parse_args(["--content_dir", "c", "--style_dir", "s"])
+    assert args.n_threads == min(16, cores)
