@@ -85,7 +85,7 @@ USAGE = {
                                    "--overwrite"),
     "train_style_dir_all_unreadable": (1, "--style_dir", TRAIN.replace("--style_dir {R}/cdir",
                                        "--style_dir {R}/badstyles") + " --save_dir {R}/out/t"),
-    "stylize_style_unreadable": (1, "cannot read image", STYLIZE + " --content {R}/a/x.png "
+    "stylize_style_unreadable": (1, "--style_dir: cannot read image", STYLIZE + " --content {R}/a/x.png "
                                  "--style_dir {R}/badstyles --output {R}/out/d"),
     "video_truncated": (1, "read 6 of 8 frames (0 packets", VIDEO.replace("{R}/in.mp4", "{R}/trunc.avi") +
                         " --output {R}/out/v.mp4"),
@@ -315,7 +315,8 @@ def test_exit_statuses_reach_the_shell(root):
     assert run(VIDEO.replace("{R}/in.mp4", "{R}/trunc.avi") + " --output {R}/out/v.mp4") == 1
 
 
-def test_sigterm_removes_the_partial_video(root, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_run_leaves_no_partial_video(root, tmp_path, stop):
     long = _write_video(tmp_path / "long.mp4", 400)
     out = tmp_path / "out" / "styled.mp4"
     argv = VIDEO.replace("{R}/in.mp4", str(long)).replace("{R}", str(root)).split()
@@ -326,9 +327,9 @@ def test_sigterm_removes_the_partial_video(root, tmp_path):
         assert time.monotonic() < deadline, "no temp file appeared"
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert proc.returncode == 128 + stop and "Traceback" not in err, err
     assert _files(out.parent) == []  # neither the output nor its hidden temp file
 
 

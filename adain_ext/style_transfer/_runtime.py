@@ -129,7 +129,8 @@ def _exit_on_sigterm(signum, frame):
 def run_command(name: str, build_parser, run, argv: list[str] | None) -> int:
     """The body of every `adain-ext <name>` main: parse argv with build_parser() and return
     run(args). A UsageError becomes one line on stderr and exit status 2, a CommandFailed one line
-    and status 1, never a traceback; SIGTERM ends the run like Ctrl-C, removing its temp files."""
+    and status 1, Ctrl-C status 130, never a traceback; SIGTERM ends the run like Ctrl-C (status
+    143), removing its temp files."""
     args = build_parser().parse_args(argv)
     previous = None
     if hasattr(signal, "SIGTERM") and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -145,6 +146,9 @@ def run_command(name: str, build_parser, run, argv: list[str] | None) -> int:
     except CommandFailed as error:
         print(f"adain-ext {name}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # temp files are already gone: their writers clean up on any exit
+        print(f"adain-ext {name}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

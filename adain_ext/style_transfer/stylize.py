@@ -255,7 +255,7 @@ def run(args) -> int:
         try:
             style_images[i] = style = images.load_image(path, args.style_size, args.crop)
         except (images.ImageError, FileNotFoundError) as error:
-            raise CommandFailed(f"--style: {error}") from None
+            raise CommandFailed(f"--{'style_dir' if args.style_dir else 'style'}: {error}") from None
         if _checks.too_small(style.shape[-1], style.shape[-2]):
             raise UsageError(f"--style_size: style {path} is {style.shape[-1]}x{style.shape[-2]}, "
                              f"below the encoder's smallest side ({_checks.MIN_IMAGE_SIDE} pixels); "
