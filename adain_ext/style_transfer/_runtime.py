@@ -113,7 +113,8 @@ def remove_stale_temps(folder: Path, names=None) -> list[Path]:
         name, _, tail = tmp.name[1:].rpartition(".tmp")
         name, _, pid = name.rpartition(".")
         # tail "" is the checkpoint temp name of earlier versions (.checkpoint.pt.PID.tmp)
-        if not (pid.isdigit() and tail in ("", Path(name).suffix)) or (names is not None and name not in names):
+        ours = pid.isdigit() and tail in ("", Path(name).suffix)
+        if not ours or (names is not None and name not in names):
             continue
         if tmp.is_file() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
