@@ -39,7 +39,7 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
     """Per-(n, c) mean and sqrt(var + eps) over all trailing dims of a (N, C, *) tensor, each
     shaped (N, C, 1, ...) like x ((N, C, 1, 1) for 4-D: calc_mean_std's shape), in x's dtype."""
     N, C = x.shape[:2]
-    rows = x.reshape(N, C, -1)
+    rows = x.flatten(2)  # not reshape(N, C, -1): -1 is ambiguous when N or C is 0
     var = rows.var(dim=2, correction=1 if unbiased else 0) + eps
     return rows.mean(dim=2).view(_stat_shape(x)), var.sqrt().view(_stat_shape(x))
 

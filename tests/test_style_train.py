@@ -171,12 +171,12 @@ def test_bad_training_inputs(data, tmp_path, capsys):
     from adain_ext.cli import main
 
     assert main(["train", *_argv(data, tmp_path, "--max_iter", "1"), "--style_dir",
-                 str(tmp_path / "missing")]) == 1
+                 str(tmp_path / "missing")]) == 2
     assert "--style_dir" in capsys.readouterr().err
     assert main(["train", *_argv(data, tmp_path, "--max_iter", "1"), "--resume",
-                 str(tmp_path / "nope.pt")]) == 1
+                 str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    assert main(["train", *_argv(data, tmp_path, "--max_iter", "1", "--crop_size", "64")]) == 1
+    assert main(["train", *_argv(data, tmp_path, "--max_iter", "1", "--crop_size", "64")]) == 2
     assert "--crop_size 64 is larger than --image_size 40" in capsys.readouterr().err
 
 

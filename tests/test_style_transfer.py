@@ -360,9 +360,9 @@ def test_cli_interpolation_mask_and_colour(tmp_path, inputs, weight_files):
 def test_cli_bad_inputs_clear_errors_no_partial_outputs(tmp_path, inputs, weight_files, capsys):
     out = tmp_path / "out"
     s1 = str(inputs / "style" / "s1.png")
-    # Missing content file.
+    # Missing content file: a usage error (status 2).
     assert _run(["--content", str(tmp_path / "nope.png"), "--style", s1, "--output", str(out)],
-                weight_files) == 1
+                weight_files) == 2
     assert "content image not found" in capsys.readouterr().err
     # Wrong weights file: the decoder given as --vgg.
     from adain_ext.cli import main
@@ -370,7 +370,7 @@ def test_cli_bad_inputs_clear_errors_no_partial_outputs(tmp_path, inputs, weight
     rc = main(["stylize", "--content", str(inputs / "content" / "a.png"), "--style", s1,
                "--vgg", str(weight_files / "decoder.pth"), "--decoder", str(weight_files / "decoder.pth"),
                "--output", str(out), "--no_progress"])
-    assert rc == 1 and "does not fit the encoder" in capsys.readouterr().err
+    assert rc == 2 and "does not fit the encoder" in capsys.readouterr().err
     # Mask of the wrong size.
     write_png(tmp_path / "small_mask.png", torch.ones(3, 10, 10))
     assert _run(["--content", str(inputs / "content" / "a.png"), "--style", f"{s1},{s1}",

@@ -8,11 +8,12 @@ and the EXIF orientation is applied.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from adain_ext.style_transfer._runtime import temp_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -143,21 +144,21 @@ def load_mask(path: str | os.PathLike) -> torch.Tensor:
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
-    """Writes a (3, H, W) image clamped to [0, 1] via a temp file and a rename."""
+    """Writes a (3, H, W) image clamped to [0, 1] via a temp file and a rename (mode from the
+    umask, as other tools' files)."""
     Image, _ = _pil()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (image.detach().float().clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
              .permute(1, 2, 0).cpu().numpy())
     ext = path.suffix.lower()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=ext or ".png")
-    os.close(fd)
+    tmp = temp_path(path)
     try:
         kwargs = {"quality": quality} if ext in (".jpg", ".jpeg", ".webp") else {}
-        Image.fromarray(array, "RGB").save(tmp, **kwargs)
+        Image.fromarray(array, "RGB").save(tmp, format=None if ext else "PNG", **kwargs)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from adain_ext.style_transfer._runtime import temp_path
 
 # Encoder (normalised VGG-19): index -> (in, out) channels of each conv. Index 0 is the 1x1
 # preprocessing conv (RGB in [0, 1] -> Caffe's mean-subtracted BGR * 255); the others are 3x3
@@ -164,8 +165,7 @@ def write_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_path(path)  # created by open(), so the file's mode follows the umask
     try:
         if path.suffix == ".safetensors":
             try:
@@ -177,7 +177,7 @@ def write_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike)
             torch.save(state, tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

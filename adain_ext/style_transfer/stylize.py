@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from adain_ext.style_transfer import images, models
+from adain_ext.style_transfer import _checks, images, models
 from adain_ext.style_transfer._runtime import (
+    CommandFailed,
     UsageError,
     progress,
+    remove_stale_temps,
     resolve_device,
     resolve_dtype,
     run_command,
@@ -91,47 +93,74 @@ class Plan:
 
 def _paths(single: str | None, directory: str | None, kind: str, exts, recursive: bool):
     if single and directory:
-        raise UsageError(f"give --{kind} or --{kind}_dir, not both")
+        raise UsageError(f"--{kind}: give --{kind} or --{kind}_dir, not both")
     if single:
-        paths = [Path(s.strip()) for s in single.split(",") if s.strip()]
-        for path in paths:
-            if not path.is_file():
-                raise UsageError(f"{kind} image not found: {path}")
+        paths = [_checks.input_file(f"--{kind}", s.strip(), f"{kind} image")
+                 for s in single.split(",") if s.strip()]
         return paths, [None] * len(paths)
     if directory:
-        root = Path(directory)
-        if not root.is_dir():
-            raise UsageError(f"--{kind}_dir not found: {root}")
+        root = _checks.input_dir(f"--{kind}_dir", directory)
         paths = images.scan_images(root, exts, recursive)
         if not paths:
-            raise UsageError(f"no images with extensions {','.join(exts)} in {root}")
+            raise UsageError(f"--{kind}_dir: no images with extensions {','.join(exts)} in {root}")
         return paths, [root] * len(paths)
-    raise UsageError(f"give --{kind} or --{kind}_dir")
+    raise UsageError(f"--{kind}: give --{kind} or --{kind}_dir")
+
+
+def _check_output(args) -> Path:
+    """--output is a folder that can be written, and not one the content scan would read back."""
+    out_root = _checks.output_dir("--output", args.output)
+    if args.content_dir:
+        content_root, out = Path(args.content_dir).resolve(), out_root.resolve()
+        inside = out == content_root or (not args.no_recursive and content_root in out.parents)
+        if inside:
+            raise UsageError(f"--output: {args.output} is inside --content_dir {args.content_dir}, "
+                             "so the next run would stylize these outputs; choose a folder outside it")
+    return out_root
+
+
+def _unique_outputs(plan: Plan) -> None:
+    """Two inputs that map to one output name (a/x.jpg and b/x.jpg, x.jpg and x.png, two styles
+    s.jpg in different folders) keep both: the later one in plan order gets _2, _3, ... before the
+    extension, and a note says which."""
+    taken: set[Path] = set()
+    for content, jobs in plan.jobs_per_content.items():
+        for job in jobs:
+            wanted, k = job.output, 1
+            while job.output in taken:
+                k += 1
+                job.output = wanted.with_name(f"{wanted.stem}_{k}{wanted.suffix}")
+            if k > 1:
+                styles = ",".join(str(plan.styles[i]) for i in job.styles)
+                print(f"note: {content} with {styles} would also be named {wanted}; "
+                      f"writing it as {job.output.name}", file=sys.stderr)
+            taken.add(job.output)
 
 
 def make_plan(args) -> Plan:
+    """The jobs of a run, after every option has been checked (nothing is loaded yet)."""
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]
     contents, content_roots = _paths(args.content, args.content_dir, "content", exts,
                                      not args.no_recursive)
     styles, _ = _paths(args.style, args.style_dir, "style", exts, not args.no_recursive)
-    save_ext = args.save_ext if args.save_ext.startswith(".") else "." + args.save_ext
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
-    weights = None
-    if args.style_interpolation_weights:
+    save_ext = _checks.image_extension("--save_ext", args.save_ext)
+    _checks.finite("--alpha", args.alpha, 0.0, 1.0)
+    _checks.image_size("--content_size", args.content_size)
+    _checks.image_size("--style_size", args.style_size)
+    _checks.at_least("--batch_size", args.batch_size, 1)
+    weights = _checks.weights("--style_interpolation_weights", args.style_interpolation_weights)
+    if weights is not None:
         try:
-            weights = [float(w) for w in args.style_interpolation_weights.split(",")]
             weights = normalize_weights(weights, len(styles))
         except ValueError as error:
             raise UsageError(f"--style_interpolation_weights: {error}") from None
     if args.mask:
         if len(styles) != 2:
-            raise UsageError(f"--mask needs exactly two styles (foreground,background), got {len(styles)}")
+            raise UsageError(f"--mask: needs exactly two styles (foreground,background), got {len(styles)}")
         if weights is not None:
-            raise UsageError("--mask and --style_interpolation_weights cannot be combined")
-        if not Path(args.mask).is_file():
-            raise UsageError(f"mask image not found: {args.mask}")
-    out_root = Path(args.output)
+            raise UsageError("--mask: cannot be combined with --style_interpolation_weights")
+        _checks.input_file("--mask", args.mask, "mask image")
+    out_root = _check_output(args)
     plan = Plan(contents, styles)
     for content, root in zip(contents, content_roots):
         sub = content.parent.relative_to(root) if root is not None else Path()
@@ -146,16 +175,18 @@ def make_plan(args) -> Plan:
             jobs = [Job(content, (i,), out_dir / f"{content.stem}_stylized_{s.stem}{save_ext}")
                     for i, s in enumerate(styles)]
         plan.jobs_per_content[content] = jobs
+    _unique_outputs(plan)
     return plan
 
 
 class Stylizer:
     """Runs a plan: styles encoded once (statistics cached), contents batched by size."""
 
-    def __init__(self, args, net: StyleTransfer, device, dtype, channels_last: bool):
+    def __init__(self, args, net: StyleTransfer, device, dtype, channels_last: bool,
+                 style_images: dict[int, torch.Tensor] | None = None):
         self.args, self.net, self.device, self.dtype = args, net, device, dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self._style_images: dict[int, torch.Tensor] = {}
+        self._style_images: dict[int, torch.Tensor] = dict(style_images or {})
         self._style_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _prepare(self, image: torch.Tensor) -> torch.Tensor:
@@ -208,25 +239,37 @@ def _load_mask(path: str, content: Path, content_image: torch.Tensor) -> torch.T
 def run(args) -> int:
     plan = make_plan(args)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    _checks.backend("--backend", args.backend, device)
+    _checks.weights_file("--vgg", args.vgg)
+    _checks.weights_file("--decoder", args.decoder)
+    outputs_per_folder: dict[Path, set[str]] = {}
+    for job in (job for jobs in plan.jobs_per_content.values() for job in jobs):
+        outputs_per_folder.setdefault(job.output.parent, set()).add(job.output.name)
+    for folder, names in outputs_per_folder.items():
+        if folder.is_dir():
+            remove_stale_temps(folder, names)
     channels_last = args.channels_last
-    try:
-        vgg, dec = models.load_vgg(args.vgg), models.load_decoder(args.decoder)
-    except (FileNotFoundError, models.WeightsError) as error:
-        raise UsageError(str(error)) from None
+    # Every style is read before the models load: a bad style fails before any output is written.
+    style_images = {}
+    for i, path in enumerate(plan.styles):
+        try:
+            style_images[i] = style = images.load_image(path, args.style_size, args.crop)
+        except (images.ImageError, FileNotFoundError) as error:
+            raise CommandFailed(f"--{'style_dir' if args.style_dir else 'style'}: {error}") from None
+        if _checks.too_small(style.shape[-1], style.shape[-2]):
+            raise UsageError(f"--style_size: style {path} is {style.shape[-1]}x{style.shape[-2]}, "
+                             f"below the encoder's smallest side ({_checks.MIN_IMAGE_SIDE} pixels); "
+                             f"give --style_size {_checks.MIN_IMAGE_SIDE} or more")
+    vgg = _checks.load_weights("--vgg", models.load_vgg, args.vgg)
+    dec = _checks.load_weights("--decoder", models.load_decoder, args.decoder)
     net = StyleTransfer(vgg, dec, backend=args.backend).to(device, dtype).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    stylizer = Stylizer(args, net, device, dtype, channels_last)
-    # Load every style now: a bad style file fails before any output is written.
-    for i, path in enumerate(plan.styles):
-        try:
-            stylizer.style_image(i, path)
-        except (images.ImageError, FileNotFoundError) as error:
-            raise UsageError(str(error)) from None
+    stylizer = Stylizer(args, net, device, dtype, channels_last, style_images)
 
     failures = 0
     total = sum(len(j) for j in plan.jobs_per_content.values())
-    batch_size = max(1, args.batch_size)
+    batch_size = args.batch_size
     # Contents wait in buckets by (size, job slot) until a bucket fills a batch.
     buckets: dict[tuple, list[tuple[Path, torch.Tensor]]] = {}
     masks: dict[tuple, torch.Tensor] = {}
@@ -239,6 +282,10 @@ def run(args) -> int:
         for content in plan.contents:
             try:
                 image = images.load_image(content, args.content_size, args.crop)
+                if _checks.too_small(image.shape[-1], image.shape[-2]):
+                    raise images.ImageError(
+                        f"content {content} is {image.shape[-1]}x{image.shape[-2]}, below the "
+                        f"encoder's smallest side ({_checks.MIN_IMAGE_SIDE} pixels; see --content_size)")
                 mask = _load_mask(args.mask, content, image) if args.mask else None
             except (images.ImageError, FileNotFoundError, UsageError) as error:
                 print(f"error: {error}", file=sys.stderr)

@@ -30,16 +30,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import adain_ext
-from adain_ext.style_transfer import images, models
+from adain_ext.style_transfer import _checks, images, models
 from adain_ext.style_transfer._runtime import (
+    CommandFailed,
     UsageError,
     progress,
+    remove_stale_temps,
     resolve_device,
     run_command,
+    temp_path,
     warn,
 )
 
 CHECKPOINT = "checkpoint.pt"
+DECODER_SNAPSHOTS = "decoder_iter_*.pth"  # decoder_iter_{N}.pth: the published layout, per save
+
+
+def _default_workers() -> int:
+    """The reference's 16 loader processes, but no more than the cores this process may use
+    (more only contend, and DataLoader warns about them)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(16, cores or 1)
 
 
 def build_parser(prog: str = "adain-ext train") -> argparse.ArgumentParser:
@@ -59,7 +70,8 @@ def build_parser(prog: str = "adain-ext train") -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8, help="global batch over all processes")
     p.add_argument("--style_weight", type=float, default=10.0)
     p.add_argument("--content_weight", type=float, default=1.0)
-    p.add_argument("--n_threads", type=int, default=16, help="data-loading worker processes")
+    p.add_argument("--n_threads", type=int, default=_default_workers(),
+                   help="data-loading worker processes (default: min(16, cores), here %(default)s)")
     p.add_argument("--save_model_interval", type=int, default=10000)
     p.add_argument("--image_size", type=int, default=512, help="resize before cropping")
     p.add_argument("--crop_size", type=int, default=256, help="random crop fed to the network")
@@ -69,6 +81,9 @@ def build_parser(prog: str = "adain-ext train") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", type=str, default=None,
                    help=f"a checkpoint to continue from, or 'auto' for SAVE_DIR/{CHECKPOINT} if present")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a SAVE_DIR that holds another one, deleting its "
+                   f"{CHECKPOINT} and {DECODER_SNAPSHOTS} (without it such a SAVE_DIR is refused)")
     p.add_argument("--amp", type=str, default="none", choices=["none", "fp16", "bf16"],
                    help="mixed precision (autocast; fp16 uses a gradient scaler)")
     p.add_argument("--device", type=str, default="auto")
@@ -98,8 +113,6 @@ class TrainImages(Dataset):
 
     def __init__(self, paths: list[Path], image_size: int, crop_size: int, keep_aspect: bool,
                  seed: int, stream: int):
-        if crop_size > image_size:
-            raise UsageError(f"--crop_size {crop_size} is larger than --image_size {image_size}")
         self.paths, self.image_size, self.crop_size = paths, image_size, crop_size
         self.keep_aspect, self.seed, self.stream = keep_aspect, seed, stream
         self._perm: tuple[int, torch.Tensor] | None = None
@@ -214,7 +227,7 @@ def save_checkpoint(path: Path, decoder: nn.Module, optimizer, scaler, iteration
                                                   "crop_size", "image_size", "keep_aspect")},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -228,14 +241,70 @@ def save_checkpoint(path: Path, decoder: nn.Module, optimizer, scaler, iteration
 
 def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
+        raise UsageError(f"--resume: checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (pickle, zip and weights_only errors alike)
-        raise UsageError(f"cannot read checkpoint {path}: {error}") from None
+        raise CommandFailed(f"--resume: cannot read checkpoint {path}: {error}") from None
     if not isinstance(state, dict) or state.get("format") != 1:
-        raise UsageError(f"{path} is not an adain-ext training checkpoint")
+        raise UsageError(f"--resume: {path} is not an adain-ext training checkpoint")
     return state
+
+
+def _run_files(save_dir: Path) -> list[Path]:
+    """The files a run leaves in SAVE_DIR (its checkpoint and decoder snapshots)."""
+    if not save_dir.is_dir():
+        return []
+    return sorted([p for p in [save_dir / CHECKPOINT] if p.is_file()] + list(save_dir.glob(DECODER_SNAPSHOTS)))
+
+
+def _first_readable(option: str, root: str, paths: list[Path]) -> None:
+    """At least one image of the folder opens (it is usually the first one tried)."""
+    for path in paths:
+        try:
+            images.open_image(path)
+            return
+        except (images.ImageError, OSError):
+            continue
+    raise CommandFailed(f"{option}: none of the {len(paths)} images in {root} can be read")
+
+
+def check_options(args) -> tuple[list[Path], list[Path]]:
+    """Every option checked before any model loads; returns the content and style images."""
+    for option in ("max_iter", "batch_size", "save_model_interval", "log_interval"):
+        _checks.at_least(f"--{option}", getattr(args, option), 1)
+    _checks.at_least("--n_threads", args.n_threads, 0)
+    _checks.image_size("--crop_size", args.crop_size, zero_keeps=False)
+    if args.crop_size > args.image_size:
+        raise UsageError(f"--crop_size {args.crop_size} is larger than --image_size {args.image_size}")
+    _checks.finite("--lr", args.lr, 0.0)
+    _checks.finite("--lr_decay", args.lr_decay, 0.0)
+    _checks.finite("--style_weight", args.style_weight, 0.0)
+    _checks.finite("--content_weight", args.content_weight, 0.0)
+    _checks.weights_file("--vgg", args.vgg)
+    if args.decoder:
+        _checks.weights_file("--decoder", args.decoder)
+    save_dir = _checks.output_dir("--save_dir", args.save_dir)
+    if args.resume and args.overwrite:
+        raise UsageError("--overwrite: cannot be combined with --resume")
+    if args.resume not in (None, "auto"):
+        _checks.input_file("--resume", args.resume, "checkpoint")
+    resuming = args.resume == "auto" and (save_dir / CHECKPOINT).is_file() or \
+        args.resume not in (None, "auto")
+    existing = _run_files(save_dir)
+    if existing and not resuming and not args.overwrite:
+        raise UsageError(f"--save_dir: {save_dir} already holds a run ({existing[-1].name}, ...); "
+                         "pass --resume auto to continue it or --overwrite to start over")
+    exts = [e.strip() for e in args.ext.split(",") if e.strip()]
+    found = []
+    for option in ("content_dir", "style_dir"):
+        root = _checks.input_dir(f"--{option}", getattr(args, option))
+        paths = images.scan_images(root, exts)
+        if not paths:
+            raise UsageError(f"--{option}: no images with extensions {','.join(exts)} in {root}")
+        _first_readable(f"--{option}", str(root), paths)
+        found.append(paths)
+    return found[0], found[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,24 +361,23 @@ def train_step(model: nn.Module, optimizer, content: torch.Tensor, style: torch.
 def train(args) -> dict:
     """Runs training; returns the last iteration's {"iteration", "loss_c", "loss_s"}, the run's
     wall time ("seconds") and every iteration's weighted loss on this process ("history")."""
+    content_paths, style_paths = check_options(args)
     rank, world, device = _distributed(args.device)
     if args.batch_size % world:
         raise UsageError(f"--batch_size {args.batch_size} (the global batch) must be divisible by "
                          f"the number of processes ({world})")
-    exts = [e.strip() for e in args.ext.split(",") if e.strip()]
-    content_paths = images.scan_images(args.content_dir, exts) if Path(args.content_dir).is_dir() else None
-    style_paths = images.scan_images(args.style_dir, exts) if Path(args.style_dir).is_dir() else None
-    for name, found in (("content_dir", content_paths), ("style_dir", style_paths)):
-        if not found:
-            raise UsageError(f"--{name} {getattr(args, name)} is missing or has no images")
-    torch.manual_seed(args.seed)  # the decoder's random init: the same in every process and run
-    try:
-        vgg = models.load_vgg(args.vgg)
-        decoder = models.load_decoder(args.decoder) if args.decoder else models.decoder()
-    except (FileNotFoundError, models.WeightsError) as error:
-        raise UsageError(str(error)) from None
-
+    _checks.backend("--backend", args.backend, device)
     save_dir = Path(args.save_dir)
+    if rank == 0 and save_dir.is_dir():
+        remove_stale_temps(save_dir)
+        if args.overwrite:
+            for old in _run_files(save_dir):  # so that no file of the old run passes for this one
+                old.unlink()
+    torch.manual_seed(args.seed)  # the decoder's random init: the same in every process and run
+    vgg = _checks.load_weights("--vgg", models.load_vgg, args.vgg)
+    decoder = _checks.load_weights("--decoder", models.load_decoder, args.decoder) if args.decoder \
+        else models.decoder()
+
     resume = args.resume
     if resume == "auto":
         resume = str(save_dir / CHECKPOINT) if (save_dir / CHECKPOINT).is_file() else None

@@ -11,20 +11,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adain_ext.style_transfer import images, models
+from adain_ext.style_transfer import _checks, images, models
 from adain_ext.style_transfer._runtime import (
+    CommandFailed,
     UsageError,
     progress,
+    remove_stale_temps,
     resolve_device,
     resolve_dtype,
     run_command,
+    temp_path,
     warn,
 )
 from adain_ext.style_transfer.network import StyleTransfer, normalize_weights
@@ -36,7 +38,7 @@ def _av():
     try:
         import av
     except ImportError:
-        raise UsageError(INSTALL) from None
+        raise CommandFailed(INSTALL) from None
     return av
 
 
@@ -54,7 +56,8 @@ def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--output", default=None,
                    help="output file (default: output/{video}_stylized_{style}.mp4)")
-    p.add_argument("--codec", default="libx264", help="video codec (falls back to mpeg4)")
+    p.add_argument("--codec", default="libx264",
+                   help="video encoder (default libx264, or mpeg4 where FFmpeg lacks it)")
     p.add_argument("--crf", type=int, default=18, help="quality for libx264")
     p.add_argument("--no_audio", action="store_true",
                    help="drop the audio track (default: copy the first one unchanged)")
@@ -76,57 +79,122 @@ def _frame_tensor(frame, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
 
 
+def _check_output(av, args, source: Path, output: Path) -> None:
+    """The output can be written, is not the input, and its container can hold the codec."""
+    _checks.output_file("--output", output)
+    if _checks.same_file(source, output) or source.resolve() == output.resolve():
+        raise UsageError(f"--output: {output} is the input video; choose another file name")
+    if args.codec != "libx264" or args.codec in av.codecs_available:
+        try:
+            codec = av.Codec(args.codec, "w")
+        except Exception:  # noqa: BLE001  (av.codec.codec.UnknownCodecError and kin)
+            raise UsageError(f"--codec: FFmpeg here has no {args.codec!r} encoder "
+                             "(try libx264 or mpeg4)") from None
+        if codec.type != "video":
+            raise UsageError(f"--codec: {args.codec} is an {codec.type} codec, not a video one")
+    try:  # opening for writing is lazy: nothing is created until a stream is added
+        sink = av.open(str(temp_path(output)), mode="w",
+                       format=None if output.suffix else "mp4")
+    except ValueError:
+        raise UsageError(f"--output: FFmpeg knows no container for {output.suffix!r} files "
+                         "(use .mp4, .mkv, .mov, ...)") from None
+    with sink:
+        codec = _codec_name(av, args)
+        supported = getattr(sink, "supported_codecs", None)
+        if supported is not None and codec not in supported:
+            raise UsageError(f"--codec: {sink.format.name} files cannot hold {codec} video")
+
+
+def _codec_name(av, args) -> str:
+    return args.codec if args.codec in av.codecs_available else "mpeg4"
+
+
+def _expected_frames(stream, container) -> int | None:
+    """How many frames the container says the stream has (None when it does not say)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate
+    if stream.duration and stream.time_base and rate:
+        return round(stream.duration * stream.time_base * rate)
+    if container.duration and rate:
+        return round(container.duration / 1_000_000 * rate)  # av.time_base is microseconds
+    return None
+
+
 def run(args) -> int:
     av = _av()
-    source = Path(args.content)
-    if not source.is_file():
-        raise UsageError(f"video not found: {source}")
-    styles = [Path(s.strip()) for s in args.style.split(",") if s.strip()]
-    for s in styles:
-        if not s.is_file():
-            raise UsageError(f"style image not found: {s}")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
+    source = _checks.input_file("--content", args.content, "video")
+    styles = [_checks.input_file("--style", s.strip(), "style image")
+              for s in args.style.split(",") if s.strip()]
+    _checks.finite("--alpha", args.alpha, 0.0, 1.0)
+    _checks.image_size("--content_size", args.content_size)
+    _checks.image_size("--style_size", args.style_size)
+    _checks.at_least("--batch_size", args.batch_size, 1)
+    _checks.finite("--crf", args.crf, 0, 51)
     try:
-        weights = normalize_weights([float(w) for w in args.style_interpolation_weights.split(",")]
-                                    if args.style_interpolation_weights else None, len(styles))
+        weights = normalize_weights(_checks.weights("--style_interpolation_weights",
+                                                    args.style_interpolation_weights), len(styles))
     except ValueError as error:
         raise UsageError(f"--style_interpolation_weights: {error}") from None
     output = Path(args.output) if args.output else Path("output") / (
         f"{source.stem}_stylized_{'_'.join(s.stem for s in styles)}.mp4")
+    _check_output(av, args, source, output)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    channels_last = args.channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    _checks.backend("--backend", args.backend, device)
+    _checks.weights_file("--vgg", args.vgg)
+    _checks.weights_file("--decoder", args.decoder)
     try:
-        net = StyleTransfer(models.load_vgg(args.vgg), models.load_decoder(args.decoder),
-                            backend=args.backend).to(device, dtype).eval()
         style_images = [images.load_image(s, args.style_size, args.crop) for s in styles]
-    except (FileNotFoundError, models.WeightsError, images.ImageError) as error:
-        raise UsageError(str(error)) from None
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-
-    def prepare(x):
-        return x.to(device, dtype).contiguous(memory_format=memory_format)
-
+    except images.ImageError as error:
+        raise CommandFailed(f"--style: {error}") from None
+    for path, style in zip(styles, style_images):
+        if _checks.too_small(style.shape[-1], style.shape[-2]):
+            raise UsageError(f"--style_size: style {path} is {style.shape[-1]}x{style.shape[-2]}, "
+                             f"below the encoder's smallest side ({_checks.MIN_IMAGE_SIDE} pixels)")
     try:
         container = av.open(str(source))
     except Exception as error:  # noqa: BLE001  (PyAV raises its own types, av.error.*)
-        raise UsageError(f"cannot open video {source}: {error}") from None
+        raise CommandFailed(f"cannot open video {source}: {error}") from None
+    with container:
+        if not container.streams.video:
+            raise CommandFailed(f"{source} has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not args.content_size and width and height and _checks.too_small(width, height):
+            raise UsageError(f"--content_size: the frames are {width}x{height}, below the encoder's "
+                             f"smallest side; give --content_size {_checks.MIN_IMAGE_SIDE} or more")
+        channels_last = args.channels_last
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        net = StyleTransfer(_checks.load_weights("--vgg", models.load_vgg, args.vgg),
+                            _checks.load_weights("--decoder", models.load_decoder, args.decoder),
+                            backend=args.backend).to(device, dtype).eval()
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        _stylize(av, args, net, prepare=lambda x: x.to(device, dtype).contiguous(memory_format=memory_format),
+                 container=container, stream=stream, style_images=style_images, weights=weights,
+                 source=source, output=output)
+    print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+def _stylize(av, args, net, prepare, container, stream, style_images, weights, source: Path,
+             output: Path) -> None:
+    """Decodes, stylizes and encodes every frame into a temp file renamed to `output` only when
+    every frame the container announces was read."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=output.suffix or ".mp4")
-    os.close(fd)
+    remove_stale_temps(output.parent, {output.name})
+    tmp = temp_path(output)
+    undecodable = 0
     try:
-        with container, torch.inference_mode():
-            if not container.streams.video:
-                raise UsageError(f"{source} has no video stream")
-            stream = container.streams.video[0]
+        with torch.inference_mode():
             audio_in = None if args.no_audio or not container.streams.audio else \
                 container.streams.audio[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
             stats = [net.style_stats(prepare(s[None])) for s in style_images]
-            total = stream.frames or 0
-            with av.open(tmp, mode="w", format=None if output.suffix else "mp4") as sink, \
+            expected = _expected_frames(stream, container)
+            total = expected or 0
+            read = 0
+            with av.open(str(tmp), mode="w", format=None if output.suffix else "mp4") as sink, \
                     progress(total, "video", args.no_progress) as bar:
                 out_stream = audio_out = None
                 pending: list[torch.Tensor] = []
@@ -164,22 +232,30 @@ def run(args) -> int:
                         if packet.dts is not None:  # a demuxer's flush packet carries nothing
                             mux_audio(packet)
                         continue
-                    for frame in packet.decode():
+                    try:
+                        frames = packet.decode()
+                    except av.error.FFmpegError:  # a corrupt packet: counted, the rest still read
+                        undecodable += 1
+                        continue
+                    for frame in frames:
+                        read += 1
                         pending.append(_frame_tensor(frame, args.content_size))
-                        if len(pending) >= max(1, args.batch_size):
+                        if len(pending) >= args.batch_size:
                             flush()
                 if pending:
                     flush()
                 if out_stream is None:
-                    raise UsageError(f"{source} has no decodable frames")
+                    raise CommandFailed(f"{source} has no decodable frames")
+                if undecodable or (expected is not None and read < expected):
+                    raise CommandFailed(
+                        f"{source} is damaged: read {read} of {expected if expected else '?'} "
+                        f"frames ({undecodable} packets could not be decoded); no output written")
                 for packet in out_stream.encode():
                     sink.mux(packet)
         os.replace(tmp, output)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    print(f"wrote {output}", file=sys.stderr)
-    return 0
 
 
 def _copy_stream(sink, audio_in, output: Path):
@@ -199,7 +275,7 @@ def _copy_stream(sink, audio_in, output: Path):
 
 
 def _open_stream(av, sink, args, rate, width, height):
-    codec = args.codec if args.codec in av.codecs_available else "mpeg4"
+    codec = _codec_name(av, args)
     stream = sink.add_stream(codec, rate=rate)
     stream.width, stream.height = width, height
     stream.pix_fmt = "yuv420p"
