@@ -431,11 +431,14 @@ def _produced_by(calls, tensor, kinds: set):
 _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 
 
+def _channels(module: nn.Module) -> int:
+    return int(getattr(module, "num_features", 0) or module.running_mean.numel())
+
+
 def _probe_batch_norm_trick(module: nn.Module, rank: int) -> tuple[float | None, str | None]:
     """(eps, None) if module's forward, in its current mode, computes the batch_norm trick on a
     (N, C, *) input of this rank; else (None, why not). The module is left as it was."""
-    C = int(getattr(module, "num_features", 0) or module.running_mean.numel())
-    N = 2
+    C, N = _channels(module), 2
     like = module.running_mean
     generator = torch.Generator().manual_seed(0)  # the user's random streams stay untouched
 
@@ -446,18 +449,21 @@ def _probe_batch_norm_trick(module: nn.Module, rank: int) -> tuple[float | None,
     assigned = module.weight, module.bias
     buffers = {name: b.clone() for name, b in module.named_buffers()}
     module.weight, module.bias = weight, bias
+    failure = None
     try:
         with torch.no_grad(), _Recorder() as recorder:
             out = type(module).forward(module, x)
     except Exception as error:  # noqa: BLE001  (e.g. `b, c, h, w = x.size()` on another rank)
         message = str(error).splitlines()[0] if str(error) else ""
-        return None, f"its forward fails on a {rank}-D input ({type(error).__name__}: {message})"
+        failure = f"its forward fails on a {rank}-D input ({type(error).__name__}: {message})"
     finally:
         module.weight, module.bias = assigned
-    for name, b in module.named_buffers():
-        if not torch.equal(b, buffers[name]):
+    changed = [name for name, b in module.named_buffers() if not torch.equal(b, buffers[name])]
+    with torch.no_grad():
+        for name, b in module.named_buffers():
             b.copy_(buffers[name])
-            return None, f"its forward changes the buffer {name}"
+    if failure or changed:
+        return None, failure or f"its forward changes the buffer {changed[0]}"
     calls = recorder.calls
     others = sorted({name for name, *_ in calls
                      if name not in _SHAPE_QUERIES | _RESHAPES | {"repeat", "batch_norm"}})
@@ -504,8 +510,9 @@ def _batch_norm_trick_forward(original):
         if (isinstance(x, torch.Tensor) and (self.training, x.dim()) in plan
                 and x.is_floating_point()):
             N, C = x.shape[:2]
-            if all(isinstance(t, torch.Tensor) and tuple(t.shape) == (N * C,)
-                   and t.dtype == x.dtype and t.device == x.device for t in (weight, bias)):
+            if C == type(self).adain_channels and all(
+                    isinstance(t, torch.Tensor) and tuple(t.shape) == (N * C,)
+                    and t.dtype == x.dtype and t.device == x.device for t in (weight, bias)):
                 eps = plan[(self.training, x.dim())]
                 eps = self.eps if eps is None else eps
                 return functional.adain_affine(x, bias.view(N, C), weight.view(N, C), eps, False,
@@ -516,8 +523,9 @@ def _batch_norm_trick_forward(original):
 
 
 def _plan_batch_norm_trick(module: nn.Module):
-    """({(training, rank): eps, or None for "read self.eps"} where the module's forward is the batch_norm trick,
-    {mode: why not} for the modes where it is not for any rank)."""
+    """(plan, why_not): plan maps (training, rank) to eps (None: read self.eps at each call)
+    where the module's forward is the batch_norm trick; why_not maps "train"/"eval" to the
+    reason where it is not, for any rank."""
     plan, why_not = {}, {}
     modes = {m: m.training for m in module.modules()}
     try:
@@ -595,7 +603,8 @@ def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, a
                 if apply:
                     _install(module, _batch_norm_trick_forward(type(module).forward),
                              f"batch_norm trick -> adain_affine, (training, rank): eps {plan}",
-                             adain_batch_norm_plan=plan, adain_backend=backend)
+                             adain_batch_norm_plan=plan, adain_backend=backend,
+                             adain_channels=_channels(module))
                 opaque.add(id(module))
                 return
         traced_left = None  # the norms left alone in the deepest trace that worked

@@ -300,6 +300,9 @@ def test_munit_weight_and_bias_read_at_call_time():
     norm.weight = before.weight = None  # and the original's error where it raised one
     with pytest.raises(AssertionError, match="assign weight and bias"):
         norm(x)
+    norm.weight, norm.bias = torch.randn(8), torch.randn(8)  # 4 channels, the layer has 3
+    with pytest.raises(RuntimeError, match="running_mean should contain 8 elements"):
+        norm(torch.randn(2, 4, 4, 5))
 
 
 class TrainingFlagAdaIN(AdaptiveInstanceNorm2d):
