@@ -9,6 +9,22 @@ import warnings
 
 import torch
 
+# The oldest torch this package is built and tested with (CI tests 2.11.0, the pinned 2.14.1 and
+# 2.15.0; pyproject.toml declares the same floor). Older releases lack parts of the torch.library
+# API the ops register through, and would fail deep inside; say so here instead.
+MIN_TORCH = (2, 11)
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+if _release(torch.__version__) < MIN_TORCH:
+    raise ImportError(
+        f"adain_ext needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}, found torch {torch.__version__}: "
+        f"pip install 'torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}'")
+
 try:
     from adain_ext import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
 

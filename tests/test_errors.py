@@ -150,3 +150,23 @@ def test_import_without_the_extension_warns_and_falls_back(tmp_path):
                             cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_import_on_a_torch_older_than_supported_names_the_version():
+    """An unsupported torch fails at import with the version needed, not deep inside an op."""
+    script = (
+        "import torch\n"
+        "torch.__version__ = '2.10.0+cu128'\n"
+        "try:\n"
+        "    import adain_ext\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+        "else:\n"
+        "    print('imported')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("adain_ext needs torch >= 2.11, found torch 2.10.0+cu128: "
+                                     "pip install 'torch>=2.11'")
