@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 VENV=.ci-venv/torch215
 DIST=.ci-venv/dist
-PY="$VENV/bin/python"
+PY="$REPO/$VENV/bin/python"
 
 prepare() {
   local py313=""

@@ -105,7 +105,9 @@ def _affine_apply_kernel(X, PMEAN, PM2, MT, ST, OUT, XMEAN, XSTD, R, C, L, chunk
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     out = normalize_tile(x.to(acc_zero.dtype), mean_x, std_x, target_mean, target_std)
     tl.store(tile_pointers(OUT, base, offs_l, C, CHANNELS_LAST), out, mask=mask)
-    first = rows_mask & (l_tile == 0)
+    # Both sides tensors: triton 3.9's interpreter makes (tensor & scalar comparison) an int32
+    # mask, which tl.store rejects.
+    first = rows_mask & (rows * 0 + l_tile == 0)
     tl.store(XMEAN + rows, mean_x, mask=first)
     tl.store(XSTD + rows, std_x, mask=first)
 
@@ -210,7 +212,9 @@ def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST
     grad = grad_x_tile(g.to(acc_zero.dtype), x.to(acc_zero.dtype), mean_x, std_x, std_t, sum_g,
                        sum_gx, alpha, L, UNBIASED)
     tl.store(tile_pointers(GX, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
-    first = rows_mask & (l_tile == 0)
+    # Both sides tensors: triton 3.9's interpreter makes (tensor & scalar comparison) an int32
+    # mask, which tl.store rejects.
+    first = rows_mask & (rows * 0 + l_tile == 0)
     tl.store(GMT + rows, alpha * sum_g, mask=first)
     tl.store(GST + rows, alpha * sum_gx, mask=first)
 
