@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -46,6 +47,9 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torc
 # Messages that say nothing about this run: torch.compile imports torch.utils.cpp_extension, which
 # logs that it found no CUDA runtime even when nothing here builds or runs CUDA code.
 HARMLESS_ON_CPU = ("No CUDA runtime is found",)
+# torch's log lines start "W1201 16:29:10.717000 9100 path:line] [0/1] ": the time, process and
+# compile id differ on every line, so they are dropped to show each message once.
+TORCH_LOG_PREFIX = re.compile(r"^([DIWEC])\d{4} \d\d:\d\d:\d\d\.\d+ \d+ (?=\S+\] )|(?<=\] )\[[\d/]+\] ")
 
 
 def adain_instance_norm(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -284,7 +288,8 @@ def held_messages(notes: list[str], harmless=()):
             yield
         finally:
             lines = [f"{w.category.__name__}: {w.message}" for w in caught]
-            lines += buffer.getvalue().splitlines()
+            lines += [TORCH_LOG_PREFIX.sub(lambda m: f"{m[1]} " if m[1] else "", line)
+                      for line in buffer.getvalue().splitlines()]
             for line in lines:
                 if line.strip() and line not in notes and not any(h in line for h in harmless):
                     notes.append(line)
@@ -483,11 +488,12 @@ def main(argv=None) -> int:
         status = 130
         results["interrupted"] = True
         print("\ninterrupted: the rows above are what finished", file=sys.stderr)
-    if notes:
-        print(f"\nmessages from the libraries during the run ({len(notes)}, each shown once):",
-              file=sys.stderr)
-        for line in notes:
-            print(f"  {line}", file=sys.stderr)
+    finally:  # also before a traceback: the held messages may explain it
+        if notes:
+            print(f"\nmessages from the libraries during the run ({len(notes)}, each shown once):",
+                  file=sys.stderr)
+            for line in notes:
+                print(f"  {line}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
