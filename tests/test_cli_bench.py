@@ -166,7 +166,11 @@ def test_ctrl_c_writes_the_json_of_what_finished(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(bench, "time_call", interrupted_time_call)
     path = tmp_path / "partial.json"
-    assert bench.main(FAST + ["--json", str(path)]) == 130
+    try:
+        status = bench.main(FAST + ["--json", str(path)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped adain-ext bench without writing the JSON")
+    assert status == 130
     results = json.loads(path.read_text())
     assert results["interrupted"] is True
     assert len(results["rows"]) == 1
