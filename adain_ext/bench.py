@@ -433,6 +433,9 @@ def parse_args(argv):
         parser.error(f"--json: {problem}")
     if args.plot and (problem := _plot_problem(args.plot)):
         parser.error(f"--plot: {problem}")
+    if args.plot and not adain_ext._extension.has_kernel(args.device.type):
+        parser.error(f"--plot: adain_ext has no {args.device.type} kernels here (see adain-ext env), "
+                     "so there are no speedups to draw")
     if args.json and args.plot and os.path.abspath(args.json) == os.path.abspath(args.plot):
         parser.error("--json and --plot name the same file")
     return args

@@ -74,6 +74,16 @@ def test_plot_without_matplotlib_says_what_to_install(no_work, capsys, monkeypat
     assert err.count("\n") == 1 and "--plot" in err and "adain_ext[plot]" in err, err
 
 
+def test_plot_without_kernels_for_the_device_is_refused(no_work, capsys, monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(bench.adain_ext._extension, "has_kernel", lambda device_type: False)
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--plot", str(tmp_path / "chart.png")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("adain-ext bench: error: --plot: adain_ext has no"), err
+
+
 def test_cli_rejects_cuda_without_gpu_in_one_line():
     if bench.torch.cuda.is_available():
         pytest.skip("a GPU is present: --device cuda is valid here")
