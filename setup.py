@@ -134,7 +134,17 @@ def extensions():
     print("adain_ext build configuration:")
     for key, value in config.items():
         print(f"  {key:>13}: {value}")
+    _record(config)
     return [ext]
+
+
+def _record(config: dict) -> None:
+    """Writes the configuration into the package, for `adain-ext env`: the compiled module cannot
+    tell which ISA flags or CUDA archs it was built with. A .py file, so wheels carry it as they
+    carry every module."""
+    with open(os.path.join(ROOT, "adain_ext", "_build_config.py"), "w") as f:
+        f.write('"""Written by setup.py at build time; read by adain_ext.env."""\n'
+                f"CONFIG = {config!r}\n")
 
 
 setup(

@@ -9,6 +9,7 @@ See README.md for the backends and their semantics.
 """
 from adain_ext import _extension, reference  # noqa: F401  (adain_ext._extension for callers)
 from adain_ext._extension import HAS_CPP
+from adain_ext.env import package_version as _package_version
 from adain_ext.functional import BACKENDS, adain, adain_affine, mean_std, resolve_backend
 
 if HAS_CPP:
@@ -16,6 +17,6 @@ if HAS_CPP:
 
 from adain_ext import nn  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = _package_version()  # pyproject.toml holds the one definition
 __all__ = ["BACKENDS", "HAS_CPP", "adain", "adain_affine", "mean_std", "nn", "reference",
            "resolve_backend"]

@@ -1,20 +1,31 @@
 """`adain-ext bench`: checks the fused op against the reference on the available device, then times
-it against its peers and prints a table of times and speedups.
+it against its peers and prints one table row per shape and direction: each contender's median
+milliseconds per call, and beside each peer the speedup of adain_ext over it (the peer's time
+divided by adain_ext's: above 1, adain_ext is faster).
 
 Contenders (one setup factory, shared with benchmarks/):
   adain_ext        torch.ops.adain.fused (the compiled kernels)
   eager            the seed's reference AdaIN in eager PyTorch
   compile          torch.compile(reference)
   instance_norm    AdaIN through F.instance_norm (exact: unbiased statistics rescaled)
+
+Progress goes to stderr while it runs; messages the libraries print meanwhile are held back and
+shown once after the table. Ctrl-C stops the run and still writes --json with what finished.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
+import os
 import platform
+import re
 import statistics
+import sys
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -28,6 +39,17 @@ CPU_SHAPES = [(8, 512, 32, 32), (1, 512, 64, 64), (1, 256, 128, 128), (1, 64, 51
 CUDA_SHAPES = [(8, 512, 32, 32), (1, 512, 64, 64), (1, 512, 128, 128), (8, 64, 256, 256),
                (4, 512, 4, 4), (4, 32, 1024, 1024)]
 EPS = 1e-5
+OURS = "adain_ext"
+PEERS = ("eager", "compile", "instance_norm")
+DIRECTIONS = ("forward", "backward")
+# Max abs error of the check against the float64 reference, per dtype.
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}
+# Messages that say nothing about this run: torch.compile imports torch.utils.cpp_extension, which
+# logs that it found no CUDA runtime even when nothing here builds or runs CUDA code.
+HARMLESS_ON_CPU = ("No CUDA runtime is found",)
+# torch's log lines start "W1201 16:29:10.717000 9100 path:line] [0/1] ": the time, process and
+# compile id differ on every line, so they are dropped to show each message once.
+TORCH_LOG_PREFIX = re.compile(r"^([DIWEC])\d{4} \d\d:\d\d:\d\d\.\d+ \d+ (?=\S+\] )|(?<=\] )\[[\d/]+\] ")
 
 
 def adain_instance_norm(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
@@ -46,17 +68,18 @@ def adain_instance_norm(content: torch.Tensor, style: torch.Tensor) -> torch.Ten
     return out.reshape(N, C, H, W)
 
 
-def contenders(device: torch.device) -> dict[str, Callable]:
+def contenders(device: torch.device, peers=PEERS) -> dict[str, Callable]:
     # One compiled reference serves every shape and grad mode: let it keep all its graphs rather
     # than fall back to eager after the default 8 (which would flatter the fused op).
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    found = {
+    every_peer = {
         "eager": reference.adaptive_instance_normalization,
         "compile": torch.compile(reference.adaptive_instance_normalization, dynamic=False),
         "instance_norm": adain_instance_norm,
     }
+    found = {name: every_peer[name] for name in peers}
     if adain_ext._extension.has_kernel(device.type):
-        found = {"adain_ext": lambda c, s: torch.ops.adain.fused(c, s), **found}
+        found = {OURS: lambda c, s: torch.ops.adain.fused(c, s), **found}
     return found
 
 
@@ -125,94 +148,363 @@ def check(device: torch.device, dtype: torch.dtype) -> float:
     return (out.double() - expected).abs().max().item()
 
 
-def run(shapes, device, dtype, repeats, backward, channels_last=False, log=print):
-    rows = []
-    runners = contenders(device)
+class Progress:
+    """A one-line status on stderr that rewrites itself, where stderr is a terminal (nothing
+    otherwise: in a log the table rows, printed as they finish, already show the progress)."""
+
+    def __init__(self, total: int, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def show(self, what: str):
+        if self.live:
+            elapsed = int(time.perf_counter() - self.started)
+            self.stream.write(f"\r\033[K[{self.done}/{self.total}] {what}, "
+                              f"{elapsed // 60}:{elapsed % 60:02d} elapsed")
+            self.stream.flush()
+
+    def step(self):
+        self.done += 1
+
+    def clear(self):
+        if self.live:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def measure(shapes, device, dtype, repeats, directions, runners, channels_last=False,
+            progress: Progress | None = None):
+    """Yields (shape, direction, {contender: median seconds}) as each measurement finishes."""
     for shape in shapes:
-        row = {"shape": list(shape), "dtype": str(dtype).split(".")[-1], "channels_last": channels_last}
-        for direction in ["forward", "backward"] if backward else ["forward"]:
+        for direction in directions:
             content, style = make_inputs(shape, device, dtype, channels_last,
                                          requires_grad=direction == "backward")
             make = forward_runner if direction == "forward" else backward_runner
             timed = {name: make(fn, content, style) for name, fn in runners.items()}
+            times = {}
             # Two passes, the second in reverse order, keeping each contender's lower median:
             # whoever runs first after a change of shape pays the allocator's settling (on CPU,
             # up to 1.5x on one contender's median here), so no contender gets a fixed place.
             for names in (list(timed), list(reversed(timed))):
                 for name in names:
+                    if progress:
+                        progress.show(f"{shape_text(shape)} {direction}: {name}")
                     t = time_call(timed[name], device, repeats)
-                    key = f"{direction}:{name}"
-                    row[key] = min(row.get(key, t), t)
-        rows.append(row)
-        log(format_row(row, runners, backward))
+                    times[name] = min(times.get(name, t), t)
+                    if progress:
+                        progress.step()
+            yield shape, direction, times
+
+
+def run(shapes, device, dtype, repeats, backward, channels_last=False):
+    """Per-shape rows {"shape", "dtype", "channels_last", "<direction>:<contender>": seconds}."""
+    directions = DIRECTIONS if backward else DIRECTIONS[:1]
+    rows = []
+    for shape, direction, times in measure(shapes, device, dtype, repeats, directions,
+                                           contenders(device), channels_last):
+        add_result(rows, shape, dtype, channels_last, direction, times)
     return rows
 
 
-def format_row(row, runners, backward) -> str:
-    parts = [f"{'x'.join(map(str, row['shape'])):>16}"]
-    for direction in ["forward", "backward"] if backward else ["forward"]:
-        ours = row.get(f"{direction}:adain_ext")
-        for name in runners:
-            t = row[f"{direction}:{name}"]
-            cell = f"{t * 1e3:8.3f}"
-            if ours is not None and name != "adain_ext":
-                cell += f" ({t / ours:4.1f}x)"
-            parts.append(f"{cell:>17}")
-    return " ".join(parts)
+def add_result(rows, shape, dtype, channels_last, direction, times):
+    if not rows or rows[-1]["shape"] != list(shape):
+        rows.append({"shape": list(shape), "dtype": str(dtype).split(".")[-1],
+                     "channels_last": channels_last})
+    rows[-1].update({f"{direction}:{name}": t for name, t in times.items()})
 
 
-def header(runners, backward) -> str:
-    cols = [f"{'shape':>16}"]
-    for direction in ["forward", "backward"] if backward else ["forward"]:
-        cols += [f"{direction[:3] + ' ' + name:>17}" for name in runners]
-    return " ".join(cols)
+def speedup_text(ratio: float) -> str:
+    """Three significant digits, as far as the column allows (4.43x, 21.1x, 1406x)."""
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x" if ratio < 100 else f"{ratio:.0f}x"
+
+
+def shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+class Table:
+    """The two-level header: each contender's name over its columns, the unit under it; each peer
+    has a time column and, when adain_ext ran, the speedup of adain_ext over that peer."""
+
+    SHAPE, DIRECTION, TIME, SPEEDUP = 16, 9, 9, 8
+
+    def __init__(self, names):
+        self.names = list(names)
+        self.ratios = OURS in self.names
+
+    def _group_width(self, name) -> int:
+        return self.TIME + (1 + self.SPEEDUP if self.ratios and name != OURS else 0)
+
+    def header(self) -> str:
+        top = [" " * self.SHAPE, " " * self.DIRECTION]
+        units = [f"{'shape':<{self.SHAPE}}", f"{'direction':<{self.DIRECTION}}"]
+        for name in self.names:
+            top.append(f"{name:>{self._group_width(name)}}")
+            unit = f"{'ms':>{self.TIME}}"
+            if self.ratios and name != OURS:
+                unit += f" {'speedup':>{self.SPEEDUP}}"
+            units.append(unit)
+        return "  ".join(top).rstrip() + "\n" + "  ".join(units)
+
+    def row(self, shape, direction, times) -> str:
+        cells = [f"{shape_text(shape):<{self.SHAPE}}", f"{direction:<{self.DIRECTION}}"]
+        for name in self.names:
+            cell = f"{times[name] * 1e3:>{self.TIME}.3f}"
+            if self.ratios and name != OURS:
+                cell += f" {speedup_text(times[name] / times[OURS]):>{self.SPEEDUP}}"
+            cells.append(cell)
+        return "  ".join(cells)
+
+    def geomean_row(self, direction, speedups: dict) -> str:
+        cells = [f"{'geometric mean':<{self.SHAPE}}", f"{direction:<{self.DIRECTION}}"]
+        for name in self.names:
+            cell = " " * self.TIME
+            if self.ratios and name != OURS:
+                cell += f" {speedup_text(speedups[name]):>{self.SPEEDUP}}"
+            cells.append(cell)
+        return "  ".join(cells).rstrip()
 
 
 def geomean(values):
     return math.exp(sum(map(math.log, values)) / len(values))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="adain-ext bench", description=__doc__,
+def geomean_speedups(rows, direction, names) -> dict:
+    """{peer: geometric mean over the rows that measured this direction of peer / adain_ext}."""
+    measured = [r for r in rows if f"{direction}:{OURS}" in r]
+    return {name: geomean([r[f"{direction}:{name}"] / r[f"{direction}:{OURS}"] for r in measured])
+            for name in names if name != OURS and measured}
+
+
+@contextlib.contextmanager
+def held_messages(notes: list[str], harmless=()):
+    """Holds back what libraries print to sys.stderr (torch's logging writes there) and their
+    Python warnings while the table is printed; appends each distinct message once to `notes`."""
+    buffer = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(buffer):
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            lines = [f"{w.category.__name__}: {w.message}" for w in caught]
+            lines += [TORCH_LOG_PREFIX.sub(lambda m: f"{m[1]} " if m[1] else "", line)
+                      for line in buffer.getvalue().splitlines()]
+            for line in lines:
+                if line.strip() and line not in notes and not any(h in line for h in harmless):
+                    notes.append(line)
+
+
+def plot_speedups(rows, names, directions, title: str, path: str):
+    """One panel per direction; per shape, a bar per peer with adain_ext's speedup over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = [name for name in names if name != OURS]
+    fig, axes = plt.subplots(1, len(directions), figsize=(5.2 * len(directions), 4.2), sharey=True,
+                             squeeze=False)
+    width = 0.8 / len(peers)
+    for ax, direction in zip(axes[0], directions):
+        measured = [r for r in rows if f"{direction}:{OURS}" in r]
+        for i, peer in enumerate(peers):
+            speedups = [r[f"{direction}:{peer}"] / r[f"{direction}:{OURS}"] for r in measured]
+            xs = [j + (i - (len(peers) - 1) / 2) * width for j in range(len(measured))]
+            bars = ax.bar(xs, speedups, width, label=peer)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(measured)), [shape_text(r["shape"]) for r in measured],
+                      rotation=20, fontsize=8)
+        ax.set_title(direction)
+        ax.set_xlabel("shape (N x C x H x W)")
+    axes[0][0].set_ylabel("speedup of adain_ext (peer time / adain_ext time)")
+    axes[0][0].legend(title="peer", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _parse_device(text: str) -> tuple[torch.device | None, str]:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        return None, f"{text!r} is not a device (use cpu, cuda or cuda:N)"
+    if device.type not in ("cpu", "cuda"):
+        return None, f"{text!r}: adain-ext bench runs on cpu or cuda"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None, "no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return None, f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return device, ""
+
+
+def _parse_shapes(text: str) -> tuple[list | None, str]:
+    shapes = []
+    for item in text.split(";"):
+        try:
+            shape = tuple(int(v) for v in item.strip().split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != 4 or min(shape) < 1:
+            return None, f"{item!r} is not NxCxHxW (four positive integers joined by x)"
+        if shape[2] * shape[3] < 2:
+            return None, f"{item!r}: H*W must be at least 2 (the unbiased variance divides by H*W - 1)"
+        shapes.append(shape)
+    return shapes, ""
+
+
+def _unwritable(path: str) -> str:
+    """Why a file cannot be written at `path` ("" when it can), checked before the run so that
+    the run is not lost at its end."""
+    if os.path.isdir(path):
+        return f"{path!r} is a folder"
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"folder {folder!r} does not exist"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path!r} is not writable"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write in folder {folder!r}"
+    return ""
+
+
+def _plot_problem(path: str) -> str:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "needs matplotlib: pip install 'adain_ext[plot]' (or pip install matplotlib)"
+    formats = Figure().canvas.get_supported_filetypes()
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    if extension not in formats:
+        return f"{path!r}: the file name must end in one of .{', .'.join(sorted(formats))}"
+    return _unwritable(path)
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the option, exit status 2 (argparse's status), without the
+    usage block that would bury the line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv):
+    """The arguments, every one checked before anything heavy runs: a mistake costs one line and
+    exit status 2, not a traceback after the run (or a lost --json at its end)."""
+    parser = _OneLineErrorParser(prog="adain-ext bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument("--shapes", default=None,
                         help="semicolon-separated NxCxHxW list (default: the device's benchmark shapes)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per contender (median)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated peers to time adain_ext against (default: {','.join(PEERS)})")
     parser.add_argument("--no-backward", dest="backward", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--plot", help="draw the speedups per shape and direction to this image "
+                        "(PNG, SVG, PDF; needs matplotlib: the `plot` extra)")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+    args.device, problem = _parse_device(args.device)
+    if problem:
+        parser.error(f"--device: {problem}")
     if args.shapes:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(";")]
+        args.shapes, problem = _parse_shapes(args.shapes)
+        if problem:
+            parser.error(f"--shapes: {problem}")
     else:
-        shapes = CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+        args.shapes = CUDA_SHAPES if args.device.type == "cuda" else CPU_SHAPES
+    if args.repeats < 1:
+        parser.error(f"--repeats: must be at least 1, got {args.repeats}")
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in args.peers if p not in PEERS]
+    if unknown or len(set(args.peers)) != len(args.peers):
+        parser.error(f"--peers: choose from {', '.join(PEERS)}, each once (got {','.join(args.peers)})")
+    if args.json and (problem := _unwritable(args.json)):
+        parser.error(f"--json: {problem}")
+    if args.plot and (problem := _plot_problem(args.plot)):
+        parser.error(f"--plot: {problem}")
+    if args.plot and not adain_ext._extension.has_kernel(args.device.type):
+        parser.error(f"--plot: adain_ext has no {args.device.type} kernels here (see adain-ext env), "
+                     "so there are no speedups to draw")
+    if args.json and args.plot and os.path.abspath(args.json) == os.path.abspath(args.plot):
+        parser.error("--json and --plot name the same file")
+    return args
+
+
+def _bench(args, results: dict, terminal) -> int:
+    """The check, then the table, row by row into results["rows"]; 1 if the check fails."""
+    device, dtype = args.device, getattr(torch, args.dtype)
+    directions = DIRECTIONS if args.backward else DIRECTIONS[:1]
+    print(f"backend 'auto' resolves to {adain_ext.resolve_backend('auto', device)!r}")
+    error = check(device, dtype)
+    ok = error <= TOLERANCE[dtype]
+    print(f"check: fused op vs float64 reference, max abs error {error:.2e} "
+          f"({'ok' if ok else 'MISMATCH'})")
+    results["check_max_abs_error"] = error
+    if not ok:
+        return 1
+    runners = contenders(device, args.peers)
+    results["contenders"] = list(runners)
+    table = Table(runners)
+    print("\nmedian milliseconds per call; speedup = the peer's time / adain_ext's time "
+          "(above 1: adain_ext is faster)\n")
+    print(table.header(), flush=True)
+    progress = Progress(len(args.shapes) * len(directions) * len(runners) * 2, terminal)
+    try:
+        for shape, direction, times in measure(args.shapes, device, dtype, args.repeats, directions,
+                                               runners, args.channels_last, progress):
+            add_result(results["rows"], shape, dtype, args.channels_last, direction, times)
+            progress.clear()
+            print(table.row(shape, direction, times), flush=True)
+    finally:
+        progress.clear()
+    if OURS in runners:
+        for direction in directions:
+            print(table.geomean_row(direction, geomean_speedups(results["rows"], direction, runners)))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = args.device
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    results = {"adain_ext": adain_ext.__version__, "device": machine, "device_type": device.type,
+               "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats, "rows": []}
     print(f"adain-ext bench on {device.type} ({machine}), {args.dtype}, torch {torch.__version__}")
-    backend = adain_ext.resolve_backend("auto", device)
-    print(f"backend 'auto' resolves to {backend!r}")
-    error = check(device, dtype)
-    tolerance = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}[dtype]
-    status = "ok" if error <= tolerance else "MISMATCH"
-    print(f"check: fused op vs float64 reference, max abs error {error:.2e} ({status})")
-    if status != "ok":
-        return 1
-    runners = contenders(device)
-    print("median ms per call (speedup of adain_ext over each peer)")
-    print(header(runners, args.backward))
-    rows = run(shapes, device, dtype, args.repeats, args.backward, args.channels_last)
-    if "adain_ext" in runners:
-        for direction in ["forward", "backward"] if args.backward else ["forward"]:
-            ratios = ", ".join(
-                f"{name} {geomean([r[f'{direction}:{name}'] / r[f'{direction}:adain_ext'] for r in rows]):.2f}x"
-                for name in runners if name != "adain_ext")
-            print(f"geometric-mean speedup, {direction}: {ratios}")
+    notes: list[str] = []
+    terminal = sys.stderr  # progress goes here; held_messages swaps sys.stderr for a buffer
+    try:
+        with held_messages(notes, HARMLESS_ON_CPU if device.type == "cpu" else ()):
+            status = _bench(args, results, terminal)
+    except KeyboardInterrupt:
+        status = 130
+        results["interrupted"] = True
+        print("\ninterrupted: the rows above are what finished", file=sys.stderr)
+    finally:  # also before a traceback: the held messages may explain it
+        if notes:
+            print(f"\nmessages from the libraries during the run ({len(notes)}, each shown once):",
+                  file=sys.stderr)
+            for line in notes:
+                print(f"  {line}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": machine, "torch": torch.__version__, "rows": rows}, f, indent=1)
-    return 0
+            json.dump(results, f, indent=1)
+        print(f"wrote {args.json}" + (" (the measurements that finished)" if status == 130 else ""))
+    if args.plot and status == 0:
+        title = (f"adain_ext speedup over its peers: {device.type} ({machine}), {args.dtype}, "
+                 f"torch {torch.__version__.split('+')[0]}")
+        directions = DIRECTIONS if args.backward else DIRECTIONS[:1]
+        plot_speedups(results["rows"], results["contenders"], directions, title, args.plot)
+        print(f"wrote {args.plot}")
+    return status

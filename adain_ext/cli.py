@@ -7,6 +7,8 @@ import sys
 # command -> (module, function, one-line help). Modules load only when their command runs.
 COMMANDS = {
     "bench": ("adain_ext.bench", "main", "check the fused op and time it against its peers"),
+    "env": ("adain_ext.env", "main",
+            "print versions, build configuration and usable backends (for bug reports)"),
     "stylize": ("adain_ext.style_transfer.stylize", "main",
                 "stylize images (the PyTorch reference test.py options)"),
     "video": ("adain_ext.style_transfer.video", "main", "stylize a video frame by frame (needs PyAV)"),
@@ -19,8 +21,15 @@ COMMANDS = {
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        import torch
+
+        import adain_ext
+
+        print(f"adain-ext {adain_ext.__version__} (torch {torch.__version__})")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: adain-ext COMMAND [options]\n\ncommands:")
+        print("usage: adain-ext [--version] COMMAND [options]\n\ncommands:")
         for name, (_, _, help_text) in COMMANDS.items():
             print(f"  {name:<10} {help_text}")
         if argv and argv[0] not in ("-h", "--help"):
