@@ -693,7 +693,7 @@ def accelerate(model: nn.Module, *, backend: str = "auto",
     record, and modules fx cannot trace, e.g. control flow on tensor values; their children are
     still searched), and torch.save(model) of the whole object does not pickle (save state_dict).
     Hand-written instance norms (x - mean) * rsqrt(var + eps) are not recognised. The fused op
-    checks its inputs: H*W < 2 with the unbiased reference semantics raises where the reference
+    checks its inputs: L < 2 with the unbiased reference semantics raises where the reference
     returned NaN.
     """
     if backend not in functional.BACKENDS:
