@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -30,7 +30,7 @@ from adain_ext import _extension, _validation, reference
 class Backend:
     name: str
     devices: tuple[str, ...]  # device types it has kernels for; tests prefer the first one present
-    why_unavailable: Callable[[str], "str | None"]  # device type -> the reason it cannot run there
+    why_unavailable: Callable[[str], str | None]  # device type -> the reason it cannot run there
     load_ops: Callable[[], object]  # -> an object with mean_std, adain, adain_affine
     auto: bool  # whether backend="auto" may pick it (in table order, the first available wins)
     summary: str

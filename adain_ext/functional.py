@@ -26,7 +26,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return backends.auto_backend(device.type)
     why = backends.REGISTRY[backend].why_unavailable(device.type)
     if why is not None:
-        raise RuntimeError(f"adain: backend={backend!r} is unavailable for {device.type} tensors: {why}")
+        raise RuntimeError(
+            f"adain: backend={backend!r} is unavailable for {device.type} tensors: {why}")
     return backend
 
 
@@ -44,8 +45,8 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
           unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
     """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have other trailing dims
     (another H and W, another length, even another rank) but the same N and C."""
-    return backends.ops(resolve_backend(backend, content.device)).adain(content, style, alpha, eps,
-                                                                        unbiased)
+    implementation = backends.ops(resolve_backend(backend, content.device))
+    return implementation.adain(content, style, alpha, eps, unbiased)
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
@@ -54,4 +55,5 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     """
-    return backends.ops(resolve_backend(backend, x.device)).adain_affine(x, mean, std, eps, unbiased)
+    implementation = backends.ops(resolve_backend(backend, x.device))
+    return implementation.adain_affine(x, mean, std, eps, unbiased)

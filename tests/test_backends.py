@@ -35,7 +35,8 @@ def _backend_params():
         why = (backend.why_unavailable(device) if device is not None
                else f"it serves {', '.join(backend.devices)} tensors; none here")
         marks = [pytest.mark.skip(reason=f"{backend.name}: {why}")] if why else []
-        params.append(pytest.param(backend.name, device, id=f"{backend.name}-{device}", marks=marks))
+        ident = f"{backend.name}-{device}"
+        params.append(pytest.param(backend.name, device, id=ident, marks=marks))
     return params
 
 
