@@ -2,7 +2,7 @@
 
     import adain_ext
     out = adain_ext.adain(content, style)              # == torch.ops.adain.fused(content, style)
-    mean, std = adain_ext.mean_std(features)           # the seed's calc_mean_std
+    mean, std = adain_ext.mean_std(features)           # the reference's calc_mean_std
     out = adain_ext.adain_affine(x, style_mean, style_std)
 
 See README.md for the backends and their semantics.

@@ -4,6 +4,7 @@ backend="auto"      the compiled kernels when they serve the tensor's device, el
 backend="cpp"       the compiled C++/CUDA kernels (torch.ops.adain.*); an error if not built
 backend="triton"    the Triton kernels (adain_ext.triton)
 backend="reference" the pure-PyTorch oracle in adain_ext.reference (always available)
+The backends, what they serve and why one is unavailable are one table: adain_ext/backends.py.
 
 Every op takes (N, C, *) tensors of rank >= 3, with statistics per (n, c) over all trailing dims
 (as F.instance_norm): (N, C, T) sequences, (N, C, H, W) images, (N, C, D, H, W) volumes.
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from adain_ext import _extension, _validation, reference
+from adain_ext import backends
 
-BACKENDS = ("auto", "cpp", "triton", "reference")
+BACKENDS = ("auto", *backends.NAMES)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -22,18 +23,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"adain: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "cpp" if _extension.has_kernel(device.type) else "reference"
-    if backend == "cpp" and not _extension.has_kernel(device.type):
-        why = (f"it failed to load: {_extension.IMPORT_ERROR}" if not _extension.HAS_CPP
-               else f"it was built without {device.type} kernels")
-        raise RuntimeError(f"adain: backend='cpp' is unavailable for {device.type} tensors: {why}")
+        return backends.auto_backend(device.type)
+    why = backends.REGISTRY[backend].why_unavailable(device.type)
+    if why is not None:
+        raise RuntimeError(
+            f"adain: backend={backend!r} is unavailable for {device.type} tensors: {why}")
     return backend
-
-
-def _triton():
-    from adain_ext import triton as triton_backend  # imported lazily: triton is heavy
-
-    return triton_backend
 
 
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backend: str = "auto"):
@@ -43,28 +38,15 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backe
     With the defaults this is the reference `calc_mean_std` (unbiased variance, eps on the
     variance).
     """
-    which = resolve_backend(backend, x.device)
-    if which == "cpp":
-        return torch.ops.adain.mean_std(x, eps, unbiased)
-    if which == "triton":
-        return _triton().mean_std(x, eps, unbiased)
-    _validation.check_features(x, "x", unbiased)
-    _validation.check_eps(eps)
-    return reference.mean_std(x, eps, unbiased)
+    return backends.ops(resolve_backend(backend, x.device)).mean_std(x, eps, unbiased)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
           unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
     """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have other trailing dims
     (another H and W, another length, even another rank) but the same N and C."""
-    which = resolve_backend(backend, content.device)
-    if which == "cpp":
-        return torch.ops.adain.fused(content, style, alpha, eps, unbiased)
-    if which == "triton":
-        return _triton().adain(content, style, alpha, eps, unbiased)
-    _validation.check_pair(content, style, unbiased)
-    _validation.check_eps(eps)
-    return reference.adain(content, style, alpha, eps, unbiased)
+    implementation = backends.ops(resolve_backend(backend, content.device))
+    return implementation.adain(content, style, alpha, eps, unbiased)
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
@@ -73,11 +55,5 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     """
-    which = resolve_backend(backend, x.device)
-    if which == "cpp":
-        return torch.ops.adain.affine(x, mean, std, eps, unbiased)
-    if which == "triton":
-        return _triton().adain_affine(x, mean, std, eps, unbiased)
-    _validation.check_affine(x, mean, std, unbiased)
-    _validation.check_eps(eps)
-    return reference.adain_affine(x, mean, std, eps, unbiased)
+    implementation = backends.ops(resolve_backend(backend, x.device))
+    return implementation.adain_affine(x, mean, std, eps, unbiased)

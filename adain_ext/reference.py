@@ -1,6 +1,6 @@
 """The pure-PyTorch oracle. Every backend and every test is checked against this file.
 
-`calc_mean_std` and `adaptive_instance_normalization` are the seed's code (only `.view` is
+`calc_mean_std` and `adaptive_instance_normalization` are the paper's PyTorch code (only `.view` is
 `.reshape` so strided input works); `mean_std`, `adain` and `adain_affine` generalise them with
 the options the ops take (eps, unbiased, alpha, external statistics) without changing the math:
 variance over H*W divided by H*W - 1 (or H*W), eps added to the variance before the square root.

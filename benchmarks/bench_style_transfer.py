@@ -6,7 +6,7 @@
 Groups: "stylize <device> <batch>x<size>" (encode content AND style, AdaIN, decode) and
 "train-step <device> <batch>x<size>" (forward, losses, backward, Adam step).
 Providers:
-  reference            naoto0804 test.py / net.py: eager fp32, contiguous, the seed's AdaIN
+  reference            naoto0804 test.py / net.py: eager fp32, contiguous, the paper's AdaIN
                        (train: style targets and AdaIN with autograd on, as net.py does)
   adain_ext-fp32       StyleTransfer / AdaINLoss: fused op, channels_last, inference_mode
   adain_ext-bf16       the same in bfloat16 (train: bf16 autocast); CUDA, or CPUs with AMX/AVX512-BF16

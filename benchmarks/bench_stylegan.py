@@ -83,7 +83,7 @@ def compare(device: str = "cpu", config: dict | None = None, warmup: int = 2, ro
 def cuda_step_times(resolution: int = 256, batch: int = 8, warmup: int = 3,
                     rounds: int = 10) -> dict:
     """The GPU check: generator forward+backward at resolution x resolution, fused vs unfused.
-    Target (issue 6): fused_speedup["reference"] >= 1.3 at 256x256, batch 8."""
+    Target: fused_speedup["reference"] >= 1.3 at 256x256, batch 8."""
     config = dict(CUDA_CONFIG, resolution=resolution, batch=batch)
     return compare("cuda", config, warmup, rounds)
 

@@ -1,4 +1,4 @@
-"""GPU benchmark of the fused AdaIN op against what PyTorch users have today (issue 3's suite).
+"""GPU benchmark of the fused AdaIN op against what PyTorch users have today.
 
     python benchmarks/gpu_bench.py --out out/           # the full suite on the visible GPU
     python benchmarks/gpu_bench.py --device cpu --quick  # a smoke test of this script, no GPU
@@ -46,7 +46,7 @@ from adain_ext import reference
 
 EPS = 1e-5
 
-# Issue 3: VGG relu4_1; style-loss statistics in training; StyleGAN-like.
+# VGG relu4_1; style-loss statistics in training; StyleGAN-like.
 GPU_SHAPES = [
     (8, 512, 32, 32),
     (1, 512, 64, 64),
@@ -331,7 +331,7 @@ def summarize(records):
                 summary[f"{direction}: speedup vs {base} (geomean)"] = geomean(
                     [theirs[k] / ours[k] for k in keys]
                 )
-    # Issue 4: the Triton backend within 10% of the CUDA C++ one on every shape, or faster.
+    # The target: the Triton backend within 10% of the CUDA C++ one on every shape, or faster.
     for direction in ("forward", "backward"):
         ours, triton_ms = times("adain_ext", direction), times("triton", direction)
         ratios = [triton_ms[k] / ours[k] for k in ours.keys() & triton_ms.keys()]

@@ -70,7 +70,7 @@ inline void check_affine(const at::Tensor& x, const at::Tensor& mean, const at::
   check_statistic(std, "std", x);
 }
 
-// ---- Layout and dtype conventions every kernel follows (mirrored in adain_ext/ops/_common.py).
+// ---- Layout and dtype conventions every kernel follows (mirrored in adain_ext/_layout.py).
 
 enum class Layout { Contiguous, ChannelsLast };
 

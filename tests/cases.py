@@ -120,7 +120,7 @@ def _centred(actual: torch.Tensor, expected: torch.Tensor, case: Case | None):
 
 def _large_mean_slack(case: Case | None, dtype) -> float:
     # A row mean of size M is stored to M * 2^-24 in fp32: that much error in x - mean is
-    # inherent to fp32 statistics (the seed's own code in fp32 has it too).
+    # inherent to fp32 statistics (the paper's own code in fp32 has it too).
     return abs(case.mean_offset) * torch.finfo(dtype).eps * 4 if case is not None else 0.0
 
 

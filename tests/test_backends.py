@@ -6,7 +6,7 @@ which tests/conftest.py switches on). The CUDA kernels run these checks in test_
 """
 from __future__ import annotations
 
-import importlib
+import re
 
 import pytest
 import torch
@@ -22,22 +22,22 @@ from cases import (
 )
 
 import adain_ext
-from adain_ext import reference
+from adain_ext import backends, reference
 
 
 def _backend_params():
-    cpp_skip = pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
-    try:
-        importlib.import_module("adain_ext.triton")
-        triton_skip = []
-    except ImportError as error:
-        triton_skip = [pytest.mark.skip(reason=f"triton is not importable: {error}")]
-    triton_device = "cuda" if torch.cuda.is_available() else "cpu"
-    return [
-        pytest.param("cpp", "cpu", id="cpp", marks=cpp_skip),
-        pytest.param("reference", "cpu", id="reference"),
-        pytest.param("triton", triton_device, id=f"triton-{triton_device}", marks=triton_skip),
-    ]
+    """Every backend of the registry, on the first device type it serves that this machine has
+    (so the compiled ops run on CPU here: the CUDA kernels have test_cuda.py), skipped with the
+    registry's reason where it cannot run there."""
+    params = []
+    for backend in backends.REGISTRY.values():
+        device = next((d for d in backend.devices if d in backends.present_device_types()), None)
+        why = (backend.why_unavailable(device) if device is not None
+               else f"it serves {', '.join(backend.devices)} tensors; none here")
+        marks = [pytest.mark.skip(reason=f"{backend.name}: {why}")] if why else []
+        ident = f"{backend.name}-{device}"
+        params.append(pytest.param(backend.name, device, id=ident, marks=marks))
+    return params
 
 
 BACKENDS = _backend_params()
@@ -151,3 +151,59 @@ def test_mean_std_gradients(case: Case, dtype, backend, device):
         adain_ext.mean_std(x, unbiased=case.unbiased, backend=backend)[1].sum(), x)
     (want_std,) = torch.autograd.grad(reference.mean_std(x64, unbiased=case.unbiased)[1].sum(), x64)
     assert_grads_close((got_std,), (want_std,), dtype, case)
+
+
+# ---- The registry (adain_ext/backends.py) says what each backend serves, truthfully.
+
+
+@pytest.mark.parametrize("name", backends.NAMES)
+def test_registry_devices_are_the_ones_a_backend_runs_on(name):
+    """On every device type here: a backend that the registry calls available runs the three ops
+    there and matches the reference; a device type outside its `devices` is unavailable, and
+    resolve_backend refuses it with the registry's reason."""
+    backend = backends.REGISTRY[name]
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    style = x.flip(-1) * 2 + 1
+    for device_type in backends.present_device_types():
+        why = backend.why_unavailable(device_type)
+        if device_type not in backend.devices:
+            assert why is not None, f"{name} says it serves {device_type}, but devices omit it"
+        device = torch.device(device_type)
+        if why is not None:
+            with pytest.raises(RuntimeError, match=f"backend={name!r} is unavailable for "
+                                                   f"{device_type} tensors: {re.escape(why)}"):
+                adain_ext.resolve_backend(name, device)
+            continue
+        assert adain_ext.resolve_backend(name, device) == name
+        c, s = x.to(device), style.to(device)
+        assert_close(adain_ext.adain(c, s, 0.5, backend=name).cpu(),
+                     reference.adain(x.double(), style.double(), 0.5), torch.float32)
+        mean, std = adain_ext.mean_std(c, backend=name)
+        want_mean, want_std = reference.mean_std(x.double())
+        assert_close(mean.cpu(), want_mean, torch.float32)
+        assert_close(std.cpu(), want_std, torch.float32)
+        assert_close(adain_ext.adain_affine(c, mean, std, backend=name).cpu(), x.double(),
+                     torch.float32)
+
+
+def test_registry_is_the_one_list_of_backends():
+    """adain_ext.BACKENDS, backend="auto", the style commands' --backend choices and the
+    availability report all come from the registry."""
+    assert adain_ext.BACKENDS == ("auto", *backends.REGISTRY)
+    for device_type in backends.present_device_types():
+        auto = adain_ext.resolve_backend("auto", torch.device(device_type))
+        assert backends.REGISTRY[auto].auto
+        assert backends.REGISTRY[auto].why_unavailable(device_type) is None
+    from adain_ext.style_transfer import stylize, train, video
+
+    for command in (stylize, train, video):
+        (option,) = [a for a in command.build_parser()._actions if "--backend" in a.option_strings]
+        assert tuple(option.choices) == adain_ext.BACKENDS, command.__name__
+    rows = backends.availability()
+    assert [row["name"] for row in rows] == list(backends.NAMES)
+    for row in rows:
+        assert row["devices"] == backends.REGISTRY[row["name"]].devices
+        assert row["available"] == bool(row["usable_on"])
+        assert (row["why"] is None) == (set(row["usable_on"]) == set(row["devices"])
+                                         & set(backends.present_device_types()))
+    assert next(r for r in rows if r["name"] == "reference")["available"]

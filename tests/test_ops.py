@@ -1,5 +1,5 @@
 """The compiled ops (backend="cpp", CPU here) beyond the per-op checks against the float64 oracle
-that every backend gets in test_backends.py: the seed's defaults, gradcheck, opcheck,
+that every backend gets in test_backends.py: the reference's defaults, gradcheck, opcheck,
 torch.compile (also in 16-bit), mixed statistic shapes and dtypes, NaN/Inf, empty tensors. The
 split of long rows across threads is tested in test_cpu_split.py."""
 from __future__ import annotations

@@ -148,18 +148,9 @@ def image_extension(option: str, ext: str) -> str:
 
 
 def backend(option: str, name: str, device: torch.device) -> str:
-    """The AdaIN backend `name` can run on `device` here."""
+    """The AdaIN backend `name` can run on `device` here (adain_ext/backends.py says why not)."""
     from adain_ext import functional
 
-    if name == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            raise UsageError(f"{option} triton: Triton is not installed (pip install triton)") from None
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise UsageError(f"{option} triton: the Triton kernels need a CUDA device here "
-                             "(or TRITON_INTERPRET=1 to run them on CPU, slowly)")
-        return name
     try:
         functional.resolve_backend(name, device)
     except (RuntimeError, ValueError) as error:

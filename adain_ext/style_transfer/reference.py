@@ -1,4 +1,4 @@
-"""The reference pipeline (naoto0804/pytorch-AdaIN test.py) on the seed's AdaIN: the oracle the
+"""The reference pipeline (naoto0804/pytorch-AdaIN test.py) on the paper's AdaIN: the oracle the
 tests and benchmarks hold `StyleTransfer` to. Eager fp32, no fused op, no statistics mixing.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def reference_style_transfer(vgg: nn.Sequential, decoder: nn.Sequential, content
 
 
 class ReferenceNet(nn.Module):
-    """The reference's training network (net.py `Net`): losses with the seed's calc_mean_std,
+    """The reference's training network (net.py `Net`): losses with the paper's calc_mean_std,
     the style targets and the AdaIN target computed with autograd on, as the reference does."""
 
     def __init__(self, vgg: nn.Sequential, decoder: nn.Sequential):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from adain_ext import functional
 from adain_ext.style_transfer import _checks, images, models
 from adain_ext.style_transfer._runtime import (
     CommandFailed,
@@ -68,7 +69,7 @@ def build_parser(prog: str = "adain-ext stylize") -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=4,
                    help="contents of the same size stylized together")
     g.add_argument("--backend", type=str, default="auto",
-                   choices=["auto", "cpp", "triton", "reference"], help="AdaIN op backend")
+                   choices=functional.BACKENDS, help="AdaIN op backend")
     g.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 

@@ -90,7 +90,7 @@ def build_parser(prog: str = "adain-ext train") -> argparse.ArgumentParser:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default: on; faster convs)")
     p.add_argument("--backend", type=str, default="auto",
-                   choices=["auto", "cpp", "triton", "reference"], help="AdaIN op backend")
+                   choices=adain_ext.BACKENDS, help="AdaIN op backend")
     p.add_argument("--log_interval", type=int, default=10)
     p.add_argument("--no_tensorboard", action="store_true")
     p.add_argument("--no_progress", action="store_true")

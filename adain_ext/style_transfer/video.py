@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adain_ext import functional
 from adain_ext.style_transfer import _checks, images, models
 from adain_ext.style_transfer._runtime import (
     CommandFailed,
@@ -66,7 +67,7 @@ def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (default: on)")
     p.add_argument("--batch_size", type=int, default=4, help="frames stylized together")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpp", "triton", "reference"])
+    p.add_argument("--backend", default="auto", choices=functional.BACKENDS)
     p.add_argument("--no_progress", action="store_true")
     return p
 

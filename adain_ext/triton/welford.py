@@ -106,7 +106,7 @@ def row_length(L, like):
 
 @triton.jit
 def variance_divisor(L, like, UNBIASED: tl.constexpr):
-    """D = L - 1 (unbiased, the seed's calc_mean_std) or L, in the statistics dtype."""
+    """D = L - 1 (unbiased, the reference's calc_mean_std) or L, in the statistics dtype."""
     divisor = row_length(L, like)
     if UNBIASED:
         divisor = divisor - 1.0
