@@ -5,7 +5,7 @@ divided by adain_ext's: above 1, adain_ext is faster).
 
 Contenders (one setup factory, shared with benchmarks/):
   adain_ext        torch.ops.adain.fused (the compiled kernels)
-  eager            the seed's reference AdaIN in eager PyTorch
+  eager            the reference AdaIN (the paper's code) in eager PyTorch
   compile          torch.compile(reference)
   instance_norm    AdaIN through F.instance_norm (exact: unbiased statistics rescaled)
 
@@ -34,10 +34,13 @@ import torch.nn.functional as F
 import adain_ext
 from adain_ext import reference
 
+# Images (N, C, H, W): VGG relu4_1 sizes, StyleGAN-like blocks; then speech/sequence features
+# (N, C, T) and video/volume features (N, C, D, H, W).
 CPU_SHAPES = [(8, 512, 32, 32), (1, 512, 64, 64), (1, 256, 128, 128), (1, 64, 512, 512),
-              (16, 512, 8, 8)]
+              (16, 512, 8, 8), (16, 256, 128), (16, 256, 2048), (1, 64, 16, 64, 64)]
 CUDA_SHAPES = [(8, 512, 32, 32), (1, 512, 64, 64), (1, 512, 128, 128), (8, 64, 256, 256),
-               (4, 512, 4, 4), (4, 32, 1024, 1024)]
+               (4, 512, 4, 4), (4, 32, 1024, 1024), (16, 256, 128), (16, 256, 2048),
+               (2, 64, 16, 64, 64)]
 EPS = 1e-5
 OURS = "adain_ext"
 PEERS = ("eager", "compile", "instance_norm")
@@ -53,19 +56,27 @@ TORCH_LOG_PREFIX = re.compile(r"^([DIWEC])\d{4} \d\d:\d\d:\d\d\.\d+ \d+ (?=\S+\]
 
 
 def adain_instance_norm(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """AdaIN through one F.instance_norm call, with the same (unbiased) semantics as the seed.
+    """AdaIN through one F.instance_norm call, with the same (unbiased) semantics as the reference.
 
-    instance_norm divides by H*W and adds eps inside; sqrt(var_u + eps) equals
-    sqrt(L / (L - 1)) * sqrt(var_b + eps * (L - 1) / L), so a rescaled eps and weight make it exact.
-    (N, C) statistics become per-channel weights by folding N into C.
+    instance_norm divides by L (the row length, H*W for images) and adds eps inside;
+    sqrt(var_u + eps) equals sqrt(L / (L - 1)) * sqrt(var_b + eps * (L - 1) / L), so a rescaled eps
+    and weight make it exact. (N, C) statistics become per-channel weights by folding N into C.
     """
-    N, C, H, W = content.shape
-    L = H * W
-    style_var, style_mean = torch.var_mean(style, dim=(2, 3), correction=1)
+    N, C, *trailing = content.shape
+    L = math.prod(trailing)
+    style_var, style_mean = torch.var_mean(style, dim=tuple(range(2, style.dim())), correction=1)
     scale = (style_var + EPS).sqrt() * math.sqrt((L - 1) / L)
-    out = F.instance_norm(content.reshape(1, N * C, H, W), weight=scale.reshape(-1),
+    out = F.instance_norm(content.reshape(1, N * C, *trailing), weight=scale.reshape(-1),
                           bias=style_mean.reshape(-1), eps=EPS * (L - 1) / L)
-    return out.reshape(N, C, H, W)
+    return out.reshape(content.shape)
+
+
+def eager_adain(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """The reference code in eager PyTorch: the paper's adaptive_instance_normalization for images
+    (its calc_mean_std takes 4-D only), the same math over every trailing dim for other ranks."""
+    if content.dim() == 4:
+        return reference.adaptive_instance_normalization(content, style)
+    return reference.adain(content, style)
 
 
 def contenders(device: torch.device, peers=PEERS) -> dict[str, Callable]:
@@ -73,8 +84,8 @@ def contenders(device: torch.device, peers=PEERS) -> dict[str, Callable]:
     # than fall back to eager after the default 8 (which would flatter the fused op).
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     every_peer = {
-        "eager": reference.adaptive_instance_normalization,
-        "compile": torch.compile(reference.adaptive_instance_normalization, dynamic=False),
+        "eager": eager_adain,
+        "compile": torch.compile(eager_adain, dynamic=False),
         "instance_norm": adain_instance_norm,
     }
     found = {name: every_peer[name] for name in peers}
@@ -112,10 +123,18 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warm
 
 def make_inputs(shape, device, dtype, channels_last=False, requires_grad=False, seed=0):
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    content = torch.randn(shape, generator=gen).to(device, dtype).contiguous(memory_format=fmt)
-    style = (torch.randn(shape, generator=gen) * 2 + 1).to(device, dtype).contiguous(memory_format=fmt)
+    content = in_layout(torch.randn(shape, generator=gen).to(device, dtype), channels_last)
+    style = in_layout((torch.randn(shape, generator=gen) * 2 + 1).to(device, dtype), channels_last)
     return content.requires_grad_(requires_grad), style.requires_grad_(requires_grad)
+
+
+def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t contiguous, or channels last in any rank (C innermost: channels_last for images,
+    channels_last_3d for volumes, (N, T, C) memory for sequences)."""
+    if not channels_last:
+        return t.contiguous()
+    order = [0, *range(2, t.dim()), 1]
+    return t.permute(order).contiguous().permute([order.index(d) for d in range(t.dim())])
 
 
 # The runners drop their results: a harness that keeps the previous call's result alive while it
@@ -349,10 +368,12 @@ def _parse_shapes(text: str) -> tuple[list | None, str]:
             shape = tuple(int(v) for v in item.strip().split("x"))
         except ValueError:
             shape = ()
-        if len(shape) != 4 or min(shape) < 1:
-            return None, f"{item!r} is not NxCxHxW (four positive integers joined by x)"
-        if shape[2] * shape[3] < 2:
-            return None, f"{item!r}: H*W must be at least 2 (the unbiased variance divides by H*W - 1)"
+        if len(shape) < 3 or min(shape) < 1:
+            return None, (f"{item!r} is not NxCx... (at least three positive integers joined by x: "
+                          "NxCxT, NxCxHxW, NxCxDxHxW)")
+        if math.prod(shape[2:]) < 2:
+            return None, (f"{item!r}: each (n, c) row needs at least 2 elements (the unbiased "
+                          "variance divides by L - 1)")
         shapes.append(shape)
     return shapes, ""
 
@@ -403,7 +424,7 @@ def parse_args(argv):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument("--shapes", default=None,
-                        help="semicolon-separated NxCxHxW list (default: the device's benchmark shapes)")
+                        help="semicolon-separated shapes, NxCxT, NxCxHxW or NxCxDxHxW (default: the device's benchmark shapes)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per contender (median)")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma-separated peers to time adain_ext against (default: {','.join(PEERS)})")
