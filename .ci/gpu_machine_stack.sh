@@ -10,19 +10,14 @@
 #   bash .ci/gpu_machine_stack.sh           # both
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source .ci/common.sh
 VENV=.ci-venv/torch211
 STEP=${1:-all}
 export TORCH_CUDA_ARCH_LIST=9.0  # the build's one arch; test_cuda_sass.py checks the build has it
 
 prepare() {
-  local py312=""
-  for candidate in "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 "$(command -v python3.12 || true)"; do
-    if [ -x "$candidate" ]; then py312=$candidate; break; fi
-  done
-  if [ -z "$py312" ]; then
-    echo "gpu_machine_stack: no Python 3.12 found (pyenv or python3.12 on PATH)" >&2
-    return 1
-  fi
+  local py312
+  py312=$(find_python 3.12) || return 1
   [ -x "$VENV/bin/python" ] || "$py312" -m venv "$VENV"
   # numpy < 2.4: triton 3.6's interpreter fails with numpy 2.4 and 2.5 (range over tensor bounds).
   "$VENV/bin/pip" install -q torch==2.11.0 triton==3.6.0 "numpy<2.4" ninja setuptools wheel \

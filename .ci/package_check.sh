@@ -14,20 +14,15 @@
 # .ci/gpu_machine_stack.sh, and a second CUDA build would double CI's time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source .ci/common.sh
 REPO=$(pwd)
 VENV=.ci-venv/torch215
 DIST=.ci-venv/dist
 PY="$REPO/$VENV/bin/python"
 
 prepare() {
-  local py313=""
-  for candidate in "$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
-    if [ -x "$candidate" ]; then py313=$candidate; break; fi
-  done
-  if [ -z "$py313" ]; then
-    echo "package_check: no Python 3.13 found (pyenv or python3.13 on PATH)" >&2
-    return 1
-  fi
+  local py313
+  py313=$(find_python 3.13) || return 1
   [ -x "$PY" ] || "$py313" -m venv "$VENV"
   # This machine's pip config caps torch at the release on its disk (2.14.1); the newest end of
   # the supported range is fetched from the registry instead.

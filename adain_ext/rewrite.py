@@ -215,27 +215,32 @@ def _node_text(node: fx.Node) -> str:
     return f"{node.op} {target}"
 
 
+def _sole_binary_user(node: fx.Node, ops, value: str, op_name: str, operand: str):
+    """(user, its other operand, None) when `node`'s one use is a binary op of `ops` whose other
+    operand is a tensor; else (None, None, why not). `value` names node in the reason ("its
+    output"), `op_name` the op ("multiply"), `operand` the other operand ("scale")."""
+    if len(node.users) != 1:
+        return None, None, f"{value} has {len(node.users)} uses, not one {op_name}"
+    (user,) = node.users
+    args = _binary_operands(user, ops)
+    other = args and _the_other(args, node)
+    if args and not isinstance(other, fx.Node):
+        return None, None, f"the {operand} is {other!r}, not a tensor"
+    if not isinstance(other, fx.Node):
+        article = "an" if op_name[0] in "aeiou" else "a"
+        return None, None, f"{value} goes to {_node_text(user)}, not {article} {op_name}"
+    return user, other, None
+
+
 def _match_modulation(node: fx.Node) -> tuple[tuple | None, str | None]:
     """((mul, add, scale, shift), None) when the instance norm `node` is followed by
     `* scale + shift` and neither intermediate value has another use; else (None, why not)."""
-    if len(node.users) != 1:
-        return None, f"its output has {len(node.users)} uses, not one multiply"
-    (mul,) = node.users
-    mul_args = _binary_operands(mul, _MUL)
-    scale = mul_args and _the_other(mul_args, node)
-    if mul_args and not isinstance(scale, fx.Node):
-        return None, f"the scale is {scale!r}, not a tensor"
-    if not isinstance(scale, fx.Node):
-        return None, f"its output goes to {_node_text(mul)}, not a multiply"
-    if len(mul.users) != 1:
-        return None, f"the product has {len(mul.users)} uses, not one add"
-    (add,) = mul.users
-    add_args = _binary_operands(add, _ADD)
-    shift = add_args and _the_other(add_args, mul)
-    if add_args and not isinstance(shift, fx.Node):
-        return None, f"the shift is {shift!r}, not a tensor"
-    if not isinstance(shift, fx.Node):
-        return None, f"the product goes to {_node_text(add)}, not an add"
+    mul, scale, why = _sole_binary_user(node, _MUL, "its output", "multiply", "scale")
+    if why:
+        return None, why
+    add, shift, why = _sole_binary_user(mul, _ADD, "the product", "add", "shift")
+    if why:
+        return None, why
     return (mul, add, scale, shift), None
 
 

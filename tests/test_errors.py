@@ -120,6 +120,16 @@ def test_unknown_backend_is_named():
         adain_ext.adain(good, good, backend="cuda")
 
 
+def _run_fresh_python(script: str) -> subprocess.CompletedProcess:
+    """script in a new interpreter that imports this checkout's adain_ext (or, where the tests run
+    from a copy beside an installed package, the installed one); it must exit 0."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_import_without_the_extension_warns_and_falls_back(tmp_path):
     """A missing compiler at install time never breaks users: import works, warns once, and
     backend='auto' runs the reference."""
@@ -145,10 +155,7 @@ def test_import_without_the_extension_warns_and_falls_back(tmp_path):
         "    raise AssertionError('backend=cpp should fail without the extension')\n"
         "print('ok')\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = _run_fresh_python(script)
     assert result.stdout.strip() == "ok"
 
 
@@ -164,9 +171,6 @@ def test_import_on_a_torch_older_than_supported_names_the_version():
         "else:\n"
         "    print('imported')\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = _run_fresh_python(script)
     assert result.stdout.strip() == ("adain_ext needs torch >= 2.11, found torch 2.10.0+cu128: "
                                      "pip install 'torch>=2.11'")
