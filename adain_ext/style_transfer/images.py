@@ -91,6 +91,29 @@ def resize_shorter(img, size: int):
     return img.resize(new, Image.BILINEAR)
 
 
+def resize_square(img, size: int):
+    """The training transform's Resize((size, size)): both sides to `size` (bilinear)."""
+    Image, _ = _pil()
+    return img.resize((size, size), Image.BILINEAR)
+
+
+def resize_shorter_array(rgb: np.ndarray, size: int) -> np.ndarray:
+    """resize_shorter for an (H, W, 3) uint8 array (a decoded video frame)."""
+    if size <= 0:
+        return rgb
+    Image, _ = _pil()
+    return np.asarray(resize_shorter(Image.fromarray(rgb), size))
+
+
+def as_8bit(img):
+    """img if its samples are 8-bit, else its RGB rendering in 8 bits (16-bit and float images
+    scaled to [0, 255], not clipped), for resizing paths that work in 8 bits."""
+    if img.mode in _EIGHT_BIT_MODES:
+        return img
+    Image, _ = _pil()
+    return Image.fromarray((_to_rgb_array(img) * 255 + 0.5).astype(np.uint8))
+
+
 def center_crop(img, size: int):
     w, h = img.size
     if size <= 0 or (w == size and h == size):

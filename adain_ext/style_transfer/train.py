@@ -128,14 +128,11 @@ class TrainImages(Dataset):
         return self._perm[1]
 
     def _load(self, index: int, position: int) -> torch.Tensor:
-        Image, _ = images._pil()
-        img = images.open_image(self.paths[index])
-        if img.mode not in images._EIGHT_BIT_MODES:
-            img = Image.fromarray((images._to_rgb_array(img) * 255 + 0.5).astype(np.uint8))
+        img = images.as_8bit(images.open_image(self.paths[index]))
         if self.keep_aspect:
             img = images.resize_shorter(img, self.image_size)
         else:
-            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+            img = images.resize_square(img, self.image_size)
         x = images.to_tensor(img)
         g = torch.Generator().manual_seed(_seed_of(self.seed, self.stream, 1 << 40, position))
         h, w = x.shape[1:]

@@ -73,10 +73,7 @@ def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
 
 
 def _frame_tensor(frame, size: int) -> torch.Tensor:
-    rgb = frame.to_ndarray(format="rgb24")
-    if size > 0:
-        Image, _ = images._pil()
-        rgb = np.asarray(images.resize_shorter(Image.fromarray(rgb), size))
+    rgb = images.resize_shorter_array(frame.to_ndarray(format="rgb24"), size)
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
 
 
