@@ -337,11 +337,14 @@ def plot_speedups(rows, names, directions, title: str, path: str):
         ax.set_xticks(range(len(measured)), [shape_text(r["shape"]) for r in measured],
                       rotation=20, fontsize=8)
         ax.set_title(direction)
-        ax.set_xlabel("shape (N x C x H x W)")
-    axes[0][0].set_ylabel("speedup of adain_ext (peer time / adain_ext time)")
-    axes[0][0].legend(title="peer", fontsize=8)
+        ax.set_xlabel("shape (N x C x trailing dims)")
+    axes[0][0].set_ylabel("speedup: peer time / adain_ext time")
+    # One legend under the panels, where it cannot cover a bar.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="peer", fontsize=8, loc="lower center", ncol=len(peers),
+               frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
