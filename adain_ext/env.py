@@ -49,9 +49,28 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def _extension_file() -> str:
+    import adain_ext._C as compiled
+
+    return getattr(compiled, "__file__", "?")
+
+
 def build_config() -> dict:
     """What setup.py resolved when it built adain_ext._C (it writes adain_ext/_build_config.py);
-    empty when the package was not built by this setup.py."""
+    empty when the package was not built by this setup.py. Read from beside the loaded _C (the
+    record of the build that made it), or from the package when _C did not load."""
+    import importlib.util
+
+    from adain_ext import _extension
+
+    if _extension.HAS_CPP:
+        path = os.path.join(os.path.dirname(_extension_file()), "_build_config.py")
+        if os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location("adain_ext._build_config", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return dict(module.CONFIG)
+        return {}  # a _C built some other way: no record that belongs to it
     try:
         from adain_ext._build_config import CONFIG
     except ImportError:
@@ -178,7 +197,9 @@ def collect() -> dict:
         "adain_ext": {
             "version": package_version(),
             "location": PACKAGE_DIR,
-            "compiled extension": ("loaded" if _extension.HAS_CPP
+            # The file, not just "loaded": with another checkout's editable install on the path,
+            # _C and the build record can come from there rather than from `location`.
+            "compiled extension": (f"loaded from {_extension_file()}" if _extension.HAS_CPP
                                    else f"NOT loaded: {_extension.IMPORT_ERROR}"),
             "kernels registered for": sorted(_extension.KERNEL_DEVICE_TYPES),
             "build": config or "unknown (adain_ext/_build_config.py missing: not built by setup.py)",
