@@ -59,7 +59,7 @@ def has_kernel(device_type: str) -> bool:
     return device_type in KERNEL_DEVICE_TYPES
 
 
-# Debug hook (tests): the kernel path the last CUDA op took, csrc/cuda/row_kernels.cuh LaunchPath.
+# Debug hook (tests): the kernel path the last CUDA op took, csrc/cuda/launch.cuh LaunchPath.
 CUDA_PATHS = ("none", "packed", "rows", "rows_partial_cache", "split", "channels_last")
 
 

@@ -15,7 +15,7 @@ then `gpu_smoke: N ok, N BAD, N ERROR`. Exit status 0 only when every case is ok
 
 The ops go through adain_ext.adain / adain_affine / mean_std with autograd (backend "cpp" is
 torch.ops.adain.fused / affine / mean_std and their registered backward ops). Shapes are picked
-to take each CUDA path of csrc/cuda/row_kernels.cuh on an H200 (132 SMs: a contiguous tensor of
+to take each CUDA path of csrc/cuda/launch.cuh on an H200 (132 SMs: a contiguous tensor of
 fewer than 264 rows with H*W >= 16384 takes the split path) and the Triton plans of
 adain_ext/triton/_common.py. The FRESH_PROCESS_SHAPES have a static plus dynamic shared memory
 just above 48 KiB, which needs the kernel's shared-memory opt-in: a missing opt-in fails only
@@ -66,7 +66,7 @@ class Shape:
     why: str = ""
 
 
-# The paths, for contiguous fp32 on an H200 (row_kernels.cuh names; Triton plan in brackets).
+# The paths, for contiguous fp32 on an H200 (launch.cuh names; Triton plan in brackets).
 SHAPES = [
     Shape("packed_4x4", (4, 512, 4, 4), why="tiny rows, several per warp [packed rows]"),
     Shape("packed_odd", (3, 100, 7, 9), alpha=0.4, why="L = 63, rows off the 16-byte grid"),

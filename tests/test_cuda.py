@@ -32,7 +32,7 @@ CUDA = "cuda"
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
-# The paths are chosen from the SM count (csrc/cuda/row_kernels.cuh): contiguous rows of at least
+# The paths are chosen from the SM count (csrc/cuda/launch.cuh): contiguous rows of at least
 # 16384 elements are split across blocks when there are fewer than two rows per SM. The shapes
 # below are stated for an H100/H200 (132 SMs) and derived from the device's count, so that each
 # takes the same path on any card.
@@ -290,7 +290,7 @@ def test_opcheck_cuda(case, dtype):
 def _run_ops_on_path(case, dtype, content, style, misaligned_grads=False):
     """Every op once on (content, style) through torch.ops.adain, each against the float64
     reference (outputs and gradients, seeded random incoming gradients); returns {op: path the
-    CUDA code took} (the debug record of row_kernels.cuh)."""
+    CUDA code took} (the debug record of launch.cuh)."""
     ops = torch.ops.adain
     eps, unbiased, alpha = 1e-5, case.unbiased, case.alpha
     mean_t, std_t = make_statistics(case, dtype, CUDA)

@@ -10,7 +10,7 @@ the built _C (cuobjdump: the CUDA toolkit's, or the copy triton ships) and check
   13.0 split a Vec assignment into narrower stores, see store_vec16 in csrc/cuda/reduce.cuh);
 - no kernel keeps an array in local memory, and no fp32/fp16/bf16 kernel spills more than a few
   registers (the 1024-thread launch bound leaves 64 registers; kUnroll and unroll_slots in
-  csrc/cuda/row_kernels.cuh are sized to fit them).
+  csrc/cuda/params.cuh are sized to fit them).
 
 Skipped, with the reason, where _C was built without CUDA kernels or no cuobjdump is found.
 """
@@ -28,10 +28,12 @@ import torch
 
 from adain_ext import _extension
 
-# RowMode values (csrc/cuda/row_kernels.cuh): which contig_rows_kernel modes read slots of a big
-# tensor (all of them) and which write the output.
+# RowMode values (csrc/cuda/params.cuh) as the kernel symbols spell them. contig_rows_kernel
+# takes the first eight (all of them read slots of a big tensor); MeanStdBackward is a mode of
+# finalize_rows_kernel only. WRITING_MODES: the contig_rows_kernel modes that write the output.
 ROW_MODES = {0: "Stats", 1: "Affine", 2: "Fused", 3: "AffineBackward", 4: "PartialWelford",
-             5: "PartialSums", 6: "Apply", 7: "ApplyGrad"}
+             5: "PartialSums", 6: "Apply", 7: "ApplyGrad", 8: "MeanStdBackward"}
+CONTIG_ROW_MODES = [mode for mode in ROW_MODES.values() if mode != "MeanStdBackward"]
 WRITING_MODES = {"Affine", "Fused", "AffineBackward", "Apply", "ApplyGrad"}
 # Stack bytes allowed in a non-fp64 kernel: a couple of spilled values. The spills this guards
 # against were 24-40 bytes (16-bit backward at two slots per step).
@@ -44,7 +46,7 @@ class Kernel:
     mangled: str
     name: str = ""   # contig_rows_kernel, cl_partial_kernel, ...
     dtype: str = ""  # float, double, Half, BFloat16
-    mode: str = ""   # RowMode of contig_rows_kernel
+    mode: str = ""   # RowMode of contig_rows_kernel or finalize_rows_kernel
     opcodes: set = field(default_factory=set)
     resources: dict = field(default_factory=dict)
 
@@ -145,7 +147,7 @@ def test_every_kernel_family_is_present(kernels):
     for arch in archs:
         here = {(k.name, k.dtype, k.mode) for k in kernels if k.arch == arch}
         for dtype in ("float", "double", "Half", "BFloat16"):
-            for mode in ROW_MODES.values():
+            for mode in CONTIG_ROW_MODES:
                 assert ("contig_rows_kernel", dtype, mode) in here, (arch, dtype, mode)
             assert ("cl_partial_kernel", dtype, "") in here, (arch, dtype)
             assert ("cl_apply_kernel", dtype, "") in here, (arch, dtype)

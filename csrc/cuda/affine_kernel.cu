@@ -1,4 +1,4 @@
-// adain::_affine_forward and adain::_affine_backward on CUDA. Paths and geometry: row_kernels.cuh.
+// adain::_affine_forward and adain::_affine_backward on CUDA. Paths and geometry: launch.cuh.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -7,7 +7,7 @@
 
 #include "checks.h"
 #include "cuda/ops.h"
-#include "cuda/row_kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace adain {
 namespace cuda {
@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     p.d.target_std = target_std.data_ptr<acc_t>();
     p.d.mean_out = x_mean.data_ptr<acc_t>();
     p.d.std_out = x_std.data_ptr<acc_t>();
-    run_row_op<RowOp::Affine>(p, layout, N, C, acc_options, dev);
+    run_row_op<RowMode::Affine>(p, layout, N, C, acc_options, dev);
   });
   return {shaped_like(out, x_in), x_mean, x_std};
 }
@@ -99,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     p.d.std_target = std_target.data_ptr<acc_t>();
     p.d.grad_mean_out = grad_mean.data_ptr<acc_t>();
     p.d.grad_std_out = grad_std.data_ptr<acc_t>();
-    run_row_op<RowOp::AffineBackward>(p, layout, N, C, acc_options, dev);
+    run_row_op<RowMode::AffineBackward>(p, layout, N, C, acc_options, dev);
   });
   return {shaped_like(grad_x, x_in), grad_mean, grad_std};
 }

@@ -12,7 +12,7 @@
 
 #include "checks.h"
 #include "cuda/ops.h"
-#include "cuda/row_kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace adain {
 namespace cuda {

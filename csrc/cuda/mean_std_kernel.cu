@@ -1,4 +1,4 @@
-// adain::mean_std and adain::_mean_std_backward on CUDA. Paths and geometry: row_kernels.cuh.
+// adain::mean_std and adain::_mean_std_backward on CUDA. Paths and geometry: launch.cuh.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -7,7 +7,7 @@
 
 #include "checks.h"
 #include "cuda/ops.h"
-#include "cuda/row_kernels.cuh"
+#include "cuda/launch.cuh"
 
 namespace adain {
 namespace cuda {
@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> row_statistics(const at::Tensor& x_in, double
     p.d.unbiased = unbiased;
     p.d.mean_out = mean.data_ptr<acc_t>();
     p.d.std_out = std.data_ptr<acc_t>();
-    run_row_op<RowOp::Stats>(p, layout, N, C, acc_options, dev);
+    run_row_op<RowMode::Stats>(p, layout, N, C, acc_options, dev);
   });
   return {mean, std};
 }
@@ -89,7 +89,7 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
     p.d.x_mean = mean_f.data_ptr<acc_t>();
     p.d.x_std = std_f.data_ptr<acc_t>();
     const at::Tensor coef = attach_coef(p.d, acc_options);
-    launch_finalize<acc_t, FinalMode::MeanStdBackward>(p.d, dev);
+    launch_finalize<acc_t, RowMode::MeanStdBackward>(p.d, dev);
     if (layout == Layout::ChannelsLast) {
       const int grid = plan_channels_last(p, N, C, L, dev);
       launch_cl_apply<scalar_t, acc_t, /*kHasG=*/false>(p, grid);
@@ -109,7 +109,7 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
 }  // namespace cuda
 
 // Debug hook for tests, no tensor arguments: [path, launches, grid, block, smem, chunks] of the
-// last CUDA op (LaunchPath in row_kernels.cuh; adain_ext._extension.last_cuda_launch decodes it).
+// last CUDA op (LaunchPath in launch.cuh; adain_ext._extension.last_cuda_launch decodes it).
 TORCH_LIBRARY_FRAGMENT(adain, m) {
   m.def("_cuda_last_launch() -> int[]", &cuda::last_launch);
 }

@@ -35,14 +35,9 @@ from cases import CASES, TOLERANCES, Case, make_inputs, make_statistics  # noqa:
 
 from adain_ext import reference  # noqa: E402
 
-SOURCES = [
-    "reduce.cuh",
-    "row_kernels.cuh",
-    "ops.h",
-    "mean_std_kernel.cu",
-    "affine_kernel.cu",
-    "fused_kernel.cu",
-]
+# Every file of csrc/cuda is rewritten: a header left out would be included unrewritten from csrc.
+CUDA_SRC = os.path.join(ROOT, "csrc", "cuda")
+SOURCES = sorted(name for name in os.listdir(CUDA_SRC) if name.endswith((".cu", ".cuh", ".h")))
 LAUNCH = re.compile(r"([\w:]+(?:<[^<>;]*>)?)<<<([^,]+),\s*([^,]+),\s*([^,]+),\s*[^>]*>>>\((.*)\);")
 
 
@@ -50,7 +45,7 @@ def generate() -> str:
     out = os.path.join(BUILD, "src", "cuda")
     os.makedirs(out, exist_ok=True)
     for name in SOURCES:
-        with open(os.path.join(ROOT, "csrc", "cuda", name)) as f:
+        with open(os.path.join(CUDA_SRC, name)) as f:
             s = f.read()
         s = s.replace("extern __shared__", "extern")
         s = LAUNCH.sub(r"emu_launch(\1, \2, \3, \4, \5);", s)

@@ -1,0 +1,118 @@
+// The parameters every CUDA kernel of adain_ext takes, and the one enum of kernel modes.
+//
+// One Params per launch (RowData inside it is all finalize_rows_kernel takes): the kernels are
+// shared by the ops, so one struct serves them all and each mode reads only its own fields; the
+// comment on each field says which modes set or read it. The op files fill the per-row inputs and
+// outputs; the launchers (launch.cuh) fill the workspaces and the geometry.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace adain {
+namespace cuda {
+
+// ---- The kernel modes: one enum for every templated kernel.
+//
+// contig_rows_kernel<kMode> takes the first eight; finalize_rows_kernel<kMode> takes Stats, Affine,
+// AffineBackward (merging the split partials of that op) and MeanStdBackward. An op is named by
+// its one-launch mode (Stats, Affine, AffineBackward: run_row_op in launch.cuh), from which its
+// split modes follow. The values are part of the kernel symbols tests/test_cuda_sass.py decodes:
+// append new modes, do not reorder.
+enum class RowMode {
+  Stats,            // mean / std of each row -> mean_out, std_out (finalize: from Welford partials)
+  Affine,           // statistics + targets -> out (and mean_out, std_out), one launch (finalize:
+                    // statistics and coefficients from Welford partials)
+  Fused,            // style statistics, then Affine with them as targets, one launch
+  AffineBackward,   // sum(g), sum(g*(x-mean)) -> grad_x (and grad_mean_out, grad_std_out)
+                    // (finalize: coefficients and grad_*_out from gradient-sum partials)
+  PartialWelford,   // one Welford state per segment -> partial0/1
+  PartialSums,      // sum(g), sum(g*(x-mean)) per segment -> partial0/1
+  Apply,            // out = B*(x-M) + C0 from coef
+  ApplyGrad,        // out = A*g + B*(x-M) + C0 from coef
+  MeanStdBackward,  // finalize only: coefficients of mean_std's backward from grad_*_in -> coef
+};
+
+// ---- Kernel parameters.
+
+// Per-row inputs and outputs (all (N, C) = R entries of the accumulation dtype, contiguous), and
+// the partial / coefficient workspaces. Only the fields a mode uses are set. "Split" below means
+// the partial and apply modes of a split row (PartialWelford, PartialSums, Apply, ApplyGrad) and
+// the channels_last kernels; "finalize" means finalize_rows_kernel.
+template <typename acc_t>
+struct RowData {
+  int64_t rows = 0;       // R = N * C; every mode
+  int64_t L = 0;          // elements per row of x (H * W); every mode
+  int64_t L_style = 0;    // elements per row of the style; Fused
+  int64_t chunks = 1;     // segments per row: set by the launchers for split and finalize, else 1
+  int64_t chunk_len = 0;  // elements (contiguous) or positions (channels_last) per segment; every
+                          // mode (L when chunks == 1)
+  acc_t alpha = 1;        // Affine, Fused, AffineBackward; finalize Affine, AffineBackward
+  acc_t eps = 0;          // Stats, Affine, Fused; finalize Stats, Affine
+  bool unbiased = true;   // every mode that computes a std or a coefficient
+  const acc_t* target_mean = nullptr;  // Affine; finalize Affine: the target statistics
+  const acc_t* target_std = nullptr;   // Affine; finalize Affine
+  const acc_t* x_mean = nullptr;  // AffineBackward, PartialSums, cl_partial_kernel<kSums>;
+                                  // finalize AffineBackward, MeanStdBackward: x's mean
+  const acc_t* x_std = nullptr;   // AffineBackward; finalize AffineBackward, MeanStdBackward
+  const acc_t* std_target = nullptr;    // AffineBackward; finalize AffineBackward: the target std
+  const acc_t* grad_mean_in = nullptr;  // finalize MeanStdBackward: incoming gradients
+  const acc_t* grad_std_in = nullptr;   // finalize MeanStdBackward
+  acc_t* partial0 = nullptr;  // [R, chunks], written by PartialWelford / cl_partial_kernel (the
+                              // Welford mean) or PartialSums / cl_partial_kernel<kSums> (sum(g));
+                              // read by finalize Stats, Affine, AffineBackward
+  acc_t* partial1 = nullptr;  // [R, chunks], as partial0: the Welford m2 or sum(g * (x - mean))
+  acc_t* coef = nullptr;      // [R, 4]: A, B, M, C0; written by finalize Affine, AffineBackward,
+                              // MeanStdBackward; read by Apply, ApplyGrad, cl_apply_kernel
+  acc_t* mean_out = nullptr;  // statistics of x: Stats, Affine, Fused; finalize Stats, Affine
+  acc_t* std_out = nullptr;   // as mean_out
+  acc_t* style_mean_out = nullptr;  // statistics of the style: Fused
+  acc_t* style_std_out = nullptr;   // Fused
+  acc_t* grad_mean_out = nullptr;   // AffineBackward; finalize AffineBackward
+  acc_t* grad_std_out = nullptr;    // AffineBackward; finalize AffineBackward
+
+  // Elements (or positions) of chunk k of a row: the count of its partial state.
+  C10_HOST_DEVICE int64_t chunk_count(int64_t k) const {
+    const int64_t left = L - k * chunk_len;
+    return left < chunk_len ? left : chunk_len;
+  }
+};
+
+// The tensors and the geometry of one contig_rows_kernel, cl_partial_kernel or cl_apply_kernel
+// launch. The tensors are set by the op file, the geometry by the launcher (launch_rows) or the
+// planner (plan_channels_last).
+template <typename T, typename acc_t>
+struct Params {
+  const T* x = nullptr;      // every mode
+  const T* g = nullptr;      // incoming gradient, same layout as x: AffineBackward, PartialSums,
+                             // ApplyGrad, cl_partial_kernel<kSums>, cl_apply_kernel<kHasG>
+  const T* style = nullptr;  // Fused
+  T* out = nullptr;          // Affine, Fused, AffineBackward, Apply, ApplyGrad, cl_apply_kernel
+  RowData<acc_t> d;          // per-row inputs, outputs and workspaces
+  // contig_rows_kernel geometry
+  int group = 1;             // threads per segment: power of two, == blockDim.x when > 32
+  int64_t num_blocks = 0;    // blocks needed; the grid strides over them
+  int64_t cache_slots = 0;   // slots of each segment kept in shared memory between sweeps
+  // channels_last geometry
+  int64_t channels = 0;       // C
+  int threads_c = 1;          // threads across channels (power of two); blockDim.x / threads_c across positions
+  int64_t channel_tiles = 0;  // ceil(C / (threads_c * VEC))
+  bool channels_aligned = false;  // C % VEC == 0: every thread's channels are one aligned vector
+};
+
+// ---- Slots per step, shared by the kernels and the planning.
+
+// Slots a thread loads before using them. 2 keeps every kernel within the 64 registers of a
+// 1024-thread block (4 spilled heavily for 16-bit types: ptxas -v, sm_90) while keeping 32-64
+// bytes per thread in flight, plenty at 1-2K threads per SM.
+constexpr int kUnroll = 2;
+// Where a slot is two 16-byte loads of 16-bit data (x and g: 16 values to widen per slot), 1:
+// at 2 those kernels spilled (ptxas -v, sm_90), and 32 bytes per thread are still in flight.
+template <typename T, bool kTwoInputs>
+constexpr int unroll_slots() {
+  return (sizeof(T) == 2 && kTwoInputs) ? 1 : kUnroll;
+}
+
+}  // namespace cuda
+}  // namespace adain

@@ -1,0 +1,271 @@
+// Path 1 and the contiguous half of path 2 (see launch.cuh): contig_rows_kernel, a group of
+// threads per row segment of a contiguous tensor, and finalize_rows_kernel, which merges the
+// partial states of a split row (of either layout) and writes its statistics and coefficients.
+#pragma once
+
+#include <algorithm>
+
+#include "cuda/params.cuh"
+#include "cuda/reduce.cuh"
+#include "cuda/row_math.cuh"
+#include "welford.h"
+
+namespace adain {
+namespace cuda {
+
+// Walks this lane's slots of a segment, kU slots per step: loads all kU first (x, and g when
+// kWithG; when kFromCache, slots below `cached` from the shared-memory cache, the rest from global
+// memory; masked elements as 0), then calls use(s, lo, hi, x_slot, g_slot) on each in order.
+// Loading before using keeps kU 16-byte loads per input in flight. (kFromCache is a template
+// flag, not cached == 0: the compiler cannot drop an `s < 0` test, and at 64 registers the dead
+// branch made the 16-bit kernels spill.)
+template <typename T, int VEC, int kU, bool kWithG, bool kFromCache, typename Use>
+C10_DEVICE __forceinline__ void walk_slots(const T* __restrict__ x, const T* __restrict__ g,
+                                           const Segment& seg, int lane, int group,
+                                           const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
+                                           int64_t cached, Use&& use) {
+  const int64_t step = static_cast<int64_t>(group);
+  for (int64_t s0 = lane; s0 < seg.nslots; s0 += step * kU) {
+    Vec<T, VEC> vx[kU], vg[kU];
+    int lo[kU], hi[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t s = s0 + u * step;
+      lo[u] = hi[u] = 0;
+      if (s < seg.nslots) {
+        slot_bounds<VEC>(seg, s, lo[u], hi[u]);
+        if (kFromCache && s < cached) {
+          vx[u] = cache_x[s];
+          if (kWithG) vg[u] = cache_g[s];
+        } else {
+          vx[u] = load_slot<T, VEC>(x, seg.first + s * VEC, lo[u], hi[u]);
+          if (kWithG) vg[u] = load_slot<T, VEC>(g, seg.first + s * VEC, lo[u], hi[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t s = s0 + u * step;
+      if (s < seg.nslots) use(s, lo[u], hi[u], vx[u], vg[u]);
+    }
+  }
+}
+
+// Welford state of this lane's slots of a segment; slots below cache_slots are kept in `cache`.
+template <typename acc_t, typename T, int VEC, bool kCache>
+C10_DEVICE __forceinline__ WelfordState<acc_t> lane_welford(const T* __restrict__ x,
+                                                            const Segment& seg, int lane, int group,
+                                                            Vec<T, VEC>* cache,
+                                                            int64_t cache_slots) {
+  WelfordState<acc_t> st;
+  walk_slots<T, VEC, unroll_slots<T, false>(), false, false>(
+      x, nullptr, seg, lane, group, nullptr, nullptr, 0,
+      [&](int64_t s, int lo, int hi, const Vec<T, VEC>& vx, const Vec<T, VEC>&) {
+        if (kCache && s < cache_slots) cache[s] = vx;
+        st = welford_merge(st, slot_state<acc_t>(vx, lo, hi));
+      });
+  return st;
+}
+
+// sum(g) and sum(g * (x - mean)) of this lane's slots; both rows cached like lane_welford.
+template <typename acc_t, typename T, int VEC, bool kCache>
+C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
+                                                      const T* __restrict__ g, const Segment& seg,
+                                                      int lane, int group, acc_t mean,
+                                                      Vec<T, VEC>* cache_x, Vec<T, VEC>* cache_g,
+                                                      int64_t cache_slots) {
+  Sum2<acc_t> sums;
+  walk_slots<T, VEC, unroll_slots<T, true>(), true, false>(
+      x, g, seg, lane, group, nullptr, nullptr, 0,
+      [&](int64_t s, int, int, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
+        if (kCache && s < cache_slots) {
+          cache_x[s] = vx;
+          cache_g[s] = vg;
+        }
+        // Masked elements were loaded as 0 in g, so they add nothing.
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const acc_t gj = static_cast<acc_t>(vg.v[j]);
+          sums.a += gj;
+          sums.b += gj * (static_cast<acc_t>(vx.v[j]) - mean);
+        }
+      });
+  return sums;
+}
+
+// Writes out = apply_coef(c, x, g) over this lane's slots, reading cached slots from shared
+// memory (each lane reads back only the slots it cached itself, so no barrier is needed).
+template <typename acc_t, typename T, int VEC, bool kHasG>
+C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __restrict__ g,
+                                           T* __restrict__ out, const Segment& seg, int lane,
+                                           int group, const Coef<acc_t>& c,
+                                           const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
+                                           int64_t cache_slots) {
+  walk_slots<T, VEC, unroll_slots<T, kHasG>(), kHasG, true>(
+      x, g, seg, lane, group, cache_x, cache_g, cache_slots,
+      [&](int64_t s, int lo, int hi, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
+        Vec<T, VEC> y;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
+          y.v[j] = static_cast<T>(apply_coef<acc_t, kHasG>(c, static_cast<acc_t>(vx.v[j]), gj));
+        }
+        store_slot<T, VEC>(out, seg.first + s * VEC, lo, hi, y);
+      });
+}
+
+// One group of p.group threads per segment (row r, chunk k) of a contiguous tensor.
+template <typename T, typename acc_t, RowMode kMode>
+__global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t> p) {
+  constexpr int VEC = vec_width<T>();
+  using V = Vec<T, VEC>;
+  constexpr bool kCache =
+      kMode == RowMode::Affine || kMode == RowMode::Fused || kMode == RowMode::AffineBackward;
+  constexpr bool kTwoRows = kMode == RowMode::AffineBackward;  // caches x and g
+  extern __shared__ __align__(16) unsigned char cache_bytes[];
+  __shared__ ReduceScratch<acc_t> scratch;
+
+  const RowData<acc_t>& d = p.d;
+  const int group = p.group;
+  const int segments_per_block = static_cast<int>(blockDim.x) / group;
+  const int slot_in_block = static_cast<int>(threadIdx.x) / group;
+  const int lane = static_cast<int>(threadIdx.x) % group;
+  V* cache_x = reinterpret_cast<V*>(cache_bytes) +
+               static_cast<int64_t>(slot_in_block) * p.cache_slots * (kTwoRows ? 2 : 1);
+  V* cache_g = cache_x + p.cache_slots;
+  const int64_t segments = d.rows * d.chunks;
+
+  for (int64_t block = blockIdx.x; block < p.num_blocks; block += gridDim.x) {
+    // Inactive groups (past the last segment) still take part in the reductions.
+    const int64_t segment = block * segments_per_block + slot_in_block;
+    const bool active = segment < segments;
+    const int64_t row = active ? segment / d.chunks : 0;
+    const int64_t chunk = active ? segment % d.chunks : 0;
+    const int64_t begin = chunk * d.chunk_len;
+    const int64_t len = active ? std::min(d.chunk_len, d.L - begin) : 0;
+    const Segment seg = make_segment<VEC>(row * d.L + begin, len);
+
+    if constexpr (kMode == RowMode::Stats || kMode == RowMode::PartialWelford) {
+      WelfordState<acc_t> st = lane_welford<acc_t, T, VEC, false>(p.x, seg, lane, group, nullptr, 0);
+      st = group_allreduce(st, group, scratch);
+      if (active && lane == 0) {
+        if constexpr (kMode == RowMode::Stats) {
+          d.mean_out[row] = st.mean;
+          d.std_out[row] = std_of(st, d.eps, d.unbiased);
+        } else {
+          d.partial0[segment] = st.mean;
+          d.partial1[segment] = st.m2;
+        }
+      }
+    } else if constexpr (kMode == RowMode::Affine || kMode == RowMode::Fused) {
+      acc_t mean_t, std_t;
+      if constexpr (kMode == RowMode::Fused) {
+        const Segment style_seg = make_segment<VEC>(row * d.L_style, active ? d.L_style : 0);
+        WelfordState<acc_t> ss =
+            lane_welford<acc_t, T, VEC, false>(p.style, style_seg, lane, group, nullptr, 0);
+        ss = group_allreduce(ss, group, scratch);
+        mean_t = ss.mean;
+        std_t = std_of(ss, d.eps, d.unbiased);
+        if (active && lane == 0) {
+          d.style_mean_out[row] = mean_t;
+          d.style_std_out[row] = std_t;
+        }
+      } else {
+        mean_t = active ? d.target_mean[row] : acc_t(0);
+        std_t = active ? d.target_std[row] : acc_t(1);
+      }
+      WelfordState<acc_t> st =
+          lane_welford<acc_t, T, VEC, kCache>(p.x, seg, lane, group, cache_x, p.cache_slots);
+      st = group_allreduce(st, group, scratch);
+      const acc_t mean_x = st.mean;
+      const acc_t std_x = std_of(st, d.eps, d.unbiased);
+      if (active && lane == 0) {
+        d.mean_out[row] = mean_x;
+        d.std_out[row] = std_x;
+      }
+      const Coef<acc_t> c = affine_forward_coef(mean_x, std_x, mean_t, std_t, d.alpha);
+      lane_apply<acc_t, T, VEC, false>(p.x, nullptr, p.out, seg, lane, group, c, cache_x, nullptr,
+                                       p.cache_slots);
+    } else if constexpr (kMode == RowMode::AffineBackward || kMode == RowMode::PartialSums) {
+      const acc_t mean_x = active ? d.x_mean[row] : acc_t(0);
+      Sum2<acc_t> sums = lane_grad_sums<acc_t, T, VEC, kCache>(p.x, p.g, seg, lane, group, mean_x,
+                                                               cache_x, cache_g, p.cache_slots);
+      sums = group_allreduce(sums, group, scratch);
+      if constexpr (kMode == RowMode::PartialSums) {
+        if (active && lane == 0) {
+          d.partial0[segment] = sums.a;
+          d.partial1[segment] = sums.b;
+        }
+      } else {
+        acc_t grad_mean = 0, grad_std = 0;
+        const acc_t std_x = active ? d.x_std[row] : acc_t(1);
+        const acc_t std_t = active ? d.std_target[row] : acc_t(1);
+        const Coef<acc_t> c = affine_backward_coef(sums.a, sums.b, mean_x, std_x, std_t, d.alpha,
+                                                   d.L, d.unbiased, grad_mean, grad_std);
+        if (active && lane == 0) {
+          d.grad_mean_out[row] = grad_mean;
+          d.grad_std_out[row] = grad_std;
+        }
+        lane_apply<acc_t, T, VEC, true>(p.x, p.g, p.out, seg, lane, group, c, cache_x, cache_g,
+                                        p.cache_slots);
+      }
+    } else {  // Apply, ApplyGrad: no reduction
+      constexpr bool kHasG = kMode == RowMode::ApplyGrad;
+      if (active) {
+        const Coef<acc_t> c = load_coef(d.coef, row);
+        lane_apply<acc_t, T, VEC, kHasG>(p.x, p.g, p.out, seg, lane, group, c, nullptr, nullptr, 0);
+      }
+    }
+  }
+}
+
+// ---- Finalize: one thread per row merges the row's partials in chunk order.
+
+template <typename acc_t, RowMode kMode>
+__global__ void finalize_rows_kernel(const RowData<acc_t> d) {
+  static_assert(kMode == RowMode::Stats || kMode == RowMode::Affine ||
+                    kMode == RowMode::AffineBackward || kMode == RowMode::MeanStdBackward,
+                "finalize_rows_kernel merges the partials of Stats, Affine or AffineBackward, or "
+                "computes MeanStdBackward's coefficients");
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < d.rows;
+       row += stride) {
+    Coef<acc_t> c;
+    if constexpr (kMode == RowMode::Stats || kMode == RowMode::Affine) {
+      WelfordState<acc_t> st;
+      for (int64_t k = 0; k < d.chunks; ++k) {
+        WelfordState<acc_t> part;
+        part.mean = d.partial0[row * d.chunks + k];
+        part.m2 = d.partial1[row * d.chunks + k];
+        part.count = d.chunk_count(k);
+        st = welford_merge(st, part);
+      }
+      const acc_t std_x = std_of(st, d.eps, d.unbiased);
+      d.mean_out[row] = st.mean;
+      d.std_out[row] = std_x;
+      if constexpr (kMode == RowMode::Stats) continue;
+      c = affine_forward_coef(st.mean, std_x, d.target_mean[row], d.target_std[row], d.alpha);
+    } else if constexpr (kMode == RowMode::AffineBackward) {
+      acc_t sg = 0, sgxc = 0;
+      for (int64_t k = 0; k < d.chunks; ++k) {
+        sg += d.partial0[row * d.chunks + k];
+        sgxc += d.partial1[row * d.chunks + k];
+      }
+      acc_t grad_mean = 0, grad_std = 0;
+      c = affine_backward_coef(sg, sgxc, d.x_mean[row], d.x_std[row], d.std_target[row], d.alpha,
+                               d.L, d.unbiased, grad_mean, grad_std);
+      d.grad_mean_out[row] = grad_mean;
+      d.grad_std_out[row] = grad_std;
+    } else {
+      c = mean_std_backward_coef(d.grad_mean_in[row], d.grad_std_in[row], d.x_mean[row],
+                                 d.x_std[row], d.L, d.unbiased);
+    }
+    d.coef[4 * row + 0] = c.A;
+    d.coef[4 * row + 1] = c.B;
+    d.coef[4 * row + 2] = c.M;
+    d.coef[4 * row + 3] = c.C0;
+  }
+}
+
+}  // namespace cuda
+}  // namespace adain
