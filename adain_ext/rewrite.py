@@ -684,7 +684,7 @@ def accelerate(model: nn.Module, *, backend: str = "auto",
        or device, run the original forward.
     3. Calls to the reference AdaIN: adain_ext.reference.adaptive_instance_normalization, adain,
        adain_affine, calc_mean_std and mean_std become adain_ext.adain / adain_affine /
-       mean_std; `reference_functions` maps your own copies of them (e.g. the seed's
+       mean_std; `reference_functions` maps your own copies of them (e.g. the paper code's
        `adaptive_instance_normalization` pasted into your project) to the reference function
        they equal, e.g. {my_module.adaptive_instance_normalization:
        reference.adaptive_instance_normalization}.

@@ -28,7 +28,7 @@ from adain_ext import functional, reference
 
 # (eps, unbiased) of each semantics. StyleGAN: instance norm with the biased variance and 1e-8
 # inside the rsqrt (NVlabs/stylegan networks_stylegan.py `instance_norm(x, epsilon=1e-8)`). AdaIN
-# paper: the seed's calc_mean_std (unbiased, 1e-5).
+# paper: the reference's calc_mean_std (unbiased, 1e-5).
 SEMANTICS = {"stylegan": (1e-8, False), "adain": (1e-5, True)}
 
 # "fused": the fused op. "reference": adain_ext.reference.adain_affine (the project's oracle, the

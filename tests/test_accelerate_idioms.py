@@ -21,7 +21,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_stylegan import _assert_same
+from model_fixtures import assert_same
 from torch import nn
 
 from adain_ext import functional
@@ -56,7 +56,7 @@ def _check_accelerated(model: nn.Module, make_inputs, monkeypatch, calls_per_for
         for step in range(steps):  # new style inputs each step
             torch.manual_seed(100 + step)
             inputs = [t.double() for t in make_inputs()]
-            _assert_same(model, before, inputs, torch.float64)
+            assert_same(model, before, inputs, torch.float64)
             model.zero_grad()
             before.zero_grad()
     assert len(calls) == calls_per_forward * len(modes) * steps, calls

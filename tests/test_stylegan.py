@@ -6,12 +6,24 @@ compares the output and every gradient (input, style vector, and the affine laye
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from model_fixtures import (
+    AffineNormAdaIN,
+    FunctionalAffine,
+    FunctionalRunningStats,
+    RosinalityAdaIN,
+    RunningStatsAdaIN,
+    SpatialStyleMod,
+    Stack,
+    assert_same,
+    grads_of,
+    leaves,
+    stylegan_like,
+    user_copy_of_adain,
+)
 from torch import nn
 
 import adain_ext
@@ -19,42 +31,7 @@ from adain_ext import functional, reference
 from adain_ext.rewrite import accelerate, find_fusable, instance_norm_modulate
 from adain_ext.stylegan import StyleModulation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location(
-    "stylegan_like", os.path.join(ROOT, "examples", "stylegan_like.py"))
-stylegan_like = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stylegan_like)
-
-TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-4), torch.bfloat16: (6e-2, 6e-2)}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _grads(module: nn.Module, inputs, params_of: nn.Module | None = None) -> dict:
-    """Gradients of a fixed random projection of the output, by name (inputs and parameters)."""
-    out = module(*inputs)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    (out.double() * weight.to(out.device)).sum().backward()
-    grads = {f"input{i}": t.grad for i, t in enumerate(inputs) if t.grad is not None}
-    params = (params_of or module).named_parameters()
-    grads.update({name: p.grad for name, p in params if p.grad is not None})
-    return out, grads
-
-
-def _leaves(*tensors):
-    return [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
-
-
-def _assert_same(module_a, module_b, inputs, dtype=torch.float32):
-    atol, rtol = TOL[dtype]
-    out_a, grads_a = _grads(module_a, _leaves(*inputs))
-    out_b, grads_b = _grads(module_b, _leaves(*inputs))
-    assert out_a.dtype == out_b.dtype and out_a.shape == out_b.shape
-    torch.testing.assert_close(out_a, out_b, atol=atol, rtol=rtol)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], atol=atol, rtol=rtol,
-                                   msg=lambda m, name=name: f"{name}: {m}")
-    return grads_a
 
 
 # ------------------------------------------------------------------------------------------
@@ -72,7 +49,7 @@ def test_modulation_matches_reference_formulation(semantics, baseline, dtype):
     unfused.impl = baseline
     x = torch.randn(3, 5, 6, 7, dtype=dtype) * 3 + 1
     w = torch.randn(3, 7, dtype=dtype)
-    grads = _assert_same(fused, unfused, (x, w), dtype)
+    grads = assert_same(fused, unfused, (x, w), dtype)
     assert {"input0", "input1", "affine.weight", "affine.bias"} <= grads.keys()
 
 
@@ -99,7 +76,7 @@ def test_modulation_channels_last():
     assert out.is_contiguous(memory_format=torch.channels_last)
     ref = copy.deepcopy(m)
     ref.impl = "reference"
-    _assert_same(m, ref, (x, w))
+    assert_same(m, ref, (x, w))
     torch.testing.assert_close(out, m(x.contiguous(), w), atol=1e-5, rtol=1e-5)
 
 
@@ -160,138 +137,12 @@ def test_autocast_large_mean_statistics_in_fp32():
 # accelerate(): one model per supported pattern, outputs and gradients before == after.
 # ------------------------------------------------------------------------------------------
 
-class RosinalityAdaIN(nn.Module):
-    """rosinality/style-based-gan-pytorch's AdaptiveInstanceNorm: an InstanceNorm2d child."""
-
-    def __init__(self, channels, style_dim):
-        super().__init__()
-        self.norm = nn.InstanceNorm2d(channels)
-        self.style = nn.Linear(style_dim, channels * 2)
-        self.style.bias.data[:channels] = 1
-        self.style.bias.data[channels:] = 0
-
-    def forward(self, input, style):
-        style = self.style(style).unsqueeze(2).unsqueeze(3)
-        gamma, beta = style.chunk(2, 1)
-        out = self.norm(input)
-        out = gamma * out + beta
-        return out
-
-
-class FunctionalStyleMod(nn.Module):
-    """F.instance_norm in forward, NVlabs' style_mod `x * (style[:, 0] + 1) + style[:, 1]`."""
-
-    def __init__(self, channels, style_dim):
-        super().__init__()
-        self.lin = nn.Linear(style_dim, channels * 2)
-        self.channels = channels
-
-    def forward(self, x, latent):
-        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
-        x = F.instance_norm(x, eps=1e-8)
-        return torch.add(x.mul(style[:, 0] + 1.0), style[:, 1])
-
-
-class StyleMod(nn.Module):
-    def __init__(self, channels, style_dim):
-        super().__init__()
-        self.lin = nn.Linear(style_dim, channels * 2)
-        self.channels = channels
-
-    def forward(self, x, latent):
-        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
-        return x * (style[:, 0] + 1.0) + style[:, 1]
-
-
-class Noise(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((channels,), 0.1))
-        self.register_buffer("noise", torch.randn(1, 1, 6, 6))
-
-    def forward(self, x):
-        return x + self.weight.view(1, -1, 1, 1) * self.noise
-
-
-class LayerEpilogue(nn.Module):
-    """The official StyleGAN PyTorch ports: the norm ends an nn.Sequential, a sibling modulates."""
-
-    def __init__(self, channels, style_dim):
-        super().__init__()
-        self.top_epi = nn.Sequential(Noise(channels), nn.LeakyReLU(0.2),
-                                     nn.InstanceNorm2d(channels, eps=1e-8))
-        self.style_mod = StyleMod(channels, style_dim)
-
-    def forward(self, x, dlatents_in_slice=None):
-        x = self.top_epi(x)
-        return self.style_mod(x, dlatents_in_slice)
-
-
-def seed_adain(content_feat, style_feat):
-    """A user's copy of the seed's adaptive_instance_normalization (vouched for by the caller)."""
-    return reference.adaptive_instance_normalization(content_feat.clone(), style_feat.clone())
-
-
-class ReferenceCalls(nn.Module):
-    def forward(self, x, y):
-        a = reference.adaptive_instance_normalization(x, y)
-        b = reference.adain(x, y, 0.5)
-        mean, std = reference.calc_mean_std(y)
-        c = reference.adain_affine(x, mean * 0.5, std + 1)
-        return a + b + c + seed_adain(x, y)
-
-
-class SpatialModulation(nn.Module):
-    """SPADE-like: scale and shift are spatial maps; must keep running the unfused expression."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.norm = nn.InstanceNorm2d(channels)
-        self.conv = nn.Conv2d(channels, 2 * channels, 1)
-
-    def forward(self, x):
-        gamma, beta = self.conv(x).chunk(2, 1)
-        return self.norm(x) * (1 + gamma) + beta
-
-
-class TrainingBranch(RosinalityAdaIN):
-    def forward(self, input, style):
-        if self.training:
-            input = input * 2
-        return super().forward(input, style)
-
-
-class Stack(nn.Module):
-    def __init__(self, c=4, d=5):
-        super().__init__()
-        self.ros = RosinalityAdaIN(c, d)
-        self.fun = FunctionalStyleMod(c, d)
-        self.epi = LayerEpilogue(c, d)
-        self.refs = ReferenceCalls()
-        self.spatial = SpatialModulation(c)
-        self.ours = StyleModulation(c, d, impl="reference")
-        self.paper = adain_ext.nn.AdaIN(backend="reference")
-        self.branchy = TrainingBranch(c, d)
-        self.affine_norm = nn.InstanceNorm2d(c, affine=True)
-
-    def forward(self, x, w):
-        x = self.ros(x, w)
-        x = self.fun(x, w)
-        x = self.epi(x, w)
-        x = self.refs(x, x.flip(0))
-        x = self.spatial(x)
-        x = self.ours(x, w)
-        x = self.paper(x, x.flip(2))
-        x = self.branchy(x, w)
-        return self.affine_norm(x) * w[:, :4, None, None] + 1
-
-
 def test_accelerate_every_pattern(monkeypatch):
     torch.manual_seed(0)
     model = Stack()
     before = copy.deepcopy(model)
     keys = list(model.state_dict())
-    refs = {seed_adain: reference.adaptive_instance_normalization}
+    refs = {user_copy_of_adain: reference.adaptive_instance_normalization}
     plan = find_fusable(model, reference_functions=refs)
     assert accelerate(model, reference_functions=refs) is model
     found = {(r.module, r.pattern) for r in plan if r.rewritten}
@@ -320,69 +171,19 @@ def test_accelerate_every_pattern(monkeypatch):
     monkeypatch.setattr(functional, "adain_affine",
                         lambda *a, **k: calls.append(tuple(a[0].shape)) or fused_affine(*a, **k))
     x, w = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
-    _assert_same(model, before, (x, w))
+    assert_same(model, before, (x, w))
     # ros, fun, epi and ours; spatial falls back to the unfused expression at run time, and
     # `before` has no fused call at all
     assert len(calls) == 4, calls
     model.eval()
     before.eval()
-    _assert_same(model, before, (x, w))
+    assert_same(model, before, (x, w))
 
 
 # Norms accelerate() must leave alone: they are not a plain instance norm, so fusing them would
 # change the output (running statistics in eval, the running-statistics update in train), or the
 # modulation is a spatial map the fused op cannot take. An affine norm's own weight and bias fold
 # into the modulation instead.
-
-class RunningStatsAdaIN(RosinalityAdaIN):
-    def __init__(self, channels, style_dim):
-        super().__init__(channels, style_dim)
-        self.norm = nn.InstanceNorm2d(channels, track_running_stats=True, momentum=0.5)
-
-
-class AffineNormAdaIN(RosinalityAdaIN):
-    def __init__(self, channels, style_dim):
-        super().__init__(channels, style_dim)
-        self.norm = nn.InstanceNorm2d(channels, affine=True)
-        nn.init.normal_(self.norm.weight)
-        nn.init.normal_(self.norm.bias)
-
-
-class FunctionalRunningStats(FunctionalStyleMod):
-    def __init__(self, channels, style_dim):
-        super().__init__(channels, style_dim)
-        self.register_buffer("running_mean", torch.randn(channels))
-        self.register_buffer("running_var", torch.rand(channels) + 0.5)
-
-    def forward(self, x, latent):
-        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
-        x = F.instance_norm(x, self.running_mean, self.running_var, use_input_stats=False)
-        return x * (style[:, 0] + 1.0) + style[:, 1]
-
-
-class FunctionalAffine(FunctionalStyleMod):
-    def __init__(self, channels, style_dim):
-        super().__init__(channels, style_dim)
-        self.weight = nn.Parameter(torch.randn(channels))
-        self.bias = nn.Parameter(torch.randn(channels))
-
-    def forward(self, x, latent):
-        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
-        x = F.instance_norm(x, weight=self.weight, bias=self.bias, eps=1e-8)
-        return x * (style[:, 0] + 1.0) + style[:, 1]
-
-
-class SpatialStyleMod(nn.Module):
-    """SPADE with a style vector: the modulation maps are (N, C, H, W)."""
-
-    def __init__(self, channels, style_dim):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, 2 * channels, 3, padding=1)
-
-    def forward(self, x, latent):
-        gamma, beta = self.conv(x).chunk(2, 1)
-        return F.instance_norm(x, eps=1e-5) * gamma + beta
-
 
 LEFT_ALONE = {
     RunningStatsAdaIN: "InstanceNorm2d(affine=False, track_running_stats=True) uses its running "
@@ -405,8 +206,8 @@ def test_accelerate_leaves_other_norms_alone(model_type, training, monkeypatch):
                         lambda *a, **k: pytest.fail("the fused op ran on a norm it must leave"))
     x, w = torch.randn(2, 4, 6, 6), torch.randn(2, 5)
     for _ in range(2):  # in train mode the first call updates the running statistics
-        out_after, grads_after = _grads(model, _leaves(x, w))
-        out_before, grads_before = _grads(before, _leaves(x, w))
+        out_after, grads_after = grads_of(model, leaves(x, w))
+        out_before, grads_before = grads_of(before, leaves(x, w))
         assert torch.equal(out_after, out_before)
         assert grads_after.keys() == grads_before.keys()
         for name in grads_before:
@@ -431,7 +232,7 @@ def test_accelerate_folds_the_norms_affine(model_type, monkeypatch):
     for training in (True, False):
         model.train(training)
         before.train(training)
-        grads = _assert_same(model, before, (x, w))
+        grads = assert_same(model, before, (x, w))
         assert {"weight", "bias"} & {name.split(".")[-1] for name in grads}
     assert len(calls) == 2
     with torch.no_grad():  # read at call time, not when accelerate() ran
@@ -439,7 +240,7 @@ def test_accelerate_folds_the_norms_affine(model_type, monkeypatch):
             p.mul_(1.5)
         for p in before.parameters():
             p.mul_(1.5)
-    _assert_same(model, before, (x, w))
+    assert_same(model, before, (x, w))
 
 
 def test_instance_norm_modulate_broadcasts_and_falls_back():
@@ -496,14 +297,14 @@ def test_generator_matches_reference_formulation(baseline):
     g = _tiny_generator().double()
     ref = copy.deepcopy(g).set_impl(baseline)
     z = torch.randn(2, 8, dtype=torch.float64)
-    grads = _assert_same(g, ref, (z,), torch.float64)
+    grads = assert_same(g, ref, (z,), torch.float64)
     assert len(grads) == 1 + sum(1 for _ in g.parameters())  # z and every parameter
 
 
 def test_generator_adain_semantics_and_channels_last():
     g = _tiny_generator(semantics="adain")
     ref = copy.deepcopy(g).set_impl("reference")
-    _assert_same(g, ref, (torch.randn(2, 8),))
+    assert_same(g, ref, (torch.randn(2, 8),))
     cl = copy.deepcopy(g).to(memory_format=torch.channels_last)
     z = torch.randn(2, 8)
     out = cl(z)
@@ -529,9 +330,9 @@ def test_generator_compiles_fullgraph():
     g = _tiny_generator(resolution=8).double()
     z = torch.randn(2, 8, dtype=torch.float64)
     compiled = torch.compile(g, fullgraph=True)
-    eager_out, eager_grads = _grads(g, [z.clone().requires_grad_()])
+    eager_out, eager_grads = grads_of(g, [z.clone().requires_grad_()])
     g.zero_grad()
-    comp_out, comp_grads = _grads(compiled, [z.clone().requires_grad_()], params_of=g)
+    comp_out, comp_grads = grads_of(compiled, [z.clone().requires_grad_()], params_of=g)
     torch.testing.assert_close(comp_out, eager_out)
     assert comp_grads.keys() == eager_grads.keys()
     for name in eager_grads:
