@@ -155,6 +155,10 @@ class Provider:
     biased: bool = False  # computes the content's biased variance, not the reference's unbiased
     compiled: bool = False  # built with torch.compile: compiles per shape, which takes seconds
 
+    def on(self, device) -> AdainFn | None:
+        """The callable on device (a torch.device or its name), or None where it cannot run."""
+        return self.make(torch.device(device))
+
 
 def _allow_recompiles():
     # One compiled function serves every shape and grad mode: let it keep all its graphs rather
@@ -162,10 +166,11 @@ def _allow_recompiles():
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
 
 
-def _probed(fn: AdainFn, device: torch.device, name: str) -> AdainFn | None:
-    """fn when it runs on device and matches the reference on a small odd shape, else None (with
-    the reason on stderr): a Triton kernel may fail to build for a device."""
+def _probed(build: Callable[[], AdainFn], device: torch.device, name: str) -> AdainFn | None:
+    """build() when it builds, runs on device and matches the reference on a small odd shape, else
+    None (with the reason on stderr): Triton may fail to import, or a kernel to build, there."""
     try:
+        fn = build()
         gen = torch.Generator(device="cpu").manual_seed(0)
         content = torch.randn(2, 3, 9, 7, generator=gen).to(device)
         style = (torch.randn(2, 3, 5, 6, generator=gen) * 2 + 1).to(device)
@@ -185,22 +190,23 @@ def _adain_ext_cpp(device: torch.device) -> AdainFn | None:
     return lambda content, style: torch.ops.adain.fused(content, style, 1.0, EPS, True)
 
 
+def _triton_adain() -> AdainFn:
+    ops = backends.ops("triton")
+    return lambda content, style: ops.adain(content, style, 1.0, EPS, True)
+
+
 def _adain_ext_triton(device: torch.device) -> AdainFn | None:
     if backends.REGISTRY["triton"].why_unavailable(device.type) is not None:
         return None
-    ops = backends.ops("triton")
-    return _probed(lambda content, style: ops.adain(content, style, 1.0, EPS, True), device,
-                   "adain_ext_triton")
+    return _probed(_triton_adain, device, "adain_ext_triton")
 
 
 def _adain_ext_triton_compiled(device: torch.device) -> AdainFn | None:
     if device.type != "cuda" or backends.REGISTRY["triton"].why_unavailable("cuda") is not None:
         return None  # on CPU the Triton ops are opaque to compile (interpreter): nothing to see
     _allow_recompiles()
-    ops = backends.ops("triton")
-    fn = torch.compile(lambda content, style: ops.adain(content, style, 1.0, EPS, True),
-                       fullgraph=True, dynamic=False)
-    return _probed(fn, device, "adain_ext_triton_compiled")
+    return _probed(lambda: torch.compile(_triton_adain(), fullgraph=True, dynamic=False), device,
+                   "adain_ext_triton_compiled")
 
 
 def _compiled_reference(device: torch.device) -> AdainFn:
@@ -245,10 +251,9 @@ def resolve_names(names, old_names: dict[str, str]) -> tuple[list[str], list[str
 
 def available(device: torch.device, names=None) -> dict[str, AdainFn]:
     """{name: callable} of the providers (all, or `names` in that order) that run on device."""
-    device = torch.device(device)
     found = {}
     for name in (PROVIDERS if names is None else names):
-        fn = PROVIDERS[name].make(device)
+        fn = PROVIDERS[name].on(device)
         if fn is not None:
             found[name] = fn
     return found
@@ -366,8 +371,12 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warm
     return statistics.median(samples)
 
 
-def calls_within(fn: Callable[[], object], device: torch.device, seconds: float) -> int:
-    """About how many calls of fn fit in `seconds` (at least 1), from five timed calls."""
+def calls_within(fn: Callable[[], object], device: torch.device, seconds: float,
+                 warmup: int = 2) -> int:
+    """About how many calls of fn fit in `seconds` (at least 1), from five timed calls after the
+    warm-up (which takes a compiled provider's compilation)."""
+    for _ in range(warmup):
+        fn()
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(5):
