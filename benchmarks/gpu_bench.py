@@ -324,7 +324,8 @@ def main(argv=None):
         "--compile-budget-s",
         type=float,
         default=float(os.environ.get("COMPILE_BUDGET_S", "200")),
-        help="stop timing torch.compile (compilation is slow) after this many seconds",
+        help="stop timing the compiled providers (compiled_reference, adain_ext_triton_compiled: "
+        "compilation is slow) after this many seconds",
     )
     parser.add_argument(
         "--time-budget-s",
