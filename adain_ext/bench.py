@@ -3,12 +3,7 @@ it against its peers and prints one table row per shape and direction: each cont
 milliseconds per call, and beside each peer the speedup of adain_ext over it (the peer's time
 divided by adain_ext's: above 1, adain_ext is faster).
 
-Peers (--peers; the providers of adain_ext/bench_harness.py, which says what each one times):
-  eager_reference      the reference AdaIN (the paper's code) in eager PyTorch   (was: eager)
-  compiled_reference   torch.compile(eager_reference)                           (was: compile)
-  instance_norm_exact  AdaIN through F.instance_norm, rescaled to unbiased      (was: instance_norm)
-                       statistics: exact
-  and any other provider of that table (instance_norm_biased, group_norm_biased, ...).
+The peers are providers of adain_ext/bench_harness.py; --help lists them.
 
 Progress goes to stderr while it runs; messages the libraries print meanwhile are held back and
 shown once after the table. Ctrl-C stops the run and still writes --json with what finished.
@@ -33,7 +28,9 @@ import adain_ext
 from adain_ext import bench_harness, reference
 from adain_ext.bench_harness import DIRECTIONS, OURS
 
-PEERS = tuple(name for name in bench_harness.PROVIDERS if name != OURS)
+# Whom --peers may name: the default ones first, then the rest of the harness's table.
+PEERS = (*bench_harness.DEFAULT_PEERS,
+         *(name for name in bench_harness.PROVIDERS if name not in (OURS, *bench_harness.DEFAULT_PEERS)))
 # The names --peers took before the providers had one name each; they mean what they meant here.
 OLD_PEER_NAMES = {"eager": "eager_reference", "compile": "compiled_reference",
                   "instance_norm": "instance_norm_exact"}
@@ -285,7 +282,9 @@ def parse_args(argv):
     """The arguments, every one checked before anything heavy runs: a mistake costs one line and
     exit status 2, not a traceback after the run (or a lost --json at its end)."""
     parser = _OneLineErrorParser(prog="adain-ext bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog="peers (--peers; the first three by default):\n"
+                                 + bench_harness.describe(PEERS, OLD_PEER_NAMES),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument("--shapes", default=None,
@@ -293,9 +292,8 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per contender (median)")
     default_peers = ",".join(bench_harness.DEFAULT_PEERS)
     parser.add_argument("--peers", default=default_peers,
-                        help=f"comma-separated peers to time adain_ext against, of {', '.join(PEERS)} "
-                        f"(default: {default_peers}; the old names "
-                        f"{', '.join(f'{old} = {new}' for old, new in OLD_PEER_NAMES.items())} still work)")
+                        help=f"comma-separated peers to time adain_ext against, listed below "
+                        f"(default: {default_peers}); their old names still work")
     parser.add_argument("--no-backward", dest="backward", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", help="also write the results to this JSON file")

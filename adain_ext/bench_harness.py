@@ -227,16 +227,26 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
              _always(eager_reference)),
     Provider("compiled_reference", "torch.compile(eager_reference)", _compiled_reference,
              compiled=True),
-    Provider("instance_norm_exact", "AdaIN through one F.instance_norm call, rescaled to the "
-             "reference's unbiased statistics (exact)", _always(instance_norm_exact)),
-    Provider("instance_norm_biased", "F.instance_norm(content) * style std + style mean (the "
-             "content's biased variance)", _always(instance_norm_biased), biased=True),
+    Provider("instance_norm_exact", "AdaIN through one F.instance_norm call, rescaled to "
+             "unbiased statistics: exact", _always(instance_norm_exact)),
+    Provider("instance_norm_biased", "F.instance_norm(content) * style std + style mean: the "
+             "content's biased variance", _always(instance_norm_biased), biased=True),
     Provider("group_norm_biased", "instance_norm_biased through F.group_norm(groups=C)",
              _always(group_norm_biased), biased=True),
 )}
 OURS = "adain_ext"  # the provider the others are compared with
 # Whom adain-ext bench and bench_ops.py time adain_ext against by default.
 DEFAULT_PEERS = ("eager_reference", "compiled_reference", "instance_norm_exact")
+
+
+def describe(names, old_names: dict[str, str]) -> str:
+    """The providers `names`, one line each with what it times and the old names that mean it
+    (for a front end's --help)."""
+    lines = []
+    for name in names:
+        was = [old for old, new in old_names.items() if new == name]
+        lines.append(f"  {name:<26} {PROVIDERS[name].summary}" + (f" (was: {', '.join(was)})" if was else ""))
+    return "\n".join(lines)
 
 
 def resolve_names(names, old_names: dict[str, str]) -> tuple[list[str], list[str]]:

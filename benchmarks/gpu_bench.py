@@ -299,7 +299,11 @@ def write_json_atomically(path: str, data) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        epilog="providers (--providers; those of the suite first):\n"
+        + harness.describe([*PROVIDERS, *(n for n in harness.PROVIDERS if n not in PROVIDERS)],
+                           OLD_PROVIDER_NAMES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke test)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
@@ -309,9 +313,8 @@ def main(argv=None):
     parser.add_argument(
         "--providers",
         default=None,
-        help="comma-separated providers (default: " + ", ".join(PROVIDERS) + "; any other of "
-        "adain_ext/bench_harness.py's table, or a plugin's; the old names "
-        + ", ".join(f"{old} = {new}" for old, new in OLD_PROVIDER_NAMES.items()) + " still work)",
+        help="comma-separated providers, listed below, or a plugin's (default: the suite's: "
+        + ", ".join(PROVIDERS) + "); their old names still work",
     )
     parser.add_argument(
         "--plugin", action="append", default=[], help="module that registers providers"
