@@ -3,11 +3,7 @@ it against its peers and prints one table row per shape and direction: each cont
 milliseconds per call, and beside each peer the speedup of adain_ext over it (the peer's time
 divided by adain_ext's: above 1, adain_ext is faster).
 
-Contenders (one setup factory, shared with benchmarks/):
-  adain_ext        torch.ops.adain.fused (the compiled kernels)
-  eager            the reference AdaIN (the paper's code) in eager PyTorch
-  compile          torch.compile(reference)
-  instance_norm    AdaIN through F.instance_norm (exact: unbiased statistics rescaled)
+The peers are providers of adain_ext/bench_harness.py; --help lists them.
 
 Progress goes to stderr while it runs; messages the libraries print meanwhile are held back and
 shown once after the table. Ctrl-C stops the run and still writes --json with what finished.
@@ -22,29 +18,22 @@ import math
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 import adain_ext
-from adain_ext import reference
+from adain_ext import bench_harness, reference
+from adain_ext.bench_harness import DIRECTIONS, OURS
 
-# Images (N, C, H, W): VGG relu4_1 sizes, StyleGAN-like blocks; then speech/sequence features
-# (N, C, T) and video/volume features (N, C, D, H, W).
-CPU_SHAPES = [(8, 512, 32, 32), (1, 512, 64, 64), (1, 256, 128, 128), (1, 64, 512, 512),
-              (16, 512, 8, 8), (16, 256, 128), (16, 256, 2048), (1, 64, 16, 64, 64)]
-CUDA_SHAPES = [(8, 512, 32, 32), (1, 512, 64, 64), (1, 512, 128, 128), (8, 64, 256, 256),
-               (4, 512, 4, 4), (4, 32, 1024, 1024), (16, 256, 128), (16, 256, 2048),
-               (2, 64, 16, 64, 64)]
-EPS = 1e-5
-OURS = "adain_ext"
-PEERS = ("eager", "compile", "instance_norm")
-DIRECTIONS = ("forward", "backward")
+# Whom --peers may name: the default ones first, then the rest of the harness's table.
+PEERS = (*bench_harness.DEFAULT_PEERS,
+         *(name for name in bench_harness.PROVIDERS if name not in (OURS, *bench_harness.DEFAULT_PEERS)))
+# The names --peers took before the providers had one name each; they mean what they meant here.
+OLD_PEER_NAMES = {"eager": "eager_reference", "compile": "compiled_reference",
+                  "instance_norm": "instance_norm_exact"}
 # Max abs error of the check against the float64 reference, per dtype.
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}
 # Messages that say nothing about this run: torch.compile imports torch.utils.cpp_extension, which
@@ -55,113 +44,15 @@ HARMLESS_ON_CPU = ("No CUDA runtime is found",)
 TORCH_LOG_PREFIX = re.compile(r"^([DIWEC])\d{4} \d\d:\d\d:\d\d\.\d+ \d+ (?=\S+\] )|(?<=\] )\[[\d/]+\] ")
 
 
-def adain_instance_norm(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """AdaIN through one F.instance_norm call, with the same (unbiased) semantics as the reference.
-
-    instance_norm divides by L (the row length, H*W for images) and adds eps inside;
-    sqrt(var_u + eps) equals sqrt(L / (L - 1)) * sqrt(var_b + eps * (L - 1) / L), so a rescaled eps
-    and weight make it exact. (N, C) statistics become per-channel weights by folding N into C.
-    """
-    N, C, *trailing = content.shape
-    L = math.prod(trailing)
-    style_var, style_mean = torch.var_mean(style, dim=tuple(range(2, style.dim())), correction=1)
-    scale = (style_var + EPS).sqrt() * math.sqrt((L - 1) / L)
-    out = F.instance_norm(content.reshape(1, N * C, *trailing), weight=scale.reshape(-1),
-                          bias=style_mean.reshape(-1), eps=EPS * (L - 1) / L)
-    return out.reshape(content.shape)
-
-
-def eager_adain(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """The reference code in eager PyTorch: the paper's adaptive_instance_normalization for images
-    (its calc_mean_std takes 4-D only), the same math over every trailing dim for other ranks."""
-    if content.dim() == 4:
-        return reference.adaptive_instance_normalization(content, style)
-    return reference.adain(content, style)
-
-
-def contenders(device: torch.device, peers=PEERS) -> dict[str, Callable]:
-    # One compiled reference serves every shape and grad mode: let it keep all its graphs rather
-    # than fall back to eager after the default 8 (which would flatter the fused op).
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    every_peer = {
-        "eager": eager_adain,
-        "compile": torch.compile(eager_adain, dynamic=False),
-        "instance_norm": adain_instance_norm,
-    }
-    found = {name: every_peer[name] for name in peers}
-    if adain_ext._extension.has_kernel(device.type):
-        found = {OURS: lambda c, s: torch.ops.adain.fused(c, s), **found}
-    return found
-
-
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 25) -> float:
-    """Median seconds per call; on CUDA, timed with events. The warm-up covers compilation and
-    the few dozen calls the CPU allocator needs to settle after the allocation pattern changes."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
-def make_inputs(shape, device, dtype, channels_last=False, requires_grad=False, seed=0):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    content = in_layout(torch.randn(shape, generator=gen).to(device, dtype), channels_last)
-    style = in_layout((torch.randn(shape, generator=gen) * 2 + 1).to(device, dtype), channels_last)
-    return content.requires_grad_(requires_grad), style.requires_grad_(requires_grad)
-
-
-def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """t contiguous, or channels last in any rank (C innermost: channels_last for images,
-    channels_last_3d for volumes, (N, T, C) memory for sequences)."""
-    if not channels_last:
-        return t.contiguous()
-    order = [0, *range(2, t.dim()), 1]
-    return t.permute(order).contiguous().permute([order.index(d) for d in range(t.dim())])
-
-
-# The runners drop their results: a harness that keeps the previous call's result alive while it
-# makes the next one forces every call onto fresh, page-faulting memory, which a model whose
-# activations and gradients are consumed and freed layer by layer never sees.
-
-
-def forward_runner(fn, content, style):
-    def run():
-        with torch.no_grad():
-            fn(content, style)
-    return run
-
-
-def backward_runner(fn, content, style):
-    """Times only the backward: the graph is built once and replayed with retain_graph."""
-    out = fn(content, style)
-    grad = torch.randn_like(out)
-
-    def run():
-        torch.autograd.grad(out, (content, style), grad, retain_graph=True)
-    return run
+def contenders(device: torch.device, peers=bench_harness.DEFAULT_PEERS) -> dict:
+    """{name: callable}: adain_ext where it has kernels for the device, then the peers that run
+    there."""
+    return bench_harness.available(device, [OURS, *peers])
 
 
 def check(device: torch.device, dtype: torch.dtype) -> float:
     """Max abs error of the fused op against the float64 reference on a representative shape."""
-    content, style = make_inputs((2, 64, 33, 31), device, dtype)
+    content, style = bench_harness.make_inputs((2, 64, 33, 31), device, dtype)
     out = adain_ext.adain(content, style)
     expected = reference.adain(content.double(), style.double())
     return (out.double() - expected).abs().max().item()
@@ -192,40 +83,6 @@ class Progress:
             self.stream.flush()
 
 
-def measure(shapes, device, dtype, repeats, directions, runners, channels_last=False,
-            progress: Progress | None = None):
-    """Yields (shape, direction, {contender: median seconds}) as each measurement finishes."""
-    for shape in shapes:
-        for direction in directions:
-            content, style = make_inputs(shape, device, dtype, channels_last,
-                                         requires_grad=direction == "backward")
-            make = forward_runner if direction == "forward" else backward_runner
-            timed = {name: make(fn, content, style) for name, fn in runners.items()}
-            times = {}
-            # Two passes, the second in reverse order, keeping each contender's lower median:
-            # whoever runs first after a change of shape pays the allocator's settling (on CPU,
-            # up to 1.5x on one contender's median here), so no contender gets a fixed place.
-            for names in (list(timed), list(reversed(timed))):
-                for name in names:
-                    if progress:
-                        progress.show(f"{shape_text(shape)} {direction}: {name}")
-                    t = time_call(timed[name], device, repeats)
-                    times[name] = min(times.get(name, t), t)
-                    if progress:
-                        progress.step()
-            yield shape, direction, times
-
-
-def run(shapes, device, dtype, repeats, backward, channels_last=False):
-    """Per-shape rows {"shape", "dtype", "channels_last", "<direction>:<contender>": seconds}."""
-    directions = DIRECTIONS if backward else DIRECTIONS[:1]
-    rows = []
-    for shape, direction, times in measure(shapes, device, dtype, repeats, directions,
-                                           contenders(device), channels_last):
-        add_result(rows, shape, dtype, channels_last, direction, times)
-    return rows
-
-
 def add_result(rows, shape, dtype, channels_last, direction, times):
     if not rows or rows[-1]["shape"] != list(shape):
         rows.append({"shape": list(shape), "dtype": str(dtype).split(".")[-1],
@@ -253,7 +110,9 @@ class Table:
         self.ratios = OURS in self.names
 
     def _group_width(self, name) -> int:
-        return self.TIME + (1 + self.SPEEDUP if self.ratios and name != OURS else 0)
+        """The columns' width, or the name's where it is longer (right-aligned under it)."""
+        columns = self.TIME + (1 + self.SPEEDUP if self.ratios and name != OURS else 0)
+        return max(columns, len(name))
 
     def header(self) -> str:
         top = [" " * self.SHAPE, " " * self.DIRECTION]
@@ -263,7 +122,7 @@ class Table:
             unit = f"{'ms':>{self.TIME}}"
             if self.ratios and name != OURS:
                 unit += f" {'speedup':>{self.SPEEDUP}}"
-            units.append(unit)
+            units.append(unit.rjust(self._group_width(name)))
         return "  ".join(top).rstrip() + "\n" + "  ".join(units)
 
     def row(self, shape, direction, times) -> str:
@@ -272,7 +131,7 @@ class Table:
             cell = f"{times[name] * 1e3:>{self.TIME}.3f}"
             if self.ratios and name != OURS:
                 cell += f" {speedup_text(times[name] / times[OURS]):>{self.SPEEDUP}}"
-            cells.append(cell)
+            cells.append(cell.rjust(self._group_width(name)))
         return "  ".join(cells)
 
     def geomean_row(self, direction, speedups: dict) -> str:
@@ -281,7 +140,7 @@ class Table:
             cell = " " * self.TIME
             if self.ratios and name != OURS:
                 cell += f" {speedup_text(speedups[name]):>{self.SPEEDUP}}"
-            cells.append(cell)
+            cells.append(cell.rjust(self._group_width(name)))
         return "  ".join(cells).rstrip()
 
 
@@ -423,14 +282,18 @@ def parse_args(argv):
     """The arguments, every one checked before anything heavy runs: a mistake costs one line and
     exit status 2, not a traceback after the run (or a lost --json at its end)."""
     parser = _OneLineErrorParser(prog="adain-ext bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog="peers (--peers; the first three by default):\n"
+                                 + bench_harness.describe(PEERS, OLD_PEER_NAMES),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument("--shapes", default=None,
                         help="semicolon-separated shapes, NxCxT, NxCxHxW or NxCxDxHxW (default: the device's benchmark shapes)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per contender (median)")
-    parser.add_argument("--peers", default=",".join(PEERS),
-                        help=f"comma-separated peers to time adain_ext against (default: {','.join(PEERS)})")
+    default_peers = ",".join(bench_harness.DEFAULT_PEERS)
+    parser.add_argument("--peers", default=default_peers,
+                        help=f"comma-separated peers to time adain_ext against, listed below "
+                        f"(default: {default_peers}); their old names still work")
     parser.add_argument("--no-backward", dest="backward", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -446,13 +309,13 @@ def parse_args(argv):
         if problem:
             parser.error(f"--shapes: {problem}")
     else:
-        args.shapes = CUDA_SHAPES if args.device.type == "cuda" else CPU_SHAPES
+        args.shapes = bench_harness.default_shapes(args.device)
     if args.repeats < 1:
         parser.error(f"--repeats: must be at least 1, got {args.repeats}")
-    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in args.peers if p not in PEERS]
-    if unknown or len(set(args.peers)) != len(args.peers):
-        parser.error(f"--peers: choose from {', '.join(PEERS)}, each once (got {','.join(args.peers)})")
+    given = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.peers, unknown = bench_harness.resolve_names(given, OLD_PEER_NAMES)
+    if unknown or OURS in args.peers or len(set(args.peers)) != len(args.peers):
+        parser.error(f"--peers: choose from {', '.join(PEERS)}, each once (got {','.join(given)})")
     if args.json and (problem := _unwritable(args.json)):
         parser.error(f"--json: {problem}")
     if args.plot and (problem := _plot_problem(args.plot)):
@@ -479,14 +342,17 @@ def _bench(args, results: dict, terminal) -> int:
         return 1
     runners = contenders(device, args.peers)
     results["contenders"] = list(runners)
+    for name in args.peers:
+        if name not in runners:
+            print(f"{name} does not run on {device.type} here: left out")
     table = Table(runners)
     print("\nmedian milliseconds per call; speedup = the peer's time / adain_ext's time "
           "(above 1: adain_ext is faster)\n")
     print(table.header(), flush=True)
     progress = Progress(len(args.shapes) * len(directions) * len(runners) * 2, terminal)
     try:
-        for shape, direction, times in measure(args.shapes, device, dtype, args.repeats, directions,
-                                               runners, args.channels_last, progress):
+        for shape, direction, times in bench_harness.measure(args.shapes, device, dtype, args.repeats, directions,
+                                                             runners, args.channels_last, progress):
             add_result(results["rows"], shape, dtype, args.channels_last, direction, times)
             progress.clear()
             print(table.row(shape, direction, times), flush=True)

@@ -8,10 +8,13 @@ For every shape x dtype x memory format it times forward (content, style -> out)
 the op must move at least: forward reads content and style and writes out; backward reads
 grad_out, content and style and writes both gradients) and that as a % of the device-to-device
 copy bandwidth measured in the same run. Small shapes are timed as CUDA-graph replays (launch
-overhead is what they are made of), the others with triton.testing.do_bench (median, L2 flushed).
+overhead is what they are made of), the others call by call with CUDA events, the L2 cache flushed
+before each call (median); the timer, the providers, the shapes and the inputs are those of
+adain_ext/bench_harness.py, whose table says what each provider name times.
 
-Providers live in PROVIDERS (name -> factory(device) -> callable(content, style) -> out, or None
-when unavailable). Add yours with register_provider(), from a module given with --plugin:
+The suite's providers are PROVIDERS (name -> harness Provider); --providers takes any other of the
+harness's table too. Add yours with register_provider(name, factory), factory(device) ->
+callable(content, style) -> out, or None when unavailable, from a module given with --plugin:
 
     # my_providers.py
     import gpu_bench
@@ -28,229 +31,102 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.modules.setdefault("gpu_bench", sys.modules[__name__])  # plugins can `import gpu_bench`
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import adain_ext
+from adain_ext import bench_harness as harness
 from adain_ext import reference
+from adain_ext.bench_harness import OURS, Provider
 
-EPS = 1e-5
-
-# VGG relu4_1; style-loss statistics in training; StyleGAN-like.
-GPU_SHAPES = [
-    (8, 512, 32, 32),
-    (1, 512, 64, 64),
-    (1, 512, 128, 128),
-    (8, 64, 256, 256),
-    (8, 128, 128, 128),
-    (8, 256, 64, 64),
-    (4, 512, 4, 4),
-    (4, 512, 16, 16),
-    (4, 256, 64, 64),
-    (4, 64, 256, 256),
-    (4, 32, 1024, 1024),
-    # Other ranks: speech/sequence features (N, C, T) and video/volume features (N, C, D, H, W).
-    (16, 256, 128),
-    (16, 256, 2048),
-    (2, 64, 16, 64, 64),
-]
-QUICK_SHAPES = [(2, 8, 16, 16), (1, 4, 64, 64), (4, 64, 4, 4), (4, 16, 256), (1, 8, 4, 16, 16)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYOUTS = ("contiguous", "channels_last")  # channels last: C innermost, in every rank
 GRAPH_REPLAY_BELOW = 16 * 2**20  # bytes moved: below this, time CUDA-graph replays
 BIG_SHAPE_BYTES = 64 * 2**20  # the issue's "shapes moving 64 MB or more"
 
-# ---- Providers.
+# ---- Providers: the suite's, from the harness's table, and those plugins register.
 
-Provider = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-PROVIDERS: dict[str, Callable[[str], Provider | None]] = {}
-
-
-def register_provider(name: str, factory: Callable[[str], Provider | None]) -> None:
-    """factory(device) returns callable(content, style) -> AdaIN output, or None if unavailable."""
-    PROVIDERS[name] = factory
-
-
-def _seed_eager(device):
-    return lambda c, s: reference.adaptive_instance_normalization(c, s)
-
-
-def _compiled(device):
-    # Static shapes: one compilation per configuration (dynamo is reset between configurations).
-    return torch.compile(reference.adaptive_instance_normalization, dynamic=False)
+PROVIDERS: dict[str, Provider] = {name: harness.PROVIDERS[name] for name in (
+    OURS, "adain_ext_triton", "eager_reference", "compiled_reference", "instance_norm_biased",
+    "group_norm_biased")}
+# The names --providers took before the providers had one name each; they mean what they meant
+# here (instance_norm was the biased one in this script, the exact one in adain-ext bench).
+OLD_PROVIDER_NAMES = {"triton": "adain_ext_triton", "triton+compile": "adain_ext_triton_compiled",
+                      "eager": "eager_reference", "torch.compile": "compiled_reference",
+                      "instance_norm": "instance_norm_biased", "group_norm": "group_norm_biased"}
+# The summary's "speedup vs" lines: every provider of the table that is not one of adain_ext's.
+BASELINES = tuple(name for name in harness.PROVIDERS if not name.startswith(OURS))
 
 
-def _style_stats(style):
-    var, mean = torch.var_mean(style, dim=tuple(range(2, style.dim())), keepdim=True, correction=1)
-    return mean, (var + EPS).sqrt()
+def register_provider(name: str, factory: Callable[[str], Callable | None],
+                      compiled: bool = False) -> None:
+    """factory(device name) returns callable(content, style) -> AdaIN output, or None if
+    unavailable; compiled: built with torch.compile (timed within --compile-budget-s)."""
+    PROVIDERS[name] = Provider(name, "registered by a plugin", lambda device: factory(str(device)),
+                               compiled=compiled)
 
 
-def _instance_norm(device):
-    # instance_norm normalises with the biased variance: the same cost, slightly other numbers.
-    def run(c, s):
-        mean, std = _style_stats(s)
-        return F.instance_norm(c, eps=EPS) * std + mean
-
-    return run
+def _provider(name: str) -> Provider | None:
+    name = OLD_PROVIDER_NAMES.get(name, name)
+    return PROVIDERS.get(name) or harness.PROVIDERS.get(name)
 
 
-def _group_norm(device):
-    def run(c, s):
-        mean, std = _style_stats(s)
-        return F.group_norm(c, c.shape[1], eps=EPS) * std + mean
-
-    return run
+# ---- Timing: the harness's timer, chosen per call size.
 
 
-def _this_op(device):
-    if not adain_ext.HAS_CPP or not adain_ext._extension.has_kernel(torch.device(device).type):
-        return None
-    return lambda c, s: adain_ext.adain(c, s, backend="cpp")
-
-
-def _triton(device):
-    probe = torch.randn(1, 2, 4, 4, device=device)
-    try:
-        adain_ext.adain(probe, probe, backend="triton")
-    except Exception:  # noqa: BLE001  (not written yet, or no Triton for this device)
-        return None
-    return lambda c, s: adain_ext.adain(c, s, backend="triton")
-
-
-register_provider("adain_ext", _this_op)
-register_provider("triton", _triton)
-register_provider("eager", _seed_eager)
-register_provider("torch.compile", _compiled)
-register_provider("instance_norm", _instance_norm)
-register_provider("group_norm", _group_norm)
-BASELINES = ("eager", "torch.compile", "instance_norm", "group_norm")
-
-# ---- Timing.
-
-
-class Timer:
-    def __init__(self, device: str, quick: bool):
-        self.cuda = device.startswith("cuda")
-        self.quick = quick
-
-    def sync(self):
-        if self.cuda:
+def time_ms(fn: Callable[[], object], device: str, quick: bool, graph: bool) -> tuple[float, str]:
+    """Median milliseconds of one call of fn, and how it was measured."""
+    if not device.startswith("cuda"):
+        return harness.time_call(fn, device, repeats=3 if quick else 20, warmup=2) * 1e3, "perf_counter"
+    if graph:
+        try:
+            return harness.time_graph_replays(fn, device) * 1e3, "cuda-graph"
+        except Exception:  # noqa: BLE001  (not capturable, or a provider syncs: fall back)
             torch.cuda.synchronize()
-
-    def time_ms(self, fn: Callable[[], object], graph: bool) -> tuple[float, str]:
-        """Median milliseconds of one call of fn, and how it was measured."""
-        fn()
-        fn()
-        self.sync()
-        if not self.cuda:
-            reps = 3 if self.quick else 20
-            samples = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(samples), "perf_counter"
-        if graph:
-            try:
-                return self._graph_ms(fn), "cuda-graph"
-            except Exception:  # noqa: BLE001  (not capturable, or a provider syncs: fall back)
-                torch.cuda.synchronize()
-        import triton.testing
-
-        rep = 10 if self.quick else 25  # ms of repetitions: the suite must fit gpu_check's budget
-        return float(
-            triton.testing.do_bench(fn, warmup=5, rep=rep, return_mode="median")
-        ), "do_bench"
-
-    def _graph_ms(self, fn, calls_per_graph: int = 20, replays: int = 10) -> float:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls_per_graph):
-                fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        samples = []
-        for _ in range(replays):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / calls_per_graph)
-        del graph
-        return statistics.median(samples)
+    # About 10 ms (quick) or 25 ms of calls, each after an L2 flush: the suite must fit gpu_check's
+    # budget, and a large tensor must come from memory, as it would in a model.
+    repeats = harness.calls_within(fn, device, 0.010 if quick else 0.025)
+    seconds = harness.time_call(fn, device, repeats, warmup=max(1, repeats // 5), flush_l2=True)
+    return seconds * 1e3, "cuda-events"
 
 
-def copy_bandwidth_gbs(device: str, timer: Timer, quick: bool) -> float:
+def copy_bandwidth_gbs(device: str, quick: bool) -> float:
     """Device-to-device copy: (read + write) bytes per second, same timer as the providers."""
     numel = (2**22 if quick else 2**28) // 4  # 4 MiB / 256 MiB of fp32
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
-    ms, _ = timer.time_ms(lambda: dst.copy_(src), graph=False)
+    ms, _ = time_ms(lambda: dst.copy_(src), device, quick, graph=False)
     return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
 
 
 # ---- One configuration.
 
 
-def make_inputs(shape, dtype, layout, device, seed=0):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    content = torch.randn(shape, generator=gen).mul_(2).add_(0.5)
-    style = torch.randn(shape, generator=gen).mul_(3).sub_(1)
-    return in_layout(content.to(device=device, dtype=dtype), layout), in_layout(
-        style.to(device=device, dtype=dtype), layout)
-
-
-def in_layout(t, layout):
-    """t contiguous, or channels last (C innermost: channels_last, channels_last_3d, (N, T, C))."""
-    if layout == "contiguous":
-        return t.contiguous()
-    order = [0, *range(2, t.dim()), 1]
-    return t.permute(order).contiguous().permute([order.index(d) for d in range(t.dim())])
-
-
-def time_direction(timer, fn, direction, content, style, grad_out, graph):
+def time_direction(fn, direction, content, style, grad_out, device, quick, graph):
     """(ms, how it was timed, forward+backward ms or None) of one provider and direction."""
+    forward = harness.forward_runner(fn, content, style)
     if direction == "forward":
-        ms, how = timer.time_ms(lambda: fn(content, style), graph=graph)
+        ms, how = time_ms(forward, device, quick, graph)
         return ms, how, None
-    c = content.detach().requires_grad_(True)
-    s = style.detach().requires_grad_(True)
-    full_ms, how = timer.time_ms(lambda: torch.autograd.grad(fn(c, s), (c, s), grad_out), graph)
-    fwd_ms, _ = timer.time_ms(lambda: fn(content, style), graph=graph)
+    full_ms, how = time_ms(harness.forward_backward_runner(fn, content, style, grad_out), device,
+                           quick, graph)
+    fwd_ms, _ = time_ms(forward, device, quick, graph)
     # Backward alone = (forward + backward) - forward.
     return max(full_ms - fwd_ms, 1e-6), how, full_ms
 
 
-def bench_config(
-    shape,
-    dtype_name,
-    layout_name,
-    device,
-    providers,
-    timer,
-    copy_gbs,
-    directions,
-    compile_budget_left: Callable[[], bool],
-):
-    dtype, layout = DTYPES[dtype_name], layout_name
-    content, style = make_inputs(shape, dtype, layout, device)
+def bench_config(shape, dtype_name, layout_name, device, providers: dict[str, Provider],
+                 available: dict[str, Callable], quick, copy_gbs, directions,
+                 compile_budget_left: Callable[[], bool]):
+    content, style = harness.make_inputs(shape, device, DTYPES[dtype_name],
+                                         channels_last=layout_name == "channels_last")
     grad_out = torch.randn_like(content)
     itemsize = content.element_size()
     nbytes = {
@@ -259,25 +135,26 @@ def bench_config(
     }
     records = []
     max_err = None
-    if "adain_ext" in providers:
-        out = providers["adain_ext"](content, style)
+    if OURS in available:
+        out = available[OURS](content, style)
         ref = reference.adain(content.double(), style.double())
         max_err = (out.double() - ref).abs().max().item()
-    for name, fn in providers.items():
-        if name == "torch.compile":
+    reset = False
+    for name, fn in available.items():
+        if providers[name].compiled:
             if not compile_budget_left():
                 for direction in directions:
                     records.append(dict(provider=name, direction=direction, skipped="time budget"))
                 continue
-            torch._dynamo.reset()
-            fn = PROVIDERS[name](device)
+            if not reset:  # one compilation per configuration, none kept from the previous ones
+                torch._dynamo.reset()
+                reset = True
         for direction in directions:
             rec = {"provider": name, "direction": direction}
             graph = nbytes[direction] < GRAPH_REPLAY_BELOW
             try:
-                ms, how, full_ms = time_direction(
-                    timer, fn, direction, content, style, grad_out, graph
-                )
+                ms, how, full_ms = time_direction(fn, direction, content, style, grad_out, device,
+                                                  quick, graph)
             except Exception as error:  # noqa: BLE001  (a provider that cannot run this case)
                 rec["error"] = f"{type(error).__name__}: {error}"[:300]
                 records.append(rec)
@@ -333,11 +210,11 @@ def summarize(records):
                 )
     # The target: the Triton backend within 10% of the CUDA C++ one on every shape, or faster.
     for direction in ("forward", "backward"):
-        ours, triton_ms = times("adain_ext", direction), times("triton", direction)
+        ours, triton_ms = times(OURS, direction), times("adain_ext_triton", direction)
         ratios = [triton_ms[k] / ours[k] for k in ours.keys() & triton_ms.keys()]
         if ratios:
-            summary[f"{direction}: triton / adain_ext time (worst)"] = max(ratios)
-            summary[f"{direction}: triton / adain_ext time (geomean)"] = geomean(ratios)
+            summary[f"{direction}: adain_ext_triton / adain_ext time (worst)"] = max(ratios)
+            summary[f"{direction}: adain_ext_triton / adain_ext time (geomean)"] = geomean(ratios)
     big = [
         r["pct_copy"]
         for r in records
@@ -422,7 +299,11 @@ def write_json_atomically(path: str, data) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        epilog="providers (--providers; those of the suite first):\n"
+        + harness.describe([*PROVIDERS, *(n for n in harness.PROVIDERS if n not in PROVIDERS)],
+                           OLD_PROVIDER_NAMES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke test)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
@@ -430,7 +311,10 @@ def main(argv=None):
         "--out", default=os.environ.get("OUT", "out"), help="folder for JSON and markdown"
     )
     parser.add_argument(
-        "--providers", default=None, help="comma-separated subset of " + ", ".join(PROVIDERS)
+        "--providers",
+        default=None,
+        help="comma-separated providers, listed below, or a plugin's (default: the suite's: "
+        + ", ".join(PROVIDERS) + "); their old names still work",
     )
     parser.add_argument(
         "--plugin", action="append", default=[], help="module that registers providers"
@@ -443,7 +327,8 @@ def main(argv=None):
         "--compile-budget-s",
         type=float,
         default=float(os.environ.get("COMPILE_BUDGET_S", "200")),
-        help="stop timing torch.compile (compilation is slow) after this many seconds",
+        help="stop timing the compiled providers (compiled_reference, adain_ext_triton_compiled: "
+        "compilation is slow) after this many seconds",
     )
     parser.add_argument(
         "--time-budget-s",
@@ -460,24 +345,26 @@ def main(argv=None):
     quick = args.quick or not device.startswith("cuda")
     if not device.startswith("cuda"):
         torch.set_num_threads(1)  # a smoke test: stable numbers beat fast ones on a shared CPU
-    torch._dynamo.config.cache_size_limit = 256
     shapes = (
         [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
         if args.shapes
-        else QUICK_SHAPES
+        else harness.QUICK_SHAPES
         if quick
-        else GPU_SHAPES
+        else harness.GPU_SUITE_SHAPES
     )
     wanted = args.providers.split(",") if args.providers else list(PROVIDERS)
-    providers = {}
-    for name in wanted:
-        fn = PROVIDERS[name](device) if name != "torch.compile" else "compiled per configuration"
+    unknown = [name for name in wanted if _provider(name) is None]
+    if unknown:
+        sys.exit(f"gpu_bench: --providers: no provider {', '.join(unknown)} (see --help)")
+    providers = {_provider(name).name: _provider(name) for name in wanted}
+    available = {}
+    for name, provider in providers.items():
+        fn = provider.on(device)
         if fn is None:
             print(f"gpu_bench: provider {name} unavailable on {device}, skipped")
         else:
-            providers[name] = fn
-    timer = Timer(device, quick)
-    copy_gbs = copy_bandwidth_gbs(device, timer, quick)
+            available[name] = fn
+    copy_gbs = copy_bandwidth_gbs(device, quick)
     started = time.time()
 
     def compile_left():
@@ -522,17 +409,8 @@ def main(argv=None):
         if time.time() - started > args.time_budget_s:
             skipped.append(f"{'x'.join(map(str, shape))} {dtype} {layout}")
             continue
-        recs = bench_config(
-            shape,
-            dtype,
-            layout,
-            device,
-            providers,
-            timer,
-            copy_gbs,
-            args.directions.split(","),
-            compile_left,
-        )
+        recs = bench_config(shape, dtype, layout, device, providers, available, quick, copy_gbs,
+                            args.directions.split(","), compile_left)
         records += recs
         times = " ".join(
             f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}" for r in recs if "ms" in r

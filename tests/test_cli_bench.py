@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from adain_ext import bench
+from adain_ext import bench, bench_harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--shapes", "1x4x4x4;2x3x3x5", "--repeats", "1", "--peers", "eager,instance_norm"]
+FAST = ["--shapes", "1x4x4x4;2x3x3x5", "--repeats", "1", "--peers", "eager_reference,instance_norm_exact"]
 
 
 def run_cli(*args, env=None, code=None, merge_stderr=False):
@@ -45,6 +45,8 @@ BAD_OPTIONS = [
     (["--shapes", "1x8x1x1"], "--shapes"),
     (["--repeats", "0"], "--repeats"),
     (["--peers", "eager,fast"], "--peers"),
+    (["--peers", "eager,eager_reference"], "--peers"),  # one provider under its old and new name
+    (["--peers", "adain_ext"], "--peers"),
     (["--json", "missing_dir/x.json"], "--json"),
     (["--json", "."], "--json"),
     (["--plot", "missing_dir/x.png"], "--plot"),
@@ -99,14 +101,14 @@ def test_cli_rejects_cuda_without_gpu_in_one_line():
 # handlers write to sys.stderr), a direct print to stderr; each at every timed call.
 NOISY_BENCH = """
 import logging, sys, warnings
-from adain_ext import bench
-timed = bench.time_call
+from adain_ext import bench, bench_harness
+timed = bench_harness.time_call
 def noisy_time_call(*args, **kwargs):
     warnings.warn("planted library warning")
     logging.getLogger("torch._inductor").warning("planted torch log line")
     print("planted stderr print", file=sys.stderr)
     return timed(*args, **kwargs)
-bench.time_call = noisy_time_call
+bench_harness.time_call = noisy_time_call
 sys.exit(bench.main(sys.argv[1:]))
 """
 
@@ -124,7 +126,7 @@ def test_table_reads_whole_and_library_messages_come_once_after_it(tmp_path):
     assert result.returncode == 0, result.stdout
     table = table_lines(result.stdout)
     top, units, *rows = table
-    assert top.split() == ["adain_ext", "eager", "instance_norm"]
+    assert top.split() == ["adain_ext", "eager_reference", "instance_norm_exact"]
     assert units.split() == ["shape", "direction", "ms", "ms", "speedup", "ms", "speedup"]
     # Nothing but table rows between the header and the end, even with stderr merged in.
     speedup = r"\d+(\.\d+)?x"
@@ -143,7 +145,7 @@ def test_table_reads_whole_and_library_messages_come_once_after_it(tmp_path):
     cells = rows[0].split()
     ours = row["forward:adain_ext"]
     assert float(cells[2]) == pytest.approx(ours * 1e3, abs=6e-4)
-    for i, peer in enumerate(["eager", "instance_norm"]):
+    for i, peer in enumerate(["eager_reference", "instance_norm_exact"]):
         assert float(cells[3 + 2 * i]) == pytest.approx(row[f"forward:{peer}"] * 1e3, abs=6e-4)
         shown = float(cells[4 + 2 * i].rstrip("x"))
         assert shown == pytest.approx(row[f"forward:{peer}"] / ours, rel=6e-3, abs=6e-3)
@@ -167,7 +169,7 @@ def test_progress_goes_to_a_terminal_stderr_only(monkeypatch, capsys):
 
 
 def test_ctrl_c_writes_the_json_of_what_finished(monkeypatch, tmp_path, capsys):
-    timed, calls = bench.time_call, []
+    timed, calls = bench_harness.time_call, []
 
     def interrupted_time_call(*args, **kwargs):
         calls.append(1)
@@ -175,7 +177,7 @@ def test_ctrl_c_writes_the_json_of_what_finished(monkeypatch, tmp_path, capsys):
             raise KeyboardInterrupt
         return timed(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "time_call", interrupted_time_call)
+    monkeypatch.setattr(bench_harness, "time_call", interrupted_time_call)
     path = tmp_path / "partial.json"
     try:
         status = bench.main(FAST + ["--json", str(path)])
@@ -185,15 +187,25 @@ def test_ctrl_c_writes_the_json_of_what_finished(monkeypatch, tmp_path, capsys):
     results = json.loads(path.read_text())
     assert results["interrupted"] is True
     assert len(results["rows"]) == 1
-    assert sorted(results["rows"][0]) == ["channels_last", "dtype", "forward:adain_ext", "forward:eager",
-                                          "forward:instance_norm", "shape"]
+    assert sorted(results["rows"][0]) == ["channels_last", "dtype", "forward:adain_ext",
+                                          "forward:eager_reference", "forward:instance_norm_exact",
+                                          "shape"]
     assert "what finished" in capsys.readouterr().err
 
 
 def test_plot_draws_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "speedups.png"
-    rows = [{"shape": [1, 4, 4, 4], "forward:adain_ext": 1.0, "forward:eager": 3.0,
-             "backward:adain_ext": 2.0, "backward:eager": 3.0}]
-    bench.plot_speedups(rows, ["adain_ext", "eager"], ["forward", "backward"], "test", str(path))
+    rows = [{"shape": [1, 4, 4, 4], "forward:adain_ext": 1.0, "forward:eager_reference": 3.0,
+             "backward:adain_ext": 2.0, "backward:eager_reference": 3.0}]
+    bench.plot_speedups(rows, ["adain_ext", "eager_reference"], ["forward", "backward"], "test",
+                        str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peers_take_the_old_names_in_their_old_meaning(no_work):
+    """--peers kept the names it took before each provider had one name: instance_norm was the
+    exact AdaIN through F.instance_norm here (in gpu_bench.py it was the biased one)."""
+    args = bench.parse_args(["--peers", "eager,compile,instance_norm"])
+    assert args.peers == ["eager_reference", "compiled_reference", "instance_norm_exact"]
+    assert bench.parse_args([]).peers == list(bench_harness.DEFAULT_PEERS)
