@@ -33,6 +33,8 @@ template <typename acc_t>
 C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t std_of(const WelfordState<acc_t>& s, acc_t eps,
                                                bool unbiased) {
   const acc_t var_eps = s.m2 / variance_divisor<acc_t>(s.count, unbiased) + eps;
+  // Device code takes CUDA's sqrt overloads; host code std::sqrt, since an unqualified sqrt may
+  // find only C's sqrt(double) there.
 #if defined(__CUDA_ARCH__)
   return sqrt(var_eps);
 #else
