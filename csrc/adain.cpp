@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(const at::Tensor& grad_out,
 
 TORCH_LIBRARY(adain, m) {
   // Public ops. Statistics are per (n, c) over H*W; std = sqrt(var + eps); unbiased divides by
-  // H*W - 1 like the seed's calc_mean_std, unbiased=False by H*W like instance_norm.
+  // H*W - 1 like the reference's calc_mean_std, unbiased=False by H*W like instance_norm.
   m.def("mean_std(Tensor x, float eps=1e-5, bool unbiased=True) -> (Tensor, Tensor)");
   m.def("fused(Tensor content, Tensor style, float alpha=1.0, float eps=1e-5, bool unbiased=True) -> Tensor");
   m.def("affine(Tensor x, Tensor mean, Tensor std, float eps=1e-5, bool unbiased=True) -> Tensor");

@@ -32,7 +32,8 @@ C10_HOST_DEVICE inline WelfordState<acc_t> welford_merge(const WelfordState<acc_
   return out;
 }
 
-// var = m2 / (count - 1) (unbiased, the seed's calc_mean_std) or m2 / count; std = sqrt(var + eps).
+// var = m2 / (count - 1) (unbiased, the reference's calc_mean_std) or m2 / count; std =
+// sqrt(var + eps) (std_of in row_math.h).
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t variance_divisor(int64_t count, bool unbiased) {
   return static_cast<acc_t>(unbiased ? count - 1 : count);

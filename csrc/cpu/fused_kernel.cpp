@@ -35,8 +35,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
   check_eps(eps);
   auto [content, c_layout] = canonical_layout(content_in);
   auto [style, s_layout] = canonical_layout(style_in);
-  const Geometry cg = geometry_of(content, c_layout), sg = geometry_of(style, s_layout);
-  if (content.numel() == 0 || !one_region(cg, sg)) {
+  const Geometry content_geo = geometry_of(content, c_layout);
+  const Geometry style_geo = geometry_of(style, s_layout);
+  if (content.numel() == 0 || !one_region(content_geo, style_geo)) {
     auto [style_mean, style_std] = row_mean_std(style, eps, unbiased);
     auto [out, content_mean, content_std] =
         affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
@@ -45,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
   log_segments(1);
   const auto acc = acc_dtype(content.scalar_type());
   at::Tensor out = empty_output(content, c_layout);
-  at::Tensor c_mean = at::empty({cg.N, cg.C}, content.options().dtype(acc));
+  at::Tensor c_mean = at::empty({content_geo.N, content_geo.C}, content.options().dtype(acc));
   at::Tensor c_std = at::empty_like(c_mean), s_mean = at::empty_like(c_mean);
   at::Tensor s_std = at::empty_like(c_mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(), "adain_fused_forward_cpu", [&] {
@@ -56,27 +57,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     acc_t *cm = c_mean.mutable_data_ptr<acc_t>(), *cs = c_std.mutable_data_ptr<acc_t>();
     acc_t *sm = s_mean.mutable_data_ptr<acc_t>(), *ss = s_std.mutable_data_ptr<acc_t>();
-    std::vector<acc_t> scale(cg.N * cg.C), shift(cg.N * cg.C);
-    const int64_t rpu = rows_per_unit(cg);
-    at::parallel_for(0, cg.units(), grain_of(cg, sg), [&](int64_t begin, int64_t end) {
+    std::vector<RowCoef<acc_t>> coefs(content_geo.N * content_geo.C);
+    const int64_t rpu = rows_per_unit(content_geo);
+    const int64_t grain = grain_of(content_geo, style_geo);
+    at::parallel_for(0, content_geo.units(), grain, [&](int64_t begin, int64_t end) {
       std::vector<WelfordState<acc_t>> states(rpu);
       for (int64_t u = begin; u < end; ++u) {
         std::fill(states.begin(), states.end(), WelfordState<acc_t>{});
-        welford_unit(sg, sp, u, 0, sg.L, states.data());
+        welford_unit(style_geo, sp, u, 0, style_geo.L, states.data());
         for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
           sm[row] = states[r].mean;
           ss[row] = std_of(states[r], eps_, unbiased);
         }
         std::fill(states.begin(), states.end(), WelfordState<acc_t>{});
-        welford_unit(cg, cp, u, 0, cg.L, states.data());
+        welford_unit(content_geo, cp, u, 0, content_geo.L, states.data());
         for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
           cm[row] = states[r].mean;
           cs[row] = std_of(states[r], eps_, unbiased);
-          const auto c = forward_coef(cm[row], cs[row], sm[row], ss[row], a_);
-          scale[row] = c.scale;
-          shift[row] = c.shift;
+          coefs[row] = affine_forward_coef(cm[row], cs[row], sm[row], ss[row], a_);
         }
-        map_unit<scalar_t>(cg, u, 0, cg.L, op, cp, nullptr, nullptr, scale.data(), shift.data(), cm);
+        map_unit<scalar_t>(content_geo, u, 0, content_geo.L, op, cp, nullptr, coefs.data());
       }
     });
   });
@@ -89,8 +89,9 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     const at::Tensor& style_std, double alpha, bool unbiased) {
   auto [content, c_layout] = canonical_layout(content_in);
   auto [style, s_layout] = canonical_layout(style_in);
-  const Geometry cg = geometry_of(content, c_layout), sg = geometry_of(style, s_layout);
-  if (content.numel() == 0 || !one_region(cg, sg)) {
+  const Geometry content_geo = geometry_of(content, c_layout);
+  const Geometry style_geo = geometry_of(style, s_layout);
+  if (content.numel() == 0 || !one_region(content_geo, style_geo)) {
     auto [grad_content, grad_mean, grad_std] =
         affine_backward(grad_out, content, content_mean, content_std, style_std, alpha, unbiased);
     return {shaped_like(grad_content, content_in),
@@ -108,8 +109,6 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, content.scalar_type(), "adain_fused_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     const acc_t a_ = static_cast<acc_t>(alpha);
-    const acc_t cL = static_cast<acc_t>(cg.L), cD = variance_divisor<acc_t>(cg.L, unbiased);
-    const acc_t sL = static_cast<acc_t>(sg.L), sD = variance_divisor<acc_t>(sg.L, unbiased);
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const scalar_t* cp = content.const_data_ptr<scalar_t>();
     const scalar_t* sp = style.const_data_ptr<scalar_t>();
@@ -117,24 +116,23 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     scalar_t* gsp = grad_style.mutable_data_ptr<scalar_t>();
     const acc_t *cmp = cm.const_data_ptr<acc_t>(), *csp = cs.const_data_ptr<acc_t>();
     const acc_t *smp = sm.const_data_ptr<acc_t>(), *ssp = ss.const_data_ptr<acc_t>();
-    const int64_t rows = cg.N * cg.C, rpu = rows_per_unit(cg);
-    std::vector<acc_t> k(rows), p(rows), q(rows), style_p(rows), style_q(rows);
-    at::parallel_for(0, cg.units(), grain_of(cg, sg), [&](int64_t begin, int64_t end) {
+    const int64_t rows = content_geo.N * content_geo.C, rpu = rows_per_unit(content_geo);
+    std::vector<RowCoef<acc_t>> content_coefs(rows), style_coefs(rows);
+    const int64_t grain = grain_of(content_geo, style_geo);
+    at::parallel_for(0, content_geo.units(), grain, [&](int64_t begin, int64_t end) {
       std::vector<GradSums<acc_t>> sums(rpu);
       for (int64_t u = begin; u < end; ++u) {
         std::fill(sums.begin(), sums.end(), GradSums<acc_t>{});
-        grad_sums_unit(cg, gp, cp, cmp, u, 0, cg.L, sums.data());
+        grad_sums_unit(content_geo, gp, cp, cmp, u, 0, content_geo.L, sums.data());
         for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
-          const auto c = backward_coef(sums[r], csp[row], ssp[row], a_, cL, cD);
-          k[row] = c.k;
-          p[row] = c.p;
-          q[row] = c.q;
-          std::tie(style_p[row], style_q[row]) =
-              mean_std_backward_coef(c.grad_mean, c.grad_std, ssp[row], sL, sD);
+          const AffineGrads<acc_t> grads = affine_backward_coef(
+              sums[r], cmp[row], csp[row], ssp[row], a_, content_geo.L, unbiased);
+          content_coefs[row] = grads.grad_x;
+          style_coefs[row] = mean_std_backward_coef(grads.grad_mean_t, grads.grad_std_t, smp[row],
+                                                    ssp[row], style_geo.L, unbiased);
         }
-        map_unit<scalar_t>(cg, u, 0, cg.L, gcp, cp, gp, k.data(), p.data(), q.data(), cmp);
-        map_unit<scalar_t>(sg, u, 0, sg.L, gsp, sp, nullptr, nullptr, style_p.data(),
-                           style_q.data(), smp);
+        map_unit<scalar_t>(content_geo, u, 0, content_geo.L, gcp, cp, gp, content_coefs.data());
+        map_unit<scalar_t>(style_geo, u, 0, style_geo.L, gsp, sp, nullptr, style_coefs.data());
       }
     });
   });

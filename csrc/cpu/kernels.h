@@ -18,8 +18,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
                                                               double eps, bool unbiased);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& x_mean,
-    const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased);
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean_x,
+    const at::Tensor& std_x, const at::Tensor& std, double alpha, bool unbiased);
 
 at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
                              const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std,

@@ -38,7 +38,8 @@ std::tuple<at::Tensor, at::Tensor> mean_std(const at::Tensor& x, double eps, boo
   return {mean.to(x.scalar_type()).view(shape), std.to(x.scalar_type()).view(shape)};
 }
 
-// grad_x = grad_mean / L + grad_std * (x - mean) / (D * std): one map per row, p * (x - mean) + q.
+// grad_x = grad_mean / L + grad_std * (x - mean) / (D * std): one map per row, with the
+// coefficients of mean_std_backward_coef.
 at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
                              const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& std,
                              bool unbiased) {
@@ -52,18 +53,16 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_mean_std_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     const int64_t rows = geo.N * geo.C;
-    std::vector<acc_t> p(rows), q(rows);
-    const acc_t L = static_cast<acc_t>(geo.L), D = variance_divisor<acc_t>(geo.L, unbiased);
+    std::vector<RowCoef<acc_t>> coefs(rows);
     const acc_t *gsp = gs.const_data_ptr<acc_t>(), *gmp = gm.const_data_ptr<acc_t>();
-    const acc_t* sdp = sd.const_data_ptr<acc_t>();
+    const acc_t *mp = m.const_data_ptr<acc_t>(), *sdp = sd.const_data_ptr<acc_t>();
     for (int64_t r = 0; r < rows; ++r) {
-      std::tie(p[r], q[r]) = mean_std_backward_coef(gmp[r], gsp[r], sdp[r], L, D);
+      coefs[r] = mean_std_backward_coef(gmp[r], gsp[r], mp[r], sdp[r], geo.L, unbiased);
     }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
     map_units(geo, [&](int64_t u, int64_t b, int64_t e) {
-      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, nullptr, p.data(), q.data(),
-                         m.const_data_ptr<acc_t>());
+      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, coefs.data());
     });
   });
   return shaped_like(grad_x, x_in);

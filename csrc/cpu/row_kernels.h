@@ -1,6 +1,8 @@
 // What the CPU kernels of every op share: per-row reductions (Welford statistics, gradient sums)
-// and per-row affine maps, for contiguous rows and for channels_last images, plus one driver that
-// parallelises "reduce every row, then map every row" over both layouts.
+// and the per-row map out = g_scale * g + slope * (x - mean) + shift, vectorised for contiguous
+// rows and for channels_last images, plus one driver that parallelises "reduce every row, then map
+// every row" over both layouts. The per-row math itself (std_of, blend, RowCoef and its
+// coefficients, GradSums) is csrc/row_math.h, shared with the CUDA kernels.
 //
 // A "row" is one (n, c) plane of H*W = L elements. In contiguous tensors a row is contiguous; in
 // channels_last tensors image n is an (L, C) matrix and a row is one of its columns, so those
@@ -25,6 +27,7 @@
 #endif
 
 #include "checks.h"
+#include "row_math.h"
 #include "welford.h"
 
 namespace adain::cpu {
@@ -38,25 +41,6 @@ constexpr int64_t kMinTaskElements = 16384;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-template <typename acc_t>
-struct GradSums {
-  acc_t sum_g = 0;         // sum(g)
-  acc_t sum_g_dev = 0;     // sum(g * (x - mean))
-};
-
-template <typename acc_t>
-inline GradSums<acc_t> grad_sums_merge(const GradSums<acc_t>& a, const GradSums<acc_t>& b) {
-  return {a.sum_g + b.sum_g, a.sum_g_dev + b.sum_g_dev};
-}
-
-// out = k * g + p * (x - m) + q per row (g is absent when k is unused). Centring on the row mean
-// m before scaling keeps large-mean rows accurate: a * x + b would cancel two terms of size
-// |a * mean| in fp32.
-template <typename acc_t>
-struct RowCoef {
-  acc_t k = 0, p = 0, q = 0, m = 0;
-};
 
 // ---- Outputs.
 
@@ -166,18 +150,18 @@ GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64
     const acc_t* gc = load_acc(g + i, len, gbuf);
     const acc_t* xc = load_acc(x + i, len, xbuf);
     // One sweep for both sums, two accumulators each (see sum_over).
-    Vec sg0(0), sg1(0), sd0(0), sd1(0);
+    Vec sum_g0(0), sum_g1(0), sum_dev0(0), sum_dev1(0);
     int64_t j = 0;
     for (; j + 2 * V <= len; j += 2 * V) {
       const Vec g0 = Vec::loadu(gc + j), g1 = Vec::loadu(gc + j + V);
-      sg0 += g0;
-      sg1 += g1;
-      sd0 = at::vec::fmadd(g0, Vec::loadu(xc + j) - m, sd0);
-      sd1 = at::vec::fmadd(g1, Vec::loadu(xc + j + V) - m, sd1);
+      sum_g0 += g0;
+      sum_g1 += g1;
+      sum_dev0 = at::vec::fmadd(g0, Vec::loadu(xc + j) - m, sum_dev0);
+      sum_dev1 = at::vec::fmadd(g1, Vec::loadu(xc + j + V) - m, sum_dev1);
     }
     const auto add = [](Vec a, Vec b) { return a + b; };
-    acc_t sum_g = at::vec::vec_reduce_all<acc_t>(add, sg0 + sg1);
-    acc_t sum_dev = at::vec::vec_reduce_all<acc_t>(add, sd0 + sd1);
+    acc_t sum_g = at::vec::vec_reduce_all<acc_t>(add, sum_g0 + sum_g1);
+    acc_t sum_dev = at::vec::vec_reduce_all<acc_t>(add, sum_dev0 + sum_dev1);
     for (; j < len; ++j) {
       sum_g += gc[j];
       sum_dev += gc[j] * (xc[j] - mean);
@@ -188,23 +172,27 @@ GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64
   return sums;
 }
 
-// out = k * g + p * (x - m) + q; g may be null (then k is ignored).
+// out = g_scale * g + slope * (x - mean) + shift (apply_coef, vectorised); g may be null (then
+// g_scale is ignored).
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t n,
-                    RowCoef<acc_t> c) {
+                    const RowCoef<acc_t>& c) {
   using Vec = at::vec::Vectorized<acc_t>;
   acc_t xbuf[kChunk], gbuf[kChunk], obuf[kChunk];
-  const Vec k(c.k), p(c.p), q(c.q), m(c.m);
+  const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     const acc_t* xc = load_acc(x + i, len, xbuf);
     acc_t* oc = out_acc(out + i, obuf);
     if (g == nullptr) {
-      at::vec::map([&](Vec xv) { return at::vec::fmadd(p, xv - m, q); }, oc, xc, len);
+      at::vec::map([&](Vec xv) { return at::vec::fmadd(slope, xv - mean, shift); }, oc, xc, len);
     } else {
       const acc_t* gc = load_acc(g + i, len, gbuf);
-      at::vec::map2([&](Vec gv, Vec xv) { return at::vec::fmadd(k, gv, at::vec::fmadd(p, xv - m, q)); },
-                    oc, gc, xc, len);
+      at::vec::map2(
+          [&](Vec gv, Vec xv) {
+            return at::vec::fmadd(g_scale, gv, at::vec::fmadd(slope, xv - mean, shift));
+          },
+          oc, gc, xc, len);
     }
     store_acc(oc, out + i, len);
   }
@@ -252,7 +240,7 @@ void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, i
                              int64_t begin, int64_t end, const acc_t* mean, GradSums<acc_t>* sums) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  std::vector<acc_t> gbuf(C), xbuf(C), sg(C, 0), sgd(C, 0);
+  std::vector<acc_t> gbuf(C), xbuf(C), sum_g(C, 0), sum_g_dev(C, 0);
   for (int64_t pos = begin; pos < end; ++pos) {
     const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
     const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
@@ -260,30 +248,33 @@ void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, i
       const int64_t w = std::min(V, C - c);
       const Vec gv = Vec::loadu(gr + c, w);
       const Vec dev = Vec::loadu(xr + c, w) - Vec::loadu(mean + c, w);
-      (Vec::loadu(sg.data() + c, w) + gv).store(sg.data() + c, w);
-      at::vec::fmadd(gv, dev, Vec::loadu(sgd.data() + c, w)).store(sgd.data() + c, w);
+      (Vec::loadu(sum_g.data() + c, w) + gv).store(sum_g.data() + c, w);
+      at::vec::fmadd(gv, dev, Vec::loadu(sum_g_dev.data() + c, w)).store(sum_g_dev.data() + c, w);
     }
   }
-  for (int64_t c = 0; c < C; ++c) sums[c] = grad_sums_merge(sums[c], {sg[c], sgd[c]});
+  for (int64_t c = 0; c < C; ++c) {
+    sums[c] = grad_sums_merge(sums[c], GradSums<acc_t>{sum_g[c], sum_g_dev[c]});
+  }
 }
 
-// coefs holds, per channel, k (C values), then p, then q, then m: vectors load them directly.
+// coefs holds, per channel, g_scale (C values), then slope, then mean, then shift (RowCoef's
+// fields, each across channels): vectors load them directly.
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scalar_t* g_image,
                        int64_t C, int64_t begin, int64_t end, const acc_t* coefs) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   std::vector<acc_t> xbuf(C), gbuf(C), obuf(C);
-  const acc_t *k = coefs, *p = coefs + C, *q = coefs + 2 * C, *m = coefs + 3 * C;
+  const acc_t *g_scale = coefs, *slope = coefs + C, *mean = coefs + 2 * C, *shift = coefs + 3 * C;
   for (int64_t pos = begin; pos < end; ++pos) {
     const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
     const acc_t* gr = g_image ? load_acc(g_image + pos * C, C, gbuf.data()) : nullptr;
     acc_t* orow = out_acc(out_image + pos * C, obuf.data());
     for (int64_t c = 0; c < C; c += V) {
       const int64_t w = std::min(V, C - c);
-      const Vec centred = Vec::loadu(xr + c, w) - Vec::loadu(m + c, w);
-      Vec y = at::vec::fmadd(Vec::loadu(p + c, w), centred, Vec::loadu(q + c, w));
-      if (gr) y = at::vec::fmadd(Vec::loadu(k + c, w), Vec::loadu(gr + c, w), y);
+      const Vec centred = Vec::loadu(xr + c, w) - Vec::loadu(mean + c, w);
+      Vec y = at::vec::fmadd(Vec::loadu(slope + c, w), centred, Vec::loadu(shift + c, w));
+      if (gr) y = at::vec::fmadd(Vec::loadu(g_scale + c, w), Vec::loadu(gr + c, w), y);
       y.store(orow + c, w);
     }
     store_acc(orow, out_image + pos * C, C);
@@ -432,77 +423,28 @@ void welford_then_map(const Geometry& geo, const scalar_t* x, Finish finish, Map
       finish, map);
 }
 
-// ---- Per-row math, written once for every kernel (see the formulas in affine_kernel.cpp).
-
-template <typename acc_t>
-inline acc_t std_of(const WelfordState<acc_t>& s, acc_t eps, bool unbiased) {
-  return std::sqrt(s.m2 / variance_divisor<acc_t>(s.count, unbiased) + eps);
-}
-
-// Forward: out = scale * (x - x_mean) + shift, the targets blended with the row's own by alpha
-// (alpha == 1 skips the blend so that an Inf/NaN row statistic is not multiplied by 0).
-template <typename acc_t>
-struct ForwardCoef {
-  acc_t scale, shift;
-};
-
-template <typename acc_t>
-inline ForwardCoef<acc_t> forward_coef(acc_t x_mean, acc_t x_std, acc_t t_mean, acc_t t_std,
-                                       acc_t alpha) {
-  const acc_t m = alpha == 1 ? t_mean : alpha * t_mean + (1 - alpha) * x_mean;
-  const acc_t s = alpha == 1 ? t_std : alpha * t_std + (1 - alpha) * x_std;
-  return {s / x_std, m};
-}
-
-// Backward of the forward above: grad_x = k*g + p*(x - x_mean) + q, plus the gradients of the
-// target statistics.
-template <typename acc_t>
-struct BackwardCoef {
-  acc_t k, p, q, grad_mean, grad_std;
-};
-
-template <typename acc_t>
-inline BackwardCoef<acc_t> backward_coef(const GradSums<acc_t>& sums, acc_t x_std, acc_t t_std,
-                                         acc_t alpha, acc_t L, acc_t D) {
-  const acc_t rstd = 1 / x_std;
-  const acc_t sgx = sums.sum_g_dev * rstd;  // sum(g * x_hat)
-  const acc_t blended_std = alpha == 1 ? t_std : alpha * t_std + (1 - alpha) * x_std;
-  const acc_t k = blended_std * rstd, w = (1 - alpha) - k;
-  // w * (sgx / D * x_hat + sg / L) = p * (x - mean) + q
-  return {k, w * sgx * rstd / D, w * sums.sum_g / L, alpha * sums.sum_g, alpha * sgx};
-}
-
-// Backward of mean_std: grad_x = grad_mean / L + grad_std * (x - mean) / (D * std) = p*(x - mean) + q.
-template <typename acc_t>
-inline std::pair<acc_t, acc_t> mean_std_backward_coef(acc_t grad_mean, acc_t grad_std, acc_t std,
-                                                      acc_t L, acc_t D) {
-  return {grad_std / (D * std), grad_mean / L};
-}
-
-// Applies out = k*g + p*(x - m) + q to positions [b, e) of unit u, with per-row coefficients
-// held as four N*C arrays (k may be null when g is).
+// Applies every row's map out = g_scale * g + slope * (x - mean) + shift to positions [b, e) of
+// unit u; coefs holds the N*C rows' RowCoefs (g_scale is ignored where g is null).
 template <typename scalar_t>
 void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* out,
-              const scalar_t* x, const scalar_t* g, const acc_type<scalar_t>* k,
-              const acc_type<scalar_t>* p, const acc_type<scalar_t>* q,
-              const acc_type<scalar_t>* m) {
+              const scalar_t* x, const scalar_t* g, const RowCoef<acc_type<scalar_t>>* coefs) {
   using acc_t = acc_type<scalar_t>;
   const int64_t L = geo.L, C = geo.C;
   if (geo.layout == Layout::Contiguous) {
-    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b,
-                   RowCoef<acc_t>{k ? k[u] : acc_t(0), p[u], q[u], m[u]});
+    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b, coefs[u]);
     return;
   }
-  // map_channels_last wants image u's k, p, q, m side by side.
-  std::vector<acc_t> coefs(4 * C, acc_t(0));
+  // map_channels_last wants image u's coefficients field by field, each across channels.
+  std::vector<acc_t> by_field(4 * C);
   for (int64_t c = 0; c < C; ++c) {
-    if (k) coefs[c] = k[u * C + c];
-    coefs[C + c] = p[u * C + c];
-    coefs[2 * C + c] = q[u * C + c];
-    coefs[3 * C + c] = m[u * C + c];
+    const RowCoef<acc_t>& row = coefs[u * C + c];
+    by_field[c] = row.g_scale;
+    by_field[C + c] = row.slope;
+    by_field[2 * C + c] = row.mean;
+    by_field[3 * C + c] = row.shift;
   }
   const int64_t offset = u * L * C;
-  map_channels_last(out + offset, x + offset, g ? g + offset : nullptr, C, b, e, coefs.data());
+  map_channels_last(out + offset, x + offset, g ? g + offset : nullptr, C, b, e, by_field.data());
 }
 
 inline Geometry geometry_of(const at::Tensor& x, Layout layout) {

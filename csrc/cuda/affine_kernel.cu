@@ -12,7 +12,8 @@
 namespace adain {
 namespace cuda {
 
-// out = T_s * (x - mean_x) / std_x + T_m per row (alpha folded into the targets T_m, T_s);
+// out = target_std * (x - mean_x) / std_x + target_mean per row (the target statistics blended
+// with x's own by alpha: affine_forward_coef in row_math.h);
 // also returns x's statistics (N, C) in the accumulation dtype for the backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& x_in,
                                                               const at::Tensor& mean,
@@ -30,9 +31,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   const auto acc = acc_dtype(x.scalar_type());
   const auto acc_options = x.options().dtype(acc);
   at::Tensor out = at::empty_like(x, format);
-  at::Tensor x_mean = at::empty({N, C}, acc_options);
-  at::Tensor x_std = at::empty({N, C}, acc_options);
-  if (R == 0) return {shaped_like(out, x_in), x_mean, x_std};
+  at::Tensor mean_x = at::empty({N, C}, acc_options);
+  at::Tensor std_x = at::empty({N, C}, acc_options);
+  if (R == 0) return {shaped_like(out, x_in), mean_x, std_x};
   const int64_t L = x.size(2) * x.size(3);
   const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
   const Device dev = device_info();
@@ -44,26 +45,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     p.out = out.data_ptr<scalar_t>();
     p.d.rows = R;
     p.d.L = L;
-    p.d.chunk_len = L;
+    p.d.segment_len = L;
     p.d.alpha = static_cast<acc_t>(alpha);
     p.d.eps = static_cast<acc_t>(eps);
     p.d.unbiased = unbiased;
     p.d.target_mean = target_mean.data_ptr<acc_t>();
     p.d.target_std = target_std.data_ptr<acc_t>();
-    p.d.mean_out = x_mean.data_ptr<acc_t>();
-    p.d.std_out = x_std.data_ptr<acc_t>();
+    p.d.mean_out = mean_x.data_ptr<acc_t>();
+    p.d.std_out = std_x.data_ptr<acc_t>();
     run_row_op<RowMode::Affine>(p, layout, N, C, acc_options, dev);
   });
-  return {shaped_like(out, x_in), x_mean, x_std};
+  return {shaped_like(out, x_in), mean_x, std_x};
 }
 
 namespace {
 
-// grad_x = k*g + ((1-alpha) - k) * (sgx/D * x_hat + sg/L), grad_mean = alpha*sg, grad_std =
-// alpha*sgx, with sg = sum(g), sgx = sum(g * x_hat) per row; g is read in x's layout.
+// grad_x = k*g + ((1-alpha) - k) * (sum_g_xhat/D * x_hat + sum_g/L), grad_mean = alpha*sum_g,
+// grad_std = alpha*sum_g_xhat, with sum_g = sum(g), sum_g_xhat = sum(g * x_hat) per row
+// (affine_backward_coef in row_math.h); g is read in x's layout.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& x_mean,
-    const at::Tensor& x_std, const at::Tensor& std, double alpha, bool unbiased) {
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& mean_x,
+    const at::Tensor& std_x, const at::Tensor& std, double alpha, bool unbiased) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x;
   Layout layout;
@@ -79,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
   at::Tensor grad_std = at::empty({N, C}, acc_options);
   if (R == 0) return {shaped_like(grad_x, x_in), grad_mean, grad_std};
   const int64_t L = x.size(2) * x.size(3);
-  const at::Tensor mean_f = flat_stat(x_mean, acc), std_f = flat_stat(x_std, acc);
+  const at::Tensor mean_f = flat_stat(mean_x, acc), std_f = flat_stat(std_x, acc);
   const at::Tensor std_target = flat_stat(std, acc);
   const Device dev = device_info();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
@@ -91,11 +93,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     p.out = grad_x.data_ptr<scalar_t>();
     p.d.rows = R;
     p.d.L = L;
-    p.d.chunk_len = L;
+    p.d.segment_len = L;
     p.d.alpha = static_cast<acc_t>(alpha);
     p.d.unbiased = unbiased;
-    p.d.x_mean = mean_f.data_ptr<acc_t>();
-    p.d.x_std = std_f.data_ptr<acc_t>();
+    p.d.mean_x = mean_f.data_ptr<acc_t>();
+    p.d.std_x = std_f.data_ptr<acc_t>();
     p.d.std_target = std_target.data_ptr<acc_t>();
     p.d.grad_mean_out = grad_mean.data_ptr<acc_t>();
     p.d.grad_std_out = grad_std.data_ptr<acc_t>();

@@ -1,5 +1,5 @@
 // Path 3 (see launch.cuh): channels_last input. cl_partial_kernel writes per-channel partial
-// states of (channel tile, position chunk) tiles, finalize_rows_kernel (rows_kernels.cuh) merges
+// states of (channel tile, position segment) tiles, finalize_rows_kernel (rows_kernels.cuh) merges
 // them, cl_apply_kernel writes the output.
 #pragma once
 
@@ -7,7 +7,7 @@
 
 #include "cuda/params.cuh"
 #include "cuda/reduce.cuh"
-#include "cuda/row_math.cuh"
+#include "row_math.h"
 #include "welford.h"
 
 namespace adain {
@@ -18,7 +18,7 @@ namespace cuda {
 constexpr int kClBlock = 256;
 
 struct ClTile {
-  int64_t n, chunk, c0, l_begin, l_end;
+  int64_t n, segment, c0, l_begin, l_end;
   int valid;  // channels of this thread inside C (0..VEC)
 };
 
@@ -33,25 +33,25 @@ C10_DEVICE __forceinline__ ClLanes cl_lanes(int threads_c) {
   return {t % threads_c, t / threads_c, static_cast<int>(blockDim.x) / threads_c};
 }
 
-// Tiles of a channels_last launch: (image, channel tile, position chunk), the same order in the
+// Tiles of a channels_last launch: (image, channel tile, position segment), the same order in the
 // partial and the apply kernel.
 template <typename T, typename acc_t>
 C10_HOST_DEVICE __forceinline__ int64_t cl_tile_count(const Params<T, acc_t>& p) {
-  return (p.d.rows / p.channels) * p.channel_tiles * p.d.chunks;
+  return (p.d.rows / p.channels) * p.channel_tiles * p.d.segments;
 }
 
 template <typename T, typename acc_t, int VEC>
 C10_DEVICE __forceinline__ ClTile cl_tile(const Params<T, acc_t>& p, int64_t tile, int tc) {
   const RowData<acc_t>& d = p.d;
-  const int64_t per_n = p.channel_tiles * d.chunks;
+  const int64_t per_n = p.channel_tiles * d.segments;
   ClTile t;
   t.n = tile / per_n;
   const int64_t rem = tile % per_n;
-  const int64_t ct = rem / d.chunks;
-  t.chunk = rem % d.chunks;
+  const int64_t ct = rem / d.segments;
+  t.segment = rem % d.segments;
   t.c0 = (ct * p.threads_c + tc) * VEC;
-  t.l_begin = t.chunk * d.chunk_len;
-  t.l_end = std::min(d.L, t.l_begin + d.chunk_len);
+  t.l_begin = t.segment * d.segment_len;
+  t.l_end = std::min(d.L, t.l_begin + d.segment_len);
   const int64_t left = p.channels - t.c0;
   t.valid = left <= 0 ? 0 : (left < VEC ? static_cast<int>(left) : VEC);
   return t;
@@ -83,8 +83,8 @@ C10_DEVICE __forceinline__ void walk_cl_positions(const Params<T, acc_t>& p, con
   }
 }
 
-// Per-channel partial states of a (channel tile, position chunk): Welford of x, or (kSums) the
-// backward's sum(g) and sum(g * (x - mean)).
+// Per-channel partial states of a (channel tile, position segment): Welford of x (a = mean, b =
+// m2), or (kSums) the backward's GradSums (a = sum_g, b = sum_g_dev).
 template <typename T, typename acc_t, bool kSums>
 __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, acc_t> p) {
   constexpr int VEC = vec_width<T>();
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       a[j] = b[j] = 0;
-      mean[j] = (kSums && j < t.valid) ? d.x_mean[t.n * p.channels + t.c0 + j] : acc_t(0);
+      mean[j] = (kSums && j < t.valid) ? d.mean_x[t.n * p.channels + t.c0 + j] : acc_t(0);
     }
     int64_t count = 0;
     if (t.valid > 0) {
@@ -163,8 +163,14 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
     if (tl == 0) {
       for (int j = 0; j < t.valid; ++j) {
         const int64_t row = t.n * p.channels + t.c0 + j;
-        d.partial0[row * d.chunks + t.chunk] = sh_a[threadIdx.x * VEC + j];
-        d.partial1[row * d.chunks + t.chunk] = sh_b[threadIdx.x * VEC + j];
+        const int64_t entry = row * d.segments + t.segment;
+        if constexpr (kSums) {
+          d.partial_sum_g[entry] = sh_a[threadIdx.x * VEC + j];
+          d.partial_sum_g_dev[entry] = sh_b[threadIdx.x * VEC + j];
+        } else {
+          d.partial_mean[entry] = sh_a[threadIdx.x * VEC + j];
+          d.partial_m2[entry] = sh_b[threadIdx.x * VEC + j];
+        }
       }
     }
     __syncthreads();  // shared memory is rewritten by the next tile
@@ -180,7 +186,7 @@ __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_
   for (int64_t tile = blockIdx.x; tile < cl_tile_count(p); tile += gridDim.x) {
     const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, lanes.tc);
     if (t.valid == 0) continue;  // no barrier in this kernel
-    Coef<acc_t> c[VEC];
+    RowCoef<acc_t> c[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       if (j < t.valid) c[j] = load_coef(d.coef, t.n * p.channels + t.c0 + j);
@@ -192,7 +198,7 @@ __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_
           for (int j = 0; j < VEC; ++j) {
             const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
             y.v[j] = static_cast<T>(
-                apply_coef<acc_t, kHasG>(c[j], static_cast<acc_t>(vx.v[j]), gj));
+                apply_coef<kHasG>(c[j], static_cast<acc_t>(vx.v[j]), gj));
           }
           store_slot<T, VEC>(p.out, off, 0, t.valid, y, p.channels_aligned);
         });

@@ -63,7 +63,7 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
     p.d.rows = R;
     p.d.L = L;
     p.d.L_style = L_style;
-    p.d.chunk_len = L;
+    p.d.segment_len = L;
     p.d.alpha = static_cast<acc_t>(alpha);
     p.d.eps = static_cast<acc_t>(eps);
     p.d.unbiased = unbiased;

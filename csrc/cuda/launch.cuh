@@ -11,17 +11,17 @@
 //    row's slots are kept in shared memory between the two sweeps (up to a per-block budget), so
 //    x is read from DRAM once. The fused op also reduces the style row in the same launch.
 // 2. split path, contiguous input with few long rows (R < 2 * SMs and L >= kSplitMinLen): each
-//    row is cut into `chunks` segments, one per group/block. Launch 1 writes one partial state per
+//    row is cut into segments, one per group/block. Launch 1 writes one partial state per
 //    segment; launch 2 (finalize_rows_kernel, one thread per row) merges a row's partials in a
 //    fixed order with welford_merge and writes the statistics and the row's coefficients;
 //    launch 3 applies them. x is read twice (the second read hits L2 only when the tensor fits).
 // 3. channels_last (cl_partial_kernel, finalize_rows_kernel, cl_apply_kernel): threads span
 //    channels (VEC channels per thread, one 16-byte load) and positions; a block owns a tile of
-//    channels x a chunk of positions, reduces its positions column-wise in shared memory, and
+//    channels x a segment of positions, reduces its positions column-wise in shared memory, and
 //    writes per-channel partials; finalize and apply as in the split path.
 //
 // Path 1 and the contiguous half of path 2 live in rows_kernels.cuh, path 3 in
-// channels_last_kernels.cuh, their parameters in params.cuh and the row math in row_math.cuh; this
+// channels_last_kernels.cuh, their parameters in params.cuh and the row math in ../row_math.h; this
 // file holds the host side: the device's limits, the geometry of each path, the launchers, the
 // record of the path an op took, and run_row_op, which picks the path.
 #pragma once
@@ -54,7 +54,7 @@ constexpr int64_t kSplitRowsPerSM = 2;
 // ... when a row has at least this many elements (shorter rows are cheap on one block anyway).
 constexpr int64_t kSplitMinLen = 16384;
 // A split segment has at least this many elements (a block's worth of 16-byte loads, 4 deep).
-constexpr int64_t kMinChunk = 4096;
+constexpr int64_t kMinSegment = 4096;
 // Blocks to aim for: this many per SM.
 constexpr int64_t kBlocksPerSM = 4;
 // Shared-memory row cache per block. Rows that fit in kCacheBudget (and in half an SM's shared
@@ -98,15 +98,16 @@ inline bool use_split(int64_t rows, int64_t L, const Device& dev) {
   return rows < kSplitRowsPerSM * dev.sms && L >= kSplitMinLen;
 }
 
-// Segments per row on the split path: enough blocks for the device, each at least kMinChunk.
+// Segments per row on the split path: enough blocks for the device, each at least kMinSegment.
 template <typename T>
-inline void choose_chunks(int64_t rows, int64_t L, const Device& dev, int64_t& chunks,
-                          int64_t& chunk_len) {
+inline void choose_segments(int64_t rows, int64_t L, const Device& dev, int64_t& segments,
+                            int64_t& segment_len) {
   constexpr int VEC = vec_width<T>();
   const int64_t want = std::max<int64_t>(1, ceil_div(kBlocksPerSM * dev.sms, rows));
-  chunks = std::max<int64_t>(1, std::min(want, L / kMinChunk));
-  chunk_len = ceil_div(ceil_div(L, chunks), VEC) * VEC;  // chunk starts stay on the row's slot grid
-  chunks = ceil_div(L, chunk_len);
+  segments = std::max<int64_t>(1, std::min(want, L / kMinSegment));
+  // Segment starts stay on the row's slot grid.
+  segment_len = ceil_div(ceil_div(L, segments), VEC) * VEC;
+  segments = ceil_div(L, segment_len);
 }
 
 struct RowsLaunch {
@@ -212,7 +213,7 @@ inline void launch_finalize(const RowData<acc_t>& d, const Device& dev) {
 }
 
 // channels_last geometry: threads_c threads across channels, the rest of the block across
-// positions; positions cut into chunks until there are enough tiles for the device.
+// positions; positions cut into segments until there are enough tiles for the device.
 template <typename T, typename acc_t>
 inline int plan_channels_last(Params<T, acc_t>& p, int64_t N, int64_t C, int64_t L,
                               const Device& dev) {
@@ -224,10 +225,10 @@ inline int plan_channels_last(Params<T, acc_t>& p, int64_t N, int64_t C, int64_t
   p.channel_tiles = ceil_div(C, static_cast<int64_t>(p.threads_c) * VEC);
   const int64_t base = N * p.channel_tiles;
   const int64_t want = std::max<int64_t>(1, ceil_div(kBlocksPerSM * dev.sms, base));
-  int64_t chunks = std::max<int64_t>(1, std::min(want, L / (threads_l * kUnroll)));
-  p.d.chunk_len = ceil_div(L, chunks);
-  p.d.chunks = ceil_div(L, p.d.chunk_len);
-  return static_cast<int>(std::min<int64_t>(base * p.d.chunks, 32 * dev.sms));
+  const int64_t segments = std::max<int64_t>(1, std::min(want, L / (threads_l * kUnroll)));
+  p.d.segment_len = ceil_div(L, segments);
+  p.d.segments = ceil_div(L, p.d.segment_len);
+  return static_cast<int>(std::min<int64_t>(base * p.d.segments, 32 * dev.sms));
 }
 
 template <typename T, typename acc_t, bool kSums>
@@ -258,35 +259,35 @@ struct LaunchRecord {
   LaunchPath path = LaunchPath::None;
   int64_t launches = 0;  // kernel launches of the op
   int64_t grid = 0, block = 0, smem = 0;  // of its main (row or channel-tile) kernel
-  int64_t chunks = 1;    // segments per row
+  int64_t segments = 1;  // segments per row (the key "chunks" of _extension.last_cuda_launch())
 };
 
 inline std::mutex launch_record_mutex;
 inline LaunchRecord last_launch_record;
 
 inline void record_launch(LaunchPath path, int64_t launches, int64_t grid, int64_t block,
-                          int64_t smem, int64_t chunks) {
+                          int64_t smem, int64_t segments) {
   const std::lock_guard<std::mutex> lock(launch_record_mutex);
-  last_launch_record = LaunchRecord{path, launches, grid, block, smem, chunks};
+  last_launch_record = LaunchRecord{path, launches, grid, block, smem, segments};
 }
 
 inline void record_rows_launch(const RowsLaunch& r, int cached_rows, int64_t launches,
-                               int64_t chunks) {
+                               int64_t segments) {
   LaunchPath path = LaunchPath::Rows;
-  if (chunks > 1) {
+  if (segments > 1) {
     path = LaunchPath::Split;
   } else if (r.block > r.group) {
     path = LaunchPath::Packed;
   } else if (cached_rows > 0 && r.cache_slots < r.row_slots) {
     path = LaunchPath::RowsPartialCache;
   }
-  record_launch(path, launches, r.grid, r.block, static_cast<int64_t>(r.smem), chunks);
+  record_launch(path, launches, r.grid, r.block, static_cast<int64_t>(r.smem), segments);
 }
 
 inline std::vector<int64_t> last_launch() {
   const std::lock_guard<std::mutex> lock(launch_record_mutex);
   const LaunchRecord& r = last_launch_record;
-  return {static_cast<int64_t>(r.path), r.launches, r.grid, r.block, r.smem, r.chunks};
+  return {static_cast<int64_t>(r.path), r.launches, r.grid, r.block, r.smem, r.segments};
 }
 
 // ---- Host helpers for the op files.
@@ -298,12 +299,20 @@ inline at::Tensor aligned16(const at::Tensor& t, at::MemoryFormat format) {
   return t.clone(format);
 }
 
-// Partial-state workspace of a split or channels_last launch: [R, chunks] twice.
-template <typename acc_t>
+// Partial-state workspace of a split or channels_last launch: [R, segments] twice, the Welford
+// states' means and m2s or (kGradSums) the GradSums' sum_g and sum_g_dev.
+template <bool kGradSums, typename acc_t>
 inline at::Tensor attach_partials(RowData<acc_t>& d, const at::TensorOptions& acc_options) {
-  at::Tensor ws = at::empty({2, d.rows * d.chunks}, acc_options);
-  d.partial0 = ws.data_ptr<acc_t>();
-  d.partial1 = d.partial0 + d.rows * d.chunks;
+  at::Tensor ws = at::empty({2, d.rows * d.segments}, acc_options);
+  acc_t* first = ws.data_ptr<acc_t>();
+  acc_t* second = first + d.rows * d.segments;
+  if (kGradSums) {
+    d.partial_sum_g = first;
+    d.partial_sum_g_dev = second;
+  } else {
+    d.partial_mean = first;
+    d.partial_m2 = second;
+  }
   return ws;
 }
 
@@ -335,7 +344,7 @@ struct RowOpKernels {
 
 // Runs op kOp over the R = p.d.rows rows of length L = p.d.L that p describes (pointers and
 // per-row inputs set by the op file) by the path the layout and shape select:
-//   channels_last:  partial states per (image, channel tile, chunk), finalize, apply   (3 launches)
+//   channels_last:  partial states per (image, channel tile, segment), finalize, apply (3 launches)
 //   few long rows:  partial states per row segment, finalize, apply                     (3 launches)
 //   otherwise:      one launch, each row reduced and mapped while cached on chip        (1 launch)
 // The workspaces are freed on return; the caching allocator keeps them for this stream's work.
@@ -348,21 +357,22 @@ inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
   at::Tensor partials, coef;
   if (layout == Layout::ChannelsLast) {
     const int grid = plan_channels_last(p, N, C, L, dev);
-    partials = attach_partials(p.d, acc_options);
+    partials = attach_partials<K::kGrad>(p.d, acc_options);
     if (K::kMaps) coef = attach_coef(p.d, acc_options);
     launch_cl_partial<T, acc_t, K::kGrad>(p, grid);
     launch_finalize<acc_t, K::kFinal>(p.d, dev);
     if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad>(p, grid);
-    record_launch(LaunchPath::ChannelsLast, K::kMaps ? 3 : 2, grid, kClBlock, 0, p.d.chunks);
+    record_launch(LaunchPath::ChannelsLast, K::kMaps ? 3 : 2, grid, kClBlock, 0, p.d.segments);
   } else if (use_split(R, L, dev)) {
-    choose_chunks<T>(R, L, dev, p.d.chunks, p.d.chunk_len);
-    partials = attach_partials(p.d, acc_options);
+    choose_segments<T>(R, L, dev, p.d.segments, p.d.segment_len);
+    partials = attach_partials<K::kGrad>(p.d, acc_options);
     if (K::kMaps) coef = attach_coef(p.d, acc_options);
-    const RowsLaunch geometry = plan_rows<T>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
+    const RowsLaunch geometry =
+        plan_rows<T>(R * p.d.segments, p.d.segment_len, L % VEC == 0, 0, dev);
     launch_rows<T, acc_t, K::kPartial>(p, geometry);
     launch_finalize<acc_t, K::kFinal>(p.d, dev);
     if (K::kMaps) launch_rows<T, acc_t, K::kApply>(p, geometry);
-    record_rows_launch(geometry, 0, K::kMaps ? 3 : 2, p.d.chunks);
+    record_rows_launch(geometry, 0, K::kMaps ? 3 : 2, p.d.segments);
   } else {
     const RowsLaunch geometry = plan_rows<T>(R, L, L % VEC == 0, K::kCachedRows, dev);
     launch_rows<T, acc_t, K::kOneLaunch>(p, geometry);

@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> row_statistics(const at::Tensor& x_in, double
     p.x = x.data_ptr<scalar_t>();
     p.d.rows = R;
     p.d.L = L;
-    p.d.chunk_len = L;
+    p.d.segment_len = L;
     p.d.eps = static_cast<acc_t>(eps);
     p.d.unbiased = unbiased;
     p.d.mean_out = mean.data_ptr<acc_t>();
@@ -54,7 +54,8 @@ std::tuple<at::Tensor, at::Tensor> mean_std_cuda(const at::Tensor& x, double eps
   return {mean.view(shape).to(x.scalar_type()), std.view(shape).to(x.scalar_type())};
 }
 
-// grad_x = gm / L + gs * (x - mean) / (D * std), in x's layout and dtype.
+// grad_x = grad_mean / L + grad_std * (x - mean) / (D * std) (mean_std_backward_coef in
+// row_math.h), in x's layout and dtype.
 at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor& grad_std,
                                   const at::Tensor& x_in, const at::Tensor& mean,
                                   const at::Tensor& std, bool unbiased) {
@@ -82,24 +83,26 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
     p.out = grad_x.data_ptr<scalar_t>();
     p.d.rows = R;
     p.d.L = L;
-    p.d.chunk_len = L;
+    p.d.segment_len = L;
     p.d.unbiased = unbiased;
     p.d.grad_mean_in = gm.data_ptr<acc_t>();
     p.d.grad_std_in = gs.data_ptr<acc_t>();
-    p.d.x_mean = mean_f.data_ptr<acc_t>();
-    p.d.x_std = std_f.data_ptr<acc_t>();
+    p.d.mean_x = mean_f.data_ptr<acc_t>();
+    p.d.std_x = std_f.data_ptr<acc_t>();
     const at::Tensor coef = attach_coef(p.d, acc_options);
     launch_finalize<acc_t, RowMode::MeanStdBackward>(p.d, dev);
     if (layout == Layout::ChannelsLast) {
       const int grid = plan_channels_last(p, N, C, L, dev);
       launch_cl_apply<scalar_t, acc_t, /*kHasG=*/false>(p, grid);
-      record_launch(LaunchPath::ChannelsLast, 2, grid, kClBlock, 0, p.d.chunks);
+      record_launch(LaunchPath::ChannelsLast, 2, grid, kClBlock, 0, p.d.segments);
     } else {
-      if (use_split(R, L, dev)) choose_chunks<scalar_t>(R, L, dev, p.d.chunks, p.d.chunk_len);
+      if (use_split(R, L, dev)) {
+        choose_segments<scalar_t>(R, L, dev, p.d.segments, p.d.segment_len);
+      }
       const RowsLaunch geometry =
-          plan_rows<scalar_t>(R * p.d.chunks, p.d.chunk_len, L % VEC == 0, 0, dev);
+          plan_rows<scalar_t>(R * p.d.segments, p.d.segment_len, L % VEC == 0, 0, dev);
       launch_rows<scalar_t, acc_t, RowMode::Apply>(p, geometry);
-      record_rows_launch(geometry, 0, 2, p.d.chunks);
+      record_rows_launch(geometry, 0, 2, p.d.segments);
     }
   });
   return shaped_like(grad_x, x_in);
@@ -108,8 +111,9 @@ at::Tensor mean_std_backward_cuda(const at::Tensor& grad_mean, const at::Tensor&
 }  // namespace
 }  // namespace cuda
 
-// Debug hook for tests, no tensor arguments: [path, launches, grid, block, smem, chunks] of the
-// last CUDA op (LaunchPath in launch.cuh; adain_ext._extension.last_cuda_launch decodes it).
+// Debug hook for tests, no tensor arguments: [path, launches, grid, block, smem, segments] of the
+// last CUDA op (LaunchPath in launch.cuh; adain_ext._extension.last_cuda_launch decodes it, naming
+// the segments per row "chunks").
 TORCH_LIBRARY_FRAGMENT(adain, m) {
   m.def("_cuda_last_launch() -> int[]", &cuda::last_launch);
 }

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "row_math.h"
+
 namespace adain {
 namespace cuda {
 
@@ -27,10 +29,10 @@ enum class RowMode {
   Fused,            // style statistics, then Affine with them as targets, one launch
   AffineBackward,   // sum(g), sum(g*(x-mean)) -> grad_x (and grad_mean_out, grad_std_out)
                     // (finalize: coefficients and grad_*_out from gradient-sum partials)
-  PartialWelford,   // one Welford state per segment -> partial0/1
-  PartialSums,      // sum(g), sum(g*(x-mean)) per segment -> partial0/1
-  Apply,            // out = B*(x-M) + C0 from coef
-  ApplyGrad,        // out = A*g + B*(x-M) + C0 from coef
+  PartialWelford,   // one Welford state per segment -> partial_mean, partial_m2
+  PartialSums,      // GradSums per segment -> partial_sum_g, partial_sum_g_dev
+  Apply,            // out = slope*(x-mean) + shift from coef
+  ApplyGrad,        // out = g_scale*g + slope*(x-mean) + shift from coef
   MeanStdBackward,  // finalize only: coefficients of mean_std's backward from grad_*_in -> coef
 };
 
@@ -42,29 +44,38 @@ enum class RowMode {
 // the channels_last kernels; "finalize" means finalize_rows_kernel.
 template <typename acc_t>
 struct RowData {
-  int64_t rows = 0;       // R = N * C; every mode
-  int64_t L = 0;          // elements per row of x (H * W); every mode
-  int64_t L_style = 0;    // elements per row of the style; Fused
-  int64_t chunks = 1;     // segments per row: set by the launchers for split and finalize, else 1
-  int64_t chunk_len = 0;  // elements (contiguous) or positions (channels_last) per segment; every
-                          // mode (L when chunks == 1)
-  acc_t alpha = 1;        // Affine, Fused, AffineBackward; finalize Affine, AffineBackward
-  acc_t eps = 0;          // Stats, Affine, Fused; finalize Stats, Affine
-  bool unbiased = true;   // every mode that computes a std or a coefficient
+  int64_t rows = 0;         // R = N * C; every mode
+  int64_t L = 0;            // elements per row of x (H * W); every mode
+  int64_t L_style = 0;      // elements per row of the style; Fused
+  int64_t segments = 1;     // segments per row: set by the launchers for split and finalize, else 1
+  int64_t segment_len = 0;  // elements (contiguous) or positions (channels_last) per segment;
+                            // every mode (L when segments == 1)
+  acc_t alpha = 1;          // Affine, Fused, AffineBackward; finalize Affine, AffineBackward
+  acc_t eps = 0;            // Stats, Affine, Fused; finalize Stats, Affine
+  bool unbiased = true;     // every mode that computes a std or a coefficient
   const acc_t* target_mean = nullptr;  // Affine; finalize Affine: the target statistics
   const acc_t* target_std = nullptr;   // Affine; finalize Affine
-  const acc_t* x_mean = nullptr;  // AffineBackward, PartialSums, cl_partial_kernel<kSums>;
+  const acc_t* mean_x = nullptr;  // AffineBackward, PartialSums, cl_partial_kernel<kSums>;
                                   // finalize AffineBackward, MeanStdBackward: x's mean
-  const acc_t* x_std = nullptr;   // AffineBackward; finalize AffineBackward, MeanStdBackward
+  const acc_t* std_x = nullptr;   // AffineBackward; finalize AffineBackward, MeanStdBackward
   const acc_t* std_target = nullptr;    // AffineBackward; finalize AffineBackward: the target std
   const acc_t* grad_mean_in = nullptr;  // finalize MeanStdBackward: incoming gradients
   const acc_t* grad_std_in = nullptr;   // finalize MeanStdBackward
-  acc_t* partial0 = nullptr;  // [R, chunks], written by PartialWelford / cl_partial_kernel (the
-                              // Welford mean) or PartialSums / cl_partial_kernel<kSums> (sum(g));
-                              // read by finalize Stats, Affine, AffineBackward
-  acc_t* partial1 = nullptr;  // [R, chunks], as partial0: the Welford m2 or sum(g * (x - mean))
-  acc_t* coef = nullptr;      // [R, 4]: A, B, M, C0; written by finalize Affine, AffineBackward,
-                              // MeanStdBackward; read by Apply, ApplyGrad, cl_apply_kernel
+  // The partial states of the segments, [R, segments] each (attach_partials in launch.cuh): a
+  // Welford state (mean, m2) per segment, written by PartialWelford / cl_partial_kernel and read
+  // by finalize Stats, Affine; or GradSums (sum_g, sum_g_dev), written by PartialSums /
+  // cl_partial_kernel<kSums> and read by finalize AffineBackward. One op uses one of the pairs.
+  union {
+    acc_t* partial_mean = nullptr;
+    acc_t* partial_sum_g;
+  };
+  union {
+    acc_t* partial_m2 = nullptr;
+    acc_t* partial_sum_g_dev;
+  };
+  acc_t* coef = nullptr;      // [R, 4]: RowCoef's g_scale, slope, mean, shift (store_coef); written
+                              // by finalize Affine, AffineBackward, MeanStdBackward; read by
+                              // Apply, ApplyGrad, cl_apply_kernel
   acc_t* mean_out = nullptr;  // statistics of x: Stats, Affine, Fused; finalize Stats, Affine
   acc_t* std_out = nullptr;   // as mean_out
   acc_t* style_mean_out = nullptr;  // statistics of the style: Fused
@@ -72,12 +83,31 @@ struct RowData {
   acc_t* grad_mean_out = nullptr;   // AffineBackward; finalize AffineBackward
   acc_t* grad_std_out = nullptr;    // AffineBackward; finalize AffineBackward
 
-  // Elements (or positions) of chunk k of a row: the count of its partial state.
-  C10_HOST_DEVICE int64_t chunk_count(int64_t k) const {
-    const int64_t left = L - k * chunk_len;
-    return left < chunk_len ? left : chunk_len;
+  // Elements (or positions) of segment s of a row: the count of its partial state.
+  C10_HOST_DEVICE int64_t segment_count(int64_t s) const {
+    const int64_t left = L - s * segment_len;
+    return left < segment_len ? left : segment_len;
   }
 };
+
+// The coefficients of `row` in RowData::coef.
+template <typename acc_t>
+C10_DEVICE __forceinline__ RowCoef<acc_t> load_coef(const acc_t* coef, int64_t row) {
+  RowCoef<acc_t> c;
+  c.g_scale = coef[4 * row + 0];
+  c.slope = coef[4 * row + 1];
+  c.mean = coef[4 * row + 2];
+  c.shift = coef[4 * row + 3];
+  return c;
+}
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ void store_coef(acc_t* coef, int64_t row, const RowCoef<acc_t>& c) {
+  coef[4 * row + 0] = c.g_scale;
+  coef[4 * row + 1] = c.slope;
+  coef[4 * row + 2] = c.mean;
+  coef[4 * row + 3] = c.shift;
+}
 
 // The tensors and the geometry of one contig_rows_kernel, cl_partial_kernel or cl_apply_kernel
 // launch. The tensors are set by the op file, the geometry by the launcher (launch_rows) or the

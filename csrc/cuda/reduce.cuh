@@ -1,5 +1,6 @@
 // Device helpers every CUDA kernel of adain_ext shares: 16-byte vector slots with masked edges,
-// per-slot Welford states, and deterministic warp / block reductions of Welford states and sums.
+// per-slot Welford states, and deterministic warp / block reductions of Welford states and of
+// GradSums.
 //
 // Determinism: every reduction here is a fixed tree (shuffle-down, then one warp over the warp
 // partials) whose shape depends only on the launch geometry, and every merge keeps its operands in
@@ -11,6 +12,7 @@
 
 #include <cstdint>
 
+#include "row_math.h"
 #include "welford.h"
 
 namespace adain {
@@ -130,13 +132,6 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> slot_state(const Vec<T, VEC>& x, 
   return s;
 }
 
-// Two running sums (the backward's sum(g) and sum(g * (x - mean))).
-template <typename acc_t>
-struct Sum2 {
-  acc_t a = 0;
-  acc_t b = 0;
-};
-
 template <typename acc_t>
 C10_DEVICE __forceinline__ WelfordState<acc_t> combine(const WelfordState<acc_t>& x,
                                                        const WelfordState<acc_t>& y) {
@@ -144,11 +139,9 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> combine(const WelfordState<acc_t>
 }
 
 template <typename acc_t>
-C10_DEVICE __forceinline__ Sum2<acc_t> combine(const Sum2<acc_t>& x, const Sum2<acc_t>& y) {
-  Sum2<acc_t> out;
-  out.a = x.a + y.a;
-  out.b = x.b + y.b;
-  return out;
+C10_DEVICE __forceinline__ GradSums<acc_t> combine(const GradSums<acc_t>& x,
+                                                   const GradSums<acc_t>& y) {
+  return grad_sums_merge(x, y);
 }
 
 template <typename acc_t>
@@ -163,10 +156,11 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> shfl_down(const WelfordState<acc_
 }
 
 template <typename acc_t>
-C10_DEVICE __forceinline__ Sum2<acc_t> shfl_down(const Sum2<acc_t>& s, int delta, int width) {
-  Sum2<acc_t> out;
-  out.a = __shfl_down_sync(kFullMask, s.a, delta, width);
-  out.b = __shfl_down_sync(kFullMask, s.b, delta, width);
+C10_DEVICE __forceinline__ GradSums<acc_t> shfl_down(const GradSums<acc_t>& s, int delta,
+                                                     int width) {
+  GradSums<acc_t> out;
+  out.sum_g = __shfl_down_sync(kFullMask, s.sum_g, delta, width);
+  out.sum_g_dev = __shfl_down_sync(kFullMask, s.sum_g_dev, delta, width);
   return out;
 }
 
@@ -182,10 +176,10 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> shfl_first(const WelfordState<acc
 }
 
 template <typename acc_t>
-C10_DEVICE __forceinline__ Sum2<acc_t> shfl_first(const Sum2<acc_t>& s, int width) {
-  Sum2<acc_t> out;
-  out.a = __shfl_sync(kFullMask, s.a, 0, width);
-  out.b = __shfl_sync(kFullMask, s.b, 0, width);
+C10_DEVICE __forceinline__ GradSums<acc_t> shfl_first(const GradSums<acc_t>& s, int width) {
+  GradSums<acc_t> out;
+  out.sum_g = __shfl_sync(kFullMask, s.sum_g, 0, width);
+  out.sum_g_dev = __shfl_sync(kFullMask, s.sum_g_dev, 0, width);
   return out;
 }
 

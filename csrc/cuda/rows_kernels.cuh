@@ -7,7 +7,7 @@
 
 #include "cuda/params.cuh"
 #include "cuda/reduce.cuh"
-#include "cuda/row_math.cuh"
+#include "row_math.h"
 #include "welford.h"
 
 namespace adain {
@@ -67,14 +67,14 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> lane_welford(const T* __restrict_
   return st;
 }
 
-// sum(g) and sum(g * (x - mean)) of this lane's slots; both rows cached like lane_welford.
+// GradSums of this lane's slots; both rows cached like lane_welford.
 template <typename acc_t, typename T, int VEC, bool kCache>
-C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
+C10_DEVICE __forceinline__ GradSums<acc_t> lane_grad_sums(const T* __restrict__ x,
                                                       const T* __restrict__ g, const Segment& seg,
                                                       int lane, int group, acc_t mean,
                                                       Vec<T, VEC>* cache_x, Vec<T, VEC>* cache_g,
                                                       int64_t cache_slots) {
-  Sum2<acc_t> sums;
+  GradSums<acc_t> sums;
   walk_slots<T, VEC, unroll_slots<T, true>(), true, false>(
       x, g, seg, lane, group, nullptr, nullptr, 0,
       [&](int64_t s, int, int, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
@@ -86,8 +86,8 @@ C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const acc_t gj = static_cast<acc_t>(vg.v[j]);
-          sums.a += gj;
-          sums.b += gj * (static_cast<acc_t>(vx.v[j]) - mean);
+          sums.sum_g += gj;
+          sums.sum_g_dev += gj * (static_cast<acc_t>(vx.v[j]) - mean);
         }
       });
   return sums;
@@ -98,7 +98,7 @@ C10_DEVICE __forceinline__ Sum2<acc_t> lane_grad_sums(const T* __restrict__ x,
 template <typename acc_t, typename T, int VEC, bool kHasG>
 C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __restrict__ g,
                                            T* __restrict__ out, const Segment& seg, int lane,
-                                           int group, const Coef<acc_t>& c,
+                                           int group, const RowCoef<acc_t>& c,
                                            const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
                                            int64_t cache_slots) {
   walk_slots<T, VEC, unroll_slots<T, kHasG>(), kHasG, true>(
@@ -108,13 +108,13 @@ C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __r
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
-          y.v[j] = static_cast<T>(apply_coef<acc_t, kHasG>(c, static_cast<acc_t>(vx.v[j]), gj));
+          y.v[j] = static_cast<T>(apply_coef<kHasG>(c, static_cast<acc_t>(vx.v[j]), gj));
         }
         store_slot<T, VEC>(out, seg.first + s * VEC, lo, hi, y);
       });
 }
 
-// One group of p.group threads per segment (row r, chunk k) of a contiguous tensor.
+// One group of p.group threads per segment (segment s of row r) of a contiguous tensor.
 template <typename T, typename acc_t, RowMode kMode>
 __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t> p) {
   constexpr int VEC = vec_width<T>();
@@ -133,16 +133,16 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
   V* cache_x = reinterpret_cast<V*>(cache_bytes) +
                static_cast<int64_t>(slot_in_block) * p.cache_slots * (kTwoRows ? 2 : 1);
   V* cache_g = cache_x + p.cache_slots;
-  const int64_t segments = d.rows * d.chunks;
+  const int64_t all_segments = d.rows * d.segments;
 
   for (int64_t block = blockIdx.x; block < p.num_blocks; block += gridDim.x) {
     // Inactive groups (past the last segment) still take part in the reductions.
-    const int64_t segment = block * segments_per_block + slot_in_block;
-    const bool active = segment < segments;
-    const int64_t row = active ? segment / d.chunks : 0;
-    const int64_t chunk = active ? segment % d.chunks : 0;
-    const int64_t begin = chunk * d.chunk_len;
-    const int64_t len = active ? std::min(d.chunk_len, d.L - begin) : 0;
+    const int64_t segment = block * segments_per_block + slot_in_block;  // over all rows
+    const bool active = segment < all_segments;
+    const int64_t row = active ? segment / d.segments : 0;
+    const int64_t segment_in_row = active ? segment % d.segments : 0;
+    const int64_t begin = segment_in_row * d.segment_len;
+    const int64_t len = active ? std::min(d.segment_len, d.L - begin) : 0;
     const Segment seg = make_segment<VEC>(row * d.L + begin, len);
 
     if constexpr (kMode == RowMode::Stats || kMode == RowMode::PartialWelford) {
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
           d.mean_out[row] = st.mean;
           d.std_out[row] = std_of(st, d.eps, d.unbiased);
         } else {
-          d.partial0[segment] = st.mean;
-          d.partial1[segment] = st.m2;
+          d.partial_mean[segment] = st.mean;
+          d.partial_m2[segment] = st.m2;
         }
       }
     } else if constexpr (kMode == RowMode::Affine || kMode == RowMode::Fused) {
@@ -183,43 +183,42 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
         d.mean_out[row] = mean_x;
         d.std_out[row] = std_x;
       }
-      const Coef<acc_t> c = affine_forward_coef(mean_x, std_x, mean_t, std_t, d.alpha);
+      const RowCoef<acc_t> c = affine_forward_coef(mean_x, std_x, mean_t, std_t, d.alpha);
       lane_apply<acc_t, T, VEC, false>(p.x, nullptr, p.out, seg, lane, group, c, cache_x, nullptr,
                                        p.cache_slots);
     } else if constexpr (kMode == RowMode::AffineBackward || kMode == RowMode::PartialSums) {
-      const acc_t mean_x = active ? d.x_mean[row] : acc_t(0);
-      Sum2<acc_t> sums = lane_grad_sums<acc_t, T, VEC, kCache>(p.x, p.g, seg, lane, group, mean_x,
-                                                               cache_x, cache_g, p.cache_slots);
+      const acc_t mean_x = active ? d.mean_x[row] : acc_t(0);
+      GradSums<acc_t> sums = lane_grad_sums<acc_t, T, VEC, kCache>(
+          p.x, p.g, seg, lane, group, mean_x, cache_x, cache_g, p.cache_slots);
       sums = group_allreduce(sums, group, scratch);
       if constexpr (kMode == RowMode::PartialSums) {
         if (active && lane == 0) {
-          d.partial0[segment] = sums.a;
-          d.partial1[segment] = sums.b;
+          d.partial_sum_g[segment] = sums.sum_g;
+          d.partial_sum_g_dev[segment] = sums.sum_g_dev;
         }
       } else {
-        acc_t grad_mean = 0, grad_std = 0;
-        const acc_t std_x = active ? d.x_std[row] : acc_t(1);
+        const acc_t std_x = active ? d.std_x[row] : acc_t(1);
         const acc_t std_t = active ? d.std_target[row] : acc_t(1);
-        const Coef<acc_t> c = affine_backward_coef(sums.a, sums.b, mean_x, std_x, std_t, d.alpha,
-                                                   d.L, d.unbiased, grad_mean, grad_std);
+        const AffineGrads<acc_t> grads =
+            affine_backward_coef(sums, mean_x, std_x, std_t, d.alpha, d.L, d.unbiased);
         if (active && lane == 0) {
-          d.grad_mean_out[row] = grad_mean;
-          d.grad_std_out[row] = grad_std;
+          d.grad_mean_out[row] = grads.grad_mean_t;
+          d.grad_std_out[row] = grads.grad_std_t;
         }
-        lane_apply<acc_t, T, VEC, true>(p.x, p.g, p.out, seg, lane, group, c, cache_x, cache_g,
-                                        p.cache_slots);
+        lane_apply<acc_t, T, VEC, true>(p.x, p.g, p.out, seg, lane, group, grads.grad_x, cache_x,
+                                        cache_g, p.cache_slots);
       }
     } else {  // Apply, ApplyGrad: no reduction
       constexpr bool kHasG = kMode == RowMode::ApplyGrad;
       if (active) {
-        const Coef<acc_t> c = load_coef(d.coef, row);
+        const RowCoef<acc_t> c = load_coef(d.coef, row);
         lane_apply<acc_t, T, VEC, kHasG>(p.x, p.g, p.out, seg, lane, group, c, nullptr, nullptr, 0);
       }
     }
   }
 }
 
-// ---- Finalize: one thread per row merges the row's partials in chunk order.
+// ---- Finalize: one thread per row merges the row's partials in segment order.
 
 template <typename acc_t, RowMode kMode>
 __global__ void finalize_rows_kernel(const RowData<acc_t> d) {
@@ -230,14 +229,14 @@ __global__ void finalize_rows_kernel(const RowData<acc_t> d) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < d.rows;
        row += stride) {
-    Coef<acc_t> c;
+    RowCoef<acc_t> c;
     if constexpr (kMode == RowMode::Stats || kMode == RowMode::Affine) {
       WelfordState<acc_t> st;
-      for (int64_t k = 0; k < d.chunks; ++k) {
+      for (int64_t s = 0; s < d.segments; ++s) {
         WelfordState<acc_t> part;
-        part.mean = d.partial0[row * d.chunks + k];
-        part.m2 = d.partial1[row * d.chunks + k];
-        part.count = d.chunk_count(k);
+        part.mean = d.partial_mean[row * d.segments + s];
+        part.m2 = d.partial_m2[row * d.segments + s];
+        part.count = d.segment_count(s);
         st = welford_merge(st, part);
       }
       const acc_t std_x = std_of(st, d.eps, d.unbiased);
@@ -246,24 +245,23 @@ __global__ void finalize_rows_kernel(const RowData<acc_t> d) {
       if constexpr (kMode == RowMode::Stats) continue;
       c = affine_forward_coef(st.mean, std_x, d.target_mean[row], d.target_std[row], d.alpha);
     } else if constexpr (kMode == RowMode::AffineBackward) {
-      acc_t sg = 0, sgxc = 0;
-      for (int64_t k = 0; k < d.chunks; ++k) {
-        sg += d.partial0[row * d.chunks + k];
-        sgxc += d.partial1[row * d.chunks + k];
+      GradSums<acc_t> sums;
+      for (int64_t s = 0; s < d.segments; ++s) {
+        GradSums<acc_t> part;
+        part.sum_g = d.partial_sum_g[row * d.segments + s];
+        part.sum_g_dev = d.partial_sum_g_dev[row * d.segments + s];
+        sums = grad_sums_merge(sums, part);
       }
-      acc_t grad_mean = 0, grad_std = 0;
-      c = affine_backward_coef(sg, sgxc, d.x_mean[row], d.x_std[row], d.std_target[row], d.alpha,
-                               d.L, d.unbiased, grad_mean, grad_std);
-      d.grad_mean_out[row] = grad_mean;
-      d.grad_std_out[row] = grad_std;
+      const AffineGrads<acc_t> grads = affine_backward_coef(
+          sums, d.mean_x[row], d.std_x[row], d.std_target[row], d.alpha, d.L, d.unbiased);
+      d.grad_mean_out[row] = grads.grad_mean_t;
+      d.grad_std_out[row] = grads.grad_std_t;
+      c = grads.grad_x;
     } else {
-      c = mean_std_backward_coef(d.grad_mean_in[row], d.grad_std_in[row], d.x_mean[row],
-                                 d.x_std[row], d.L, d.unbiased);
+      c = mean_std_backward_coef(d.grad_mean_in[row], d.grad_std_in[row], d.mean_x[row],
+                                 d.std_x[row], d.L, d.unbiased);
     }
-    d.coef[4 * row + 0] = c.A;
-    d.coef[4 * row + 1] = c.B;
-    d.coef[4 * row + 2] = c.M;
-    d.coef[4 * row + 3] = c.C0;
+    store_coef(d.coef, row, c);
   }
 }
 

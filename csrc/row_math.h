@@ -1,0 +1,141 @@
+// The per-row math of every C++ and CUDA kernel, written once for host and device code (as
+// welford.h): a row's std from its Welford state, the alpha blend, the gradient sums of a row, and
+// the coefficients of the one elementwise map every output of every op is,
+//
+//   out = g_scale * g + slope * (x - mean) + shift        (RowCoef, per row)
+//
+// with L = the row's length, D = the variance divisor (L - 1 unbiased, else L) and
+//   affine / adain forward      g_scale = 0, slope = target_std / std_x, mean = mean_x,
+//                               shift = target_mean
+//   affine / adain backward     g_scale = k = target_std * rstd, slope = c * sum_g_xhat / D * rstd,
+//                               mean = mean_x, shift = c * sum_g / L, c = (1 - alpha) - k
+//   mean_std backward           g_scale = 0, slope = grad_std / (D * std), mean = mean,
+//                               shift = grad_mean / L
+// (docs/design.md, "Row math"). Centring on the row mean before scaling is deliberate:
+// slope * x + (shift - slope * mean) would cancel two terms of size |slope * mean| on large-mean
+// rows (x = 1e4 + N(0, 1) loses ~1e-3 absolute in fp32, 0.2 in bf16); x - mean is exact there.
+//
+// The CPU kernels apply the map with their own vector loops (at::vec) and the CUDA kernels with
+// apply_coef; both take the coefficients from the functions below, so the backends cannot drift.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "welford.h"
+
+namespace adain {
+
+// std = sqrt(m2 / D + eps): eps is added to the variance, as in the reference's calc_mean_std.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t std_of(const WelfordState<acc_t>& s, acc_t eps,
+                                               bool unbiased) {
+  const acc_t var_eps = s.m2 / variance_divisor<acc_t>(s.count, unbiased) + eps;
+  // Device code takes CUDA's sqrt overloads; host code std::sqrt, since an unqualified sqrt may
+  // find only C's sqrt(double) there.
+#if defined(__CUDA_ARCH__)
+  return sqrt(var_eps);
+#else
+  return std::sqrt(var_eps);
+#endif
+}
+
+// The target statistics moved towards by alpha: alpha * target + (1 - alpha) * own. alpha == 1
+// returns the target itself, not as an optimisation: an Inf/NaN statistic of the row's own would
+// otherwise be multiplied by 0 (0 * Inf = NaN), and alpha = 1 must give the reference's AdaIN.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t blend(acc_t alpha, acc_t target, acc_t own) {
+  return alpha == acc_t(1) ? target : alpha * target + (acc_t(1) - alpha) * own;
+}
+
+// out = g_scale * g + slope * (x - mean) + shift for every element of a row (g_scale is 0 where
+// the map has no g). The field order is the order of the CUDA kernels' [R, 4] workspace.
+template <typename acc_t>
+struct RowCoef {
+  acc_t g_scale = 0;
+  acc_t slope = 0;
+  acc_t mean = 0;
+  acc_t shift = 0;
+};
+
+template <bool kHasG, typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t apply_coef(const RowCoef<acc_t>& c, acc_t x, acc_t g) {
+  const acc_t y = c.slope * (x - c.mean) + c.shift;
+  return kHasG ? c.g_scale * g + y : y;
+}
+
+// The gradient sums of a row (or of a piece of it): sum(g * (x - mean)), not sum(g * x) -
+// mean * sum(g), which cancels on large-mean rows; sum_g_xhat = rstd * sum_g_dev.
+template <typename acc_t>
+struct GradSums {
+  acc_t sum_g = 0;      // sum(g)
+  acc_t sum_g_dev = 0;  // sum(g * (x - mean))
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE GradSums<acc_t> grad_sums_merge(const GradSums<acc_t>& a,
+                                                                  const GradSums<acc_t>& b) {
+  GradSums<acc_t> out;
+  out.sum_g = a.sum_g + b.sum_g;
+  out.sum_g_dev = a.sum_g_dev + b.sum_g_dev;
+  return out;
+}
+
+// Forward of affine and adain: out = target_std * (x - mean_x) / std_x + target_mean, the targets
+// (mean_t, std_t) blended with the row's own statistics by alpha.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE RowCoef<acc_t> affine_forward_coef(acc_t mean_x, acc_t std_x,
+                                                                     acc_t mean_t, acc_t std_t,
+                                                                     acc_t alpha) {
+  RowCoef<acc_t> c;
+  c.slope = blend(alpha, std_t, std_x) / std_x;
+  c.mean = mean_x;
+  c.shift = blend(alpha, mean_t, mean_x);
+  return c;
+}
+
+// The backward of affine_forward_coef's map: the map that gives grad_x, and the gradients of the
+// target statistics mean_t and std_t.
+template <typename acc_t>
+struct AffineGrads {
+  RowCoef<acc_t> grad_x;
+  acc_t grad_mean_t = 0;  // alpha * sum_g
+  acc_t grad_std_t = 0;   // alpha * sum_g_xhat
+};
+
+// c = (1 - alpha) - k is the gradient through the row's own statistics inside target_mean and
+// target_std (x's mean and std depend on x too).
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE AffineGrads<acc_t> affine_backward_coef(
+    const GradSums<acc_t>& sums, acc_t mean_x, acc_t std_x, acc_t std_t, acc_t alpha, int64_t L,
+    bool unbiased) {
+  const acc_t rstd = acc_t(1) / std_x;
+  const acc_t sum_g_xhat = rstd * sums.sum_g_dev;
+  const acc_t k = blend(alpha, std_t, std_x) * rstd;
+  const acc_t c = (acc_t(1) - alpha) - k;
+  AffineGrads<acc_t> out;
+  out.grad_mean_t = alpha * sums.sum_g;
+  out.grad_std_t = alpha * sum_g_xhat;
+  out.grad_x.g_scale = k;
+  out.grad_x.slope = c * (sum_g_xhat / variance_divisor<acc_t>(L, unbiased)) * rstd;
+  out.grad_x.mean = mean_x;
+  out.grad_x.shift = c * (sums.sum_g / static_cast<acc_t>(L));
+  return out;
+}
+
+// Backward of mean_std: grad_x = grad_mean / L + grad_std * (x - mean) / (D * std).
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE RowCoef<acc_t> mean_std_backward_coef(acc_t grad_mean,
+                                                                        acc_t grad_std, acc_t mean,
+                                                                        acc_t std, int64_t L,
+                                                                        bool unbiased) {
+  RowCoef<acc_t> c;
+  c.slope = grad_std / (variance_divisor<acc_t>(L, unbiased) * std);
+  c.mean = mean;
+  c.shift = grad_mean / static_cast<acc_t>(L);
+  return c;
+}
+
+}  // namespace adain
