@@ -37,7 +37,7 @@ def as_rows(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], math.prod(x.shape[2:]), 1)  # the trailing dims merge
 
 
-def canonical(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def canonical_layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The 4-D rows a kernel reads and whether they are channels last: contiguous and channels last
     are kept (contiguous wins when a tensor is both); anything else is made contiguous."""
     channels_last = not x.is_contiguous() and is_channels_last(x)
@@ -61,7 +61,7 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def stat_shape(x: torch.Tensor) -> tuple[int, ...]:
+def stat_shape_of(x: torch.Tensor) -> tuple[int, ...]:
     """mean_std's outputs: (N, C) followed by a 1 per trailing dim of x, broadcastable against x."""
     return (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
 
@@ -76,8 +76,9 @@ def empty_output(x: torch.Tensor) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if x.dim() == 4:
         return torch.empty_like(x, memory_format=fmt)
-    L = math.prod(x.shape[2:])
-    rows = x.new_empty((x.shape[0], x.shape[1], L, 1)).contiguous(memory_format=fmt)
+    # One allocation with the strides of the 4-D rows the kernels write, viewed back as x's shape.
+    rows_shape = (x.shape[0], x.shape[1], math.prod(x.shape[2:]), 1)
+    rows = torch.empty(rows_shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     return shaped_like(rows, x)
 
 

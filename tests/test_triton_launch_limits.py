@@ -30,7 +30,7 @@ SHAPES = [
     (1, 3, 64, 64), (1, 3, 64, 65),                  # pack_tile: 4096 elements
     (2, 3, 128, 128), (2, 3, 128, 129),              # max_tile: 16384, one row per program
     (1, 8, 32, 64), (1, 8, 32, 65), (1, 12, 45, 46),  # channels_last: 8 x 2048
-    (1, 3, 256, 256), (1, 2, 1024, 1024),           # split into pieces of min_chunk or more
+    (1, 3, 256, 256), (1, 2, 1024, 1024),           # split into segments of min_segment or more
     (1, 70000, 2, 2), (1, 65537, 200, 200),          # N*C above 65535, short and long rows
     (256, 512, 32, 32),                              # relu-sized activations, many rows
     (1, 8, 4096, 8192), (1, 16, 6000, 6000),         # 2**25-element rows: 65536+ tiles each
@@ -91,7 +91,7 @@ def _launch_every_op(shape, style_shape, layout):
     style = _features((N, C, *style_shape[2:]) if style_shape else shape, layout)
     stats = [torch.empty(N, C, device=x.device) for _ in range(4)]
     unbiased = shape[2] * shape[3] > 1
-    x_c, channels_last = _common.canonical(x)
+    x_c, channels_last = _common.canonical_layout(x)
     mean_std.row_stats(x_c, channels_last, 1e-5, unbiased)
     mean_std.mean_std_backward(stats[0], stats[1], x, stats[2], stats[3], unbiased)
     affine.affine_forward(x, stats[0], stats[1], 0.5, 1e-5, unbiased)

@@ -40,31 +40,36 @@ _common, mean_std, affine, fused = (importlib.import_module("adain_ext.triton." 
 # runtime scalar; constexprs are given per variant.
 KERNELS = {
     "row_stats": (mean_std._row_stats_kernel,
-                  "X:x MEAN:acc SECOND:acc R C L chunk eps_hi:f eps_lo:f ROWS_BUCKET",
+                  "X:x MEAN:acc STD_OR_M2:acc R C L segment_len eps_hi:f eps_lo:f ROWS_BUCKET",
                   {"FINALIZE": True}),
     "merge_stats": (mean_std._merge_stats_kernel,
-                    ("PMEAN:acc PM2:acc MEAN:acc STD:acc R L chunk splits eps_hi:f eps_lo:f "
-                    "ROWS_BUCKET"), {}),
+                    ("PARTIAL_MEAN:acc PARTIAL_M2:acc MEAN:acc STD:acc R L segment_len segments "
+                    "eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
     "mean_std_backward": (mean_std._mean_std_backward_kernel,
-                          "GM:acc GS:acc X:x MEAN:acc STD:acc GX:x R C L ROWS_BUCKET", {}),
+                          ("GRAD_MEAN:acc GRAD_STD:acc X:x MEAN:acc STD:acc GRAD_X:x R C L "
+                          "ROWS_BUCKET"), {}),
     "affine_row": (affine._affine_row_kernel,
-                   ("X:x MT:acc ST:acc OUT:x XMEAN:acc XSTD:acc R C L alpha_hi:f alpha_lo:f "
-                   "eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
+                   ("X:x MEAN_T:acc STD_T:acc OUT:x MEAN_X:acc STD_X:acc R C L alpha_hi:f "
+                   "alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
     "affine_apply": (affine._affine_apply_kernel,
-                     ("X:x PMEAN:acc PM2:acc MT:acc ST:acc OUT:x XMEAN:acc XSTD:acc R C L chunk "
-                     "splits alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
+                     ("X:x PARTIAL_MEAN:acc PARTIAL_M2:acc MEAN_T:acc STD_T:acc OUT:x MEAN_X:acc "
+                     "STD_X:acc R C L segment_len segments alpha_hi:f alpha_lo:f eps_hi:f "
+                     "eps_lo:f ROWS_BUCKET"), {}),
     "affine_backward_row": (affine._affine_backward_row_kernel,
-                            ("G:x X:x XMEAN:acc XSTD:acc ST:acc GX:x GMT:acc GST:acc R C L "
-                            "alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
+                            ("G:x X:x MEAN_X:acc STD_X:acc STD_T:acc GRAD_X:x GRAD_MEAN_T:acc "
+                            "GRAD_STD_T:acc R C L alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
     "affine_backward_partial": (affine._affine_backward_partial_kernel,
-                                "G:x X:x XMEAN:acc PSG:acc PSGX:acc R C L chunk ROWS_BUCKET",
+                                ("G:x X:x MEAN_X:acc PARTIAL_SUM_G:acc PARTIAL_SUM_G_DEV:acc R C L "
+                                "segment_len ROWS_BUCKET"),
                                 {"UNBIASED": None}),
     "affine_backward_apply": (affine._affine_backward_apply_kernel,
-                              ("G:x X:x XMEAN:acc XSTD:acc ST:acc PSG:acc PSGX:acc GX:x GMT:acc "
-                              "GST:acc R C L splits alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
+                              ("G:x X:x MEAN_X:acc STD_X:acc STD_T:acc PARTIAL_SUM_G:acc "
+                              "PARTIAL_SUM_G_DEV:acc GRAD_X:x GRAD_MEAN_T:acc GRAD_STD_T:acc R C L "
+                              "segments alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
     "fused_row": (fused._fused_row_kernel,
-                  ("CONTENT:x STYLE:x OUT:x CMEAN:acc CSTD:acc SMEAN:acc SSTD:acc R C L L_STYLE "
-                  "alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET STYLE_BUCKET"),
+                  ("CONTENT:x STYLE:x OUT:x CONTENT_MEAN:acc CONTENT_STD:acc STYLE_MEAN:acc "
+                  "STYLE_STD:acc R C L L_STYLE alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f "
+                  "ROWS_BUCKET STYLE_BUCKET"),
                   {"STYLE_CHANNELS_LAST": "other", "BLOCK_L_STYLE": 128}),
 }
 DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # x -> acc

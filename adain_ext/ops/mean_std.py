@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from adain_ext import _autograd
-from adain_ext._layout import empty_output, stat_shape
+from adain_ext._layout import empty_output, stat_shape_of
 from adain_ext._validation import check_eps, check_features
 
 
@@ -12,7 +12,7 @@ from adain_ext._validation import check_eps, check_features
 def _mean_std_fake(x, eps=1e-5, unbiased=True):
     check_features(x, "x", unbiased)
     check_eps(eps)
-    return x.new_empty(stat_shape(x)), x.new_empty(stat_shape(x))
+    return x.new_empty(stat_shape_of(x)), x.new_empty(stat_shape_of(x))
 
 
 @torch.library.register_fake("adain::_mean_std_backward")

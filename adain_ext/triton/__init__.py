@@ -1,8 +1,9 @@
 """The Triton backend: adain_ext.functional calls these with backend="triton".
 
-Kernels and launchers live one file per op (mean_std.py, affine.py, fused.py); the one
-Welford/Chan merge they share is in welford.py; launch plans, layout rules and registration in
-_common.py. Each op is registered as adain_triton::<name> (a torch.library.triton_op on a GPU, so
+Kernels and launchers live one file per op (mean_std.py, affine.py, fused.py); the row math they
+share (std_of, blend, the row coefficients: the mirror of csrc/row_math.h) is in row_math.py, the
+one Welford/Chan merge in welford.py; launch plans, layout rules and registration in _common.py.
+Each op is registered as adain_triton::<name> (a torch.library.triton_op on a GPU, so
 torch.compile traces into the kernels) with the same schema and semantics as the C++ adain::<name>.
 
 On a GPU each kernel's num_warps is autotuned (the first call of each bucket of shapes benchmarks

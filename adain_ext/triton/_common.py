@@ -1,4 +1,4 @@
-"""What every Triton op shares: launch plans (block sizes, split and pack thresholds), the one
+"""What every Triton op shares: launch plans (block sizes, segment and pack thresholds), the one
 launch path (grid limits, device guard), layout and dtype rules (the same as the C++ kernels',
 csrc/checks.h), scalar passing, and op registration.
 """
@@ -76,7 +76,7 @@ class Limits:
     pack_tile: int = 4096  # short rows are packed several per program up to this many elements
     stream_tile: int = 4096  # tile of the streaming kernels, when rows do not fit one program
     cl_rows: int = 8  # channels_last: at least 8 adjacent channels per tile (a 32-byte sector)
-    min_chunk: int = 16384  # a row is split across programs only into pieces at least this long
+    min_segment: int = 16384  # a row is cut into segments (one program each) no shorter than this
     programs: int | None = None  # programs to aim for; default 2 per SM on a GPU, 1 otherwise
 
 
@@ -87,6 +87,8 @@ _LIMITS = Limits()
 def limits(**changes):
     """Temporarily changes the plan thresholds (tests use it to force split and packed paths)."""
     global _LIMITS
+    if "min_chunk" in changes:  # the former name of min_segment
+        changes["min_segment"] = changes.pop("min_chunk")
     saved = _LIMITS
     _LIMITS = dataclasses.replace(saved, **changes)
     try:
@@ -117,9 +119,12 @@ def _target_programs(device: torch.device) -> int:
 class Plan:
     """How R rows of length L are tiled.
 
-    single_pass: each program holds BLOCK_R whole rows (BLOCK_L >= L): one read of x.
-    otherwise:   a statistics pass over `splits` pieces of `chunk` elements per row (merged exactly
-                 with Chan's formula), then an elementwise pass of [BLOCK_R, BLOCK_L] tiles.
+    single_pass: each program holds BLOCK_R whole rows (BLOCK_L >= L): one read of x (the packed
+                 and whole-rows paths of docs/design.md).
+    otherwise:   a statistics pass over `segments` segments of `segment_len` elements per row
+                 (merged exactly with Chan's formula), then an elementwise pass of
+                 [BLOCK_R, BLOCK_L] tiles (split rows; one segment when the rows alone fill the
+                 device).
     """
 
     rows: int
@@ -127,9 +132,13 @@ class Plan:
     block_r: int
     block_l: int
     single_pass: bool
-    splits: int
-    chunk: int
+    segments: int
+    segment_len: int
     num_warps: int
+
+    # The former names of segments and segment_len.
+    splits = property(lambda self: self.segments)
+    chunk = property(lambda self: self.segment_len)
 
     @property
     def row_blocks(self) -> int:
@@ -140,7 +149,7 @@ class Plan:
         return triton.cdiv(self.length, self.block_l)
 
     def grid(self, pieces: int = 1) -> tuple[int]:
-        """`pieces` programs (splits or L tiles) per block of rows, flattened onto grid axis 0
+        """`pieces` programs (segments or L tiles) per block of rows, flattened onto grid axis 0
         (decoded in the kernels by welford.row_block_and_piece)."""
         return (self.row_blocks * pieces,)
 
@@ -181,10 +190,19 @@ def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> P
     block_r = min_rows
     block_l = max(1, min(length_p2, lim.stream_tile // block_r))
     row_blocks = triton.cdiv(rows, block_r)
-    splits = max(1, min(triton.cdiv(programs, row_blocks), length // max(lim.min_chunk, block_l)))
-    chunk = triton.cdiv(triton.cdiv(length, splits), block_l) * block_l
-    splits = triton.cdiv(length, chunk)
-    return Plan(rows, length, block_r, block_l, False, splits, chunk, _num_warps(block_r * block_l))
+    segments = max(1, min(triton.cdiv(programs, row_blocks),
+                          length // max(lim.min_segment, block_l)))
+    segment_len = triton.cdiv(triton.cdiv(length, segments), block_l) * block_l
+    segments = triton.cdiv(length, segment_len)  # whole tiles per segment: the last may be short
+    return Plan(rows, length, block_r, block_l, False, segments, segment_len,
+                _num_warps(block_r * block_l))
+
+
+def empty_partials(p: Plan, dtype: torch.dtype, device: torch.device):
+    """The two [segment, row] buffers a split-rows pass writes: partial_mean and partial_m2, or
+    partial_sum_g and partial_sum_g_dev."""
+    return (torch.empty(p.segments, p.rows, dtype=dtype, device=device),
+            torch.empty(p.segments, p.rows, dtype=dtype, device=device))
 
 
 # CUDA's grid limits (maxGridSize, the same on every GPU since compute capability 3.0). The
@@ -248,15 +266,17 @@ def _to_fp32(value: float) -> float:
 # ---- Layout and dtype rules: shared with the C++ backend's fake kernels.
 from adain_ext._layout import (  # noqa: E402,F401
     as_grad_of,
-    canonical,
+    canonical_layout,
     empty_output,
     empty_stats,
     flat_stat,
     like_layout,
     shaped_like,
     stat_dtype,
-    stat_shape,
+    stat_shape_of,
 )
+
+canonical = canonical_layout  # the former name (tests/test_triton.py)
 
 
 def register(name: str, fake):

@@ -1,10 +1,9 @@
 """adain_triton::_affine_forward / _affine_backward (behind adain_affine): Triton kernels,
 launchers, op registration and autograd.
 
-out = T_s * (x - mean_x) / std_x + T_m, with T_m = alpha*mean_t + (1-alpha)*mean_x and
-T_s = alpha*std_t + (1-alpha)*std_x: alpha folded into the target statistics is exact, since
-x = std_x * x_hat + mean_x. At alpha = 1 they are mean_t and std_t themselves (blend). The public
-adain_affine uses alpha = 1; the fused op passes its alpha.
+out = target_std * (x - mean_x) / std_x + target_mean, with target_mean = blend(alpha, mean_t,
+mean_x) and target_std = blend(alpha, std_t, std_x) (row_math.forward_coef; backward_coef for the
+gradients). The public adain_affine uses alpha = 1; the fused op passes its alpha.
 """
 import torch
 import triton
@@ -15,41 +14,25 @@ from adain_ext._validation import check_affine, check_eps
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
 from adain_ext.triton.mean_std import _row_stats_kernel
+from adain_ext.triton.row_math import (
+    apply_coef,
+    backward_coef,
+    forward_coef,
+    grad_sums_tile,
+    std_of,
+)
 from adain_ext.triton.welford import (
     merge_partials,
     row_base,
     row_block_and_piece,
-    row_length,
     scalar,
-    std_of,
     tile_pointers,
     tile_stats,
-    variance_divisor,
 )
 
 
 @triton.jit
-def blend(alpha, target, own):
-    """alpha * target + (1 - alpha) * own, and target itself at alpha == 1 (the rule of every
-    backend): an Inf or NaN statistic of x's own must not reach the result through 0 * Inf."""
-    return tl.where(alpha == 1.0, target, alpha * target + (1.0 - alpha) * own)
-
-
-@triton.jit
-def target_stats(mean_t, std_t, mean_x, std_x, alpha):
-    """T_m and T_s: the per-row target statistics blended with x's own by alpha."""
-    return blend(alpha, mean_t, mean_x), blend(alpha, std_t, std_x)
-
-
-@triton.jit
-def normalize_tile(x, mean_x, std_x, target_mean, target_std):
-    # a * (x - mean_x) + T_m rather than a * x + b: b = T_m - a * mean_x cancels on large-mean rows.
-    scale = target_std / std_x
-    return scale[:, None] * (x - mean_x[:, None]) + target_mean[:, None]
-
-
-@triton.jit
-def affine_rows(X, OUT, XMEAN, XSTD, rows, rows_mask, C, L, mean_t, std_t, alpha, eps,
+def affine_rows(X, OUT, MEAN_X, STD_X, rows, rows_mask, C, L, mean_t, std_t, alpha, eps,
                 UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_L: tl.constexpr):
     """Whole rows in one tile (BLOCK_L >= L): statistics, then the output, from one read of x.
     mean_t, std_t: the rows' target statistics, [BLOCK_R] in the accumulation dtype."""
@@ -60,31 +43,31 @@ def affine_rows(X, OUT, XMEAN, XSTD, rows, rows_mask, C, L, mean_t, std_t, alpha
     x = x.to(mean_t.dtype)
     mean_x, m2, _ = tile_stats(x, mask)
     std_x = std_of(m2, L, eps, UNBIASED)
-    target_mean, target_std = target_stats(mean_t, std_t, mean_x, std_x, alpha)
-    out = normalize_tile(x, mean_x, std_x, target_mean, target_std)
+    slope, mean, shift = forward_coef(mean_x, std_x, mean_t, std_t, alpha)
+    out = apply_coef(None, x, None, slope, mean, shift, False)
     tl.store(tile_pointers(OUT, base, offs_l, C, CHANNELS_LAST), out, mask=mask)
-    tl.store(XMEAN + rows, mean_x, mask=rows_mask)
-    tl.store(XSTD + rows, std_x, mask=rows_mask)
+    tl.store(MEAN_X + rows, mean_x, mask=rows_mask)
+    tl.store(STD_X + rows, std_x, mask=rows_mask)
 
 
 @kernel
-def _affine_row_kernel(X, MT, ST, OUT, XMEAN, XSTD, R, C, L, alpha_hi, alpha_lo, eps_hi, eps_lo,
-                       ROWS_BUCKET, UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+def _affine_row_kernel(X, MEAN_T, STD_T, OUT, MEAN_X, STD_X, R, C, L, alpha_hi, alpha_lo, eps_hi,
+                       eps_lo, ROWS_BUCKET, UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Single pass: BLOCK_R whole rows per program (short rows packed several per program)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
-    acc_zero = tl.zeros([BLOCK_R], XMEAN.dtype.element_ty)
-    mean_t = tl.load(MT + rows, mask=rows_mask, other=0.0)
-    std_t = tl.load(ST + rows, mask=rows_mask, other=1.0)
-    affine_rows(X, OUT, XMEAN, XSTD, rows, rows_mask, C, L, mean_t, std_t,
+    acc_zero = tl.zeros([BLOCK_R], MEAN_X.dtype.element_ty)
+    mean_t = tl.load(MEAN_T + rows, mask=rows_mask, other=0.0)
+    std_t = tl.load(STD_T + rows, mask=rows_mask, other=1.0)
+    affine_rows(X, OUT, MEAN_X, STD_X, rows, rows_mask, C, L, mean_t, std_t,
                 scalar(alpha_hi, alpha_lo, acc_zero), scalar(eps_hi, eps_lo, acc_zero),
                 UNBIASED, CHANNELS_LAST, BLOCK_L)
 
 
 @kernel
-def _affine_apply_kernel(X, PMEAN, PM2, MT, ST, OUT, XMEAN, XSTD, R, C, L, chunk, splits,
-                         alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET,
+def _affine_apply_kernel(X, PARTIAL_MEAN, PARTIAL_M2, MEAN_T, STD_T, OUT, MEAN_X, STD_X, R, C, L,
+                         segment_len, segments, alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET,
                          UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Second pass for long rows: every program merges its rows' partial statistics (in the same
@@ -92,52 +75,40 @@ def _affine_apply_kernel(X, PMEAN, PM2, MT, ST, OUT, XMEAN, XSTD, R, C, L, chunk
     row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
-    acc_zero = tl.zeros([BLOCK_R], XMEAN.dtype.element_ty)
+    acc_zero = tl.zeros([BLOCK_R], MEAN_X.dtype.element_ty)
     alpha = scalar(alpha_hi, alpha_lo, acc_zero)
-    mean_x, m2, _ = merge_partials(PMEAN, PM2, rows, rows_mask, R, L, chunk, splits, acc_zero)
+    mean_x, m2, _ = merge_partials(PARTIAL_MEAN, PARTIAL_M2, rows, rows_mask, R, L, segment_len,
+                                   segments, acc_zero)
     std_x = std_of(m2, L, scalar(eps_hi, eps_lo, acc_zero), UNBIASED)
-    mean_t = tl.load(MT + rows, mask=rows_mask, other=0.0)
-    std_t = tl.load(ST + rows, mask=rows_mask, other=1.0)
-    target_mean, target_std = target_stats(mean_t, std_t, mean_x, std_x, alpha)
+    mean_t = tl.load(MEAN_T + rows, mask=rows_mask, other=0.0)
+    std_t = tl.load(STD_T + rows, mask=rows_mask, other=1.0)
+    slope, mean, shift = forward_coef(mean_x, std_x, mean_t, std_t, alpha)
     base = row_base(rows, C, L, CHANNELS_LAST)
     offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
-    out = normalize_tile(x.to(acc_zero.dtype), mean_x, std_x, target_mean, target_std)
+    out = apply_coef(None, x.to(acc_zero.dtype), None, slope, mean, shift, False)
     tl.store(tile_pointers(OUT, base, offs_l, C, CHANNELS_LAST), out, mask=mask)
     # Both sides tensors: triton 3.9's interpreter makes (tensor & scalar comparison) an int32
     # mask, which tl.store rejects.
     first = rows_mask & (rows * 0 + l_tile == 0)
-    tl.store(XMEAN + rows, mean_x, mask=first)
-    tl.store(XSTD + rows, std_x, mask=first)
-
-
-@triton.jit
-def grad_x_tile(g, x, mean_x, std_x, std_t, sum_g, sum_gx, alpha, L, UNBIASED: tl.constexpr):
-    """grad_x = k*g + ((1-alpha) - k) * (sum_gx/D * x_hat + sum_g/L), k = T_s/std_x, where
-    sum_gx = sum(g * x_hat) and x_hat = (x - mean_x)/std_x. The (1-alpha) terms are the
-    gradient through x's own statistics inside T_m and T_s."""
-    rstd = 1.0 / std_x
-    k = blend(alpha, std_t, std_x) * rstd
-    coef = (1.0 - alpha) - k
-    slope = coef * sum_gx / variance_divisor(L, std_x, UNBIASED) * rstd
-    shift = coef * sum_g / row_length(L, std_x)
-    return k[:, None] * g + slope[:, None] * (x - mean_x[:, None]) + shift[:, None]
+    tl.store(MEAN_X + rows, mean_x, mask=first)
+    tl.store(STD_X + rows, std_x, mask=first)
 
 
 @kernel
-def _affine_backward_row_kernel(G, X, XMEAN, XSTD, ST, GX, GMT, GST, R, C, L, alpha_hi,
-                                alpha_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
+def _affine_backward_row_kernel(G, X, MEAN_X, STD_X, STD_T, GRAD_X, GRAD_MEAN_T, GRAD_STD_T, R, C,
+                                L, alpha_hi, alpha_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
                                 CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                                 BLOCK_L: tl.constexpr):
     """Single pass: BLOCK_R whole rows of g and x per program, reduced then differentiated."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
-    acc_zero = tl.zeros([BLOCK_R], XMEAN.dtype.element_ty)
+    acc_zero = tl.zeros([BLOCK_R], MEAN_X.dtype.element_ty)
     alpha = scalar(alpha_hi, alpha_lo, acc_zero)
-    mean_x = tl.load(XMEAN + rows, mask=rows_mask, other=0.0)
-    std_x = tl.load(XSTD + rows, mask=rows_mask, other=1.0)
-    std_t = tl.load(ST + rows, mask=rows_mask, other=1.0)
+    mean_x = tl.load(MEAN_X + rows, mask=rows_mask, other=0.0)
+    std_x = tl.load(STD_X + rows, mask=rows_mask, other=1.0)
+    std_t = tl.load(STD_T + rows, mask=rows_mask, other=1.0)
     base = row_base(rows, C, L, CHANNELS_LAST)
     offs_l = tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
@@ -145,78 +116,81 @@ def _affine_backward_row_kernel(G, X, XMEAN, XSTD, ST, GX, GMT, GST, R, C, L, al
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     g = g.to(acc_zero.dtype)
     x = x.to(acc_zero.dtype)
-    sum_g = tl.sum(g, axis=1)
-    sum_gx = tl.sum(tl.where(mask, g * (x - mean_x[:, None]), 0.0), axis=1) / std_x
-    grad = grad_x_tile(g, x, mean_x, std_x, std_t, sum_g, sum_gx, alpha, L, UNBIASED)
-    tl.store(tile_pointers(GX, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
-    tl.store(GMT + rows, alpha * sum_g, mask=rows_mask)
-    tl.store(GST + rows, alpha * sum_gx, mask=rows_mask)
+    sum_g, sum_g_dev = grad_sums_tile(g, x, mean_x, mask)
+    g_scale, slope, mean, shift, grad_mean_t, grad_std_t = backward_coef(
+        sum_g, sum_g_dev, mean_x, std_x, std_t, alpha, L, UNBIASED)
+    grad = apply_coef(g, x, g_scale, slope, mean, shift, True)
+    tl.store(tile_pointers(GRAD_X, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
+    tl.store(GRAD_MEAN_T + rows, grad_mean_t, mask=rows_mask)
+    tl.store(GRAD_STD_T + rows, grad_std_t, mask=rows_mask)
 
 
 @kernel
-def _affine_backward_partial_kernel(G, X, XMEAN, PSG, PSGX, R, C, L, chunk, ROWS_BUCKET,
-                                    CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
-                                    BLOCK_L: tl.constexpr):
-    """First backward pass for long rows: sum(g) and sum(g * (x - mean_x)) over one piece of
-    each row, to [split, row] buffers. Plain sums are exact enough here: the terms are already
+def _affine_backward_partial_kernel(G, X, MEAN_X, PARTIAL_SUM_G, PARTIAL_SUM_G_DEV, R, C, L,
+                                    segment_len, ROWS_BUCKET, CHANNELS_LAST: tl.constexpr,
+                                    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """First backward pass for long rows: the gradient sums (sum_g, sum_g_dev) of one segment of
+    each row, to [segment, row] buffers. Plain sums are exact enough here: the terms are already
     centred."""
-    row_block, split = row_block_and_piece(tl.cdiv(L, chunk))
+    row_block, segment = row_block_and_piece(tl.cdiv(L, segment_len))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
-    acc_zero = tl.zeros([BLOCK_R], PSG.dtype.element_ty)
-    mean_x = tl.load(XMEAN + rows, mask=rows_mask, other=0.0)
+    acc_zero = tl.zeros([BLOCK_R], PARTIAL_SUM_G.dtype.element_ty)
+    mean_x = tl.load(MEAN_X + rows, mask=rows_mask, other=0.0)
     base = row_base(rows, C, L, CHANNELS_LAST)
-    start = split * chunk
-    stop = tl.minimum(start + chunk, L)
+    start = segment * segment_len
+    stop = tl.minimum(start + segment_len, L)
     sum_g = acc_zero
-    sum_gxc = acc_zero
+    sum_g_dev = acc_zero
     for l0 in range(start, stop, BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask = rows_mask[:, None] & (offs_l < stop)[None, :]
         g = tl.load(tile_pointers(G, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
         x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
-        g = g.to(acc_zero.dtype)
-        centred = tl.where(mask, x.to(acc_zero.dtype) - mean_x[:, None], 0.0)
-        sum_g += tl.sum(g, axis=1)
-        sum_gxc += tl.sum(g * centred, axis=1)
-    tl.store(PSG + split * R + rows, sum_g, mask=rows_mask)
-    tl.store(PSGX + split * R + rows, sum_gxc, mask=rows_mask)
+        tile_sum_g, tile_sum_g_dev = grad_sums_tile(g.to(acc_zero.dtype), x.to(acc_zero.dtype),
+                                                    mean_x, mask)
+        sum_g += tile_sum_g
+        sum_g_dev += tile_sum_g_dev
+    tl.store(PARTIAL_SUM_G + segment * R + rows, sum_g, mask=rows_mask)
+    tl.store(PARTIAL_SUM_G_DEV + segment * R + rows, sum_g_dev, mask=rows_mask)
 
 
 @kernel
-def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST, R, C, L,
-                                  splits, alpha_hi, alpha_lo, ROWS_BUCKET,
-                                  UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                                  BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Second backward pass for long rows: sums the partials (in split order) and writes one
+def _affine_backward_apply_kernel(G, X, MEAN_X, STD_X, STD_T, PARTIAL_SUM_G, PARTIAL_SUM_G_DEV,
+                                  GRAD_X, GRAD_MEAN_T, GRAD_STD_T, R, C, L, segments, alpha_hi,
+                                  alpha_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
+                                  CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
+                                  BLOCK_L: tl.constexpr):
+    """Second backward pass for long rows: sums the partials (in segment order) and writes one
     [BLOCK_R, BLOCK_L] tile of grad_x; the first tile of each row writes the statistics' grads."""
     row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
-    acc_zero = tl.zeros([BLOCK_R], XMEAN.dtype.element_ty)
+    acc_zero = tl.zeros([BLOCK_R], MEAN_X.dtype.element_ty)
     alpha = scalar(alpha_hi, alpha_lo, acc_zero)
-    mean_x = tl.load(XMEAN + rows, mask=rows_mask, other=0.0)
-    std_x = tl.load(XSTD + rows, mask=rows_mask, other=1.0)
-    std_t = tl.load(ST + rows, mask=rows_mask, other=1.0)
+    mean_x = tl.load(MEAN_X + rows, mask=rows_mask, other=0.0)
+    std_x = tl.load(STD_X + rows, mask=rows_mask, other=1.0)
+    std_t = tl.load(STD_T + rows, mask=rows_mask, other=1.0)
     sum_g = acc_zero
-    sum_gxc = acc_zero
-    for s in range(splits):
-        sum_g += tl.load(PSG + s * R + rows, mask=rows_mask, other=0.0)
-        sum_gxc += tl.load(PSGX + s * R + rows, mask=rows_mask, other=0.0)
-    sum_gx = sum_gxc / std_x
+    sum_g_dev = acc_zero
+    for s in range(segments):
+        sum_g += tl.load(PARTIAL_SUM_G + s * R + rows, mask=rows_mask, other=0.0)
+        sum_g_dev += tl.load(PARTIAL_SUM_G_DEV + s * R + rows, mask=rows_mask, other=0.0)
+    g_scale, slope, mean, shift, grad_mean_t, grad_std_t = backward_coef(
+        sum_g, sum_g_dev, mean_x, std_x, std_t, alpha, L, UNBIASED)
     base = row_base(rows, C, L, CHANNELS_LAST)
     offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     g = tl.load(tile_pointers(G, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
-    grad = grad_x_tile(g.to(acc_zero.dtype), x.to(acc_zero.dtype), mean_x, std_x, std_t, sum_g,
-                       sum_gx, alpha, L, UNBIASED)
-    tl.store(tile_pointers(GX, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
+    grad = apply_coef(g.to(acc_zero.dtype), x.to(acc_zero.dtype), g_scale, slope, mean, shift,
+                      True)
+    tl.store(tile_pointers(GRAD_X, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
     # Both sides tensors: triton 3.9's interpreter makes (tensor & scalar comparison) an int32
     # mask, which tl.store rejects.
     first = rows_mask & (rows * 0 + l_tile == 0)
-    tl.store(GMT + rows, alpha * sum_g, mask=first)
-    tl.store(GST + rows, alpha * sum_gx, mask=first)
+    tl.store(GRAD_MEAN_T + rows, grad_mean_t, mask=first)
+    tl.store(GRAD_STD_T + rows, grad_std_t, mask=first)
 
 
 # ---- Launchers.
@@ -224,7 +198,7 @@ def _affine_backward_apply_kernel(G, X, XMEAN, XSTD, ST, PSG, PSGX, GX, GMT, GST
 
 def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
     """(out, x_mean, x_std) for a canonical-layout-or-not x; targets acc-dtype (N*C,) or any."""
-    x, channels_last = _common.canonical(x_in)
+    x, channels_last = _common.canonical_layout(x_in)
     out = _common.empty_output(x)
     x_mean, x_std = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
@@ -243,23 +217,22 @@ def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool
             alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
             CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
         return _common.shaped_like(out, x_in), x_mean, x_std
-    p_mean = torch.empty(p.splits, R, dtype=acc, device=x.device)
-    p_m2 = torch.empty(p.splits, R, dtype=acc, device=x.device)
+    partial_mean, partial_m2 = _common.empty_partials(p, acc, x.device)
     _common.launch(
-        _row_stats_kernel, p.grid(p.splits), x, p_mean, p_m2, R, C, L, p.chunk, eps_hi, eps_lo,
-        p.rows_bucket, FINALIZE=False, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
-        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+        _row_stats_kernel, p.grid(p.segments), x, partial_mean, partial_m2, R, C, L,
+        p.segment_len, eps_hi, eps_lo, p.rows_bucket, FINALIZE=False, UNBIASED=unbiased,
+        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     _common.launch(
-        _affine_apply_kernel, p.grid(p.l_blocks), x, p_mean, p_m2, mt, st, out, x_mean, x_std,
-        R, C, L, p.chunk, p.splits, alpha_hi, alpha_lo, eps_hi, eps_lo, p.rows_bucket,
-        UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-        **opts)
+        _affine_apply_kernel, p.grid(p.l_blocks), x, partial_mean, partial_m2, mt, st, out,
+        x_mean, x_std, R, C, L, p.segment_len, p.segments, alpha_hi, alpha_lo, eps_hi, eps_lo,
+        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
+        BLOCK_L=p.block_l, **opts)
     return _common.shaped_like(out, x_in), x_mean, x_std
 
 
 def affine_backward(grad_out, x_in, x_mean, x_std, std_t, alpha: float, unbiased: bool):
     """(grad_x, grad_mean_t, grad_std_t), the last two (N, C) in the accumulation dtype."""
-    x, channels_last = _common.canonical(x_in)
+    x, channels_last = _common.canonical_layout(x_in)
     grad_x = _common.empty_output(x)
     grad_mt, grad_st = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
@@ -278,17 +251,16 @@ def affine_backward(grad_out, x_in, x_mean, x_std, std_t, alpha: float, unbiased
             C, L, alpha_hi, alpha_lo, p.rows_bucket, UNBIASED=unbiased,
             CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
         return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
-    p_sg = torch.empty(p.splits, R, dtype=acc, device=x.device)
-    p_sgx = torch.empty(p.splits, R, dtype=acc, device=x.device)
+    partial_sum_g, partial_sum_g_dev = _common.empty_partials(p, acc, x.device)
     _common.launch(
-        _affine_backward_partial_kernel, p.grid(p.splits), g, x, xm, p_sg, p_sgx, R, C, L,
-        p.chunk, p.rows_bucket, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
+        _affine_backward_partial_kernel, p.grid(p.segments), g, x, xm, partial_sum_g,
+        partial_sum_g_dev, R, C, L, p.segment_len, p.rows_bucket, CHANNELS_LAST=channels_last,
+        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+    _common.launch(
+        _affine_backward_apply_kernel, p.grid(p.l_blocks), g, x, xm, xs, st, partial_sum_g,
+        partial_sum_g_dev, grad_x, grad_mt, grad_st, R, C, L, p.segments, alpha_hi, alpha_lo,
+        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
         BLOCK_L=p.block_l, **opts)
-    _common.launch(
-        _affine_backward_apply_kernel, p.grid(p.l_blocks), g, x, xm, xs, st, p_sg, p_sgx, grad_x,
-        grad_mt, grad_st, R, C, L, p.splits, alpha_hi, alpha_lo, p.rows_bucket,
-        UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-        **opts)
     return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
 
 

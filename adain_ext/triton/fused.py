@@ -16,12 +16,13 @@ from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
 from adain_ext.triton.affine import affine_backward_op, affine_forward, affine_rows
 from adain_ext.triton.mean_std import mean_std_backward_op, row_stats
-from adain_ext.triton.welford import row_base, row_stats_loop, scalar, std_of
+from adain_ext.triton.row_math import std_of
+from adain_ext.triton.welford import row_base, row_stats_loop, scalar
 
 
 @kernel
-def _fused_row_kernel(CONTENT, STYLE, OUT, CMEAN, CSTD, SMEAN, SSTD, R, C, L, L_STYLE,
-                      alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET, STYLE_BUCKET,
+def _fused_row_kernel(CONTENT, STYLE, OUT, CONTENT_MEAN, CONTENT_STD, STYLE_MEAN, STYLE_STD, R, C,
+                      L, L_STYLE, alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET, STYLE_BUCKET,
                       UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                       STYLE_CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_L_STYLE: tl.constexpr):
@@ -29,27 +30,28 @@ def _fused_row_kernel(CONTENT, STYLE, OUT, CMEAN, CSTD, SMEAN, SSTD, R, C, L, L_
     single-pass affine of the same content rows with them as targets."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
-    acc_zero = tl.zeros([BLOCK_R], CMEAN.dtype.element_ty)
+    acc_zero = tl.zeros([BLOCK_R], CONTENT_MEAN.dtype.element_ty)
     eps = scalar(eps_hi, eps_lo, acc_zero)
     style_base = row_base(rows, C, L_STYLE, STYLE_CHANNELS_LAST)
     style_mean, style_m2, _ = row_stats_loop(STYLE, style_base, rows_mask, 0, L_STYLE, C,
                                              acc_zero, STYLE_CHANNELS_LAST, BLOCK_L_STYLE)
     style_std = std_of(style_m2, L_STYLE, eps, UNBIASED)
-    tl.store(SMEAN + rows, style_mean, mask=rows_mask)
-    tl.store(SSTD + rows, style_std, mask=rows_mask)
-    affine_rows(CONTENT, OUT, CMEAN, CSTD, rows, rows_mask, C, L, style_mean, style_std,
-                scalar(alpha_hi, alpha_lo, acc_zero), eps, UNBIASED, CHANNELS_LAST, BLOCK_L)
+    tl.store(STYLE_MEAN + rows, style_mean, mask=rows_mask)
+    tl.store(STYLE_STD + rows, style_std, mask=rows_mask)
+    affine_rows(CONTENT, OUT, CONTENT_MEAN, CONTENT_STD, rows, rows_mask, C, L, style_mean,
+                style_std, scalar(alpha_hi, alpha_lo, acc_zero), eps, UNBIASED, CHANNELS_LAST,
+                BLOCK_L)
 
 
 def fused_forward(content_in, style_in, alpha: float, eps: float, unbiased: bool):
     """(out, content_mean, content_std, style_mean, style_std), statistics (N, C) acc dtype."""
-    content, channels_last = _common.canonical(content_in)
-    style, style_channels_last = _common.canonical(style_in)
+    content, channels_last = _common.canonical_layout(content_in)
+    style, style_channels_last = _common.canonical_layout(style_in)
     N, C, H, W = content.shape
     R, L, L_style = N * C, H * W, style.shape[2] * style.shape[3]
     p = _common.plan(R, L, channels_last, content.device)
     p_style = _common.plan(R, L_style, style_channels_last, content.device)
-    if R == 0 or not (p.single_pass and p_style.splits == 1):
+    if R == 0 or not (p.single_pass and p_style.segments == 1):
         style_mean, style_std = (row_stats(style, style_channels_last, eps, unbiased) if R
                                  else (_common.empty_stats(content), _common.empty_stats(content)))
         out, content_mean, content_std = affine_forward(content, style_mean, style_std, alpha,

@@ -9,79 +9,79 @@ from adain_ext import _autograd
 from adain_ext._validation import check_eps, check_features
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
+from adain_ext.triton.row_math import apply_coef, mean_std_backward_coef, std_of
 from adain_ext.triton.welford import (
     merge_partials,
     row_base,
     row_block_and_piece,
-    row_length,
     row_stats_loop,
     scalar,
-    std_of,
     tile_pointers,
-    variance_divisor,
 )
 
 
 @kernel
-def _row_stats_kernel(X, MEAN, SECOND, R, C, L, chunk, eps_hi, eps_lo, ROWS_BUCKET,
+def _row_stats_kernel(X, MEAN, STD_OR_M2, R, C, L, segment_len, eps_hi, eps_lo, ROWS_BUCKET,
                       FINALIZE: tl.constexpr, UNBIASED: tl.constexpr,
                       CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Statistics of BLOCK_R rows over elements [split*chunk, split*chunk + chunk). FINALIZE (one
-    split): writes mean and std. Otherwise writes the piece's mean and m2 to [split, row] partial
-    buffers, merged later by merge_partials."""
-    row_block, split = row_block_and_piece(tl.cdiv(L, chunk))
+    """Statistics of BLOCK_R rows over elements [segment * segment_len, (segment + 1) *
+    segment_len). FINALIZE (one segment per row): writes mean and std. Otherwise writes the
+    segment's mean and m2 to [segment, row] partial buffers (MEAN is then the partial_mean
+    buffer, STD_OR_M2 the partial_m2 one), merged later by merge_partials."""
+    row_block, segment = row_block_and_piece(tl.cdiv(L, segment_len))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], MEAN.dtype.element_ty)
     base = row_base(rows, C, L, CHANNELS_LAST)
-    start = split * chunk
-    stop = tl.minimum(start + chunk, L)
+    start = segment * segment_len
+    stop = tl.minimum(start + segment_len, L)
     mean, m2, _ = row_stats_loop(X, base, rows_mask, start, stop, C, acc_zero,
                                  CHANNELS_LAST, BLOCK_L)
     if FINALIZE:
         eps = scalar(eps_hi, eps_lo, acc_zero)
         tl.store(MEAN + rows, mean, mask=rows_mask)
-        tl.store(SECOND + rows, std_of(m2, L, eps, UNBIASED), mask=rows_mask)
+        tl.store(STD_OR_M2 + rows, std_of(m2, L, eps, UNBIASED), mask=rows_mask)
     else:
-        tl.store(MEAN + split * R + rows, mean, mask=rows_mask)
-        tl.store(SECOND + split * R + rows, m2, mask=rows_mask)
+        tl.store(MEAN + segment * R + rows, mean, mask=rows_mask)
+        tl.store(STD_OR_M2 + segment * R + rows, m2, mask=rows_mask)
 
 
 @kernel
-def _merge_stats_kernel(PMEAN, PM2, MEAN, STD, R, L, chunk, splits, eps_hi, eps_lo, ROWS_BUCKET,
-                        UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+def _merge_stats_kernel(PARTIAL_MEAN, PARTIAL_M2, MEAN, STD, R, L, segment_len, segments, eps_hi,
+                        eps_lo, ROWS_BUCKET, UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                         BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Final mean and std of rows whose statistics were computed in `splits` pieces."""
+    """Final mean and std of rows whose statistics were computed in `segments` segments."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], MEAN.dtype.element_ty)
-    mean, m2, _ = merge_partials(PMEAN, PM2, rows, rows_mask, R, L, chunk, splits, acc_zero)
+    mean, m2, _ = merge_partials(PARTIAL_MEAN, PARTIAL_M2, rows, rows_mask, R, L, segment_len,
+                                 segments, acc_zero)
     eps = scalar(eps_hi, eps_lo, acc_zero)
     tl.store(MEAN + rows, mean, mask=rows_mask)
     tl.store(STD + rows, std_of(m2, L, eps, UNBIASED), mask=rows_mask)
 
 
 @kernel
-def _mean_std_backward_kernel(GM, GS, X, MEAN, STD, GX, R, C, L, ROWS_BUCKET,
+def _mean_std_backward_kernel(GRAD_MEAN, GRAD_STD, X, MEAN, STD, GRAD_X, R, C, L, ROWS_BUCKET,
                               UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                               BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
-    """grad_x = gm / L + gs * (x - mean) / (D * std), one [BLOCK_R, BLOCK_L] tile per program."""
+    """grad_x = grad_mean / L + grad_std * (x - mean) / (D * std), one [BLOCK_R, BLOCK_L] tile
+    per program."""
     row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     rows_mask = rows < R
     acc = MEAN.dtype.element_ty
-    mean = tl.load(MEAN + rows, mask=rows_mask, other=0.0)
-    std = tl.load(STD + rows, mask=rows_mask, other=1.0)
-    slope = tl.load(GS + rows, mask=rows_mask, other=0.0) / (
-        variance_divisor(L, std, UNBIASED) * std)
-    shift = tl.load(GM + rows, mask=rows_mask, other=0.0) / row_length(L, std)
+    slope, mean, shift = mean_std_backward_coef(
+        tl.load(GRAD_MEAN + rows, mask=rows_mask, other=0.0),
+        tl.load(GRAD_STD + rows, mask=rows_mask, other=0.0),
+        tl.load(MEAN + rows, mask=rows_mask, other=0.0),
+        tl.load(STD + rows, mask=rows_mask, other=1.0), L, UNBIASED)
     base = row_base(rows, C, L, CHANNELS_LAST)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0).to(acc)
-    # x - mean before scaling: folding mean into the shift cancels on large-mean rows.
-    grad = slope[:, None] * (x - mean[:, None]) + shift[:, None]
-    tl.store(tile_pointers(GX, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
+    grad = apply_coef(None, x, None, slope, mean, shift, False)
+    tl.store(tile_pointers(GRAD_X, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
 
 
 def row_stats(x: torch.Tensor, channels_last: bool, eps: float, unbiased: bool, shape=None):
@@ -89,7 +89,7 @@ def row_stats(x: torch.Tensor, channels_last: bool, eps: float, unbiased: bool, 
     `shape` (default (N, C)), contiguous.
 
     One launch when a row fits one program or there are enough rows to fill the device;
-    otherwise rows are split into pieces (statistics merged exactly) and a merge launch follows.
+    otherwise rows are cut into segments (statistics merged exactly) and a merge launch follows.
     """
     N, C, H, W = x.shape
     R, L = N * C, H * W
@@ -99,28 +99,27 @@ def row_stats(x: torch.Tensor, channels_last: bool, eps: float, unbiased: bool, 
     p = _common.plan(R, L, channels_last, x.device)
     eps_hi, eps_lo = _common.split_scalar(eps)
     opts = _common.launch_options(p)
-    if p.splits == 1:
+    if p.segments == 1:
         _common.launch(
             _row_stats_kernel, p.grid(), x, mean, std, R, C, L, L, eps_hi, eps_lo,
             p.rows_bucket, FINALIZE=True, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
             BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
         return mean, std
-    p_mean = torch.empty(p.splits, R, dtype=acc, device=x.device)
-    p_m2 = torch.empty(p.splits, R, dtype=acc, device=x.device)
+    partial_mean, partial_m2 = _common.empty_partials(p, acc, x.device)
     _common.launch(
-        _row_stats_kernel, p.grid(p.splits), x, p_mean, p_m2, R, C, L, p.chunk, eps_hi, eps_lo,
-        p.rows_bucket, FINALIZE=False, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
-        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+        _row_stats_kernel, p.grid(p.segments), x, partial_mean, partial_m2, R, C, L,
+        p.segment_len, eps_hi, eps_lo, p.rows_bucket, FINALIZE=False, UNBIASED=unbiased,
+        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     _common.launch(
-        _merge_stats_kernel, p.grid(), p_mean, p_m2, mean, std, R, L, p.chunk, p.splits, eps_hi,
-        eps_lo, p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
-        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+        _merge_stats_kernel, p.grid(), partial_mean, partial_m2, mean, std, R, L, p.segment_len,
+        p.segments, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
+        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     return mean, std
 
 
 def mean_std_backward(grad_mean, grad_std, x_in, mean, std, unbiased: bool) -> torch.Tensor:
     """The gradient of x given the gradients of its (mean, std); statistics of any float dtype."""
-    x, channels_last = _common.canonical(x_in)
+    x, channels_last = _common.canonical_layout(x_in)
     grad_x = _common.empty_output(x)
     N, C, H, W = x.shape
     R, L = N * C, H * W
@@ -142,7 +141,7 @@ def mean_std_backward(grad_mean, grad_std, x_in, mean, std, unbiased: bool) -> t
 def _mean_std_fake(x, eps=1e-5, unbiased=True):
     check_features(x, "x", unbiased)
     check_eps(eps)
-    return x.new_empty(_common.stat_shape(x)), x.new_empty(_common.stat_shape(x))
+    return x.new_empty(_common.stat_shape_of(x)), x.new_empty(_common.stat_shape_of(x))
 
 
 @_common.register("mean_std", _mean_std_fake)
@@ -150,10 +149,10 @@ def mean_std_op(x: torch.Tensor, eps: float = 1e-5,
                 unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     check_features(x, "x", unbiased)
     check_eps(eps)
-    shape = _common.stat_shape(x)
+    shape = _common.stat_shape_of(x)
     if x.shape[0] * x.shape[1] == 0:
         return x.new_empty(shape), x.new_empty(shape)
-    x, channels_last = _common.canonical(x)
+    x, channels_last = _common.canonical_layout(x)
     mean, std = row_stats(x, channels_last, eps, unbiased, shape=shape)
     # The kernels write the accumulation dtype; 16-bit inputs get their one cast here.
     return mean.to(x.dtype), std.to(x.dtype)

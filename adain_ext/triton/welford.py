@@ -34,7 +34,7 @@ def tile_stats(x, mask):
 
 @triton.jit
 def row_block_and_piece(pieces):
-    """This program's block of rows and its piece of them (a split or an L tile). Grids are 1-D,
+    """This program's block of rows and its piece of them (a segment or an L tile). Grids are 1-D,
     program = row_block * pieces + piece (_common.Plan.grid): CUDA allows 2**31 - 1 programs on
     grid axis 0 but only 65535 on axes 1 and 2, fewer than the tiles of a 2**25-element row."""
     program = tl.program_id(0)
@@ -81,42 +81,21 @@ def row_stats_loop(ptr, base, rows_mask, start, stop, C, acc_zero,
 
 
 @triton.jit
-def merge_partials(PMEAN, PM2, rows, rows_mask, R, L, chunk, splits, acc_zero):
-    """Merges the per-split partial statistics of each row, always in split order, so every
-    program that merges a row gets bit-identical statistics. Partials are laid out [split, row].
+def merge_partials(PARTIAL_MEAN, PARTIAL_M2, rows, rows_mask, R, L, segment_len, segments,
+                   acc_zero):
+    """Merges the per-segment partial statistics of each row, always in segment order, so every
+    program that merges a row gets bit-identical statistics. Partials are laid out [segment, row].
     """
     mean = acc_zero
     m2 = acc_zero
     count = acc_zero
-    for s in range(splits):
-        p_mean = tl.load(PMEAN + s * R + rows, mask=rows_mask, other=0.0)
-        p_m2 = tl.load(PM2 + s * R + rows, mask=rows_mask, other=0.0)
-        p_count = tl.minimum(tl.maximum(L - s * chunk, 0), chunk).to(acc_zero.dtype) + acc_zero
+    for s in range(segments):
+        p_mean = tl.load(PARTIAL_MEAN + s * R + rows, mask=rows_mask, other=0.0)
+        p_m2 = tl.load(PARTIAL_M2 + s * R + rows, mask=rows_mask, other=0.0)
+        p_count = (tl.minimum(tl.maximum(L - s * segment_len, 0), segment_len).to(acc_zero.dtype)
+                   + acc_zero)
         mean, m2, count = welford_merge(mean, m2, count, p_mean, p_m2, p_count)
     return mean, m2, count
-
-
-@triton.jit
-def row_length(L, like):
-    """L in the statistics dtype (that of `like`, a per-row vector). Written `L * 1.0` it would be
-    fp32 (a Python float literal is fp32 in Triton): fp64 rows longer than 2**24 would get a
-    rounded length."""
-    return tl.zeros_like(like) + L
-
-
-@triton.jit
-def variance_divisor(L, like, UNBIASED: tl.constexpr):
-    """D = L - 1 (unbiased, the reference's calc_mean_std) or L, in the statistics dtype."""
-    divisor = row_length(L, like)
-    if UNBIASED:
-        divisor = divisor - 1.0
-    return divisor
-
-
-@triton.jit
-def std_of(m2, L, eps, UNBIASED: tl.constexpr):
-    """std = sqrt(m2 / D + eps)."""
-    return tl.sqrt(m2 / variance_divisor(L, m2, UNBIASED) + eps)
 
 
 @triton.jit
