@@ -33,7 +33,7 @@ prepare() {
 
 run_tests() {
   "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=900 \
-    tests/test_ops.py tests/test_backends.py tests/test_errors.py tests/test_nonfinite_rows.py \
+    tests/test_op_contract.py tests/test_backends.py tests/test_errors.py tests/test_nonfinite_rows.py \
     tests/test_triton.py tests/test_triton_launch_limits.py tests/test_cuda_sass.py
 }
 

@@ -60,12 +60,13 @@ assert not location.startswith(sys.argv[1] + "/adain_ext"), f"imported the check
 assert adain_ext.HAS_CPP, f"the wheel's kernels did not load: {adain_ext._extension.IMPORT_ERROR}"
 print("package check: testing", location)
 EOF
-  # Every backend against the oracle in fp32/fp64 (16-bit: the pinned-torch suite), the ops'
-  # registration, opcheck, gradcheck and torch.compile, and the Triton interpreter's own checks.
+  # Every backend against the oracle in fp32/fp64 (16-bit: the pinned-torch suite), the per-op
+  # contract of both backends (registration, opcheck, gradcheck, torch.compile, edge cases), bad
+  # input, and the Triton interpreter's own checks.
   "$PY" -m pytest -q -p no:cacheprovider --rootdir "$work" \
-    tests/test_ops.py tests/test_errors.py tests/test_nonfinite_rows.py tests/test_row_math_edges.py \
+    tests/test_op_contract.py tests/test_errors.py tests/test_nonfinite_rows.py tests/test_row_math_edges.py \
     tests/test_backends.py tests/test_triton.py \
-    -k "not (test_backends.py and (float16 or bfloat16)) and (not test_triton.py or opcheck or gradcheck or compile or reject or matches_cpp)"
+    -k "not (test_backends.py and (float16 or bfloat16)) and (not test_triton.py or gradcheck or compile or matches_cpp)"
 }
 
 case "${1:-all}" in

@@ -13,8 +13,11 @@
 #              capability, MAX_JOBS = nproc, FORCE_CUDA=1), then checks its CUDA kernels load
 #   smoke      benchmarks/gpu_smoke.py: every op forward and backward on every kernel path, dtype
 #              and backend against the float64 reference, one `ok|BAD|ERROR case err` line each
-#   tests      tests/test_cuda.py and tests/test_cuda_sass.py (pytest-xdist, pytest-timeout)
-#   triton     tests/test_triton.py and the Triton cases of tests/test_backends.py
+#   tests      tests/test_cuda.py, tests/test_cuda_sass.py and the cuda targets of the C++ and
+#              reference backends in tests/test_op_contract.py and tests/test_errors.py
+#              (pytest-xdist, pytest-timeout)
+#   triton     tests/test_triton.py and the Triton targets of tests/test_backends.py,
+#              tests/test_op_contract.py and tests/test_errors.py
 #   bench      benchmarks/gpu_bench.py with the Triton providers (JSON rewritten per configuration)
 #   apps       benchmarks/bench_stylegan.py (256x256, batch 8) and bench_style_transfer.py
 #   sanitizer  compute-sanitizer: a probe on a trivial kernel (SKIPPED when the runtime refuses
@@ -410,7 +413,8 @@ if wanted tests; then
     skip_step tests "no failed test ids: give --only-tests or --only-tests-file, or keep benchmarks/results/last_failed.txt"
   else
     run_step tests INT "${PYTEST[@]}" "${XDIST[@]}" --junitxml="$OUT_DIR/junit-tests.xml" \
-      tests/test_cuda.py tests/test_cuda_sass.py
+      tests/test_cuda.py tests/test_cuda_sass.py tests/test_op_contract.py tests/test_errors.py \
+      -k "test_cuda.py or test_cuda_sass.py or cpp-cuda or reference-cuda"
   fi
 fi
 
@@ -420,7 +424,8 @@ if wanted triton; then
     skip_step triton "node ids given: they ran in the tests step"
   else
     run_step triton INT "${PYTEST[@]}" "${XDIST[@]}" --junitxml="$OUT_DIR/junit-triton.xml" \
-      tests/test_triton.py tests/test_backends.py -k triton
+      tests/test_triton.py tests/test_backends.py tests/test_op_contract.py tests/test_errors.py \
+      -k triton
   fi
 fi
 

@@ -9,7 +9,44 @@ import pytest
 import torch
 
 import adain_ext
-from adain_ext import reference
+from adain_ext import backends, reference
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One backend of the registry on one device type it has kernels for."""
+
+    backend: str
+    device: str
+
+    def __str__(self):
+        return f"{self.backend}-{self.device}"
+
+
+def targets(with_reference: bool = False) -> list:
+    """Every (backend, device type) of adain_ext.backends.REGISTRY, as pytest params with ids such
+    as "cpp-cuda" and "triton-cpu"; one that cannot run here is skipped with the reason (no such
+    device here, or the registry's: extension not built, Triton not installed, interpreter off).
+    The reference backend is the oracle the others are held to: only with_reference adds it."""
+    params = []
+    for entry in backends.REGISTRY.values():
+        if entry.name == "reference" and not with_reference:
+            continue
+        for device in entry.devices:
+            if device not in backends.present_device_types():
+                why = f"no {device} device here (torch.cuda.is_available() is False)"
+            else:
+                why = entry.why_unavailable(device)
+            target = Target(entry.name, device)
+            marks = [pytest.mark.skip(reason=f"{target}: {why}")] if why else []
+            params.append(pytest.param(target, id=str(target), marks=marks))
+    return params
+
+
+def auto_is(target: Target) -> bool:
+    """Whether backend="auto" (every function's default) runs this target's backend here."""
+    return (target.device in backends.present_device_types()
+            and backends.auto_backend(target.device) == target.backend)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,15 +302,16 @@ def opcheck_samples(ops, case: Case, dtype, device="cpu"):
         _out, x_mean, x_std = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
         _out, c_mean, c_std, s_mean, s_std = ops._fused_forward(content, style, alpha, 1e-5, u)
         public_stats = ops.mean_std(style, 1e-5, u)
+        content_stats = ops.mean_std(content, 1e-5, u)
     samples.append((ops._affine_backward.default,
                     (grad, content.detach(), x_mean, x_std, std.detach(), alpha, u)))
     # The statistics mean_std's backward gets: mean_std's own ((N, C, 1, 1), x's dtype) and the
-    # fused forward's ((N, C), float32).
-    for m, sd in (public_stats, (s_mean, s_std)):
+    # fused forward's ((N, C), float32); of the style, and of the content (another length where
+    # the case's style has another shape).
+    for x, (m, sd) in ((style, public_stats), (style, (s_mean, s_std)), (content, content_stats)):
         grad_mean, grad_std = (torch.randn(m.shape, generator=gen).to(device, m.dtype)
                                for _ in range(2))
-        samples.append((ops._mean_std_backward.default,
-                        (grad_mean, grad_std, style.detach(), m, sd, u)))
+        samples.append((ops._mean_std_backward.default, (grad_mean, grad_std, x.detach(), m, sd, u)))
     if hasattr(ops, "_fused_backward"):
         samples.append((ops._fused_backward.default,
                         (grad, content.detach(), style.detach(), c_mean, c_std, s_mean, s_std,

@@ -1,4 +1,6 @@
-"""Bad input gets a clear error naming the problem, from every backend and from torch.ops."""
+"""Bad input gets a clear error naming the problem, from every backend on every device it serves
+(the targets of the backend registry: C++ and Triton on CPU and CUDA, and the reference) and from
+torch.ops."""
 from __future__ import annotations
 
 import os
@@ -7,13 +9,18 @@ import sys
 
 import pytest
 import torch
+from cases import Target, targets
 
 import adain_ext
 from adain_ext import reference
 
-BACKENDS = ["cpp", "reference"] if adain_ext.HAS_CPP else ["reference"]
+TARGETS = targets(with_reference=True)
 
 good = torch.randn(2, 3, 4, 4)
+
+
+def _on(device, kwargs):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
 
 def _bad_adain_calls():
@@ -50,12 +57,12 @@ def _bad_adain_calls():
     ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("call", _bad_adain_calls(), ids=lambda c: c[0])
-def test_adain_rejects_bad_input(call, backend):
+def test_adain_rejects_bad_input(call, target: Target):
     _, kwargs, error, fragment = call
     with pytest.raises(error, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
-        adain_ext.adain(**kwargs, backend=backend)
+        adain_ext.adain(**_on(target.device, kwargs), backend=target.backend)
 
 
 @pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
@@ -67,15 +74,16 @@ def test_torch_ops_fused_rejects_bad_input(call):
         torch.ops.adain.fused(*args)
 
 
-def test_h_times_w_of_one_is_fine_with_biased_statistics():
+@pytest.mark.parametrize("target", TARGETS)
+def test_h_times_w_of_one_is_fine_with_biased_statistics(target: Target):
     # One value per row: x - mean_x is 0, so the output is the style's mean, i.e. the style itself.
-    content, style = torch.randn(2, 3, 1, 1), torch.randn(2, 3, 1, 1)
-    for backend in BACKENDS:
-        out = adain_ext.adain(content, style, unbiased=False, backend=backend)
-        torch.testing.assert_close(out, style, msg=backend)
+    gen = torch.Generator().manual_seed(0)
+    content, style = (torch.randn(2, 3, 1, 1, generator=gen).to(target.device) for _ in range(2))
+    out = adain_ext.adain(content, style, unbiased=False, backend=target.backend)
+    torch.testing.assert_close(out, style)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize(
     "stat_shapes,fragment",
     [(((2, 3, 2), (2, 3)), "mean must have shape (N, C) or (N, C, 1, ...) = (2, 3), got [2, 3, 2]"),
@@ -84,35 +92,44 @@ def test_h_times_w_of_one_is_fine_with_biased_statistics():
      (((3,), (2, 3)), "mean must have shape"),
      (((1, 3), (2, 3)), "mean must have shape")],
 )
-def test_affine_rejects_statistics_of_the_wrong_shape(stat_shapes, fragment, backend):
-    mean, std = (torch.rand(s) + 0.5 for s in stat_shapes)
+def test_affine_rejects_statistics_of_the_wrong_shape(stat_shapes, fragment, target: Target):
+    mean, std = ((torch.rand(s) + 0.5).to(target.device) for s in stat_shapes)
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
-        adain_ext.adain_affine(good, mean, std, backend=backend)
+        adain_ext.adain_affine(good.to(target.device), mean, std, backend=target.backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_affine_rejects_integer_statistics(backend):
+@pytest.mark.parametrize("target", TARGETS)
+def test_affine_rejects_integer_statistics(target: Target):
+    x, mean, std = (t.to(target.device) for t in (good, torch.zeros(2, 3, dtype=torch.long),
+                                                  torch.ones(2, 3)))
     with pytest.raises(TypeError, match="mean must be float16"):
-        adain_ext.adain_affine(good, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), backend=backend)
+        adain_ext.adain_affine(x, mean, std, backend=target.backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mean_std_rejects_bad_input(backend):
+@pytest.mark.parametrize("target", TARGETS)
+def test_mean_std_rejects_bad_input(target: Target):
+    def mean_std(x, **kw):
+        return adain_ext.mean_std(x.to(target.device), **kw, backend=target.backend)
+
     with pytest.raises(ValueError, match=r"x must be a \(N, C, \*\) tensor with at least 3 dims"):
-        adain_ext.mean_std(torch.randn(4, 4), backend=backend)
+        mean_std(torch.randn(4, 4))
     with pytest.raises(ValueError, match="unbiased variance needs L >= 2"):
-        adain_ext.mean_std(torch.randn(1, 2, 1, 1), backend=backend)
+        mean_std(torch.randn(1, 2, 1, 1))
     with pytest.raises(ValueError, match="unbiased variance needs L >= 2"):
-        adain_ext.mean_std(torch.randn(1, 2, 1), backend=backend)
+        mean_std(torch.randn(1, 2, 1))
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        mean_std(good, eps=-1.0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("stat_shape", [(2, 3), (2, 3, 1), (2, 3, 1, 1), (2, 3, 1, 1, 1)], ids=str)
-def test_affine_takes_statistics_with_any_number_of_trailing_ones(stat_shape, backend):
+def test_affine_takes_statistics_with_any_number_of_trailing_ones(stat_shape, target: Target):
     mean, std = torch.randn(stat_shape), torch.rand(stat_shape) + 0.5
     want = reference.adain_affine(good, mean.reshape(2, 3), std.reshape(2, 3))
-    torch.testing.assert_close(adain_ext.adain_affine(good, mean, std, backend=backend), want)
+    x, mean, std = (t.to(target.device) for t in (good, mean, std))
+    got = adain_ext.adain_affine(x, mean, std, backend=target.backend)
+    torch.testing.assert_close(got.cpu(), want)
 
 
 def test_unknown_backend_is_named():

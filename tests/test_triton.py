@@ -1,7 +1,10 @@
-"""The Triton backend (adain_ext.triton, ops adain_triton::*) beyond the per-op checks against the
-float64 oracle that every backend gets in test_backends.py: agreement with the C++ kernels,
-gradcheck, opcheck, torch.compile, forced launch paths (packed rows, two passes, rows split across
-programs), bad input.
+"""The Triton backend (adain_ext.triton, ops adain_triton::*) beyond the checks every backend gets:
+the per-op contract of test_op_contract.py (gradcheck, opcheck, torch.compile, the reference's
+defaults, large means, NaN/Inf, empty tensors, on CPU and on CUDA), the float64 oracle over the
+shared cases (test_backends.py) and bad input (test_errors.py). Here: agreement with the C++
+kernels, forced launch paths (packed rows, two passes, rows split across programs) and their
+gradients, launch plans, torch.compile tracing into the kernels, autotuning, the alpha == 1 rule
+and float64 divisors at the kernel level.
 
 Without a GPU the kernels run on CPU tensors through the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton). What the interpreter cannot do (bfloat16
@@ -19,10 +22,8 @@ import torch
 from cases import (
     CASE_DTYPES,
     CASES,
-    GRAD_CASES,
     Case,
     assert_close,
-    assert_compile_matches_eager,
     assert_grads_close,
     double_leaves,
     make_inputs,
@@ -185,23 +186,7 @@ def test_plans():
         assert p.splits == 16 and p.chunk == 16384
 
 
-# ---- float64 gradcheck through the interpreter.
-
-
-@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
-def test_gradcheck_float64(case: Case):
-    """fast_mode (a random projection of the Jacobian) keeps the odd 33x17 shapes affordable in
-    the interpreter; the tiny cases below also run the full Jacobian."""
-    content, style = _inputs(case, torch.float64, requires_grad=True)
-    mean, std = _stats(case, torch.float64, requires_grad=True)
-    u = case.unbiased
-    fast = content.numel() > 64
-    assert torch.autograd.gradcheck(lambda c, s: T.adain(c, s, case.alpha, unbiased=u),
-                                    (content, style), fast_mode=fast)
-    assert torch.autograd.gradcheck(lambda x, m, s: T.adain_affine(x, m, s, unbiased=u),
-                                    (content, mean, std), fast_mode=fast)
-    assert torch.autograd.gradcheck(lambda x: T.mean_std(x, unbiased=u), (content,),
-                                    fast_mode=fast)
+# ---- float64 gradcheck of rows split across programs (the plain plans: test_op_contract.py).
 
 
 @pytest.mark.parametrize("path", ["two_pass", "split"])
@@ -216,63 +201,7 @@ def test_gradcheck_float64_split_rows(path):
                                         (content, mean, std), fast_mode=True)
 
 
-# ---- opcheck of the adain_triton ops.
-
-OPCHECK_CASES = [c for c in CASES if c.name in ("tiny", "odd_style_other_size", "alpha_biased",
-                                                 "channels_last", "strided",
-                                                 "sequence_channels_last", "volume_channels_last")]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
-def test_opcheck(case: Case, dtype):
-    """Under the interpreter the ops are opaque custom ops (see adain_ext/triton/_common.py), so
-    opcheck checks their schema, fake kernels and autograd registration on CPU; on a GPU the same
-    test checks the triton_ops."""
-    content, style = _inputs(case, dtype, requires_grad=True)
-    mean, std = _stats(case, dtype, requires_grad=True)
-    u, ops = case.unbiased, torch.ops.adain_triton
-    samples = [
-        (ops.mean_std.default, (content, 1e-5, u)),
-        (ops._fused_forward.default, (content, style, case.alpha, 1e-5, u)),
-        (ops._affine_forward.default, (content, mean, std, case.alpha, 1e-5, u)),
-    ]
-    for op, args in samples:
-        torch.library.opcheck(op, args)
-    with torch.no_grad():
-        _out, x_mean, x_std = ops._affine_forward(content, mean, std, case.alpha, 1e-5, u)
-        s_mean, s_std = ops.mean_std(style, 1e-5, u)
-    torch.library.opcheck(ops._affine_backward.default,
-                          (torch.randn_like(content), content.detach(), x_mean, x_std,
-                           std.detach(), case.alpha, u))
-    torch.library.opcheck(ops._mean_std_backward.default,
-                          (torch.randn_like(s_mean), torch.randn_like(s_std), style.detach(),
-                           s_mean, s_std, u))
-
-
-# ---- torch.compile.
-
-
-class _AllOps(torch.nn.Module):
-    def forward(self, content, style, mean, std):
-        a = adain_ext.adain(content, style, 0.8, backend="triton")
-        b = adain_ext.adain_affine(content, mean, std, backend="triton")
-        m, s = adain_ext.mean_std(style, backend="triton")
-        return a + b + m + s
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("content_shape,style_shape", [((2, 4, 8, 8), (2, 4, 5, 7)),
-                                                       ((2, 4, 9), (2, 4, 5)),
-                                                       ((2, 4, 3, 4, 2), (2, 4, 2, 3, 3))],
-                         ids=["4d", "3d", "5d"])
-def test_torch_compile_fullgraph(layout, content_shape, style_shape):
-    """No graph break around the ops, forward and backward match eager. Under the interpreter the
-    ops are opaque to torch.compile (aot_eager here); tracing into the kernels is CUDA-only."""
-    case = Case("compile", content_shape, style=style_shape, layout=layout)
-    content, style = _inputs(case, requires_grad=True)
-    mean, std = _stats(case, requires_grad=True)
-    assert_compile_matches_eager(_AllOps(), (content, style, mean, std))
+# ---- torch.compile tracing into the kernels (no graph break, matching eager: test_op_contract.py).
 
 
 @pytest.mark.skipif(not CUDA, reason="Inductor running the traced kernels needs CUDA: under "
@@ -436,7 +365,7 @@ def test_tensors_on_a_gpu_other_than_the_current_one():
 # ---- Numerics and edge cases.
 
 
-@pytest.mark.parametrize("path", ["packed", "split"])
+@pytest.mark.parametrize("path", ["split"])  # packed, the default plan: test_op_contract.py
 def test_large_mean_statistics_are_accurate(path):
     x = 1e4 + torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
     with T.limits(**_path_limits(path, 48 * 40)):
@@ -519,80 +448,3 @@ def test_alpha_one_takes_the_target_statistics_as_they_are(layout, dtype):
             (grad,) = torch.autograd.grad(out, content, grad_out)
             assert torch.equal(grad.isnan(), want.isnan()), name
             assert_close(grad[want.isfinite()], want[want.isfinite()], dtype)
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_nan_and_inf_stay_in_their_row(layout):
-    case = Case("nan", (2, 4, 6, 5), layout=layout)
-    content, style = _inputs(case)
-    content[0, 1, 2, 3] = float("nan")
-    style[1, 2, 0, 0] = float("inf")
-    out = T.adain(content, style)
-    bad = torch.zeros(2, 4, dtype=torch.bool, device=DEVICE)
-    bad[0, 1] = bad[1, 2] = True
-    assert out[bad].isnan().all()
-    assert out[~bad].isfinite().all()
-    clean = reference.adain(content.double(), style.double())
-    assert_close(out[~bad], clean[~bad], torch.float32)
-
-
-@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (0, 0, 1, 1)])
-def test_empty_batch_or_channels(shape):
-    x = torch.randn(shape, device=DEVICE, requires_grad=True)
-    style = torch.randn(shape, device=DEVICE)
-    out = T.adain(x, style)
-    assert out.shape == shape
-    mean, std = T.mean_std(x)
-    assert mean.shape == (shape[0], shape[1], 1, 1)
-    assert T.adain_affine(x, mean, std).shape == shape
-    (grad,) = torch.autograd.grad(out.sum(), x)
-    assert grad.shape == shape
-
-
-def test_defaults_are_the_seed_calc_mean_std_and_adain():
-    content, style = _inputs(Case("seed", (2, 8, 12, 10), style=(2, 8, 6, 9)), torch.float64)
-    torch.testing.assert_close(T.mean_std(content), reference.calc_mean_std(content))
-    torch.testing.assert_close(T.adain(content, style),
-                               reference.adaptive_instance_normalization(content, style))
-
-
-def test_style_statistics_can_be_reused_through_affine():
-    content, style = _inputs(Case("reuse", (2, 6, 9, 7), style=(2, 6, 11, 5)))
-    mean, std = T.mean_std(style)
-    torch.testing.assert_close(T.adain_affine(content, mean, std), T.adain(content, style))
-
-
-# ---- Bad input: the same errors and messages as every other backend (tests/test_errors.py).
-
-from test_errors import _bad_adain_calls
-
-
-def _escape(fragment):
-    for ch in "()[]*":
-        fragment = fragment.replace(ch, "\\" + ch)
-    return fragment
-
-
-@pytest.mark.parametrize("call", _bad_adain_calls(), ids=lambda c: c[0])
-def test_adain_rejects_bad_input(call):
-    _, kwargs, error, fragment = call
-    with pytest.raises(error, match=_escape(fragment)):
-        adain_ext.adain(**kwargs, backend="triton")
-
-
-def test_affine_and_mean_std_reject_bad_input():
-    good = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ValueError, match=_escape("mean must have shape (N, C) or (N, C, 1, ...) = "
-                                                 "(2, 3), got [2, 3, 2]")):
-        adain_ext.adain_affine(good, torch.zeros(2, 3, 2), torch.ones(2, 3), backend="triton")
-    with pytest.raises(ValueError, match=_escape("std must have shape")):
-        adain_ext.adain_affine(good, torch.zeros(2, 3), torch.ones(3, 2), backend="triton")
-    with pytest.raises(TypeError, match="mean must be float16"):
-        adain_ext.adain_affine(good, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3),
-                               backend="triton")
-    with pytest.raises(ValueError, match=_escape("x must be a (N, C, *) tensor")):
-        adain_ext.mean_std(torch.randn(4, 4), backend="triton")
-    with pytest.raises(ValueError, match=_escape("unbiased variance needs L >= 2")):
-        adain_ext.mean_std(torch.randn(1, 2, 1, 1), backend="triton")
-    with pytest.raises(ValueError, match="eps must be >= 0"):
-        adain_ext.mean_std(good, eps=-1.0, backend="triton")

@@ -1,0 +1,340 @@
+"""The test contract of each op (mean_std, adain_affine, adain / adain::fused), written once and run
+for every (backend, device) target of the backend registry, as torchvision's RoIOpTester runs one
+set of checks for every device: the C++ kernels on CPU and on CUDA, the Triton kernels on CUDA and
+on CPU (through the interpreter, which tests/conftest.py switches on where no GPU is visible).
+A target that cannot run here is skipped with the reason (no GPU, extension not built).
+
+Per op: the reference's defaults, float64 gradcheck, torch.library.opcheck of the op and its
+internal forward and backward ops, non-finite and empty input, and what is particular to the op
+(large-mean statistics, statistics reused through adain_affine, mixed statistic shapes and dtypes,
+the module form); then the three ops in one torch.compile graph. Every output and gradient against
+the float64 oracle over the shared cases is in test_backends.py; bad input in test_errors.py. What
+belongs to one backend stays in its file: launch paths, plans, CUDA graphs, streams, autotuning,
+machine code (test_cpu_split.py, test_triton.py, test_cuda.py, test_cuda_sass.py).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import (
+    CASES,
+    GRAD_CASES,
+    Case,
+    Target,
+    assert_close,
+    assert_compile_matches_eager,
+    auto_is,
+    check_affine_mixed_statistics,
+    make_inputs,
+    make_statistics,
+    opcheck_samples,
+    targets,
+)
+
+import adain_ext
+from adain_ext import backends, reference
+
+TARGETS = targets()
+# The reference backend too where a check says no backend may differ from the others.
+TARGETS_AND_REFERENCE = targets(with_reference=True)
+
+# The torch.ops namespace each backend registers its ops in (same schemas; Triton registers the
+# internal forward and backward ops only, the C++ extension also fused, affine, _fused_backward).
+NAMESPACES = {"cpp": "adain", "triton": "adain_triton"}
+
+
+def namespace(target: Target):
+    """The backend's torch.ops namespace, or None for a backend that registers no ops."""
+    if target.backend not in NAMESPACES:
+        return None
+    backends.ops(target.backend)  # importing the backend registers its ops
+    return getattr(torch.ops, NAMESPACES[target.backend])
+
+
+def backend_names(target: Target) -> list[str]:
+    """The backend= values that run this target: its own name, and "auto" where that picks it
+    (so the checks of the defaults also cover the default backend)."""
+    return [target.backend, *(["auto"] if auto_is(target) else [])]
+
+
+def fast_gradcheck(target: Target, t: torch.Tensor) -> bool:
+    """Triton checks a random projection of the Jacobian (fast_mode) beyond 64 inputs: the odd 33x17
+    shapes would take minutes in the interpreter; its tiny cases still run the full Jacobian."""
+    return target.backend == "triton" and t.numel() > 64
+
+
+# opcheck compiles (aot_dispatch): a few cases covering every rank, both variances, alpha, other
+# style sizes and every layout, in float32 and float64. 16-bit: the statistics the internal ops
+# return are float32 whatever x's dtype, which only a 16-bit run tells apart from x's dtype (one
+# case each: both layouts, both variances, alpha).
+OPCHECK_CASES = [c for c in CASES if c.name in ("tiny", "odd_style_other_size", "alpha_biased",
+                                                 "channels_last", "channels_last_alpha", "strided",
+                                                 "sequence_channels_last", "volume_channels_last")]
+OPCHECK_16BIT = {"alpha_biased": torch.float16, "channels_last": torch.bfloat16}
+OPCHECK_PARAMS = [
+    pytest.param(case, dtype, id=f"{case.name}-{str(dtype).split('.')[-1]}")
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    for case in OPCHECK_CASES
+    if dtype in (torch.float32, torch.float64) or OPCHECK_16BIT.get(case.name) == dtype
+]
+
+
+def _opcheck(target: Target, case: Case, dtype, op_names: tuple[str, ...]):
+    """opcheck of the namespace's ops among op_names (those it has), with the inputs of
+    cases.opcheck_samples (the backward ops get what a real forward hands them)."""
+    ops = namespace(target)
+    if ops is None:
+        pytest.skip(f"{target.backend} registers no torch.ops namespace (see NAMESPACES)")
+    samples = [(op, args) for op, args in opcheck_samples(ops, case, dtype, target.device)
+               if op._schema.name.split("::")[1] in op_names]
+    assert samples, f"{target}: none of {op_names}"
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+EMPTY_SHAPES = [(0, 3, 4, 4), (2, 0, 4, 4), (0, 0, 1, 1)]
+
+
+# ---- mean_std (adain::mean_std, its backward adain::_mean_std_backward).
+
+
+class TestMeanStd:
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_defaults_are_the_reference_calc_mean_std(self, target: Target):
+        content, _ = make_inputs(Case("reference", (2, 8, 12, 10), style=(2, 8, 6, 9)),
+                                 torch.float64, target.device)
+        for backend in backend_names(target):
+            torch.testing.assert_close(adain_ext.mean_std(content, backend=backend),
+                                       reference.calc_mean_std(content), msg=backend)
+
+    @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_gradcheck_float64(self, target: Target, case: Case):
+        content, _ = make_inputs(case, torch.float64, target.device, requires_grad=True)
+        kw = dict(unbiased=case.unbiased, backend=target.backend)
+        assert torch.autograd.gradcheck(lambda x: adain_ext.mean_std(x, **kw), (content,),
+                                        fast_mode=fast_gradcheck(target, content))
+
+    @pytest.mark.parametrize("case,dtype", OPCHECK_PARAMS)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_opcheck(self, target: Target, case: Case, dtype):
+        _opcheck(target, case, dtype, ("mean_std", "_mean_std_backward"))
+
+    @pytest.mark.parametrize("shape", [(2, 3, 128, 128), (2, 3, 48, 40)], ids=str)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_large_mean_statistics_are_accurate(self, target: Target, shape):
+        """x = 1e4 + N(0, 1) in float32: std within 1e-3 (never the raw sum of squares)."""
+        x = 1e4 + torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        _, std = adain_ext.mean_std(x.to(target.device), backend=target.backend)
+        _, ref_std = reference.mean_std(x.double())
+        assert (std.cpu().double() - ref_std).abs().max() < 1e-3
+
+    @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+    def test_empty_batch_or_channels(self, target: Target, shape):
+        """Every backend gives empty results for N = 0 or C = 0 (none raises where another does
+        not)."""
+        x = torch.randn(shape, device=target.device)
+        mean, std = adain_ext.mean_std(x, backend=target.backend)
+        assert mean.shape == std.shape == (shape[0], shape[1], 1, 1)
+        assert mean.device == x.device
+
+
+# ---- adain_affine (adain::affine, adain::_affine_forward, adain::_affine_backward).
+
+
+# adain_affine's target statistics may be (N, C) or (N, C, 1, 1), each in any float dtype; their
+# gradients must come back in their own shape and dtype.
+MIXED_STATISTICS = [  # x dtype, (mean shape, mean dtype), (std shape, std dtype)
+    (torch.float32, ("NC", torch.float16), ("NC11", torch.float64)),
+    (torch.bfloat16, ("NC11", torch.float32), ("NC", torch.bfloat16)),
+    (torch.float16, ("NC", torch.float32), ("NC11", torch.float32)),
+    (torch.float64, ("NC11", torch.float32), ("NC", torch.float64)),
+]
+
+
+def _mixed_id(params):
+    x_dtype, (m_shape, m_dtype), (s_shape, s_dtype) = params
+    x, m, s = (str(d).split(".")[-1] for d in (x_dtype, m_dtype, s_dtype))
+    return f"x_{x}-mean_{m_shape}_{m}-std_{s_shape}_{s}"
+
+
+class TestAdainAffine:
+    @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_gradcheck_float64(self, target: Target, case: Case):
+        """The public op, and the internal forward with the case's alpha blend (alpha * affine +
+        (1 - alpha) * x); at alpha = 1 that is the call the public op makes, checked already."""
+        x, _ = make_inputs(case, torch.float64, target.device, requires_grad=True)
+        mean, std = make_statistics(case, torch.float64, target.device, requires_grad=True)
+        u, fast = case.unbiased, fast_gradcheck(target, x)
+        assert torch.autograd.gradcheck(
+            lambda x, m, s: adain_ext.adain_affine(x, m, s, unbiased=u, backend=target.backend),
+            (x, mean, std), fast_mode=fast)
+        ops = namespace(target)
+        if ops is not None and case.alpha != 1.0:
+            assert torch.autograd.gradcheck(
+                lambda x, m, s: ops._affine_forward(x, m, s, case.alpha, 1e-5, u)[0],
+                (x, mean, std), fast_mode=fast)
+
+    @pytest.mark.parametrize("case,dtype", OPCHECK_PARAMS)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_opcheck(self, target: Target, case: Case, dtype):
+        _opcheck(target, case, dtype, ("affine", "_affine_forward", "_affine_backward"))
+
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_style_statistics_can_be_reused_through_affine(self, target: Target):
+        case = Case("reuse", (2, 6, 9, 7), style=(2, 6, 11, 5))
+        content, style = make_inputs(case, device=target.device)
+        for backend in backend_names(target):
+            mean, std = adain_ext.mean_std(style, backend=backend)
+            torch.testing.assert_close(adain_ext.adain_affine(content, mean, std, backend=backend),
+                                       adain_ext.adain(content, style, backend=backend),
+                                       msg=backend)
+
+    @pytest.mark.parametrize("x_dtype,mean_like,std_like", MIXED_STATISTICS,
+                             ids=[_mixed_id(p) for p in MIXED_STATISTICS])
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_mixed_statistic_shapes_and_dtypes(self, target: Target, x_dtype, mean_like,
+                                               std_like):
+        case = Case("mixed", (2, 3, 9, 11), layout="channels_last")
+        x, _ = make_inputs(case, x_dtype, target.device, requires_grad=True)
+        N, C = case.content[:2]
+        stats = make_statistics(case, torch.float64, target.device)
+        mean, std = (t.detach().reshape((N, C) if shape == "NC" else (N, C, 1, 1)).to(dtype)
+                     .requires_grad_() for t, (shape, dtype) in zip(stats, (mean_like, std_like)))
+        check_affine_mixed_statistics(x, mean, std, target.backend, case)
+        if x_dtype in (torch.float32, torch.bfloat16) and namespace(target) is not None:
+            torch.library.opcheck(namespace(target)._affine_forward.default,
+                                  (x, mean, std, 0.7, 1e-5, True))
+
+    @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+    def test_empty_batch_or_channels(self, target: Target, shape):
+        x = torch.randn(shape, device=target.device)
+        mean, std = adain_ext.mean_std(x, backend=target.backend)
+        out = adain_ext.adain_affine(x, mean, std, backend=target.backend)
+        assert out.shape == shape and out.device == x.device
+
+
+# ---- adain (adain::fused, adain::_fused_forward, adain::_fused_backward).
+
+
+class TestAdain:
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_defaults_are_the_reference_adain(self, target: Target):
+        content, style = make_inputs(Case("reference", (2, 8, 12, 10), style=(2, 8, 6, 9)),
+                                     torch.float64, target.device)
+        want = reference.adaptive_instance_normalization(content, style)
+        for backend in backend_names(target):
+            torch.testing.assert_close(adain_ext.adain(content, style, backend=backend), want,
+                                       msg=backend)
+        ops = namespace(target)
+        if hasattr(ops, "fused"):  # the op itself, with its schema's defaults (None has none)
+            torch.testing.assert_close(ops.fused(content, style), want)
+
+    @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_gradcheck_float64(self, target: Target, case: Case):
+        content, style = make_inputs(case, torch.float64, target.device, requires_grad=True)
+        kw = dict(unbiased=case.unbiased, backend=target.backend)
+        assert torch.autograd.gradcheck(lambda c, s: adain_ext.adain(c, s, case.alpha, **kw),
+                                        (content, style),
+                                        fast_mode=fast_gradcheck(target, content))
+
+    @pytest.mark.parametrize("case,dtype", OPCHECK_PARAMS)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_opcheck(self, target: Target, case: Case, dtype):
+        _opcheck(target, case, dtype, ("fused", "_fused_forward", "_fused_backward"))
+
+    @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_nan_and_inf_stay_in_their_row(self, target: Target, layout):
+        case = Case("nan", (2, 4, 6, 5), layout=layout)
+        content, style = make_inputs(case, device=target.device)
+        content[0, 1, 2, 3] = float("nan")
+        style[1, 2, 0, 0] = float("inf")
+        out = adain_ext.adain(content, style, backend=target.backend)
+        bad = torch.zeros(2, 4, dtype=torch.bool, device=target.device)
+        bad[0, 1] = bad[1, 2] = True
+        assert out[bad].isnan().all()
+        assert out[~bad].isfinite().all()
+        clean = reference.adain(content.double(), style.double())
+        assert_close(out[~bad], clean[~bad], torch.float32)
+
+    @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+    def test_empty_batch_or_channels(self, target: Target, shape):
+        x = torch.randn(shape, device=target.device, requires_grad=True)
+        style = torch.randn(shape, device=target.device)
+        out = adain_ext.adain(x, style, backend=target.backend)
+        assert out.shape == shape and out.device == x.device
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert grad.shape == shape
+
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_module_form(self, target: Target):
+        case = Case("module", (2, 3, 8, 8))
+        content, style = make_inputs(case, device=target.device)
+        want = reference.adain(content.double(), style.double(), 0.5)
+        for backend in backend_names(target):
+            module = adain_ext.nn.AdaIN(alpha=0.5, backend=backend)
+            assert "alpha=0.5" in repr(module)
+            assert_close(module(content, style), want, torch.float32)
+        if auto_is(target):  # the module's own default backend
+            assert_close(adain_ext.nn.AdaIN(alpha=0.5)(content, style), want, torch.float32)
+
+
+# ---- The three ops in one torch.compile graph.
+
+
+class _AllOps(torch.nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, content, style, mean, std):
+        a = adain_ext.adain(content, style, 0.8, backend=self.backend)
+        b = adain_ext.adain_affine(content, mean, std, backend=self.backend)
+        m, s = adain_ext.mean_std(style, backend=self.backend)
+        return a + b + m + s
+
+
+COMPILE_SHAPES = {  # content, style: every rank the ops take
+    "4d": ((2, 4, 8, 8), (2, 4, 5, 7)),
+    "3d": ((2, 4, 9), (2, 4, 5)),
+    "5d": ((2, 4, 3, 4, 2), (2, 4, 2, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("rank,layout,dtype", [("4d", "contiguous", torch.float32),
+                                               ("4d", "channels_last", torch.float32),
+                                               ("4d", "contiguous", torch.float16),
+                                               ("4d", "channels_last", torch.bfloat16),
+                                               ("3d", "contiguous", torch.float32),
+                                               ("3d", "channels_last", torch.float32),
+                                               ("3d", "channels_last", torch.float16),
+                                               ("5d", "contiguous", torch.float32),
+                                               ("5d", "channels_last", torch.float32)], ids=str)
+@pytest.mark.parametrize("target", TARGETS)
+def test_torch_compile_fullgraph(target: Target, rank, layout, dtype):
+    """No graph break around the ops; forward and every gradient match eager (aot_eager: under
+    the Triton interpreter the ops are opaque; tracing into the Triton kernels is test_triton.py's)."""
+    content_shape, style_shape = COMPILE_SHAPES[rank]
+    case = Case("compile", content_shape, style=style_shape, layout=layout)
+    content, style = make_inputs(case, dtype, target.device, requires_grad=True)
+    mean, std = make_statistics(case, dtype, target.device, requires_grad=True)
+    assert_compile_matches_eager(_AllOps(target.backend), (content, style, mean, std))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_torch_compile_inductor_matches_eager(target: Target):
+    case = Case("inductor", (2, 4, 8, 8), style=(2, 4, 6, 6))
+    content, style = make_inputs(case, device=target.device)
+    torch._dynamo.reset()
+
+    def fn(c, s):
+        return adain_ext.adain(c, s, backend=target.backend) * 2 + 1
+
+    compiled = torch.compile(fn, fullgraph=True)
+    torch.testing.assert_close(compiled(content, style), fn(content, style))
