@@ -100,12 +100,12 @@ def _path_limits(path: str, length: int) -> dict:
         return {}  # the defaults: every case here fits one program, short rows packed
     length_p2 = triton.next_power_of_2(length)
     limits = {"max_tile": max(1, length_p2 // 2), "stream_tile": max(2, length_p2 // 4),
-              "cl_rows": 2, "min_chunk": max(1, length_p2 // 8), "programs": 1}
+              "cl_rows": 2, "min_segment": max(1, length_p2 // 8), "programs": 1}
     if path == "split":
-        limits["programs"] = 1024  # as many pieces as min_chunk allows: about 8 per row
+        limits["programs"] = 1024  # as many segments as min_segment allows: about 8 per row
     elif path == "split_uneven":  # pieces of 3 tiles of 1/8 row: the last piece is shorter
         limits.update(programs=1024, stream_tile=max(2, length_p2 // 8),
-                      min_chunk=max(1, 3 * length_p2 // 16))
+                      min_segment=max(1, 3 * length_p2 // 16))
     return limits
 
 
@@ -130,10 +130,10 @@ def test_every_launch_path(path, case: Case, dtype):
     with T.limits(**limits):
         plan = T._common.plan(content.shape[0] * content.shape[1],
                               math.prod(content.shape[2:]),
-                              T._common.canonical(content)[1], content.device)
+                              T._common.canonical_layout(content)[1], content.device)
         assert plan.single_pass == (path == "packed"), plan
         if path.startswith("split") and math.prod(content.shape[2:]) >= 16:
-            assert plan.splits > 1, plan
+            assert plan.segments > 1, plan
         out_a = T.adain(content, style, case.alpha, unbiased=u)
         out_f = T.adain_affine(content, mean, std, unbiased=u)
         m, s = T.mean_std(content, unbiased=u)
@@ -175,15 +175,15 @@ def test_plans():
     plan, cpu = T._common.plan, torch.device("cpu")
     with T.limits(programs=264):  # an H100: 132 SMs, 2 programs each
         p = plan(16 * 512, 64, False, cpu)  # many 8x8 rows: packed, 16 per program (512 programs)
-        assert p.single_pass and p.block_r == 16 and p.block_l == 64 and p.splits == 1
+        assert p.single_pass and p.block_r == 16 and p.block_l == 64 and p.segments == 1
         p = plan(512, 4096, False, cpu)  # 64x64 rows: one row per program, one pass
         assert p.single_pass and p.block_r == 1 and p.block_l == 4096
         p = plan(512, 1024, True, cpu)  # channels_last 32x32: 8 adjacent channels per tile
         assert p.single_pass and p.block_r == 8 and p.block_l == 1024
         p = plan(64, 512 * 512, False, cpu)  # few long rows: split, pieces >= 16384
-        assert not p.single_pass and p.splits == 5 and p.chunk >= 16384
+        assert not p.single_pass and p.segments == 5 and p.segment_len >= 16384
         p = plan(2, 512 * 512, False, cpu)
-        assert p.splits == 16 and p.chunk == 16384
+        assert p.segments == 16 and p.segment_len == 16384
 
 
 # ---- float64 gradcheck of rows split across programs (the plain plans: test_op_contract.py).
@@ -405,13 +405,13 @@ def test_float64_divisors_of_rows_longer_than_2_to_the_24(unbiased):
                    **flags)
     torch.testing.assert_close(got, gs * (x - mean) / (D * std) + gm / L, rtol=1e-15, atol=0)
 
-    alpha, std_t, sum_g, sum_gxc = 0.5, vec(0.75), vec(5.0), vec(-7.0)
+    alpha, std_t, sum_g, sum_g_dev = 0.5, vec(0.75), vec(5.0), vec(-7.0)
     got, grads = torch.empty(4, **f64), torch.empty(2, **f64)
-    _common.launch(_affine_backward_apply_kernel, (1,), g, x, mean, std, std_t, sum_g, sum_gxc,
+    _common.launch(_affine_backward_apply_kernel, (1,), g, x, mean, std, std_t, sum_g, sum_g_dev,
                    got, grads[:1], grads[1:], 1, 1, L, 1, alpha, 0.0, 0, **flags)
-    k = (alpha * std_t + (1 - alpha) * std) / std
-    coef = (1 - alpha) - k
-    want = k * g + coef * (sum_gxc / std / D * (x - mean) / std + sum_g / L)
+    g_scale = (alpha * std_t + (1 - alpha) * std) / std
+    own_stats_scale = (1 - alpha) - g_scale
+    want = g_scale * g + own_stats_scale * (sum_g_dev / std / D * (x - mean) / std + sum_g / L)
     torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
 
 

@@ -87,8 +87,6 @@ _LIMITS = Limits()
 def limits(**changes):
     """Temporarily changes the plan thresholds (tests use it to force split and packed paths)."""
     global _LIMITS
-    if "min_chunk" in changes:  # the former name of min_segment
-        changes["min_segment"] = changes.pop("min_chunk")
     saved = _LIMITS
     _LIMITS = dataclasses.replace(saved, **changes)
     try:
@@ -135,10 +133,6 @@ class Plan:
     segments: int
     segment_len: int
     num_warps: int
-
-    # The former names of segments and segment_len.
-    splits = property(lambda self: self.segments)
-    chunk = property(lambda self: self.segment_len)
 
     @property
     def row_blocks(self) -> int:
@@ -275,8 +269,6 @@ from adain_ext._layout import (  # noqa: E402,F401
     stat_dtype,
     stat_shape_of,
 )
-
-canonical = canonical_layout  # the former name (tests/test_triton.py)
 
 
 def register(name: str, fake):
