@@ -1,4 +1,5 @@
-"""Rows whose statistics overflow: every compiled backend follows the reference's one rule.
+"""Rows whose statistics overflow: every compiled backend (C++ and Triton, on every device)
+follows the reference's one rule.
 
 A float32 row of values near +-3e19 has a finite mean but an infinite std (its variance
 overflows). The reference then gives that row (x - mean) / inf * std_s + mean_s = the style's
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import targets
 
 import adain_ext
-from adain_ext import _extension, reference
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from adain_ext import reference
 
 
 def _overflowing_inputs(device):
@@ -28,30 +28,28 @@ def _overflowing_inputs(device):
     return content.to(device), style.to(device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_infinite_std_row_at_alpha_one_matches_reference(device):
-    if not _extension.has_kernel(device):
-        pytest.skip(f"no compiled kernels for {device}")
+@pytest.mark.parametrize("target", targets())
+def test_infinite_std_row_at_alpha_one_matches_reference(target):
+    backend, device = target.backend, target.device
     content, style = _overflowing_inputs(device)
     _, content_std = reference.mean_std(content)
     assert content_std[0, 1].isinf().all() and content_std[0, 0].isfinite().all()
     want = reference.adain(content, style, 1.0)
-    got = adain_ext.adain(content, style, 1.0, backend="cpp")
+    got = adain_ext.adain(content, style, 1.0, backend=backend)
     # The overflowing row is the style's mean (finite), the Inf row NaN, as in the reference.
     assert got[0, 1].isfinite().all()
     torch.testing.assert_close(got, want, equal_nan=True, atol=2e-5, rtol=2e-5)
     mean, std = reference.mean_std(style)
-    got_affine = adain_ext.adain_affine(content, mean, std, backend="cpp")
+    got_affine = adain_ext.adain_affine(content, mean, std, backend=backend)
     torch.testing.assert_close(got_affine, want, equal_nan=True, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_nonfinite_rows_leave_the_others_alone(device):
-    if not _extension.has_kernel(device):
-        pytest.skip(f"no compiled kernels for {device}")
+@pytest.mark.parametrize("target", targets())
+def test_nonfinite_rows_leave_the_others_alone(target):
+    backend, device = target.backend, target.device
     content, style = _overflowing_inputs(device)
     for alpha in (1.0, 0.5):
-        got = adain_ext.adain(content, style, alpha, backend="cpp")
+        got = adain_ext.adain(content, style, alpha, backend=backend)
         clean = torch.ones(2, 3, dtype=torch.bool)
         clean[0, 1] = clean[1, 2] = False
         want = reference.adain(content.double(), style.double(), alpha)
