@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   at::Tensor std_x = at::empty({N, C}, acc_options);
   if (R == 0) return {shaped_like(out, x_in), mean_x, std_x};
   const int64_t L = x.size(2) * x.size(3);
-  const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
+  const at::Tensor mean_t = flat_stat(mean, acc), std_t = flat_stat(std, acc);
   const Device dev = device_info();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "adain_affine_forward_cuda", [&] {
@@ -49,8 +49,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     p.d.alpha = static_cast<acc_t>(alpha);
     p.d.eps = static_cast<acc_t>(eps);
     p.d.unbiased = unbiased;
-    p.d.target_mean = target_mean.data_ptr<acc_t>();
-    p.d.target_std = target_std.data_ptr<acc_t>();
+    p.d.mean_t = mean_t.data_ptr<acc_t>();
+    p.d.std_t = std_t.data_ptr<acc_t>();
     p.d.mean_out = mean_x.data_ptr<acc_t>();
     p.d.std_out = std_x.data_ptr<acc_t>();
     run_row_op<RowMode::Affine>(p, layout, N, C, acc_options, dev);
@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
   if (R == 0) return {shaped_like(grad_x, x_in), grad_mean, grad_std};
   const int64_t L = x.size(2) * x.size(3);
   const at::Tensor mean_f = flat_stat(mean_x, acc), std_f = flat_stat(std_x, acc);
-  const at::Tensor std_target = flat_stat(std, acc);
+  const at::Tensor std_t = flat_stat(std, acc);
   const Device dev = device_info();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "adain_affine_backward_cuda", [&] {
@@ -98,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward_cuda(
     p.d.unbiased = unbiased;
     p.d.mean_x = mean_f.data_ptr<acc_t>();
     p.d.std_x = std_f.data_ptr<acc_t>();
-    p.d.std_target = std_target.data_ptr<acc_t>();
+    p.d.std_t = std_t.data_ptr<acc_t>();
     p.d.grad_mean_out = grad_mean.data_ptr<acc_t>();
     p.d.grad_std_out = grad_std.data_ptr<acc_t>();
     run_row_op<RowMode::AffineBackward>(p, layout, N, C, acc_options, dev);

@@ -53,12 +53,12 @@ struct RowData {
   acc_t alpha = 1;          // Affine, Fused, AffineBackward; finalize Affine, AffineBackward
   acc_t eps = 0;            // Stats, Affine, Fused; finalize Stats, Affine
   bool unbiased = true;     // every mode that computes a std or a coefficient
-  const acc_t* target_mean = nullptr;  // Affine; finalize Affine: the target statistics
-  const acc_t* target_std = nullptr;   // Affine; finalize Affine
+  // The given target statistics, before the alpha blend (Fused computes its own from the style).
+  const acc_t* mean_t = nullptr;  // Affine; finalize Affine
+  const acc_t* std_t = nullptr;   // Affine, AffineBackward; finalize Affine, AffineBackward
   const acc_t* mean_x = nullptr;  // AffineBackward, PartialSums, cl_partial_kernel<kSums>;
                                   // finalize AffineBackward, MeanStdBackward: x's mean
   const acc_t* std_x = nullptr;   // AffineBackward; finalize AffineBackward, MeanStdBackward
-  const acc_t* std_target = nullptr;    // AffineBackward; finalize AffineBackward: the target std
   const acc_t* grad_mean_in = nullptr;  // finalize MeanStdBackward: incoming gradients
   const acc_t* grad_std_in = nullptr;   // finalize MeanStdBackward
   // The partial states of the segments, [R, segments] each (attach_partials in launch.cuh): a

@@ -171,8 +171,8 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
           d.style_std_out[row] = std_t;
         }
       } else {
-        mean_t = active ? d.target_mean[row] : acc_t(0);
-        std_t = active ? d.target_std[row] : acc_t(1);
+        mean_t = active ? d.mean_t[row] : acc_t(0);
+        std_t = active ? d.std_t[row] : acc_t(1);
       }
       WelfordState<acc_t> st =
           lane_welford<acc_t, T, VEC, kCache>(p.x, seg, lane, group, cache_x, p.cache_slots);
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
         }
       } else {
         const acc_t std_x = active ? d.std_x[row] : acc_t(1);
-        const acc_t std_t = active ? d.std_target[row] : acc_t(1);
+        const acc_t std_t = active ? d.std_t[row] : acc_t(1);
         const AffineGrads<acc_t> grads =
             affine_backward_coef(sums, mean_x, std_x, std_t, d.alpha, d.L, d.unbiased);
         if (active && lane == 0) {
@@ -243,7 +243,7 @@ __global__ void finalize_rows_kernel(const RowData<acc_t> d) {
       d.mean_out[row] = st.mean;
       d.std_out[row] = std_x;
       if constexpr (kMode == RowMode::Stats) continue;
-      c = affine_forward_coef(st.mean, std_x, d.target_mean[row], d.target_std[row], d.alpha);
+      c = affine_forward_coef(st.mean, std_x, d.mean_t[row], d.std_t[row], d.alpha);
     } else if constexpr (kMode == RowMode::AffineBackward) {
       GradSums<acc_t> sums;
       for (int64_t s = 0; s < d.segments; ++s) {
@@ -253,7 +253,7 @@ __global__ void finalize_rows_kernel(const RowData<acc_t> d) {
         sums = grad_sums_merge(sums, part);
       }
       const AffineGrads<acc_t> grads = affine_backward_coef(
-          sums, d.mean_x[row], d.std_x[row], d.std_target[row], d.alpha, d.L, d.unbiased);
+          sums, d.mean_x[row], d.std_x[row], d.std_t[row], d.alpha, d.L, d.unbiased);
       d.grad_mean_out[row] = grads.grad_mean_t;
       d.grad_std_out[row] = grads.grad_std_t;
       c = grads.grad_x;
