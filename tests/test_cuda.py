@@ -579,9 +579,9 @@ def test_int64_indexing_over_2_to_31_elements():
         x[row].view(-1).copy_(pattern)
         del pattern
     mean, std = adain_ext.mean_std(x, backend="cpp")
-    target_mean = torch.tensor([[3.0], [10.0]], device=CUDA)
-    target_std = torch.tensor([[0.5], [2.0]], device=CUDA)
-    out = adain_ext.adain_affine(x, target_mean, target_std, backend="cpp")
+    mean_t = torch.tensor([[3.0], [10.0]], device=CUDA)
+    std_t = torch.tensor([[0.5], [2.0]], device=CUDA)
+    out = adain_ext.adain_affine(x, mean_t, std_t, backend="cpp")
     flat_x, flat_out = x.view(-1), out.view(-1)
     for row, m in enumerate(moduli):
         want_mean, want_var = _residue_stats(L, m)
@@ -594,7 +594,7 @@ def test_int64_indexing_over_2_to_31_elements():
             spots += [2**31 - 9, 2**31 - 1, 2**31, 2**31 + 5]
         for i in spots:
             seg = slice(i, i + 16)
-            ref = (flat_x[seg].double() - want_mean) / want_std * target_std[row].item()
-            ref += target_mean[row].item()
+            ref = (flat_x[seg].double() - want_mean) / want_std * std_t[row].item()
+            ref += mean_t[row].item()
             torch.testing.assert_close(flat_out[seg].double(), ref, atol=0.1, rtol=0.02,
                                        msg=f"row {row} elements {i}..{i + 16}")

@@ -29,12 +29,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
   at::Tensor std_x = at::empty_like(mean_x);
   if (out.numel() == 0) return {shaped_like(out, x_in), mean_x, std_x};
   const Geometry geo = geometry_of(x, layout);
-  const at::Tensor target_mean = flat_stat(mean, acc), target_std = flat_stat(std, acc);
+  // The given target statistics (before the blend), flat in the accumulation dtype.
+  const at::Tensor mean_t_acc = flat_stat(mean, acc), std_t_acc = flat_stat(std, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_affine_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     const acc_t a_ = static_cast<acc_t>(alpha), eps_ = static_cast<acc_t>(eps);
-    const acc_t* tm = target_mean.const_data_ptr<acc_t>();
-    const acc_t* ts = target_std.const_data_ptr<acc_t>();
+    const acc_t* mean_t = mean_t_acc.const_data_ptr<acc_t>();
+    const acc_t* std_t = std_t_acc.const_data_ptr<acc_t>();
     acc_t* mean_out = mean_x.mutable_data_ptr<acc_t>();
     acc_t* std_out = std_x.mutable_data_ptr<acc_t>();
     std::vector<RowCoef<acc_t>> coefs(geo.N * geo.C);
@@ -45,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
         [&](int64_t row, const WelfordState<acc_t>& s) {
           mean_out[row] = s.mean;
           std_out[row] = std_of(s, eps_, unbiased);
-          coefs[row] = affine_forward_coef(s.mean, std_out[row], tm[row], ts[row], a_);
+          coefs[row] = affine_forward_coef(s.mean, std_out[row], mean_t[row], std_t[row], a_);
         },
         [&](int64_t u, int64_t b, int64_t e) {
           map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, coefs.data());
@@ -66,13 +67,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
   if (grad_x.numel() == 0) return {shaped_like(grad_x, x_in), grad_mean, grad_std};
   const Geometry geo = geometry_of(x, layout);
   const at::Tensor m = flat_stat(mean_x, acc), sd = flat_stat(std_x, acc);
-  const at::Tensor ts = flat_stat(std, acc);
+  const at::Tensor std_t_acc = flat_stat(std, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_affine_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     const acc_t a_ = static_cast<acc_t>(alpha);
     const acc_t* mp = m.const_data_ptr<acc_t>();
     const acc_t* sdp = sd.const_data_ptr<acc_t>();
-    const acc_t* tsp = ts.const_data_ptr<acc_t>();
+    const acc_t* std_t = std_t_acc.const_data_ptr<acc_t>();
     acc_t* gmean = grad_mean.mutable_data_ptr<acc_t>();
     acc_t* gstd = grad_std.mutable_data_ptr<acc_t>();
     const int64_t rows = geo.N * geo.C;
@@ -88,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
         [](const GradSums<acc_t>& a, const GradSums<acc_t>& b) { return grad_sums_merge(a, b); },
         [&](int64_t row, const GradSums<acc_t>& s) {
           const AffineGrads<acc_t> grads =
-              affine_backward_coef(s, mp[row], sdp[row], tsp[row], a_, geo.L, unbiased);
+              affine_backward_coef(s, mp[row], sdp[row], std_t[row], a_, geo.L, unbiased);
           coefs[row] = grads.grad_x;
           gmean[row] = grads.grad_mean_t;
           gstd[row] = grads.grad_std_t;
