@@ -74,21 +74,9 @@ class RosinalityAdaIN(nn.Module):
         return out
 
 
-class FunctionalStyleMod(nn.Module):
-    """F.instance_norm in forward, NVlabs' style_mod `x * (style[:, 0] + 1) + style[:, 1]`."""
-
-    def __init__(self, channels, style_dim):
-        super().__init__()
-        self.lin = nn.Linear(style_dim, channels * 2)
-        self.channels = channels
-
-    def forward(self, x, latent):
-        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
-        x = F.instance_norm(x, eps=1e-8)
-        return torch.add(x.mul(style[:, 0] + 1.0), style[:, 1])
-
-
 class StyleMod(nn.Module):
+    """The official StyleGAN ports' style_mod: `x * (style[:, 0] + 1) + style[:, 1]`."""
+
     def __init__(self, channels, style_dim):
         super().__init__()
         self.lin = nn.Linear(style_dim, channels * 2)
@@ -97,6 +85,15 @@ class StyleMod(nn.Module):
     def forward(self, x, latent):
         style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
         return x * (style[:, 0] + 1.0) + style[:, 1]
+
+
+class FunctionalStyleMod(StyleMod):
+    """F.instance_norm in forward, then NVlabs' style_mod written with torch.add and Tensor.mul."""
+
+    def forward(self, x, latent):
+        style = self.lin(latent).view(-1, 2, self.channels, 1, 1)
+        x = F.instance_norm(x, eps=1e-8)
+        return torch.add(x.mul(style[:, 0] + 1.0), style[:, 1])
 
 
 class Noise(nn.Module):

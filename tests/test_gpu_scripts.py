@@ -11,6 +11,7 @@ when it is killed midway.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -220,13 +221,18 @@ def test_smoke_passes_on_cpu():
     assert f"gpu_smoke: {len(verdicts)} ok, 0 BAD, 0 ERROR" in lines[-1]
 
 
-@pytest.fixture
-def smoke():
+def _benchmark_script(name: str):
+    """A script of benchmarks/ imported as a module (they import their siblings by name)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import gpu_smoke
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture
+def smoke():
+    gpu_smoke = _benchmark_script("gpu_smoke")
     shape = gpu_smoke.Shape("t", (2, 3, 5, 7), style=(2, 3, 4, 4), alpha=0.7)
     return gpu_smoke, shape
 
@@ -348,12 +354,7 @@ def test_gpu_bench_runs_every_provider(tmp_path):
 
 @pytest.fixture
 def gpu_bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_bench
-    finally:
-        sys.path.remove(str(BENCH))
-    return gpu_bench
+    return _benchmark_script("gpu_bench")
 
 
 def test_gpu_bench_old_provider_names_keep_their_meaning_there(gpu_bench):
