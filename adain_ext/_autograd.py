@@ -31,20 +31,20 @@ def mean_std(mean_std_backward):
 
 
 def affine_forward(affine_backward):
-    """_affine_forward(x, mean, std, alpha, eps, unbiased) -> (out, x_mean, x_std)."""
+    """_affine_forward(x, mean, std, alpha, eps, unbiased) -> (out, mean_x, std_x)."""
 
     def setup_context(ctx, inputs, output):
         x, mean, std, alpha, _eps, unbiased = inputs
-        _out, x_mean, x_std = output
-        ctx.mark_non_differentiable(x_mean, x_std)
-        ctx.save_for_backward(x, x_mean, x_std, std)
+        _out, mean_x, std_x = output
+        ctx.mark_non_differentiable(mean_x, std_x)
+        ctx.save_for_backward(x, mean_x, std_x, std)
         ctx.alpha, ctx.unbiased = alpha, unbiased
         ctx.mean_like = (mean.shape, mean.dtype)
         ctx.std_like = (std.shape, std.dtype)
 
-    def backward(ctx, grad_out, _grad_x_mean, _grad_x_std):
-        x, x_mean, x_std, std = ctx.saved_tensors
-        grad_x, grad_mean, grad_std = affine_backward(grad_out, x, x_mean, x_std, std, ctx.alpha,
+    def backward(ctx, grad_out, _grad_mean_x, _grad_std_x):
+        x, mean_x, std_x, std = ctx.saved_tensors
+        grad_x, grad_mean, grad_std = affine_backward(grad_out, x, mean_x, std_x, std, ctx.alpha,
                                                       ctx.unbiased)
         need_x, need_mean, need_std = ctx.needs_input_grad[:3]
         return (

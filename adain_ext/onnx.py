@@ -76,17 +76,17 @@ def _moments(x, eps: float, unbiased: bool):
     return centred, mean, op.Sqrt(op.Add(var, _scalar(eps, stat)))
 
 
-def _renormalise(x, centred, x_mean, x_std, mean, std, alpha: float):
+def _renormalise(x, centred, mean_x, std_x, mean, std, alpha: float):
     """(T_std / std_x) * (x - mean_x) + T_mean in x's dtype; T = the target statistics
     blended with x's own by alpha."""
     stat = _stat_dtype(x.dtype)
-    mean = op.Reshape(_cast(mean, stat), op.Shape(x_mean))  # (N, C) or (N, C, 1, ...)
-    std = op.Reshape(_cast(std, stat), op.Shape(x_mean))
+    mean = op.Reshape(_cast(mean, stat), op.Shape(mean_x))  # (N, C) or (N, C, 1, ...)
+    std = op.Reshape(_cast(std, stat), op.Shape(mean_x))
     if alpha != 1.0:
         a, b = _scalar(alpha, stat), _scalar(1.0 - alpha, stat)
-        mean = op.Add(op.Mul(a, mean), op.Mul(b, x_mean))
-        std = op.Add(op.Mul(a, std), op.Mul(b, x_std))
-    out = op.Add(op.Mul(centred, op.Div(std, x_std)), mean)
+        mean = op.Add(op.Mul(a, mean), op.Mul(b, mean_x))
+        std = op.Add(op.Mul(a, std), op.Mul(b, std_x))
+    out = op.Add(op.Mul(centred, op.Div(std, std_x)), mean)
     return _cast(out, x.dtype)
 
 
@@ -104,9 +104,9 @@ def _fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
 
 
 def _affine_forward(x, mean, std, alpha: float, eps: float, unbiased: bool):
-    centred, x_mean, x_std = _moments(x, eps, unbiased)
-    out = _renormalise(x, centred, x_mean, x_std, mean, std, alpha)
-    return out, _rows(x, x_mean), _rows(x, x_std)
+    centred, mean_x, std_x = _moments(x, eps, unbiased)
+    out = _renormalise(x, centred, mean_x, std_x, mean, std, alpha)
+    return out, _rows(x, mean_x), _rows(x, std_x)
 
 
 def fused(content, style, alpha: float = 1.0, eps: float = 1e-5, unbiased: bool = True):

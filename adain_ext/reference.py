@@ -47,8 +47,8 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
                  unbiased: bool = True):
     """std * (x - mean_x) / std_x + mean, with target statistics given as (N, C) or (N, C, 1, ...)."""
-    x_mean, x_std = mean_std(x, eps, unbiased)
-    out = (x - x_mean) / x_std * std.reshape(_stat_shape(x)) + mean.reshape(_stat_shape(x))
+    mean_x, std_x = mean_std(x, eps, unbiased)
+    out = (x - mean_x) / std_x * std.reshape(_stat_shape(x)) + mean.reshape(_stat_shape(x))
     return out.to(x.dtype)
 
 

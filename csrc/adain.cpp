@@ -72,8 +72,8 @@ TORCH_LIBRARY(adain, m) {
   // (float32, or float64 for float64 input): `mean` and `std` of the tensor they normalised.
   // Target statistics passed in may be (N, C) or (N, C, 1, 1) of any floating dtype.
   m.def("_affine_forward(Tensor x, Tensor mean, Tensor std, float alpha, float eps, bool unbiased) "
-        "-> (Tensor out, Tensor x_mean, Tensor x_std)");
-  m.def("_affine_backward(Tensor grad_out, Tensor x, Tensor x_mean, Tensor x_std, Tensor std, "
+        "-> (Tensor out, Tensor mean_x, Tensor std_x)");
+  m.def("_affine_backward(Tensor grad_out, Tensor x, Tensor mean_x, Tensor std_x, Tensor std, "
         "float alpha, bool unbiased) -> (Tensor grad_x, Tensor grad_mean, Tensor grad_std)");
   m.def("_fused_forward(Tensor content, Tensor style, float alpha, float eps, bool unbiased) "
         "-> (Tensor out, Tensor content_mean, Tensor content_std, Tensor style_mean, Tensor style_std)");

@@ -299,12 +299,12 @@ def opcheck_samples(ops, case: Case, dtype, device="cpu"):
     gen = torch.Generator().manual_seed(1)
     grad = torch.randn(content.shape, generator=gen).to(device, dtype)
     with torch.no_grad():
-        _out, x_mean, x_std = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
+        _out, mean_x, std_x = ops._affine_forward(content, mean, std, alpha, 1e-5, u)
         _out, c_mean, c_std, s_mean, s_std = ops._fused_forward(content, style, alpha, 1e-5, u)
         public_stats = ops.mean_std(style, 1e-5, u)
         content_stats = ops.mean_std(content, 1e-5, u)
     samples.append((ops._affine_backward.default,
-                    (grad, content.detach(), x_mean, x_std, std.detach(), alpha, u)))
+                    (grad, content.detach(), mean_x, std_x, std.detach(), alpha, u)))
     # The statistics mean_std's backward gets: mean_std's own ((N, C, 1, 1), x's dtype) and the
     # fused forward's ((N, C), float32); of the style, and of the content (another length where
     # the case's style has another shape).

@@ -186,15 +186,15 @@ def test_internal_affine_forward_alpha(case, alpha):
     """_affine_forward blends the targets with x's own statistics: alpha*affine + (1-alpha)*x."""
     x, _ = make_inputs(case, torch.float32, CUDA)
     mean, std = make_statistics(case, torch.float32, CUDA)
-    out, x_mean, x_std = torch.ops.adain._affine_forward(x, mean, std, alpha, 1e-5, case.unbiased)
+    out, mean_x, std_x = torch.ops.adain._affine_forward(x, mean, std, alpha, 1e-5, case.unbiased)
     xd = x.double()
     ref = alpha * reference.adain_affine(xd, mean.double(), std.double(), 1e-5, case.unbiased)
     ref = ref + (1 - alpha) * xd
     assert_close(out, ref, torch.float32, case=case)
     rm, rs = reference.mean_std(xd, 1e-5, case.unbiased)
-    assert x_mean.shape == x.shape[:2] and x_mean.dtype == torch.float32
-    assert_close(x_mean, rm.flatten(1), torch.float32, case=case)
-    assert_close(x_std, rs.flatten(1), torch.float32, case=case)
+    assert mean_x.shape == x.shape[:2] and mean_x.dtype == torch.float32
+    assert_close(mean_x, rm.flatten(1), torch.float32, case=case)
+    assert_close(std_x, rs.flatten(1), torch.float32, case=case)
 
 
 @pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
@@ -248,7 +248,7 @@ def _run_ops_on_path(case, dtype, content, style, misaligned_grads=False):
     assert_close(mean, rm, dtype, msg=f"{case} mean", case=case)
     assert_close(std, rs, dtype, msg=f"{case} std")
 
-    out, x_mean, x_std = run(
+    out, mean_x, std_x = run(
         "affine_forward", lambda: ops._affine_forward(content, mean_t, std_t, alpha, eps, unbiased))
     xr, mr, sr = (t.detach().double().requires_grad_(True) for t in (content, mean_t, std_t))
     ref = alpha * reference.adain_affine(xr, mr, sr, eps, unbiased) + (1 - alpha) * xr
@@ -256,20 +256,20 @@ def _run_ops_on_path(case, dtype, content, style, misaligned_grads=False):
 
     g = maybe_misaligned(seeded_like(out, 6))
     gx, gm, gs = run("affine_backward", lambda: ops._affine_backward(
-        g, content, x_mean, x_std, std_t, alpha, unbiased))
+        g, content, mean_x, std_x, std_t, alpha, unbiased))
     rgx, rgm, rgs = torch.autograd.grad(ref, (xr, mr, sr), g.double())
     assert_grads_close((gx,), (rgx,), dtype, case=case, msg=f"{case} affine grad x")
     assert_sums_close(gm, rgm, dtype, msg=f"{case} affine grad mean")
     # sum(g * x_hat): a large row mean is stored to a few ulps (inherent, see assert_close),
     # which shifts every x_hat of the row alike and so the sum by |sum(g)| * that / std.
     mean_slack = abs(case.mean_offset) * torch.finfo(dtype).eps * 4
-    slack = (g.double().sum((2, 3)).abs() * mean_slack / x_std.double()).max().item()
+    slack = (g.double().sum((2, 3)).abs() * mean_slack / std_x.double()).max().item()
     assert_sums_close(gs, rgs, dtype, msg=f"{case} affine grad std", slack=slack)
 
-    g_mean = maybe_misaligned(seeded_like(x_mean, 7))
-    g_std = maybe_misaligned(seeded_like(x_std, 8))
+    g_mean = maybe_misaligned(seeded_like(mean_x, 7))
+    g_std = maybe_misaligned(seeded_like(std_x, 8))
     gx2 = run("mean_std_backward", lambda: ops._mean_std_backward(
-        g_mean, g_std, content, x_mean, x_std, unbiased))
+        g_mean, g_std, content, mean_x, std_x, unbiased))
     xr = content.detach().double().requires_grad_(True)
     rm, rs = reference.mean_std(xr, eps, unbiased)
     (rgx2,) = torch.autograd.grad(
@@ -449,13 +449,13 @@ def _graph_safe_ops(case, dtype=torch.float32):
     content, style = make_inputs(case, dtype, CUDA)
     mean, std = make_statistics(case, dtype, CUDA)
     ops = torch.ops.adain
-    _, x_mean, x_std = ops._affine_forward(content, mean, std, case.alpha, 1e-5, case.unbiased)
+    _, mean_x, std_x = ops._affine_forward(content, mean, std, case.alpha, 1e-5, case.unbiased)
     m, s = ops.mean_std(content, 1e-5, case.unbiased)
     g = torch.randn_like(content)
     calls = [
         lambda: ops._fused_forward(content, style, case.alpha, 1e-5, case.unbiased),
         lambda: ops._affine_forward(content, mean, std, case.alpha, 1e-5, case.unbiased),
-        lambda: ops._affine_backward(g, content, x_mean, x_std, std, case.alpha, case.unbiased),
+        lambda: ops._affine_backward(g, content, mean_x, std_x, std, case.alpha, case.unbiased),
         lambda: ops.mean_std(content, 1e-5, case.unbiased),
         lambda: ops._mean_std_backward(m, s, content, m, s, case.unbiased),
     ]

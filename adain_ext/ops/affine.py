@@ -16,7 +16,7 @@ def _affine_forward_fake(x, mean, std, alpha, eps, unbiased):
 
 
 @torch.library.register_fake("adain::_affine_backward")
-def _affine_backward_fake(grad_out, x, x_mean, x_std, std, alpha, unbiased):
+def _affine_backward_fake(grad_out, x, mean_x, std_x, std, alpha, unbiased):
     return empty_output(x), empty_stats(x), empty_stats(x)
 
 

@@ -197,15 +197,15 @@ def _affine_backward_apply_kernel(G, X, MEAN_X, STD_X, STD_T, PARTIAL_SUM_G, PAR
 
 
 def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
-    """(out, x_mean, x_std) for a canonical-layout-or-not x; targets acc-dtype (N*C,) or any."""
+    """(out, mean_x, std_x) for a canonical-layout-or-not x; targets acc-dtype (N*C,) or any."""
     x, channels_last = _common.canonical_layout(x_in)
     out = _common.empty_output(x)
-    x_mean, x_std = _common.empty_stats(x), _common.empty_stats(x)
+    mean_x, std_x = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
     R, L = N * C, H * W
     if R == 0:
-        return _common.shaped_like(out, x_in), x_mean, x_std
-    acc = x_mean.dtype
+        return _common.shaped_like(out, x_in), mean_x, std_x
+    acc = mean_x.dtype
     mt, st = _common.flat_stat(mean_t, acc), _common.flat_stat(std_t, acc)
     alpha_hi, alpha_lo = _common.split_scalar(alpha)
     eps_hi, eps_lo = _common.split_scalar(eps)
@@ -213,10 +213,10 @@ def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool
     opts = _common.launch_options(p)
     if p.single_pass:
         _common.launch(
-            _affine_row_kernel, p.grid(), x, mt, st, out, x_mean, x_std, R, C, L, alpha_hi,
+            _affine_row_kernel, p.grid(), x, mt, st, out, mean_x, std_x, R, C, L, alpha_hi,
             alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
             CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
-        return _common.shaped_like(out, x_in), x_mean, x_std
+        return _common.shaped_like(out, x_in), mean_x, std_x
     partial_mean, partial_m2 = _common.empty_partials(p, acc, x.device)
     _common.launch(
         _row_stats_kernel, p.grid(p.segments), x, partial_mean, partial_m2, R, C, L,
@@ -224,13 +224,13 @@ def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool
         CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     _common.launch(
         _affine_apply_kernel, p.grid(p.l_blocks), x, partial_mean, partial_m2, mt, st, out,
-        x_mean, x_std, R, C, L, p.segment_len, p.segments, alpha_hi, alpha_lo, eps_hi, eps_lo,
+        mean_x, std_x, R, C, L, p.segment_len, p.segments, alpha_hi, alpha_lo, eps_hi, eps_lo,
         p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
         BLOCK_L=p.block_l, **opts)
-    return _common.shaped_like(out, x_in), x_mean, x_std
+    return _common.shaped_like(out, x_in), mean_x, std_x
 
 
-def affine_backward(grad_out, x_in, x_mean, x_std, std_t, alpha: float, unbiased: bool):
+def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased: bool):
     """(grad_x, grad_mean_t, grad_std_t), the last two (N, C) in the accumulation dtype."""
     x, channels_last = _common.canonical_layout(x_in)
     grad_x = _common.empty_output(x)
@@ -241,7 +241,7 @@ def affine_backward(grad_out, x_in, x_mean, x_std, std_t, alpha: float, unbiased
         return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
     acc = grad_mt.dtype
     g = _common.like_layout(grad_out, channels_last)
-    xm, xs, st = (_common.flat_stat(t, acc) for t in (x_mean, x_std, std_t))
+    xm, xs, st = (_common.flat_stat(t, acc) for t in (mean_x, std_x, std_t))
     alpha_hi, alpha_lo = _common.split_scalar(alpha)
     p = _common.plan(R, L, channels_last, x.device)
     opts = _common.launch_options(p)
@@ -282,15 +282,15 @@ def affine_forward_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, al
     return affine_forward(x, mean, std, alpha, eps, unbiased)
 
 
-def _affine_backward_fake(grad_out, x, x_mean, x_std, std, alpha, unbiased):
+def _affine_backward_fake(grad_out, x, mean_x, std_x, std, alpha, unbiased):
     return _common.empty_output(x), _common.empty_stats(x), _common.empty_stats(x)
 
 
 @_common.register("_affine_backward", _affine_backward_fake)
-def affine_backward_op(grad_out: torch.Tensor, x: torch.Tensor, x_mean: torch.Tensor,
-                       x_std: torch.Tensor, std: torch.Tensor, alpha: float,
+def affine_backward_op(grad_out: torch.Tensor, x: torch.Tensor, mean_x: torch.Tensor,
+                       std_x: torch.Tensor, std: torch.Tensor, alpha: float,
                        unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return affine_backward(grad_out, x, x_mean, x_std, std, alpha, unbiased)
+    return affine_backward(grad_out, x, mean_x, std_x, std, alpha, unbiased)
 
 
 _backward, _setup_context = _autograd.affine_forward(affine_backward_op)

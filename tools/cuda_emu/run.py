@@ -153,7 +153,7 @@ def run_case(emu, case, dtype):
         + (1 - alpha) * xd
     )
     compare(
-        ["affine out", "x_mean", "x_std"],
+        ["affine out", "mean_x", "std_x"],
         emu.affine_forward(content, mean, std, alpha, eps, unbiased),
         want,
         ref,
