@@ -34,6 +34,9 @@ class Backend:
     load_ops: Callable[[], object]  # -> an object with mean_std, adain, adain_affine
     auto: bool  # whether backend="auto" may pick it (in table order, the first available wins)
     summary: str
+    # The torch.ops namespace its ops are registered in (the same schemas as adain::), so that
+    # torch.library.opcheck can test them (tests/test_op_contract.py); None: it registers none.
+    op_namespace: str | None = None
 
 
 # ---- The compiled C++/CUDA kernels (torch.ops.adain.*, built by setup.py).
@@ -117,9 +120,11 @@ def _always_available(device_type: str) -> str | None:
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("cpp", ("cpu", "cuda"), _cpp_why_unavailable, lambda: _CppOps, auto=True,
-            summary="the compiled C++/CUDA kernels (torch.ops.adain.*); an error if not built"),
+            summary="the compiled C++/CUDA kernels (torch.ops.adain.*); an error if not built",
+            op_namespace="adain"),
     Backend("triton", ("cuda", "cpu"), _triton_why_unavailable, _triton_ops, auto=False,
-            summary="the Triton kernels (adain_ext.triton); on CPU only with TRITON_INTERPRET=1"),
+            summary="the Triton kernels (adain_ext.triton); on CPU only with TRITON_INTERPRET=1",
+            op_namespace="adain_triton"),
     Backend("reference", ("cpu", "cuda"), _always_available, lambda: _ReferenceOps, auto=True,
             summary="the pure-PyTorch oracle in adain_ext.reference (always available)"),
 )}

@@ -38,17 +38,15 @@ TARGETS = targets()
 # The reference backend too where a check says no backend may differ from the others.
 TARGETS_AND_REFERENCE = targets(with_reference=True)
 
-# The torch.ops namespace each backend registers its ops in (same schemas; Triton registers the
-# internal forward and backward ops only, the C++ extension also fused, affine, _fused_backward).
-NAMESPACES = {"cpp": "adain", "triton": "adain_triton"}
-
-
 def namespace(target: Target):
-    """The backend's torch.ops namespace, or None for a backend that registers no ops."""
-    if target.backend not in NAMESPACES:
+    """The backend's torch.ops namespace (the registry's op_namespace), or None for a backend that
+    registers no ops. Triton registers the internal forward and backward ops only; the C++
+    extension also fused, affine and _fused_backward."""
+    name = backends.REGISTRY[target.backend].op_namespace
+    if name is None:
         return None
     backends.ops(target.backend)  # importing the backend registers its ops
-    return getattr(torch.ops, NAMESPACES[target.backend])
+    return getattr(torch.ops, name)
 
 
 def backend_names(target: Target) -> list[str]:
@@ -84,7 +82,7 @@ def _opcheck(target: Target, case: Case, dtype, op_names: tuple[str, ...]):
     cases.opcheck_samples (the backward ops get what a real forward hands them)."""
     ops = namespace(target)
     if ops is None:
-        pytest.skip(f"{target.backend} registers no torch.ops namespace (see NAMESPACES)")
+        pytest.skip(f"{target.backend} registers no torch.ops namespace (its op_namespace in adain_ext/backends.py)")
     samples = [(op, args) for op, args in opcheck_samples(ops, case, dtype, target.device)
                if op._schema.name.split("::")[1] in op_names]
     assert samples, f"{target}: none of {op_names}"
