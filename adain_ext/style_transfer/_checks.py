@@ -5,6 +5,7 @@ and exit status 2 within a second instead of a traceback after the models have l
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from adain_ext.style_transfer import images, models
-from adain_ext.style_transfer._runtime import UsageError
+from adain_ext.style_transfer._runtime import CommandFailed, UsageError
 
 # Every 3x3 conv pads by reflection, which needs at least 2 pixels; relu4_1 sits behind the
 # ceil-mode pools of ENCODER_POOLS, so the image needs 2**pools + 1 pixels (9) on its shorter side.
@@ -79,11 +80,16 @@ def weights_file(option: str, path: str | os.PathLike) -> Path:
 
 
 def load_weights(option: str, loader, path: str | os.PathLike):
-    """loader(path) (models.load_vgg or load_decoder); a file that does not fit is a UsageError."""
+    """loader(path) (models.load_vgg or load_decoder); a file that does not fit is a UsageError,
+    one whose numbers are damaged (NaN, Inf) a CommandFailed."""
     try:
         return loader(path)
+    except models.DamagedWeights as error:
+        raise CommandFailed(f"{option}: {error}") from None
     except (FileNotFoundError, models.WeightsError) as error:
         raise UsageError(f"{option}: {error}") from None
+    except ImportError as error:
+        raise CommandFailed(f"{option}: {error}") from None
 
 
 def input_dir(option: str, path: str | os.PathLike) -> Path:
@@ -140,11 +146,23 @@ def image_extension(option: str, ext: str) -> str:
     ext = ext if ext.startswith(".") else "." + ext
     Image.init()
     fmt = Image.registered_extensions().get(ext.lower())
-    if fmt is None or fmt not in Image.SAVE:
+    if fmt is None or fmt not in Image.SAVE or not _writes_rgb(fmt):
         writable = sorted({e for e, f in Image.registered_extensions().items() if f in Image.SAVE
                            and e in images.IMAGE_EXTENSIONS})
         raise UsageError(f"{option}: cannot write {ext} images (use one of {', '.join(writable)})")
     return ext
+
+
+def _writes_rgb(fmt: str) -> bool:
+    """Whether Pillow's writer for `fmt` takes an RGB image (the registry also lists writers for
+    1-bit or palette images only, and stubs that need a plugin: .xbm, .msp, .palm, .blp, .h5)."""
+    from PIL import Image
+
+    try:
+        Image.new("RGB", (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)).save(io.BytesIO(), format=fmt)
+    except Exception:  # noqa: BLE001  (each plugin raises its own types)
+        return False
+    return True
 
 
 def backend(option: str, name: str, device: torch.device) -> str:
@@ -156,6 +174,66 @@ def backend(option: str, name: str, device: torch.device) -> str:
     except (RuntimeError, ValueError) as error:
         raise UsageError(f"{option} {name}: {error}") from None
     return name
+
+
+def _identity(path: Path):
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def not_an_input(option: str, output: Path, inputs: dict[str, list[Path]]) -> None:
+    """UsageError if `output` is the same file (same inode, through any link or symlink) as one
+    of `inputs` ({option: paths}): writing it would destroy that input."""
+    mine = _identity(output)
+    if mine is None:
+        return
+    for input_option, paths in inputs.items():
+        for path in paths:
+            if path is not None and _identity(Path(path)) == mine:
+                raise UsageError(f"{option}: {output} is the same file as {input_option} {path}; "
+                                 "writing it would destroy that input (choose another output)")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (MemAvailable on Linux), None if unknown."""
+    if device.type == "cuda":
+        try:
+            return torch.cuda.mem_get_info(device)[0]
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# Values held per image pixel at the network's peak, a lower bound: the full-resolution layers
+# (relu1_1 and the decoder's last block) keep a 64-channel input and output, padded.
+PEAK_VALUES_PER_PIXEL = 128
+
+
+def fits_memory(option: str, what: str, pixels: int, dtype: torch.dtype, device: torch.device,
+                factor: float = 1.0) -> None:
+    """UsageError before any work if `pixels` (all images of a batch) surely cannot fit: the
+    network's lower-bound peak (times `factor`, e.g. for training's saved activations) exceeds
+    the memory available on `device`."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = pixels * PEAK_VALUES_PER_PIXEL * itemsize * factor
+    available = available_memory(device)
+    if available is not None and need > available:
+        raise UsageError(f"{option}: {what} needs about {need / 2**30:,.0f} GiB of memory, more "
+                         f"than the {available / 2**30:.1f} GiB available on {device.type}; "
+                         f"choose a smaller {option}")
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -1,13 +1,13 @@
 """Small helpers the subcommands share: device/dtype parsing, progress bars, CLI errors and exit
-statuses, temp files."""
+statuses (the output files themselves: _output.py)."""
 from __future__ import annotations
 
-import os
 import signal
 import sys
-from pathlib import Path
 
 import torch
+
+from adain_ext.style_transfer._output import OutputError, OutputExists, remove_stale_temps  # noqa: F401
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -87,41 +87,6 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def temp_path(path: Path) -> Path:
-    """Where `path` is written before the rename that publishes it: hidden, in the same folder
-    (so the rename is atomic), named after this process so that remove_stale_temps can tell a
-    dead run's leftovers from a live run's file, and ending in path's suffix (the image and video
-    writers pick the format from it). Created by open(), so it gets the umask's mode."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def remove_stale_temps(folder: Path, names=None) -> list[Path]:
-    """Deletes the temp files (temp_path's pattern) in `folder` whose process is gone (a run
-    killed with SIGKILL, or a power cut), only those of `names` when given; returns them."""
-    removed = []
-    for tmp in Path(folder).glob(".*.*.tmp*"):
-        name, _, tail = tmp.name[1:].rpartition(".tmp")
-        name, _, pid = name.rpartition(".")
-        # tail "" is the checkpoint temp name of earlier versions (.checkpoint.pt.PID.tmp)
-        ours = pid.isdigit() and tail in ("", Path(name).suffix)
-        if not ours or (names is not None and name not in names):
-            continue
-        if tmp.is_file() and int(pid) != os.getpid() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
 def _exit_on_sigterm(signum, frame):
     # SystemExit unwinds the stack, so every `except BaseException` that removes a temp file runs.
     raise SystemExit(128 + signum)
@@ -144,8 +109,16 @@ def run_command(name: str, build_parser, run, argv: list[str] | None) -> int:
     except UsageError as error:
         print(f"adain-ext {name}: error: {error}", file=sys.stderr)
         return 2
-    except CommandFailed as error:
+    except (CommandFailed, OutputError) as error:
         print(f"adain-ext {name}: error: {error}", file=sys.stderr)
+        return 1
+    except OutputExists as error:
+        print(f"adain-ext {name}: error: {error.filename} exists (pass --overwrite to replace it)",
+              file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"adain-ext {name}: error: out of memory (choose smaller sizes or batches)",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # temp files are already gone: their writers clean up on any exit
         print(f"adain-ext {name}: interrupted", file=sys.stderr)

@@ -14,14 +14,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from adain_ext.style_transfer import models
+from adain_ext.style_transfer import _checks, models
+from adain_ext.style_transfer._output import OutputError, atomic_output, name_too_long, remove_stale_temps
+from adain_ext.style_transfer._runtime import UsageError, _exit_on_sigterm
 from adain_ext.style_transfer.network import StyleTransfer
 
 INPUT_NAMES = ["content", "style", "alpha"]
@@ -74,30 +76,25 @@ def export_onnx(net: StyleTransfer) -> torch.onnx.ONNXProgram:
         registration_log.setLevel(level)
 
 
-def write_onnx(program: torch.onnx.ONNXProgram, path: Path, overwrite: bool) -> None:
-    """Writes one self-contained file atomically: a temporary file in the same directory, then a
-    rename (with --overwrite) or a hard link that fails if the path appeared meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _onnx_bytes(program: torch.onnx.ONNXProgram) -> bytes:
+    """The file's bytes: one self-contained ONNX model (weights inside)."""
+    import io
+
+    buffer = io.BytesIO()
     try:
-        program.save(tmp, external_data=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would follow the file
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise
-            except OSError:  # a filesystem without hard links
-                if path.exists():
-                    raise FileExistsError(path) from None
-                os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        program.save(buffer, external_data=False)
+        return buffer.getvalue()
+    except (TypeError, AttributeError, OSError):  # an exporter whose save() wants a path
+        return program.model_proto.SerializeToString()
+
+
+def write_onnx(program: torch.onnx.ONNXProgram, path: Path, overwrite: bool) -> None:
+    """Writes one self-contained file atomically (_output.atomic_output: a temp file no planted
+    symlink can redirect, then a rename with `overwrite`, else a hard link that raises
+    FileExistsError if the path appeared meanwhile)."""
+    data = _onnx_bytes(program)
+    with atomic_output(path, overwrite=overwrite) as f:
+        f.write(data)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,16 +115,57 @@ def build_parser(prog: str = "adain-ext export") -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_output(parser, args) -> Path:
+    """Everything about --output that can be known before the export (a minute on a CPU)."""
     output = Path(args.output)
     if output.is_dir():
         parser.error(f"--output {output} is a directory; give a file name")
-    if output.exists() and not args.overwrite:
+    if os.path.lexists(output) and not args.overwrite:
         parser.error(f"{output} exists; pass --overwrite to replace it")
     try:
+        _checks.output_file("--output", output)
+        if name_too_long(output):
+            raise UsageError(f"--output: the file name {output.name[:40]}... is longer than the "
+                             "file system allows")
+        _checks.not_an_input("--output", output, {"--vgg": [Path(args.vgg)],
+                                                  "--decoder": [Path(args.decoder)]})
+    except UsageError as error:
+        parser.error(str(error))
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    output = _check_output(parser, args)
+    previous = None
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        return _run(parser, args, output)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            print(f"{parser.prog}: terminated; nothing was written", file=sys.stderr)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(parser, args, output: Path) -> int:
+    if output.parent.is_dir():
+        remove_stale_temps(output.parent)  # a killed export's temp file (its marker proves it)
+    try:
         net = StyleTransfer(models.load_vgg(args.vgg), models.load_decoder(args.decoder))
+    except models.DamagedWeights as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
     except (OSError, models.WeightsError) as error:
         parser.error(str(error))
     try:
@@ -139,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         write_onnx(program, output, args.overwrite)
     except FileExistsError:
         parser.error(f"{output} appeared during the export; pass --overwrite to replace it")
+    except OutputError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
     size_mb = output.stat().st_size / 2**20
     print(f"wrote {output} ({size_mb:.1f} MiB): inputs content (N, 3, H, W), style (1, 3, h, w), "
           "alpha (float32 scalar); output stylized (N, 3, H, W) in [0, 1]")

@@ -7,13 +7,15 @@ and the EXIF orientation is applied.
 """
 from __future__ import annotations
 
+import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adain_ext.style_transfer._runtime import temp_path
+from adain_ext.style_transfer._output import atomic_output
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -73,7 +75,27 @@ def open_image(path: str | os.PathLike):
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot read image {path}: {error}") from error
-    return img
+    return _finite(img, path)
+
+
+def _finite(img, path: Path):
+    """A float image (mode F) with NaN or infinite pixels gets them replaced, with one note naming
+    the file: NaN and -Inf by 0, +Inf by the brightest finite pixel (else 1). Otherwise a single
+    NaN would turn the whole picture into NaN and the output black."""
+    if img.mode != "F":
+        return img
+    Image, _ = _pil()
+    values = np.asarray(img, dtype=np.float32)
+    bad = ~np.isfinite(values)
+    count = int(bad.sum())
+    if not count:
+        return img
+    finite = values[~bad]
+    top = float(finite.max()) if finite.size else 1.0
+    fixed = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
+    print(f"note: {path}: {count} of {values.size} pixels are NaN or infinite; replaced by 0 "
+          "(NaN, -Inf) or the brightest pixel (+Inf)", file=sys.stderr, flush=True)
+    return Image.fromarray(fixed.astype(np.float32), "F")
 
 
 def resize_shorter(img, size: int):
@@ -166,23 +188,31 @@ def load_mask(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy((gray > 0.5).astype(np.float32))[None]
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
-    """Writes a (3, H, W) image clamped to [0, 1] via a temp file and a rename (mode from the
-    umask, as other tools' files)."""
+def image_format(ext: str) -> str:
+    """Pillow's format name for an extension ('.png' -> 'PNG'); PNG when there is none."""
     Image, _ = _pil()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.init()
+    return Image.registered_extensions().get(ext.lower(), "PNG") if ext else "PNG"
+
+
+def encode_image(image: torch.Tensor, ext: str, quality: int = 95) -> bytes:
+    """The file's bytes: a (3, H, W) image clamped to [0, 1], in the format of `ext`."""
+    Image, _ = _pil()
     array = (image.detach().float().clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
              .permute(1, 2, 0).cpu().numpy())
-    ext = path.suffix.lower()
-    tmp = temp_path(path)
-    try:
-        kwargs = {"quality": quality} if ext in (".jpg", ".jpeg", ".webp") else {}
-        Image.fromarray(array, "RGB").save(tmp, format=None if ext else "PNG", **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    kwargs = {"quality": quality} if ext.lower() in (".jpg", ".jpeg", ".webp") else {}
+    buffer = io.BytesIO()
+    Image.fromarray(array, "RGB").save(buffer, format=image_format(ext), **kwargs)
+    return buffer.getvalue()
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
+    """Writes a (3, H, W) image clamped to [0, 1] atomically (a temp file that no planted
+    symlink can redirect, then a rename: _output.atomic_output), mode from the umask."""
+    path = Path(path)
+    data = encode_image(image, path.suffix, quality)
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 def scan_images(root: str | os.PathLike, extensions=IMAGE_EXTENSIONS,

@@ -9,6 +9,7 @@ Weight files are read with `torch.load(weights_only=True)` (no pickled code runs
 """
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adain_ext.style_transfer._runtime import temp_path
+from adain_ext.style_transfer._output import atomic_output
 
 # Encoder (normalised VGG-19): index -> (in, out) channels of each conv. Index 0 is the 1x1
 # preprocessing conv (RGB in [0, 1] -> Caffe's mean-subtracted BGR * 255); the others are 3x3
@@ -54,6 +55,37 @@ WEIGHTS_HINT = ("the published vgg_normalised.pth and decoder.pth are not downlo
 
 class WeightsError(ValueError):
     """A weights file that does not fit the network; the message names every problem."""
+
+
+class DamagedWeights(WeightsError):
+    """A weights file of the right layout whose numbers cannot be used (NaN or infinite values)."""
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """DamagedWeights naming the first tensor that holds NaN or infinite values (such weights
+    turn every image black without any other sign)."""
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise DamagedWeights(f"{source} is damaged: tensor {key!r} holds {bad} NaN or "
+                                     f"infinite value{'s' if bad > 1 else ''} (of {value.numel()})")
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """One line saying why torch.load(weights_only=True) refused `path`."""
+    text = str(error).strip()
+    detail = text.split("WeightsUnpickler error:", 1)[-1].strip() if "WeightsUnpickler error:" in text \
+        else text
+    detail = next((line.strip() for line in detail.splitlines() if line.strip()), "")
+    if "Unsupported global" in detail:
+        name = detail.split("GLOBAL", 1)[-1].strip().split()[0] if "GLOBAL" in detail else "an object"
+        return (f"{path} holds pickled Python objects besides tensors ({name.rstrip(',.')}); it is "
+                "refused because loading it could run code (only plain state dicts are read)")
+    if len(detail) < 12:  # "5", ")", "": a parser's detail, no explanation
+        detail = f"{type(error).__name__}{': ' + detail if detail else ''}"
+    return (f"{path} is not a readable PyTorch weights file (damaged, truncated or another format;"
+            f" torch.load says: {detail})")
 
 
 def _encoder_module(index: int) -> nn.Module:
@@ -150,35 +182,37 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and weights_only errors all mean the same here
-        raise WeightsError(f"{path} is not a readable PyTorch weights file "
-                           f"(torch.load(weights_only=True) failed: {error})") from error
+        raise WeightsError(_load_failure(path, error)) from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors), "
-                           f"got {type(state).__name__}")
+    elif isinstance(state, Mapping) and state.get("format") == 1 and isinstance(state.get("decoder"), Mapping):
+        state = state["decoder"]  # an `adain-ext train` checkpoint.pt: its decoder
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors) but "
+                           f"a {type(state).__name__}")
+    odd = next(((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise WeightsError(f"{path} does not hold a state dict: its entry {odd[0]!r} is a "
+                           f"{type(odd[1]).__name__}, not a tensor")
     return dict(state)
 
 
 def write_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Writes atomically (temp file + rename): a crash never leaves a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    tmp = temp_path(path)  # created by open(), so the file's mode follows the umask
-    try:
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import save_file
-            except ImportError as error:
-                raise ImportError("writing .safetensors needs safetensors: pip install safetensors") from error
-            save_file(state, tmp)
-        else:
-            torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save
+        except ImportError as error:
+            raise ImportError("writing .safetensors needs safetensors: pip install safetensors") from error
+        data = save(state)
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getbuffer()
+    with atomic_output(path) as f:  # a temp file no planted symlink can redirect, then a rename
+        f.write(data)
 
 
 def _check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], what: str,
@@ -276,6 +310,7 @@ def load_vgg(source, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     name = str(source) if not isinstance(source, Mapping) else "state dict"
     state = read_state_dict(source) if not isinstance(source, Mapping) else source
     state, num_modules = encoder_state_from(state, name)
+    check_finite(state, name)
     vgg = vgg_normalised(num_modules)
     vgg.load_state_dict(state, strict=True)
     return vgg.to(dtype)
@@ -287,5 +322,6 @@ def load_decoder(source, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     state = read_state_dict(source) if not isinstance(source, Mapping) else dict(source)
     net = decoder()
     _check_keys(state, _expected(net), "decoder (29-module layout)", name)
+    check_finite(state, name)
     net.load_state_dict(state, strict=True)
     return net.to(dtype)

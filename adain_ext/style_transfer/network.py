@@ -12,6 +12,7 @@ K AdaIN outputs.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import adain_ext
+from adain_ext._validation import check_scalars
 from adain_ext.style_transfer import models
 
 StyleStats = tuple[torch.Tensor, torch.Tensor]  # (mean, std), each (1 or N, C, 1, 1)
@@ -31,9 +33,11 @@ def normalize_weights(weights: Sequence[float] | None, count: int) -> list[float
     weights = [float(w) for w in weights]
     if len(weights) != count:
         raise ValueError(f"got {len(weights)} interpolation weights for {count} styles")
-    if any(not w >= 0 for w in weights) or sum(weights) <= 0:  # `not >=` also rejects NaN
-        raise ValueError(f"interpolation weights must be >= 0 with a positive sum, got {weights}")
-    total = sum(weights)
+    if any(not (0 <= w < math.inf) for w in weights) or max(weights) <= 0:  # NaN fails too
+        raise ValueError(f"interpolation weights must be finite and >= 0 with a positive sum, got {weights}")
+    top = max(weights)  # scaled first: 1e308,1e308 must not sum to inf, nor tiny ones to 0
+    weights = [w / top for w in weights]
+    total = math.fsum(weights)
     return [w / total for w in weights]
 
 
@@ -134,6 +138,7 @@ class StyleTransfer(nn.Module):
         style_feat = self.encode(style)
         if style_feat.shape[0] != content_feat.shape[0]:
             style_feat = style_feat.expand(content_feat.shape[0], -1, -1, -1)
+        check_scalars(alpha, self.eps)  # NaN/Inf would give a NaN image without an error
         t = adain_ext.adain(content_feat, style_feat, alpha, self.eps, backend=self.backend)
         return self.decode(t, content.shape[-2:])
 

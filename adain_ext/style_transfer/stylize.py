@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from adain_ext import functional
 from adain_ext.style_transfer import _checks, images, models
+from adain_ext.style_transfer._output import name_too_long
 from adain_ext.style_transfer._runtime import (
     CommandFailed,
     UsageError,
@@ -109,15 +111,45 @@ def _paths(single: str | None, directory: str | None, kind: str, exts, recursive
 
 
 def _check_output(args) -> Path:
-    """--output is a folder that can be written, and not one the content scan would read back."""
+    """--output is a folder that can be written, and not one the content or style scan would
+    read back."""
     out_root = _checks.output_dir("--output", args.output)
-    if args.content_dir:
-        content_root, out = Path(args.content_dir).resolve(), out_root.resolve()
-        inside = out == content_root or (not args.no_recursive and content_root in out.parents)
-        if inside:
-            raise UsageError(f"--output: {args.output} is inside --content_dir {args.content_dir}, "
-                             "so the next run would stylize these outputs; choose a folder outside it")
+    out = out_root.resolve()
+    for option, folder, what in (("--content_dir", args.content_dir, "stylize these outputs"),
+                                 ("--style_dir", args.style_dir, "take these outputs for styles")):
+        if not folder:
+            continue
+        root = Path(folder).resolve()
+        if out == root or (not args.no_recursive and root in out.parents):
+            raise UsageError(f"--output: {args.output} is inside {option} {folder}, so the next "
+                             f"run would {what}; choose a folder outside it")
     return out_root
+
+
+def _check_outputs_against_inputs(args, plan: "Plan") -> None:
+    """No output name is longer than the file system allows, and none is (by inode) one of the
+    run's inputs: a style, mask or weights file lying in --output under an output's name would
+    be replaced by the result."""
+    inputs = {"--content": plan.contents, "--style": plan.styles,
+              "--mask": [Path(args.mask)] if args.mask else [],
+              "--vgg": [Path(args.vgg)], "--decoder": [Path(args.decoder)]}
+    for jobs in plan.jobs_per_content.values():
+        for job in jobs:
+            limit = name_too_long(job.output)
+            if limit:
+                raise UsageError(f"--output: the output name {job.output.name[:40]}... is "
+                                 f"{len(os.fsencode(job.output.name))} bytes, more than the {limit} "
+                                 "the file system allows (shorten the content or style file names)")
+            _checks.not_an_input("--output", job.output, inputs)
+
+
+def _check_memory(args, device, dtype) -> None:
+    """The sizes asked for fit in memory (at least the square of the shorter side, per batch)."""
+    for option, size, batch in (("--content_size", args.content_size, args.batch_size),
+                                ("--style_size", args.style_size, 1)):
+        if size > 0:
+            what = f"{batch} image{'s' if batch > 1 else ''} of at least {size}x{size} pixels"
+            _checks.fits_memory(option, what, size * size * batch, dtype, device)
 
 
 def _unique_outputs(plan: Plan) -> None:
@@ -177,6 +209,7 @@ def make_plan(args) -> Plan:
                     for i, s in enumerate(styles)]
         plan.jobs_per_content[content] = jobs
     _unique_outputs(plan)
+    _check_outputs_against_inputs(args, plan)
     return plan
 
 
@@ -243,12 +276,10 @@ def run(args) -> int:
     _checks.backend("--backend", args.backend, device)
     _checks.weights_file("--vgg", args.vgg)
     _checks.weights_file("--decoder", args.decoder)
-    outputs_per_folder: dict[Path, set[str]] = {}
-    for job in (job for jobs in plan.jobs_per_content.values() for job in jobs):
-        outputs_per_folder.setdefault(job.output.parent, set()).add(job.output.name)
-    for folder, names in outputs_per_folder.items():
+    _check_memory(args, device, dtype)
+    for folder in {job.output.parent for jobs in plan.jobs_per_content.values() for job in jobs}:
         if folder.is_dir():
-            remove_stale_temps(folder, names)
+            remove_stale_temps(folder)
     channels_last = args.channels_last
     # Every style is read before the models load: a bad style fails before any output is written.
     style_images = {}

@@ -16,6 +16,9 @@ each of W processes takes batch_size / W of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import math
 import os
 import sys
 import time
@@ -31,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import adain_ext
 from adain_ext.style_transfer import _checks, images, models
+from adain_ext.style_transfer._output import atomic_output
 from adain_ext.style_transfer._runtime import (
     CommandFailed,
     UsageError,
@@ -38,12 +42,12 @@ from adain_ext.style_transfer._runtime import (
     remove_stale_temps,
     resolve_device,
     run_command,
-    temp_path,
     warn,
 )
 
 CHECKPOINT = "checkpoint.pt"
 DECODER_SNAPSHOTS = "decoder_iter_*.pth"  # decoder_iter_{N}.pth: the published layout, per save
+LOCK = ".adain-ext-train.lock"  # held (flock) by the one run that writes into a SAVE_DIR
 
 
 def _default_workers() -> int:
@@ -82,8 +86,9 @@ def build_parser(prog: str = "adain-ext train") -> argparse.ArgumentParser:
     p.add_argument("--resume", type=str, default=None,
                    help=f"a checkpoint to continue from, or 'auto' for SAVE_DIR/{CHECKPOINT} if present")
     p.add_argument("--overwrite", action="store_true",
-                   help="start a new run in a SAVE_DIR that holds another one, deleting its "
-                   f"{CHECKPOINT} and {DECODER_SNAPSHOTS} (without it such a SAVE_DIR is refused)")
+                   help="start a new run in a SAVE_DIR that holds another one; its "
+                   f"{CHECKPOINT} and {DECODER_SNAPSHOTS} are deleted once the new run has written "
+                   "its first checkpoint (without it such a SAVE_DIR is refused)")
     p.add_argument("--amp", type=str, default="none", choices=["none", "fp16", "bf16"],
                    help="mixed precision (autocast; fp16 uses a gradient scaler)")
     p.add_argument("--device", type=str, default="auto")
@@ -209,7 +214,8 @@ class AdaINLoss(nn.Module):
 # Checkpoints
 
 def save_checkpoint(path: Path, decoder: nn.Module, optimizer, scaler, iteration: int, args) -> None:
-    """Atomic: written to a temp file in the same directory, fsynced, then renamed over `path`."""
+    """Atomic: written to a temp file in the same directory, fsynced, then renamed over `path`
+    (_output.atomic_output)."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -223,29 +229,145 @@ def save_checkpoint(path: Path, decoder: nn.Module, optimizer, scaler, iteration
         "config": {k: getattr(args, k) for k in ("seed", "batch_size", "lr", "lr_decay",
                                                   "crop_size", "image_size", "keep_aspect")},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_output(path) as f:  # a temp file no planted symlink can redirect, then a rename
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict:
+    """The checkpoint's state, every part checked: a damaged file (unreadable, missing parts, a
+    decoder of another layout, NaN or infinite numbers) is a CommandFailed naming what is wrong,
+    never a traceback halfway through the resume."""
     if not path.is_file():
         raise UsageError(f"--resume: checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  (pickle, zip and weights_only errors alike)
-        raise CommandFailed(f"--resume: cannot read checkpoint {path}: {error}") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CommandFailed(f"--resume: cannot read checkpoint {path} (damaged or truncated: "
+                            f"{first})") from None
     if not isinstance(state, dict) or state.get("format") != 1:
         raise UsageError(f"--resume: {path} is not an adain-ext training checkpoint")
+
+    def damaged(what: str):
+        return CommandFailed(f"--resume: checkpoint {path} is damaged: {what}")
+
+    iteration = state.get("iteration")
+    if not isinstance(iteration, int) or iteration < 0:
+        raise damaged(f"its iteration is {iteration!r}")
+    decoder_state = state.get("decoder")
+    if not isinstance(decoder_state, dict) or \
+            not all(isinstance(v, torch.Tensor) for v in decoder_state.values()):
+        raise damaged("it holds no decoder state dict")
+    try:
+        models._check_keys(decoder_state, models._expected(models.decoder()),
+                           "decoder (29-module layout)", "its decoder")
+        models.check_finite(decoder_state, "its decoder")
+    except models.WeightsError as error:
+        raise damaged(str(error)) from None
+    optimizer = state.get("optimizer")
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state"), dict) or \
+            not isinstance(optimizer.get("param_groups"), list):
+        raise damaged("it holds no optimizer state")
+    for index, moments in optimizer["state"].items():
+        for name, value in (moments.items() if isinstance(moments, dict) else ()):
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                    not bool(torch.isfinite(value).all()):
+                raise damaged(f"the optimizer's {name!r} of parameter {index} holds NaN or "
+                              "infinite values")
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor) or \
+            rng["torch"].dtype != torch.uint8:
+        raise damaged("it holds no random-number state")
+    config = state.get("config")
+    if not isinstance(config, dict) or not {"seed", "batch_size"} <= set(config):
+        raise damaged("it holds no run configuration")
     return state
+
+
+def _restore(state: dict, path: str, decoder: nn.Module, optimizer, scaler) -> int:
+    """Loads a checked checkpoint into the run; the iteration to continue from."""
+    try:
+        decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CommandFailed(f"--resume: checkpoint {path} does not fit this run: {first}") from None
+    return int(state["iteration"])
+
+
+def lock_holder(save_dir: Path) -> str | None:
+    """The PID written in SAVE_DIR's lock while another process holds it, else None."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(save_dir / LOCK, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(save_dir: Path):
+    """Holds SAVE_DIR's lock for the run (an flock, so a killed run releases it): a second run
+    on the same folder is refused with the first one's PID. SAVE_DIR is created here; if the
+    run ends without writing anything into it, it is removed again."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock
+        yield
+        return
+    created = []  # the folders made here, deepest first
+    probe = save_dir
+    while not probe.exists() and probe.parent != probe:
+        created.append(probe)
+        probe = probe.parent
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path = save_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) |
+                     getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UsageError(f"--save_dir: another training run (PID {holder}) is writing into "
+                             f"{save_dir}; wait for it to end or choose another --save_dir") from None
+        try:  # the file may have been unlinked by a run that just ended: lock the one in place
+            same = os.path.samestat(os.fstat(fd), os.lstat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        for folder in created:  # only while empty: nothing of this run was written there
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _run_files(save_dir: Path) -> list[Path]:
@@ -288,10 +410,17 @@ def check_options(args) -> tuple[list[Path], list[Path]]:
         _checks.input_file("--resume", args.resume, "checkpoint")
     resuming = args.resume == "auto" and (save_dir / CHECKPOINT).is_file() or \
         args.resume not in (None, "auto")
+    holder = lock_holder(save_dir)
+    if holder:
+        raise UsageError(f"--save_dir: another training run (PID {holder}) is writing into "
+                         f"{save_dir}; wait for it to end or choose another --save_dir")
     existing = _run_files(save_dir)
     if existing and not resuming and not args.overwrite:
         raise UsageError(f"--save_dir: {save_dir} already holds a run ({existing[-1].name}, ...); "
                          "pass --resume auto to continue it or --overwrite to start over")
+    weights = {"--vgg": [Path(args.vgg)], "--decoder": [Path(args.decoder)] if args.decoder else []}
+    for run_file in existing + [save_dir / CHECKPOINT]:
+        _checks.not_an_input("--save_dir", run_file, weights)
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]
     found = []
     for option in ("content_dir", "style_dir"):
@@ -355,6 +484,24 @@ def train_step(model: nn.Module, optimizer, content: torch.Tensor, style: torch.
     return loss, loss_c, loss_s
 
 
+def _check_training_memory(args, device) -> None:
+    """A training batch surely fits: the network's peak per crop, times three for the
+    activations the backward pass keeps (a lower bound)."""
+    local = args.batch_size // max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp, torch.float32)
+    _checks.fits_memory("--crop_size", f"a batch of {local} crops of {args.crop_size}x"
+                        f"{args.crop_size} pixels", args.crop_size ** 2 * local, dtype, device,
+                        factor=3.0)
+
+
+def _nonfinite(module: nn.Module) -> str | None:
+    """The name of the first parameter of `module` holding NaN or Inf, else None."""
+    for name, value in module.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
 def train(args) -> dict:
     """Runs training; returns the last iteration's {"iteration", "loss_c", "loss_s"}, the run's
     wall time ("seconds") and every iteration's weighted loss on this process ("history")."""
@@ -364,26 +511,26 @@ def train(args) -> dict:
         raise UsageError(f"--batch_size {args.batch_size} (the global batch) must be divisible by "
                          f"the number of processes ({world})")
     _checks.backend("--backend", args.backend, device)
+    _check_training_memory(args, device)
     save_dir = Path(args.save_dir)
-    if rank == 0 and save_dir.is_dir():
-        remove_stale_temps(save_dir)
-        if args.overwrite:
-            for old in _run_files(save_dir):  # so that no file of the old run passes for this one
-                old.unlink()
-    torch.manual_seed(args.seed)  # the decoder's random init: the same in every process and run
-    vgg = _checks.load_weights("--vgg", models.load_vgg, args.vgg)
-    decoder = _checks.load_weights("--decoder", models.load_decoder, args.decoder) if args.decoder \
-        else models.decoder()
+    with run_lock(save_dir) if rank == 0 else contextlib.nullcontext():
+        return _train(args, content_paths, style_paths, rank, world, device, save_dir)
 
+
+def _train(args, content_paths, style_paths, rank, world, device, save_dir: Path) -> dict:
+    if rank == 0:
+        remove_stale_temps(save_dir)
+    # Every input is read and checked before anything of an earlier run is touched; with
+    # --overwrite its files go only once this run has written its first checkpoint.
     resume = args.resume
     if resume == "auto":
         resume = str(save_dir / CHECKPOINT) if (save_dir / CHECKPOINT).is_file() else None
     state = load_checkpoint(Path(resume)) if resume else None
-    if state is not None:
-        decoder.load_state_dict(state["decoder"])
-        if state["config"]["batch_size"] != args.batch_size or state["config"]["seed"] != args.seed:
-            warn(f"resuming with another batch size or seed than the checkpoint's "
-                 f"({state['config']}); the run will not match an uninterrupted one")
+    torch.manual_seed(args.seed)  # the decoder's random init: the same in every process and run
+    vgg = _checks.load_weights("--vgg", models.load_vgg, args.vgg)
+    decoder = _checks.load_weights("--decoder", models.load_decoder, args.decoder) if args.decoder \
+        else models.decoder()
+    replaced = _run_files(save_dir) if args.overwrite and rank == 0 else []
 
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     net = AdaINLoss(vgg, decoder, backend=args.backend).to(device, memory_format=memory_format)
@@ -392,13 +539,10 @@ def train(args) -> dict:
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start = int(state["iteration"])
+        start = _restore(state, resume, net.decoder, optimizer, scaler)
+        if state["config"]["batch_size"] != args.batch_size or state["config"]["seed"] != args.seed:
+            warn(f"resuming with another batch size or seed than the checkpoint's "
+                 f"({state['config']}); the run will not match an uninterrupted one")
     model = net
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -418,6 +562,8 @@ def train(args) -> dict:
     history: list[float] = []
     bar = progress(args.max_iter, "train", args.no_progress or rank != 0, initial=start)
     started = time.perf_counter()
+    kept = "the files of earlier saves are kept" if start or not replaced else \
+        "the earlier run's files are kept"
     for it in range(start, args.max_iter):
         lr = args.lr / (1.0 + args.lr_decay * it)
         for group in optimizer.param_groups:
@@ -429,6 +575,11 @@ def train(args) -> dict:
         done = it + 1
         last = {"iteration": done, "loss_c": loss_c.item(), "loss_s": loss_s.item()}
         history.append(loss.item())
+        if not math.isfinite(history[-1]):
+            bar.close()
+            raise CommandFailed(f"the loss is {history[-1]} at iteration {done}: the training "
+                                f"diverged (try a smaller --lr); stopped, nothing of iteration "
+                                f"{done} saved, {kept}")
         bar.update(1)
         if done % args.log_interval == 0 or done == args.max_iter:
             bar.set_postfix_str(f"loss_c {last['loss_c']:.3f} loss_s {last['loss_s']:.3f}")
@@ -437,8 +588,21 @@ def train(args) -> dict:
                 writer.add_scalar("loss_style", last["loss_s"], done)
                 writer.add_scalar("lr", lr, done)
         if rank == 0 and (done % args.save_model_interval == 0 or done == args.max_iter):
+            bad = _nonfinite(net.decoder)
+            if bad is not None:
+                bar.close()
+                raise CommandFailed(f"the decoder's {bad!r} became NaN or infinite at iteration "
+                                    f"{done}: the training diverged (try a smaller --lr); "
+                                    f"stopped without saving it, {kept}")
+            snapshot = save_dir / f"decoder_iter_{done}.pth"
             save_checkpoint(save_dir / CHECKPOINT, net.decoder, optimizer, scaler, done, args)
-            models.write_state_dict(net.decoder.state_dict(), save_dir / f"decoder_iter_{done}.pth")
+            models.write_state_dict(net.decoder.state_dict(), snapshot)
+            # --overwrite: the earlier run's files go now that this run has its own.
+            for old in replaced:
+                if old not in (save_dir / CHECKPOINT, snapshot):
+                    old.unlink(missing_ok=True)
+            replaced = []
+            kept = "the files of earlier saves are kept"
     bar.close()
     if writer is not None:
         writer.close()

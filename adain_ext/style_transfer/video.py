@@ -27,9 +27,9 @@ from adain_ext.style_transfer._runtime import (
     resolve_device,
     resolve_dtype,
     run_command,
-    temp_path,
     warn,
 )
+from adain_ext.style_transfer._output import OutputError, atomic_output, is_write_failure, name_too_long
 from adain_ext.style_transfer.network import StyleTransfer, normalize_weights
 
 INSTALL = "stylizing video needs PyAV: pip install av   (or pip install 'adain_ext[video]')"
@@ -57,6 +57,8 @@ def build_parser(prog: str = "adain-ext video") -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--output", default=None,
                    help="output file (default: output/{video}_stylized_{style}.mp4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output file if it exists (without it an existing file is refused)")
     p.add_argument("--codec", default="libx264",
                    help="video encoder (default libx264, or mpeg4 where FFmpeg lacks it)")
     p.add_argument("--crf", type=int, default=18, help="quality for libx264")
@@ -77,11 +79,19 @@ def _frame_tensor(frame, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255)
 
 
-def _check_output(av, args, source: Path, output: Path) -> None:
-    """The output can be written, is not the input, and its container can hold the codec."""
+def _check_output(av, args, source: Path, styles: list[Path], output: Path) -> str:
+    """The output can be written, is none of the inputs, does not exist (unless --overwrite), and
+    its container can hold the codec; returns the container format's name."""
     _checks.output_file("--output", output)
     if _checks.same_file(source, output) or source.resolve() == output.resolve():
         raise UsageError(f"--output: {output} is the input video; choose another file name")
+    _checks.not_an_input("--output", output, {"--style": styles, "--vgg": [Path(args.vgg)],
+                                              "--decoder": [Path(args.decoder)]})
+    if name_too_long(output):
+        raise UsageError(f"--output: the file name {output.name[:40]}... is longer than the file "
+                         "system allows")
+    if os.path.lexists(output) and not args.overwrite:
+        raise UsageError(f"--output: {output} exists; pass --overwrite to replace it")
     if args.codec != "libx264" or args.codec in av.codecs_available:
         try:
             codec = av.Codec(args.codec, "w")
@@ -90,9 +100,11 @@ def _check_output(av, args, source: Path, output: Path) -> None:
                              "(try libx264 or mpeg4)") from None
         if codec.type != "video":
             raise UsageError(f"--codec: {args.codec} is an {codec.type} codec, not a video one")
-    try:  # opening for writing is lazy: nothing is created until a stream is added
-        sink = av.open(str(temp_path(output)), mode="w",
-                       format=None if output.suffix else "mp4")
+    # Opening for writing is lazy (nothing is created until a stream is added): FFmpeg picks the
+    # container from the name, in a folder that does not exist so that nothing can be created.
+    probe = Path("/nonexistent-adain-ext-probe") / f"probe{output.suffix}"
+    try:
+        sink = av.open(str(probe), mode="w", format=None if output.suffix else "mp4")
     except ValueError:
         raise UsageError(f"--output: FFmpeg knows no container for {output.suffix!r} files "
                          "(use .mp4, .mkv, .mov, ...)") from None
@@ -101,6 +113,7 @@ def _check_output(av, args, source: Path, output: Path) -> None:
         supported = getattr(sink, "supported_codecs", None)
         if supported is not None and codec not in supported:
             raise UsageError(f"--codec: {sink.format.name} files cannot hold {codec} video")
+        return sink.format.name
 
 
 def _codec_name(av, args) -> str:
@@ -136,9 +149,13 @@ def run(args) -> int:
         raise UsageError(f"--style_interpolation_weights: {error}") from None
     output = Path(args.output) if args.output else Path("output") / (
         f"{source.stem}_stylized_{'_'.join(s.stem for s in styles)}.mp4")
-    _check_output(av, args, source, output)
+    container_format = _check_output(av, args, source, styles, output)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     _checks.backend("--backend", args.backend, device)
+    if args.content_size:
+        _checks.fits_memory("--content_size", f"{args.batch_size} frame(s) of at least "
+                            f"{args.content_size}x{args.content_size} pixels",
+                            args.content_size ** 2 * args.batch_size, dtype, device)
     _checks.weights_file("--vgg", args.vgg)
     _checks.weights_file("--decoder", args.decoder)
     try:
@@ -170,21 +187,20 @@ def run(args) -> int:
             net = net.to(memory_format=torch.channels_last)
         _stylize(av, args, net, prepare=lambda x: x.to(device, dtype).contiguous(memory_format=memory_format),
                  container=container, stream=stream, style_images=style_images, weights=weights,
-                 source=source, output=output)
+                 source=source, output=output, container_format=container_format)
     print(f"wrote {output}", file=sys.stderr)
     return 0
 
 
 def _stylize(av, args, net, prepare, container, stream, style_images, weights, source: Path,
-             output: Path) -> None:
-    """Decodes, stylizes and encodes every frame into a temp file renamed to `output` only when
-    every frame the container announces was read."""
+             output: Path, container_format: str) -> None:
+    """Decodes, stylizes and encodes every frame into a temp file (_output.atomic_output) renamed
+    to `output` only when every frame the container announces was read."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(output.parent, {output.name})
-    tmp = temp_path(output)
+    remove_stale_temps(output.parent)
     undecodable = 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), atomic_output(output, overwrite=args.overwrite) as file:
             audio_in = None if args.no_audio or not container.streams.audio else \
                 container.streams.audio[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
@@ -192,7 +208,7 @@ def _stylize(av, args, net, prepare, container, stream, style_images, weights, s
             expected = _expected_frames(stream, container)
             total = expected or 0
             read = 0
-            with av.open(str(tmp), mode="w", format=None if output.suffix else "mp4") as sink, \
+            with av.open(file, mode="w", format=container_format) as sink, \
                     progress(total, "video", args.no_progress) as bar:
                 out_stream = audio_out = None
                 pending: list[torch.Tensor] = []
@@ -250,9 +266,13 @@ def _stylize(av, args, net, prepare, container, stream, style_images, weights, s
                         f"frames ({undecodable} packets could not be decoded); no output written")
                 for packet in out_stream.encode():
                     sink.mux(packet)
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except OutputError:
+        raise
+    except Exception as error:  # noqa: BLE001  (FFmpeg's errors while writing: av.error.*)
+        if is_write_failure(error):
+            raise OutputError(getattr(error, "errno", 0) or 28, f"cannot write {output}: "
+                              "no space left on the device (or the file size limit reached); "
+                              "nothing was written there") from None
         raise
 
 
