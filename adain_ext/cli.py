@@ -1,7 +1,9 @@
 """The `adain-ext` console script: `adain-ext COMMAND [options]`."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 
 # command -> (module, function, one-line help). Modules load only when their command runs.
@@ -37,7 +39,27 @@ def main(argv=None) -> int:
             return 2
         return 0
     module, function, _ = COMMANDS[argv[0]]
-    return getattr(importlib.import_module(module), function)(argv[1:]) or 0
+    with stdout_closed_quietly():
+        status = getattr(importlib.import_module(module), function)(argv[1:]) or 0
+        sys.stdout.flush()
+        return status
+    return 128 + 13  # SIGPIPE's status, as for a tool the signal ends
+
+
+@contextlib.contextmanager
+def stdout_closed_quietly():
+    """`adain-ext env | head`: a reader that stops early ends the output quietly (the block is
+    left, main returns 141 as a tool killed by SIGPIPE would), never a BrokenPipeError traceback,
+    neither here nor when Python flushes stdout at exit."""
+    try:
+        yield
+    except BrokenPipeError:
+        try:  # later writes and the flush at exit go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 if __name__ == "__main__":

@@ -271,4 +271,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from adain_ext.cli import stdout_closed_quietly
+
+    with stdout_closed_quietly():
+        status = main()
+        sys.stdout.flush()
+        sys.exit(status)
+    sys.exit(128 + 13)
