@@ -18,7 +18,9 @@ import math
 import os
 import platform
 import re
+import signal
 import sys
+import tempfile
 import time
 import warnings
 
@@ -270,6 +272,67 @@ def _plot_problem(path: str) -> str:
     return _unwritable(path)
 
 
+# Tensors of a shape's size alive at once while a shape is timed (content, style, output, their
+# gradients and the peers' temporaries): a lower bound, for the memory check before the run.
+TENSORS_PER_SHAPE = 6
+
+
+def _available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        try:
+            return torch.cuda.mem_get_info(device)[0]
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _too_big(shapes, device: torch.device, dtype: torch.dtype) -> str:
+    """Why a shape cannot fit the device's memory ("" when all can), before anything runs."""
+    available = _available_memory(device)
+    if available is None:
+        return ""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    for shape in shapes:
+        need = math.prod(shape) * itemsize * TENSORS_PER_SHAPE
+        if need > available:
+            return (f"{shape_text(shape)} needs about {need / 2**30:,.0f} GiB of memory, more than "
+                    f"the {available / 2**30:.1f} GiB available on {device.type}")
+    return ""
+
+
+def write_json(results: dict, path: str) -> None:
+    """Writes the results atomically (a temp file in the same folder, then a rename): a reader
+    never sees half a file, and a run stopped at any point leaves the rows that finished."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)[:200]}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that the finished rows are still written."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 class _OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors as one line naming the option, exit status 2 (argparse's status), without the
     usage block that would bury the line."""
@@ -312,6 +375,8 @@ def parse_args(argv):
         args.shapes = bench_harness.default_shapes(args.device)
     if args.repeats < 1:
         parser.error(f"--repeats: must be at least 1, got {args.repeats}")
+    if problem := _too_big(args.shapes, args.device, getattr(torch, args.dtype)):
+        parser.error(f"--shapes: {problem}")
     given = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.peers, unknown = bench_harness.resolve_names(given, OLD_PEER_NAMES)
     if unknown or OURS in args.peers or len(set(args.peers)) != len(args.peers):
@@ -328,7 +393,7 @@ def parse_args(argv):
     return args
 
 
-def _bench(args, results: dict, terminal) -> int:
+def _bench(args, results: dict, terminal, on_row=lambda: None) -> int:
     """The check, then the table, row by row into results["rows"]; 1 if the check fails."""
     device, dtype = args.device, getattr(torch, args.dtype)
     directions = DIRECTIONS if args.backward else DIRECTIONS[:1]
@@ -354,6 +419,7 @@ def _bench(args, results: dict, terminal) -> int:
         for shape, direction, times in bench_harness.measure(args.shapes, device, dtype, args.repeats, directions,
                                                              runners, args.channels_last, progress):
             add_result(results["rows"], shape, dtype, args.channels_last, direction, times)
+            on_row()
             progress.clear()
             print(table.row(shape, direction, times), flush=True)
     finally:
@@ -374,23 +440,38 @@ def main(argv=None) -> int:
     print(f"adain-ext bench on {device.type} ({machine}), {args.dtype}, torch {torch.__version__}")
     notes: list[str] = []
     terminal = sys.stderr  # progress goes here; held_messages swaps sys.stderr for a buffer
+    on_row = (lambda: write_json(results, args.json)) if args.json else (lambda: None)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    status = 1
     try:
         with held_messages(notes, HARMLESS_ON_CPU if device.type == "cpu" else ()):
-            status = _bench(args, results, terminal)
-    except KeyboardInterrupt:
-        status = 130
+            status = _bench(args, results, terminal, on_row)
+    except (KeyboardInterrupt, _Terminated) as stop:
+        status = 130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.SIGTERM
         results["interrupted"] = True
         print("\ninterrupted: the rows above are what finished", file=sys.stderr)
+    except BaseException as error:  # a later shape failed: the finished rows are still written
+        results["failed"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        if args.json:
+            write_json(results, args.json)
+            print(f"wrote {args.json} (the measurements that finished before the error)",
+                  file=sys.stderr)
+        raise
     finally:  # also before a traceback: the held messages may explain it
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if notes:
             print(f"\nmessages from the libraries during the run ({len(notes)}, each shown once):",
                   file=sys.stderr)
             for line in notes:
                 print(f"  {line}", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"wrote {args.json}" + (" (the measurements that finished)" if status == 130 else ""))
+        write_json(results, args.json)
+        print(f"wrote {args.json}" + (" (the measurements that finished)" if status in (130, 143) else ""))
     if args.plot and status == 0:
         title = (f"adain_ext speedup over its peers: {device.type} ({machine}), {args.dtype}, "
                  f"torch {torch.__version__.split('+')[0]}")
