@@ -43,6 +43,24 @@ def check_eps(eps: float) -> None:
         _fail(f"eps must be >= 0, got {eps}")
 
 
+def check_scalars(alpha=1.0, eps: float = 0.0) -> None:
+    """alpha and eps as the public API takes them: finite numbers (NaN or Inf would turn every
+    output into NaN without an error); a tensor alpha that requires grad is refused, as it
+    would silently be turned into a float without its gradient."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.requires_grad:
+            _fail("alpha is a tensor that requires grad; the ops take alpha as a number and would "
+                  "drop its gradient (blend with torch.lerp(content, adain(..., alpha=1), alpha) "
+                  "to learn it)", TypeError)
+        if alpha.numel() != 1:
+            _fail(f"alpha must be a number or a one-element tensor, got shape {list(alpha.shape)}")
+        alpha = alpha.item()
+    if not math.isfinite(alpha):
+        _fail(f"alpha must be a finite number, got {alpha}")
+    if not math.isfinite(eps):
+        _fail(f"eps must be a finite number >= 0, got {eps}")
+
+
 def check_pair(content: torch.Tensor, style: torch.Tensor, unbiased: bool) -> None:
     check_features(content, "content", unbiased)
     check_features(style, "style", unbiased)
