@@ -541,6 +541,28 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(root):
     assert [p for p in (root / "full").rglob("*") if not p.is_dir()] == []
 
 
+def test_export_on_a_full_disk_leaves_nothing(tmp_path):
+    """write_onnx (export's writer) under a file size limit: OutputError naming the file, no
+    temp file or marker left."""
+    import resource
+
+    from adain_ext.style_transfer import _output
+    from adain_ext.style_transfer.export import write_onnx
+
+    class Program:  # the part of torch.onnx.ONNXProgram that write_onnx uses
+        def save(self, destination, external_data=False):
+            destination.write(b"x" * (4 * FILE_SIZE_LIMIT))
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, hard))
+    try:
+        with pytest.raises(_output.OutputError, match=r"cannot write .*m\.onnx: the file size limit"):
+            write_onnx(Program(), tmp_path / "m.onnx", overwrite=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_env_into_a_closed_pipe_is_quiet():
     proc = subprocess.run(["sh", "-c", f"'{sys.executable}' -m adain_ext.cli env | head -1"], env=_env(),
                           capture_output=True, text=True, timeout=300)
