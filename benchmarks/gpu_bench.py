@@ -20,6 +20,12 @@ callable(content, style) -> out, or None when unavailable, from a module given w
     import gpu_bench
     gpu_bench.register_provider("mine", lambda device: my_adain)
 
+The eager providers run first, over every configuration; the compiled ones (torch.compile) last,
+in the share of the time budget --compile-budget-s keeps for them, each configuration compiled
+once (its first forward and its first forward + backward, timed apart as compile_s) and those
+graphs reused for the timed calls. gpu_bench.json and gpu_bench.md are rewritten after every
+provider of every configuration, so a run killed at any point leaves what it measured.
+
 A benchmark, not a test: it checks this op against the reference once per configuration (the
 max error is in the JSON) but never fails on speed.
 """
@@ -122,56 +128,75 @@ def time_direction(fn, direction, content, style, grad_out, device, quick, graph
     return max(full_ms - fwd_ms, 1e-6), how, full_ms
 
 
-def bench_config(shape, dtype_name, layout_name, device, providers: dict[str, Provider],
-                 available: dict[str, Callable], quick, copy_gbs, directions,
-                 compile_budget_left: Callable[[], bool]):
-    content, style = harness.make_inputs(shape, device, DTYPES[dtype_name],
-                                         channels_last=layout_name == "channels_last")
-    grad_out = torch.randn_like(content)
-    itemsize = content.element_size()
-    nbytes = {
-        "forward": (2 * content.numel() + style.numel()) * itemsize,
-        "backward": (3 * content.numel() + 2 * style.numel()) * itemsize,
-    }
+class Config:
+    """One shape x dtype x memory format: its inputs, the bytes each direction must move and this
+    op's max error against the float64 reference (None without adain_ext)."""
+
+    def __init__(self, shape, dtype_name, layout_name, device, available):
+        self.shape, self.dtype, self.layout = tuple(shape), dtype_name, layout_name
+        self.content, self.style = harness.make_inputs(
+            shape, device, DTYPES[dtype_name], channels_last=layout_name == "channels_last")
+        self.grad_out = torch.randn_like(self.content)
+        itemsize = self.content.element_size()
+        self.nbytes = {
+            "forward": (2 * self.content.numel() + self.style.numel()) * itemsize,
+            "backward": (3 * self.content.numel() + 2 * self.style.numel()) * itemsize,
+        }
+        self.max_err = None
+        if OURS in available:
+            out = available[OURS](self.content, self.style)
+            ref = reference.adain(self.content.double(), self.style.double())
+            self.max_err = (out.double() - ref).abs().max().item()
+
+    @property
+    def label(self) -> str:
+        return f"{'x'.join(map(str, self.shape))} {self.dtype} {self.layout}"
+
+    def record(self, **fields) -> dict:
+        return dict(fields, shape=list(self.shape), dtype=self.dtype, layout=self.layout,
+                    bytes=self.nbytes[fields["direction"]], max_err_vs_reference=self.max_err)
+
+
+def first_call_s(run: Callable[[], object], device: str) -> float:
+    """Seconds of one call of run, synchronized: for a compiled provider its compilation for
+    this configuration (Inductor's, and the autotuning of the kernels it generates)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def bench_provider(config: Config, name: str, fn, device, quick, copy_gbs, directions,
+                   compiled: bool = False) -> list[dict]:
+    """The records of one provider on one configuration, one per direction. A compiled provider
+    first compiles (its first forward, then its first forward + backward call), timed apart as
+    compile_s; the timed calls after it reuse those graphs (the forward's also serves the
+    backward direction's forward-only subtraction)."""
     records = []
-    max_err = None
-    if OURS in available:
-        out = available[OURS](content, style)
-        ref = reference.adain(content.double(), style.double())
-        max_err = (out.double() - ref).abs().max().item()
-    reset = False
-    for name, fn in available.items():
-        if providers[name].compiled:
-            if not compile_budget_left():
-                for direction in directions:
-                    records.append(dict(provider=name, direction=direction, skipped="time budget"))
-                continue
-            if not reset:  # one compilation per configuration, none kept from the previous ones
-                torch._dynamo.reset()
-                reset = True
-        for direction in directions:
-            rec = {"provider": name, "direction": direction}
-            graph = nbytes[direction] < GRAPH_REPLAY_BELOW
-            try:
-                ms, how, full_ms = time_direction(fn, direction, content, style, grad_out, device,
-                                                  quick, graph)
-            except Exception as error:  # noqa: BLE001  (a provider that cannot run this case)
-                rec["error"] = f"{type(error).__name__}: {error}"[:300]
-                records.append(rec)
-                continue
-            if full_ms is not None:
-                rec["full_ms"] = full_ms
-            gbs = nbytes[direction] / (ms * 1e-3) / 1e9
-            rec.update(ms=ms, gbs=gbs, pct_copy=100 * gbs / copy_gbs, timing=how)
-            records.append(rec)
-    for rec in records:
-        rec.update(
-            shape=list(shape),
-            dtype=dtype_name,
-            layout=layout_name,
-            bytes=nbytes[rec["direction"]],
-            max_err_vs_reference=max_err,
-        )
+    for direction in directions:
+        rec = {"provider": name, "direction": direction}
+        graph = config.nbytes[direction] < GRAPH_REPLAY_BELOW
+        try:
+            if compiled:
+                runner = (harness.forward_runner(fn, config.content, config.style)
+                          if direction == "forward" else
+                          harness.forward_backward_runner(fn, config.content, config.style,
+                                                          config.grad_out))
+                rec["compile_s"] = first_call_s(runner, device)
+            ms, how, full_ms = time_direction(fn, direction, config.content, config.style,
+                                              config.grad_out, device, quick, graph)
+        except Exception as error:  # noqa: BLE001  (a provider that cannot run this case)
+            rec["error"] = f"{type(error).__name__}: {error}"[:300]
+            records.append(config.record(**rec))
+            continue
+        if full_ms is not None:
+            rec["full_ms"] = full_ms
+        gbs = config.nbytes[direction] / (ms * 1e-3) / 1e9
+        rec.update(ms=ms, gbs=gbs, pct_copy=100 * gbs / copy_gbs, timing=how)
+        records.append(config.record(**rec))
     return records
 
 
@@ -248,6 +273,12 @@ def markdown(meta, records, summary):
         "",
         f"torch {meta['torch']}, CUDA {meta['cuda']}, copy bandwidth {meta['copy_gbs']:.0f} GB/s "
         f"(read + write), {meta['when']}",
+        "",
+        f"Eager providers: {meta.get('configs_done', '?')} of {meta.get('configs', '?')} "
+        f"configurations in {meta.get('eager_seconds', 0):.0f} s. Compiled providers: "
+        f"{meta.get('compiled_configs_done', 0)} configurations, compilation "
+        f"{meta.get('compile_seconds', 0):.0f} s (first calls, apart) + timing "
+        f"{meta.get('compiled_run_seconds', 0):.0f} s.",
         "",
         "## Summary",
         "",
@@ -327,14 +358,16 @@ def main(argv=None):
         "--compile-budget-s",
         type=float,
         default=float(os.environ.get("COMPILE_BUDGET_S", "200")),
-        help="stop timing the compiled providers (compiled_reference, adain_ext_triton_compiled: "
-        "compilation is slow) after this many seconds",
+        help="the seconds kept for the compiled providers (compiled_reference, "
+        "adain_ext_triton_compiled), which run after every eager provider: no compiled "
+        "configuration starts past them; their compile time is reported apart",
     )
     parser.add_argument(
         "--time-budget-s",
         type=float,
         default=float(os.environ.get("TIME_BUDGET_S", "inf")),
-        help="start no new configuration after this many seconds",
+        help="start no new configuration after this many seconds, the compiled providers' "
+        "--compile-budget-s included (the eager ones get the rest)",
     )
     args = parser.parse_args(argv)
     for module in args.plugin:
@@ -357,8 +390,13 @@ def main(argv=None):
     if unknown:
         sys.exit(f"gpu_bench: --providers: no provider {', '.join(unknown)} (see --help)")
     providers = {_provider(name).name: _provider(name) for name in wanted}
+    # Eager providers first, over every configuration; the compiled ones last, in the time
+    # --compile-budget-s keeps for them: a compiled provider is built (its probe compiles) only
+    # when its phase starts, so no compilation happens before the clocks below start.
+    eager = {name: p for name, p in providers.items() if not p.compiled}
+    compiled = {name: p for name, p in providers.items() if p.compiled}
     available = {}
-    for name, provider in providers.items():
+    for name, provider in eager.items():
         fn = provider.on(device)
         if fn is None:
             print(f"gpu_bench: provider {name} unavailable on {device}, skipped")
@@ -366,20 +404,22 @@ def main(argv=None):
             available[name] = fn
     copy_gbs = copy_bandwidth_gbs(device, quick)
     started = time.time()
-
-    def compile_left():
-        return time.time() - started < args.compile_budget_s
+    # The eager phase ends where the compiled providers' share of the time budget begins.
+    eager_until = started + (args.time_budget_s - args.compile_budget_s if compiled
+                             else args.time_budget_s)
 
     # Each shape in both dtypes and both layouts back to back (the channels_last / contiguous
-    # ratio, fp32 and bf16 from the first shapes on); past --time-budget-s no new configuration
-    # starts, so a capped run still reports. The JSON and markdown are rewritten after every
-    # configuration: a run killed at its time limit leaves what it measured.
+    # ratio, fp32 and bf16 from the first shapes on); past its phase's budget no new
+    # configuration starts, so a capped run still reports. The JSON and markdown are rewritten
+    # after every provider of every configuration: a run killed at any point leaves what it
+    # measured.
     configs = [
         (shape, dtype, layout)
         for shape in shapes
         for dtype in args.dtypes.split(",")
         for layout in args.layouts.split(",")
     ]
+    directions = args.directions.split(",")
     cuda = device.startswith("cuda")
     meta = dict(
         device=device,
@@ -392,12 +432,20 @@ def main(argv=None):
         when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         quick=quick,
         configs=len(configs),
+        eager_providers=list(available),
+        compiled_providers=list(compiled),
+        eager_seconds=0.0,
+        compiled_configs_done=0,
+        compile_seconds=0.0,  # first calls of the compiled providers (and their probes)
+        compiled_run_seconds=0.0,  # the compiled phase less its compilations
     )
     os.makedirs(args.out, exist_ok=True)
-    records, skipped = [], []
+    records, skipped, compiled_skipped = [], [], []
+    done = 0
 
-    def write_outputs(done: int):
-        meta.update(configs_done=done, seconds=time.time() - started, not_run=skipped)
+    def write_outputs():
+        meta.update(configs_done=done, seconds=time.time() - started, not_run=skipped,
+                    compiled_not_run=compiled_skipped)
         write_json_atomically(
             os.path.join(args.out, "gpu_bench.json"),
             dict(meta=meta, summary=summarize(records), records=records),
@@ -405,23 +453,79 @@ def main(argv=None):
         with open(os.path.join(args.out, "gpu_bench.md"), "w") as f:
             f.write(markdown(meta, records, summarize(records)))
 
-    for done, (shape, dtype, layout) in enumerate(configs):
-        if time.time() - started > args.time_budget_s:
-            skipped.append(f"{'x'.join(map(str, shape))} {dtype} {layout}")
-            continue
-        recs = bench_config(shape, dtype, layout, device, providers, available, quick, copy_gbs,
-                            args.directions.split(","), compile_left)
-        records += recs
+    def show(config, recs):
         times = " ".join(
             f"{r['provider']}:{r['direction'][:3]}={r['ms']:.4f}" for r in recs if "ms" in r
         )
-        print(f"{'x'.join(map(str, shape)):>16} {dtype} {layout:<13} ms {times}", flush=True)
-        write_outputs(done + 1)
+        compile_s = sum(r.get("compile_s", 0) for r in recs)
+        print(f"{config.label:>30} ms {times}"
+              + (f" (compile {compile_s:.1f} s)" if compile_s else ""), flush=True)
+
+    max_errs = {}
+    for key in configs:
+        if time.time() > eager_until:
+            skipped.append(f"{'x'.join(map(str, key[0]))} {key[1]} {key[2]}")
+            continue
+        config = Config(*key, device, available)
+        max_errs[key] = config.max_err
+        recs = []
+        for name, fn in available.items():
+            new = bench_provider(config, name, fn, device, quick, copy_gbs, directions)
+            recs += new
+            records += new
+            write_outputs()
+        done += 1
+        meta["eager_seconds"] = time.time() - started
+        show(config, recs)
+        write_outputs()
+    config = None  # its tensors go before the compiled phase makes its own
+    if compiled:
+        phase_start = time.time()
+        compiled_until = min(phase_start + args.compile_budget_s, started + args.time_budget_s)
+        compiled_fns = {}
+        for name, provider in compiled.items():
+            t0 = time.perf_counter()
+            fn = provider.on(device)  # adain_ext_triton_compiled: its probe compiles a small shape
+            meta["compile_seconds"] += time.perf_counter() - t0
+            if fn is None:
+                print(f"gpu_bench: provider {name} unavailable on {device}, skipped")
+            else:
+                compiled_fns[name] = fn
+        for key in configs:
+            if key not in max_errs or not compiled_fns or time.time() > compiled_until:
+                compiled_skipped.append(f"{'x'.join(map(str, key[0]))} {key[1]} {key[2]}")
+                continue
+            config = Config(*key, device, {})
+            config.max_err = max_errs[key]
+            recs = []
+            for name, fn in compiled_fns.items():
+                new = bench_provider(config, name, fn, device, quick, copy_gbs, directions,
+                                     compiled=True)
+                recs += new
+                records += new
+                meta["compile_seconds"] += sum(r.get("compile_s", 0) for r in new)
+                meta["compiled_run_seconds"] = (time.time() - phase_start
+                                                - meta["compile_seconds"])
+                write_outputs()
+            meta["compiled_configs_done"] += 1
+            show(config, recs)
+        for name, provider in compiled.items():  # what the compile budget left out, as before
+            if name not in compiled_fns:
+                continue
+            for label in compiled_skipped:
+                for direction in directions:
+                    shape, dtype, layout = label.split()
+                    records.append(dict(provider=name, direction=direction, skipped="time budget",
+                                        shape=[int(v) for v in shape.split("x")], dtype=dtype,
+                                        layout=layout))
+    write_outputs()
     if skipped:
         print(f"gpu_bench: time budget reached, {len(skipped)} configurations not run")
-    write_outputs(len(configs) - len(skipped))
     summary = summarize(records)
-    print(f"\nwrote {args.out}/gpu_bench.json and gpu_bench.md ({meta['seconds']:.0f} s)")
+    print(f"\nwrote {args.out}/gpu_bench.json and gpu_bench.md ({meta['seconds']:.0f} s: eager "
+          f"{meta['eager_seconds']:.0f} s; compiled providers {meta['compiled_configs_done']} "
+          f"configurations, compile {meta['compile_seconds']:.0f} s + timed "
+          f"{meta['compiled_run_seconds']:.0f} s)")
     for k, v in summary.items():
         print(f"  {k}: {v:.3g}")
     return 0

@@ -196,8 +196,11 @@ def bench_section(out: str) -> list[str]:
     lines = ["", f"## Benchmark: {meta['device_name']}, copy {meta['copy_gbs']:.0f} GB/s",
              "",
              f"{len(measured)} of {meta.get('configs', '?')} configurations measured "
-             f"({len(compiled)} with torch.compile) in {meta.get('seconds', 0):.0f} s; "
-             "the tables are gpu_bench.md in logs.tar.gz.",
+             f"({len(compiled)} with torch.compile) in {meta.get('seconds', 0):.0f} s"
+             + (f" (eager providers {meta['eager_seconds']:.0f} s; torch.compile: compilation "
+                f"{meta.get('compile_seconds', 0):.0f} s, apart from its timed runs "
+                f"{meta.get('compiled_run_seconds', 0):.0f} s)" if "eager_seconds" in meta else "")
+             + "; the tables are gpu_bench.md in logs.tar.gz.",
              "", "| metric | value | target | met |", "|---|---|---|---|"]
     for metric, value in summary.items():
         target, met = _target_cells(metric, value)
