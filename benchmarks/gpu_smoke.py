@@ -11,7 +11,16 @@ One line per case, `<verdict> <op>/<backend>/<dtype>/<shape> <max abs err> <max 
     ok     every output and gradient within the per-dtype tolerance of tests/cases.py
     BAD    a value outside it (or NaN, or a wrong shape, dtype or device)
     ERROR  the op raised (or its process died or timed out before a verdict)
-then `gpu_smoke: N ok, N BAD, N ERROR`. Exit status 0 only when every case is ok.
+    OOM    the case ran out of memory (the op's or the float64 reference's): no verdict on the
+           kernel, "out of memory" and what the card had free
+then `gpu_smoke: N ok, N BAD, N ERROR, N OOM`. Exit status 0 only when every case is ok.
+
+Processes (CUDA): --jobs shards of the ordinary cases, one process per fresh-process shape, and
+one process that runs the LARGE_SHAPES one case at a time (a fused fp32 case with its float64
+reference peaks at about 27x its input: ~27 GiB for the 2^28-element row, so two at once beside
+the other processes' CUDA contexts could exhaust an 80 GB card). Each process gets
+OMP_NUM_THREADS=1: the cases' work is on the GPU. GPU_SMOKE_FORCE_OOM=shape,... (this script's
+own test) makes those shapes' cases raise an out-of-memory error instead of running.
 
 The ops go through adain_ext.adain / adain_affine / mean_std with autograd (backend "cpp" is
 torch.ops.adain.fused / affine / mean_std and their registered backward ops). Shapes are picked
@@ -51,6 +60,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
 OPS = ("fused", "affine", "mean_std")
 BACKENDS = ("cpp", "triton")
 EPS = 1e-5
+VERDICTS = ("ok", "BAD", "ERROR", "OOM")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +104,7 @@ SHAPES = [
     Shape("strided", (2, 3, 10, 12), layout="strided", why="every other column: neither layout"),
 ]
 # Large enough to cross the hardware's grid limits (grid dimension 1 at most 65535): skipped by
-# --quick and on CPU.
+# --quick and on CPU; on CUDA run in one process of their own, one case at a time.
 LARGE_SHAPES = [
     Shape("large_cl_2p25", (1, 8, 4096, 8192), layout="channels_last", dtypes=("fp32",),
           why="channels_last rows of 2^25 elements"),
@@ -237,6 +247,9 @@ def run_case(case: SmokeCase, device: str) -> tuple[str, str]:
     detail is "<max abs err> <max err / tolerance>", on BAD also which output was worst (out0,
     out1: outputs; grad0, grad1, ...: gradients of the inputs in argument order)."""
     try:
+        if case.shape.name in os.environ.get("GPU_SMOKE_FORCE_OOM", "").split(","):
+            raise torch.OutOfMemoryError(  # this script's own test: an OOM, forced, not allocated
+                f"CUDA out of memory (forced for {case.shape.name} by GPU_SMOKE_FORCE_OOM)")
         inputs, grads = _inputs(case, device)
         outs, input_grads = _forward_backward(case, inputs, grads, case.backend)
         if device.startswith("cuda"):
@@ -246,7 +259,29 @@ def run_case(case: SmokeCase, device: str) -> tuple[str, str]:
         return _compare(case, inputs[0], {"out": (outs, ref_outs), "grad": (input_grads, ref_grads)})
     except Exception as error:  # noqa: BLE001  (reported as the case's verdict)
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if is_out_of_memory(error):
+            return "OOM", out_of_memory_detail(first, device)
         return "ERROR", f"{type(error).__name__}: {first}"[:240]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, or an allocator's RuntimeError that says it ran out of memory."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, oom) or (isinstance(error, RuntimeError)
+                                      and "out of memory" in str(error).lower())
+
+
+def out_of_memory_detail(first_line: str, device: str) -> str:
+    """The OOM verdict's detail: "out of memory", not a kernel failure, and the card's state."""
+    free = ""
+    if device.startswith("cuda"):
+        try:
+            torch.cuda.empty_cache()
+            free_b, total_b = torch.cuda.mem_get_info()
+            free = f" ({free_b / 2**30:.1f} of {total_b / 2**30:.1f} GiB free after it)"
+        except Exception:  # noqa: BLE001  (a broken context: the message says enough)
+            pass
+    return f"out of memory{free}, no verdict on the kernel: {first_line}"[:240]
 
 
 def _compare(case, x, results) -> tuple[str, str]:
@@ -303,20 +338,31 @@ def _child_command(args, extra):
     return cmd + (["--quick"] if args.quick else []) + extra
 
 
-def run_children(args, shard_cases, fresh_shapes) -> list[str]:
-    """Runs `--jobs` shards of shard_cases and one process per fresh shape, all at once, passing
-    each verdict line on as it comes (a run killed midway keeps what was printed). A case a
-    worker did not report (it died, or ran past --timeout) gets an ERROR line."""
+def plan_jobs(args, shard_cases, fresh_shapes, large_cases=()) -> list[tuple[list, list]]:
+    """(command, cases) of every worker process: `--jobs` shards of shard_cases, one process per
+    fresh shape, and one process for all of large_cases, which it runs one at a time."""
     jobs = []
     shards = max(1, min(args.jobs, len(shard_cases)))
-    if shard_cases:
+    if shard_cases:  # each shard worker makes the same list from the same shapes, then its part
+        names = ",".join(dict.fromkeys(case.shape.name for case in shard_cases))
         for i in range(shards):
-            jobs.append((_child_command(args, ["--shard", f"{i}/{shards}"]),
+            jobs.append((_child_command(args, ["--shapes", names, "--shard", f"{i}/{shards}"]),
                          shard(shard_cases, i, shards)))
     for shape in fresh_shapes:
         cases = make_cases([shape], args.ops, args.backends, args.dtypes)
         if cases:
             jobs.append((_child_command(args, ["--shapes", shape.name]), cases))
+    if large_cases:
+        names = ",".join(dict.fromkeys(case.shape.name for case in large_cases))
+        jobs.append((_child_command(args, ["--shapes", names]), list(large_cases)))
+    return jobs
+
+
+def run_children(args, shard_cases, fresh_shapes, large_cases=()) -> list[str]:
+    """Runs the workers of plan_jobs all at once, passing each verdict line on as it comes (a run
+    killed midway keeps what was printed). A case a worker did not report (it died, or ran past
+    --timeout) gets an ERROR line."""
+    jobs = plan_jobs(args, shard_cases, fresh_shapes, large_cases)
     lock = threading.Lock()
     lines = []
 
@@ -328,13 +374,14 @@ def run_children(args, shard_cases, fresh_shapes) -> list[str]:
     def run(job):
         cmd, cases = job
         with tempfile.TemporaryFile(mode="w+") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+                                    env=dict(os.environ, OMP_NUM_THREADS="1"))
             timer = threading.Timer(args.timeout, proc.kill)
             timer.start()
             reported = set()
             for line in proc.stdout:
                 line = line.rstrip("\n")
-                if line.split(" ", 1)[0] in ("ok", "BAD", "ERROR"):
+                if line.split(" ", 1)[0] in VERDICTS:
                     reported.add(line.split()[1])
                     emit(line)
             rc = proc.wait()
@@ -395,11 +442,13 @@ def main(argv=None) -> int:
     fresh = [s for s in chosen if s in FRESH_PROCESS_SHAPES]
     ordinary = make_cases([s for s in chosen if s not in FRESH_PROCESS_SHAPES],
                           args.ops, args.backends, args.dtypes)
+    large = [case for case in ordinary if case.shape in LARGE_SHAPES]
     if args.quick:
         fresh = [dataclasses.replace(s, dtypes=s.dtypes[:1]) for s in fresh]
     if args.list:
         for case in ordinary + make_cases(fresh, args.ops, args.backends, args.dtypes):
-            where = "own process" if case.shape in fresh else "shared process"
+            where = ("own process" if case.shape in fresh else
+                     "large-shape process" if case in large else "shared process")
             print(f"{case.name} ({where}): {case.shape.why}")
         return 0
 
@@ -409,32 +458,34 @@ def main(argv=None) -> int:
         return 2
     if not cuda:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before adain_ext.triton is imported
-    if args.jobs is None:
-        args.jobs = min(16, os.cpu_count() or 1) if cuda else 1
+    if args.jobs is None:  # on CUDA: every process, shards and the others, on a core of its own
+        cpus = min(16, os.cpu_count() or 1)
+        args.jobs = max(1, cpus - len(fresh) - (1 if large else 0)) if cuda else 1
 
     start = time.time()
     if args.worker:
         if args.shard:  # a shard of the ordinary cases
             i, n = (int(v) for v in args.shard.split("/"))
-            cases = shard(ordinary, i, n)
+            cases = shard([case for case in ordinary if case not in large], i, n)
         else:  # the shapes given, fresh-process ones included: this is their fresh process
             cases = ordinary + make_cases(fresh, args.ops, args.backends, args.dtypes)
         lines = run_here(cases, args.device)
         return 0 if all(ln.startswith("ok") for ln in lines) else 1
 
     where = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"gpu_smoke: {len(ordinary)} cases + {len(fresh)} fresh-process shapes on {where}, "
-          f"{args.jobs} worker(s)", flush=True)
-    if args.jobs <= 1:  # the ordinary cases here, beside the fresh-process shapes' workers
+    shared = [case for case in ordinary if case not in large]
+    print(f"gpu_smoke: {len(shared)} cases + {len(fresh)} fresh-process shapes + {len(large)} "
+          f"large-shape cases on {where}, {args.jobs} worker(s)", flush=True)
+    if args.jobs <= 1:  # the ordinary cases here, then the large ones, beside the fresh shapes'
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             children = pool.submit(run_children, args, [], fresh)
-            lines = run_here(ordinary, args.device)
+            lines = run_here(shared + large, args.device)
             lines += children.result()
     else:
-        lines = run_children(args, ordinary, fresh)
-    counts = {v: sum(ln.split(" ", 1)[0] == v for ln in lines) for v in ("ok", "BAD", "ERROR")}
-    print(f"gpu_smoke: {counts['ok']} ok, {counts['BAD']} BAD, {counts['ERROR']} ERROR "
-          f"in {time.time() - start:.0f} s ({args.device})", flush=True)
+        lines = run_children(args, shared, fresh, large)
+    counts = {v: sum(ln.split(" ", 1)[0] == v for ln in lines) for v in VERDICTS}
+    print(f"gpu_smoke: {counts['ok']} ok, {counts['BAD']} BAD, {counts['ERROR']} ERROR, "
+          f"{counts['OOM']} OOM in {time.time() - start:.0f} s ({args.device})", flush=True)
     return 0 if counts["ok"] == len(lines) else 1
 
 
