@@ -302,7 +302,7 @@ def _too_big(shapes, device: torch.device, dtype: torch.dtype) -> str:
     for shape in shapes:
         need = math.prod(shape) * itemsize * TENSORS_PER_SHAPE
         if need > available:
-            return (f"{shape_text(shape)} needs about {need / 2**30:,.0f} GiB of memory, more than "
+            return (f"{shape_text(shape)} would need about {need / 2**30:,.0f} GiB of memory, more than "
                     f"the {available / 2**30:.1f} GiB available on {device.type}")
     return ""
 

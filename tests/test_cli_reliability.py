@@ -104,7 +104,7 @@ USAGE = {
     "video_output_is_a_style": (2, "same file as --style", VIDEO + " --output {R}/s.png --overwrite"),
     "export_output_is_the_vgg": (2, "same file as --vgg", "export --vgg {R}/vgg.pth --decoder "
                                  "{R}/dec.pth --output {R}/vgg.pth --overwrite"),
-    "export_output_parent_is_a_file": (2, "is a file", "export --vgg {R}/vgg.pth --decoder "
+    "export_output_parent_is_a_file": (2, "afile is a file, not a folder", "export --vgg {R}/vgg.pth --decoder "
                                        "{R}/dec.pth --output {R}/afile/m.onnx"),
     "train_overwrite_with_a_wrong_vgg": (2, "--vgg", TRAIN.replace("{R}/vgg.pth", "{R}/dec.pth") +
                                          " --save_dir {R}/oldrun --overwrite"),
@@ -134,10 +134,10 @@ USAGE = {
     "stylize_weights_pickled_code": (2, "pickled Python objects",
                                      ONE.replace("{R}/dec.pth", "{R}/pickled.pth") + " --output {R}/out/d"),
     # Asked for what cannot work: said before any heavy work.
-    "stylize_content_size_40000": (2, "needs about", ONE + " --output {R}/out/d --content_size 40000"),
+    "stylize_content_size_40000": (2, "would need about", ONE + " --output {R}/out/d --content_size 40000"),
     "stylize_output_name_too_long": (2, "bytes, more than the", STYLIZE + " --content {R}/longbad/" +
                                      "d" * 245 + ".png --style {R}/s.png --output {R}/out/d"),
-    "bench_shape_too_big": (2, "needs about", "bench --device cpu --shapes 1x1x100000x100000"),
+    "bench_shape_too_big": (2, "would need about", "bench --device cpu --shapes 1x1x100000x100000"),
     **{f"stylize_save_ext_{ext}": (2, "--save_ext", ONE + f" --output {{R}}/out/e --save_ext .{ext}")
        for ext in ("xbm", "msp", "palm", "blp", "h5", "wmf")},
 }

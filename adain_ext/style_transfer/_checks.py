@@ -108,6 +108,8 @@ def _writable_folder(option: str, folder: Path) -> None:
         missing.append(probe)
         probe = probe.parent
     if not probe.is_dir():
+        if probe == folder:
+            raise UsageError(f"{option}: {folder} is a file, not a folder")
         raise UsageError(f"{option}: {probe} is a file, so {folder} cannot be a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{option}: cannot write in {probe} (permission denied)")
@@ -231,7 +233,7 @@ def fits_memory(option: str, what: str, pixels: int, dtype: torch.dtype, device:
     need = pixels * PEAK_VALUES_PER_PIXEL * itemsize * factor
     available = available_memory(device)
     if available is not None and need > available:
-        raise UsageError(f"{option}: {what} needs about {need / 2**30:,.0f} GiB of memory, more "
+        raise UsageError(f"{option}: {what} would need about {need / 2**30:,.0f} GiB of memory, more "
                          f"than the {available / 2**30:.1f} GiB available on {device.type}; "
                          f"choose a smaller {option}")
 
