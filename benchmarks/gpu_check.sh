@@ -2,29 +2,85 @@
 # The GPU check: one command on a fresh GPU machine that holds only this repository and the
 # machine's own python3, torch, triton, nvcc, ninja and compute-sanitizer (no network needed).
 #
-#   bash benchmarks/gpu_check.sh [OUT_DIR]                   # everything, <= 9 minutes
-#   bash benchmarks/gpu_check.sh --quick [OUT_DIR]           # build, smoke, last failures: <= 4 min
+#   bash .ci/gpu_machine_stack.sh gpu-prebuilt               # HERE, first: _C for sm_90 in .gpu-prebuilt/
+#   bash benchmarks/gpu_check.sh [OUT_DIR]                   # there: everything, <= 7 minutes
+#   bash benchmarks/gpu_check.sh --quick [OUT_DIR]           # prebuilt, smoke, last failures: <= 4 min
 #   bash benchmarks/gpu_check.sh --only bench,apps [OUT_DIR] # chosen steps only
 #   bash benchmarks/gpu_check.sh --only-tests "tests/test_cuda.py::test_x ..." [OUT_DIR]
 #
 # OUT_DIR defaults to $OUT, then ./out. Steps, in the order that finds bugs fastest, each under
 # its own time limit; a failed step is reported and the next one still runs:
-#   build      adain_ext._C in place for the visible GPU only (TORCH_CUDA_ARCH_LIST = its
-#              capability, MAX_JOBS = nproc, FORCE_CUDA=1), then checks its CUDA kernels load
+#   build      the prebuilt adain_ext/_C of .gpu-prebuilt/ (GPU_PREBUILT), taken when its manifest
+#              matches this machine's Python, torch release, torch's CUDA, GPU capability and the
+#              checkout's csrc/ + setup.py, then checked to load with its CUDA kernels; else one
+#              line says why it was refused and _C is built in place for the visible GPU only
+#              (TORCH_CUDA_ARCH_LIST = its capability, MAX_JOBS = nproc, FORCE_CUDA=1)
 #   smoke      benchmarks/gpu_smoke.py: every op forward and backward on every kernel path, dtype
-#              and backend against the float64 reference, one `ok|BAD|ERROR case err` line each
+#              and backend against the float64 reference, one `ok|BAD|ERROR|OOM case err` line
+#              each; the large shapes one at a time in one process
 #   tests      tests/test_cuda.py, tests/test_cuda_sass.py and the cuda targets of the C++ and
 #              reference backends in tests/test_op_contract.py and tests/test_errors.py
 #              (pytest-xdist, pytest-timeout)
 #   triton     tests/test_triton.py and the Triton targets of tests/test_backends.py,
 #              tests/test_op_contract.py and tests/test_errors.py
-#   bench      benchmarks/gpu_bench.py with the Triton providers (JSON rewritten per configuration)
+#   bench      benchmarks/gpu_bench.py with the Triton providers: eager providers first, the
+#              torch.compile ones last with their compile time apart (JSON after every provider)
 #   apps       benchmarks/bench_stylegan.py (256x256, batch 8) and bench_style_transfer.py
 #   sanitizer  compute-sanitizer: a probe on a trivial kernel (SKIPPED when the runtime refuses
-#              the device), then memcheck and racecheck of benchmarks/gpu_sanitizer_case.py
+#              the device), then memcheck and racecheck of benchmarks/gpu_sanitizer_case.py's
+#              memcheck and racecheck sets, each ending its cases in time for the verdict
 # --quick runs build, smoke and only the tests that failed last time: the node ids of
 # --only-tests / --only-tests-file, else of benchmarks/results/last_failed.txt (a copy of the
-# failed_tests.txt an earlier run returned).
+# failed_tests.txt an earlier run returned). summary.md ends with the steps that finished and the
+# rerun that the second call should make (--quick, --only).
+#
+# Budgets (seconds). The device lends 15 minutes in all: a start (1-2 min), this run, a second
+# start and a 4-minute rerun; so the default run is planned at <= 7 min (420 s: TOTAL_BUDGET 400
+# for the environment and the steps, the rest for the summary and the archive), --quick at
+# <= 4 min (240 s: TOTAL_BUDGET 220). "Measured" is on the 2-core development VM (torch 2.14.1,
+# no GPU, other builds beside it); "assumed" is what no CPU here can measure. C = 16 cores.
+#   env        10  one python: `import torch` 2.4 s measured, + nvidia-smi and nvcc --version
+#   build      25  prebuilt: a copy and one python that imports adain_ext (2.5 s measured) and
+#                  checks its CUDA kernels. Refused: the build gets build_fallback=180 instead,
+#                  taken from the steps after it (the last ones end SKIPPED; see the summary's
+#                  rerun line): the sm_90-only build of the GPU stack took 631 s here with
+#                  MAX_JOBS=1, its slowest object (csrc/cuda/mean_std_kernel.cu) 232 s on a
+#                  shared core; with MAX_JOBS=C the 9 objects build side by side: the slowest
+#                  one + the link, ~120 s on an uncontended core (assumed 2x)
+#   smoke      50  444 cases: 384 in 140 (shape, dtype, backend) groups sharded over 7 processes,
+#                  8 fresh-process shapes (48 cases), 1 process for the 12 large-shape cases one
+#                  at a time: 16 processes = C, OMP_NUM_THREADS=1 each. A shard: import 2.5 s +
+#                  CUDA init (~2 s assumed) + ~10 Triton groups x ~6 kernels x 0.32 s (the median
+#                  sm_90 compile of tests/triton_compile_check.py here: 216 in 73 s) = ~24 s, +
+#                  ~55 cases x ~0.05 s (assumed) = ~27 s; large-shape process: 12 cases, the 2^28
+#                  ones at ~27 GiB peak and ~1 s each (assumed). Workers are cut at limit - 10
+#   tests      75  796 tests collected (14 fresh interpreters, 48 float64 gradchecks, 54
+#                  opchecks); a worker starts and collects in 4.5 s (measured). W = 8 xdist
+#                  workers (C/2) x OMP_NUM_THREADS = C/W = 2 (W x T = C). Fresh interpreters
+#                  14 x 2.5 s = 35 s, the rest ~780 x 0.2 s (assumed: launches and small .cpu()
+#                  comparisons) = 156 s: (35 + 156) / 8 + 4.5 = ~29 s; x2 for what no CPU
+#                  here shows = ~60, + the slowest single test's share
+#   triton     65  1100 tests collected, 749 of them triton-cpu targets (skipped on a GPU
+#                  machine: no interpreter), 351 on CUDA: 4.7 s start + collection per worker;
+#                  their kernels mostly compiled by the smoke step already (Triton's cache on
+#                  disk is shared), the rest at most 216 variants x 0.32 s = 69 s of compile,
+#                  spread over 8 workers = ~9 s; + 351 x 0.2 s / 8 = ~9 s: ~23 s, x2 = ~45,
+#                  + the Inductor, autotune and opcheck tests
+#   bench      55  the eager providers over the 56 configurations (14 shapes x 2 dtypes x 2
+#                  layouts) first, then the compiled ones in 40% of the step (22 s: Inductor's
+#                  first compile ~10-15 s assumed, each configuration compiled once per direction,
+#                  the compile time reported apart); no configuration starts in the last 20 s
+#   apps       25  StyleGAN-like step 256x256 batch 8, 5 rounds; style transfer stylize / train
+#                  step under pytest-benchmark (6 benchmarks at ~1 s each, assumed)
+#   probe      15  compute-sanitizer + python + torch import (~8 s assumed under the tool)
+#   memcheck   45  78 cases (memcheck set), no case started after limit - 25 s: 10 s for the
+#                  import under the tool (assumed) and SANITIZER_MARGIN=15 for the verdict
+#   racecheck  35  24 cases (racecheck set: the shared-memory paths, fp32), the same margins
+#   total     400  = env 10 + build 25 + smoke 50 + tests 75 + triton 65 + bench 55 + apps 25 +
+#                  probe 15 + memcheck 45 + racecheck 35; a step is cut to what the total has
+#                  left (less 10 s) and none starts past it, so the run ends by ~405 s even when
+#                  the build falls back (then the last steps are SKIPPED and the summary names
+#                  the rerun). --quick: env 10 + build 25 + smoke 50 + tests 120 = 205 of 220
 #
 # At most 8 files land in OUT_DIR, none in a subfolder: summary.md, junit-tests.xml,
 # junit-triton.xml, gpu_bench.json, failed_tests.txt and logs.tar.gz (the environment, every
@@ -35,9 +91,10 @@
 # Environment:
 #   PYTHON=python3        the interpreter (the GPU image's python3 holds torch)
 #   STEP_TIMEOUTS="bench=300 tests=200"   per-step limits in seconds, overriding the defaults
-#                         (build smoke tests triton bench apps probe memcheck racecheck)
-#   TOTAL_BUDGET=540      no step runs past this many seconds from the start
-#   SKIP_BUILD=1          reuse the build in place
+#                         (build build_fallback smoke tests triton bench apps probe memcheck racecheck)
+#   TOTAL_BUDGET=400      no step runs past this many seconds from the start (--quick: 220)
+#   GPU_PREBUILT=.gpu-prebuilt   the prebuilt _C's folder (bash .ci/gpu_machine_stack.sh gpu-prebuilt)
+#   SKIP_BUILD=1          reuse the build in place (neither the prebuilt file nor a build)
 #   TEST_TIMEOUT=60       pytest-timeout's limit per test
 #   COMPUTE_SANITIZER     the compute-sanitizer executable (default: on PATH or in CUDA_HOME)
 #   SANITIZER_FILTER      compute-sanitizer kernel filter options (default: every kernel outside
@@ -49,6 +106,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 usage() { sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed -e 's/^# \{0,1\}//' -e '$d'; }
+
+# What a prebuilt _C was compiled from: csrc/ and setup.py (.ci/gpu_machine_stack.sh gpu-prebuilt
+# records it in the manifest through --source-hash; a checkout whose kernels changed since refuses it).
+source_hash() {
+  (cd "$ROOT" && find csrc setup.py -type f | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -c1-16
+}
 
 QUICK=0
 ONLY=""
@@ -65,6 +128,7 @@ while [ $# -gt 0 ]; do
     --only-tests-file) ONLY_TESTS_FILE="${2:?--only-tests-file needs a path}"; shift ;;
     --only-tests-file=*) ONLY_TESTS_FILE="${1#*=}" ;;
     -h|--help) usage; exit 0 ;;
+    --source-hash) source_hash; exit 0 ;;
     -*) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 64 ;;
     *) OUT_ARG="$1" ;;
   esac
@@ -74,19 +138,24 @@ done
 OUT_DIR="${OUT_ARG:-${OUT:-$ROOT/out}}"
 mkdir -p "$OUT_DIR" && OUT_DIR="$(cd "$OUT_DIR" && pwd)" || exit 64
 PY="${PYTHON:-python3}"
+PREBUILT="${GPU_PREBUILT:-.gpu-prebuilt}"  # relative to the checkout's root
+prebuilt_present() { [ -r "$PREBUILT/manifest.txt" ]; }
 REPORT_PY="${REPORT_PYTHON:-$PY}"
 AUX_TIMEOUT="${AUX_TIMEOUT:-30}"  # each helper call (versions, probes, the summary's sections)
 START=$(date +%s)
+# Cores, not what OMP_NUM_THREADS makes nproc say (GPU_CHECK_CORES: this script's own tests).
+CORES="${GPU_CHECK_CORES:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 
-# ---- Steps and their limits (seconds): 525 in all by default, 225 with --quick; TOTAL_BUDGET
-# (540, 240) caps the whole run including the environment step and the summaries, inside the
-# 9 minutes the machine's 10-minute command limit leaves.
+# ---- Steps and their limits (seconds, the arithmetic is in the header): TOTAL_BUDGET (400,
+# --quick 220) caps the whole run including the environment step; the summary and the archive
+# take the rest of the 7 (4) minutes.
 ALL_STEPS="build smoke tests triton bench apps sanitizer"
-declare -A BUDGET=([build]=130 [smoke]=60 [tests]=105 [triton]=60 [bench]=50 [apps]=50
-                   [probe]=20 [memcheck]=25 [racecheck]=25)
+declare -A BUDGET=([build]=25 [build_fallback]=180 [smoke]=50 [tests]=75 [triton]=65 [bench]=55
+                   [apps]=25 [probe]=15 [memcheck]=45 [racecheck]=35)
 if [ "$QUICK" = 1 ]; then
-  BUDGET[build]=120; BUDGET[smoke]=60; BUDGET[tests]=45
+  BUDGET[tests]=120  # the failed node ids only, without the triton step after it
 fi
+SANITIZER_MARGIN=15  # seconds a sanitizer run keeps after its last case for its verdict
 for kv in ${STEP_TIMEOUTS:-}; do
   key="${kv%%=*}"
   if [ -z "${BUDGET[$key]+x}" ] || ! [[ "${kv#*=}" =~ ^[0-9]+$ ]]; then
@@ -128,15 +197,17 @@ if [ -z "${TOTAL_BUDGET:-}" ]; then
     for s in $STEPS_WANTED; do
       if [ "$s" = sanitizer ]; then
         TOTAL_BUDGET=$((TOTAL_BUDGET + BUDGET[probe] + BUDGET[memcheck] + BUDGET[racecheck]))
+      elif [ "$s" = build ]; then  # room for the build should the prebuilt file be refused
+        TOTAL_BUDGET=$((TOTAL_BUDGET + BUDGET[build_fallback]))
       else
         TOTAL_BUDGET=$((TOTAL_BUDGET + BUDGET[$s]))
       fi
     done
     [ "$TOTAL_BUDGET" -gt 570 ] && TOTAL_BUDGET=570
   elif [ "$QUICK" = 1 ]; then
-    TOTAL_BUDGET=240
+    TOTAL_BUDGET=220
   else
-    TOTAL_BUDGET=540
+    TOTAL_BUDGET=400
   fi
 fi
 DEADLINE=$((START + TOTAL_BUDGET))
@@ -164,6 +235,69 @@ set_row() {  # name status seconds limit note
 
 is_bad() { case "$1" in FAILED*|TIMEOUT*|KILLED*) return 0 ;; *) return 1 ;; esac; }
 
+# The steps that finished (ok or FAILED: a verdict), those that did not (TIMEOUT, KILLED,
+# SKIPPED for the budget, not started), and the rerun the second call should make.
+rerun_advice() {
+  local s row b cmd done_list="" open_list="" only="" failed="" timeouts="" secs=0
+  for s in $STEPS_WANTED; do
+    local rows_of=("$s") finished=1 states=""
+    [ "$s" = sanitizer ] && rows_of=(probe memcheck racecheck)
+    for row in "${rows_of[@]}"; do
+      if [ -z "${STATUS[$row]+x}" ]; then
+        finished=0; states="$states, $row not started"; continue
+      fi
+      states="$states, $row ${STATUS[$row]}"
+      case "${STATUS[$row]}" in
+        ok|FAILED*) ;;
+        SKIPPED) [[ "${NOTE[$row]}" == *budget* ]] && finished=0 ;;
+        *) finished=0 ;;
+      esac
+      if [ "${STATUS[$row]}" = TIMEOUT ]; then  # twice what it had, at least its budget
+        b=$(( ${LIMIT[$row]} * 2 ))
+        [ "$b" -lt "${BUDGET[$row]}" ] && b=${BUDGET[$row]}
+        timeouts="$timeouts $row=$b"
+        secs=$(( secs + b - BUDGET[$row] ))
+      fi
+    done
+    states="${states#, }"
+    [ "$s" = sanitizer ] || states="${states#"$s "}"
+    if [ "$finished" = 1 ]; then
+      done_list="$done_list, $s ($states)"
+      [[ "$states" == *FAILED* ]] && failed="$failed,$s"
+    else
+      open_list="$open_list, $s ($states)"
+      only="$only,$s"
+      if [ "$s" = sanitizer ]; then
+        secs=$(( secs + BUDGET[probe] + BUDGET[memcheck] + BUDGET[racecheck] ))
+      else
+        secs=$(( secs + BUDGET[$s] ))
+      fi
+    fi
+  done
+  if [ -n "$done_list" ]; then echo "Steps finished: ${done_list#, }."; else echo "Steps finished: none."; fi
+  [ -n "$open_list" ] && echo "Steps not finished: ${open_list#, }."
+  echo
+  if [ -n "$only" ]; then
+    only="${only#,}"
+    # The rerun's fresh machine needs _C again: build (the prebuilt file, or a build) first.
+    [[ ",$only," == *",build,"* ]] || { only="build,$only"; secs=$(( secs + BUDGET[build] )); }
+    cmd="bash benchmarks/gpu_check.sh --only $only"
+    [ -n "$timeouts" ] && cmd="STEP_TIMEOUTS=\"${timeouts# }\" $cmd"
+    echo "Rerun, the second call (its steps' budgets: ~$(( secs + 20 )) s; a 4-minute call holds 220 s of steps, else split it): \`$cmd\`"
+  fi
+  if [ -s "$OUT_DIR/failed_tests.txt" ]; then
+    echo "Rerun${only:+ after that}, for the failed tests (<= 4 min): copy failed_tests.txt to benchmarks/results/last_failed.txt, then \`bash benchmarks/gpu_check.sh --quick\`."
+    failed="$(echo "$failed" | sed -e 's/,tests//' -e 's/,triton//')"
+  fi
+  if [ -n "$failed" ]; then
+    failed="${failed#,}"
+    [[ ",$failed," == *",build,"* ]] || failed="build,$failed"
+    echo "Rerun after a fix, for the failed steps: \`bash benchmarks/gpu_check.sh --only $failed\`."
+  elif [ -z "$only" ] && [ ! -s "$OUT_DIR/failed_tests.txt" ]; then
+    echo "Rerun: none needed, every step finished without a failure."
+  fi
+}
+
 write_summary() {
   local tmp="$OUT_DIR/.summary.md.tmp" name
   {
@@ -177,17 +311,19 @@ write_summary() {
       echo "| $name | ${STATUS[$name]} | ${SECS[$name]} | ${LIMIT[$name]} | ${NOTE[$name]} |"
     done
     [ ${#ROWS[@]} -eq 0 ] && echo "| (none ran) | | | | |"
+    echo
+    rerun_advice
     local bad="" counts=""
     if [ -s "$WORK/smoke.log" ]; then
       counts="$(grep -E '^gpu_smoke: [0-9]+ ok' "$WORK/smoke.log" | tail -n 1)"
-      bad="$(grep -E '^(BAD|ERROR) ' "$WORK/smoke.log")"
+      bad="$(grep -E '^(BAD|ERROR|OOM) ' "$WORK/smoke.log")"
     fi
     if [ -n "$counts$bad" ]; then
       echo
       echo "## Smoke: ${counts:-still running or cut short}"
       if [ -n "$bad" ]; then
         echo
-        echo "Cases not ok ($(printf '%s\n' "$bad" | wc -l)), \`verdict case max-abs-err err/tolerance\`:"
+        echo "Cases not ok ($(printf '%s\n' "$bad" | wc -l)), \`verdict case max-abs-err err/tolerance\` (OOM: out of memory, no verdict on the kernel):"
         echo
         echo '```'
         printf '%s\n' "$bad" | head -n 60
@@ -254,6 +390,9 @@ on_signal() {  # the run is being killed: stop the step, record it, leave the su
     kill -TERM "$STEP_PID" 2>/dev/null  # timeout passes it on to the step's process group
     for i in $(seq 50); do kill -0 "$STEP_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$STEP_PID" 2>/dev/null
+  fi
+  # Also when the signal came between the step's row and its process (no STEP_PID yet).
+  if [ -n "$CURRENT" ] && [ "${STATUS[$CURRENT]:-}" = RUNNING ]; then
     set_row "$CURRENT" "KILLED (SIG$sig)" $(( $(date +%s) - STEP_T0 )) "${LIMIT[$CURRENT]}" \
       "the run was killed during this step"
   fi
@@ -268,14 +407,20 @@ trap 'on_signal HUP 129' HUP
 # run_step NAME SIGNAL COMMAND...: runs COMMAND under NAME's limit (cut to what the total budget
 # has left), output in $WORK/NAME.log; SIGNAL is what the limit sends first (INT lets pytest
 # write its JUnit XML and summary), SIGKILL 10 s later.
-run_step() {
-  local name=$1 sig=$2 rc secs status left limit
-  shift 2
-  left=$((DEADLINE - $(date +%s) - 10))
-  limit=${BUDGET[$name]}
+# limit_for NAME: the seconds NAME's step gets if it starts now: its budget (STEP_BUDGET when
+# set), cut to what the total budget has left less 10 s.
+limit_for() {
+  local left=$((DEADLINE - $(date +%s) - 10)) limit=${STEP_BUDGET:-${BUDGET[$1]}}
   [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$left" -lt 5 ]; then
-    set_row "$name" "SKIPPED" 0 "${BUDGET[$name]}" "the total budget of ${TOTAL_BUDGET} s is spent"
+  echo "$limit"
+}
+
+run_step() {
+  local name=$1 sig=$2 rc secs status limit
+  shift 2
+  limit=$(limit_for "$name")
+  if [ $((DEADLINE - $(date +%s) - 10)) -lt 5 ]; then
+    set_row "$name" "SKIPPED" 0 "${STEP_BUDGET:-${BUDGET[$name]}}" "the total budget of ${TOTAL_BUDGET} s is spent"
     return 0
   fi
   CURRENT=$name
@@ -342,9 +487,19 @@ if torch.cuda.is_available():
 else:
     dev = "no CUDA GPU"
 print(f"versions: {dev}; python {sys.version.split()[0]}, torch {torch.__version__} (CUDA "
-      f"{torch.version.cuda}), triton {version('triton')}, nvcc {nvcc[-1]}")
-for name in ("numpy", "pytest", "pytest-xdist", "pytest-timeout", "pytest-benchmark", "ninja"):
+      f"{torch.version.cuda}), triton {version('triton')}, nvcc {nvcc[-1]}, setuptools "
+      f"{version('setuptools')}, numpy {version('numpy')}")
+# What a prebuilt _C must match (.ci/gpu_machine_stack.sh gpu-prebuilt writes the same keys).
+print(f"python_abi: {sys.version_info.major}.{sys.version_info.minor}")
+print(f"torch_release: {torch.__version__.split('+')[0]}")
+print(f"torch_cuda: {torch.version.cuda}")
+for name in ("setuptools", "numpy", "pytest", "pytest-xdist", "pytest-timeout",
+             "pytest-benchmark", "ninja", "wheel"):
     print(f"package: {name} {version(name)}")
+# Every pytest plugin installed (entry points of group pytest11), with its version.
+plugins = sorted({f"{ep.dist.name if ep.dist else ep.name} {ep.dist.version if ep.dist else '?'}"
+                  for ep in md.entry_points(group="pytest11")})
+print("pytest plugins:", ", ".join(plugins) or "none")
 print("xdist:", importlib.util.find_spec("xdist") is not None)
 print("pytest_timeout:", importlib.util.find_spec("pytest_timeout") is not None)
 EOF
@@ -352,8 +507,8 @@ EOF
 env_value() { printf '%s\n' "$ENV_PY" | sed -n "s/^$1: //p" | head -n 1; }
 {
   echo "date: $(date -u)"
-  echo "mode: $MODE; limits: $(for k in build smoke tests triton bench apps probe memcheck racecheck; do printf '%s=%s ' "$k" "${BUDGET[$k]}"; done)total=$TOTAL_BUDGET"
-  echo "host: $(uname -srm), $(nproc) CPUs"
+  echo "mode: $MODE; limits: $(for k in build build_fallback smoke tests triton bench apps probe memcheck racecheck; do printf '%s=%s ' "$k" "${BUDGET[$k]}"; done)total=$TOTAL_BUDGET"
+  echo "host: $(uname -srm), $CORES CPUs"
   echo "$ENV_PY"
   timeout 20 nvidia-smi 2>&1
   echo "git: $(git log -1 --format='%h %s' 2>/dev/null)"
@@ -376,29 +531,88 @@ if [ -z "$CAP" ]; then
 fi
 PER_TEST=()
 [ "$(env_value pytest_timeout)" = True ] && PER_TEST=(--timeout="${TEST_TIMEOUT:-60}")
-XDIST=()  # half the CPUs: Triton and Inductor compile beside the workers
-XDIST_WORKERS=$(( $(nproc) / 2 < 8 ? $(nproc) / 2 : 8 ))
+XDIST=()  # half the CPUs, at most 8: each worker is a CUDA context and a Triton compiler
+XDIST_WORKERS=$(( CORES / 2 < 8 ? CORES / 2 : 8 ))
 [ "$(env_value xdist)" = True ] && [ "$XDIST_WORKERS" -ge 2 ] && XDIST=(-n "$XDIST_WORKERS")
+# OpenMP threads per pytest process (the .cpu() comparisons, CPU references): workers x threads
+# <= cores, never 16 threads in each of 8 workers.
+if [ ${#XDIST[@]} -gt 0 ]; then
+  TEST_THREADS=$(( CORES / XDIST_WORKERS ))
+else
+  TEST_THREADS=$CORES
+fi
+[ "$TEST_THREADS" -lt 1 ] && TEST_THREADS=1
 STATE="running"
 
-# ---- 1. Build for this GPU only.
+# The prebuilt _C: why it does not fit this machine and checkout, on one line, or nothing.
+prebuilt_refusal() {
+  local m="$PREBUILT/manifest.txt" why=() got want file key
+  if ! prebuilt_present; then echo "no $PREBUILT/manifest.txt"; return; fi
+  mval() { sed -n "s/^$1: //p" "$m" | head -n 1; }
+  file="$(mval file)"
+  if [ -z "$file" ] || [ ! -f "$PREBUILT/$file" ]; then
+    echo "$PREBUILT/manifest.txt names no file that is there (${file:-none})"; return
+  fi
+  for key in python_abi torch_release torch_cuda; do
+    got="$(env_value "$key")"; want="$(mval "$key")"
+    [ "$got" = "$want" ] || why+=("built for $key $want, this machine has ${got:-unknown}")
+  done
+  case ";$(mval cuda_archs | tr -d ' ' | sed 's/+PTX//g');" in
+    *";$CAP;"*) ;;
+    *) why+=("built for CUDA archs $(mval cuda_archs), this GPU is sm_${CAP/./}") ;;
+  esac
+  [ "$(mval sources)" = "$(source_hash)" ] \
+    || why+=("built from other csrc/ or setup.py (sources $(mval sources), the checkout's $(source_hash))")
+  local out="" w
+  for w in "${why[@]}"; do out="$out${out:+; }$w"; done
+  [ -z "$out" ] || echo "$out"
+}
+
+# ---- 1. The prebuilt _C when it fits, else a build for this GPU only.
+LOAD_CHECK='import adain_ext, sys; ok = adain_ext._extension.has_kernel("cuda"); print("adain_ext._C CUDA kernels:", ok, adain_ext._C.__file__); sys.exit(0 if ok else 3)'
 if wanted build; then
-  STEP_NOTE="TORCH_CUDA_ARCH_LIST=$CAP"
-  run_step build TERM bash -c '
-    env TORCH_CUDA_ARCH_LIST="$1" FORCE_CUDA=1 MAX_JOBS="$(nproc)" "$2" setup.py build_ext --inplace \
-    && "$2" -c "import adain_ext, sys; ok = adain_ext._extension.has_kernel(\"cuda\"); print(\"adain_ext._C CUDA kernels:\", ok); sys.exit(0 if ok else 3)"
-  ' build "$CAP" "$PY"
+  REFUSED=""
+  if prebuilt_present; then
+    REFUSED="$(prebuilt_refusal)"
+    if [ -z "$REFUSED" ]; then
+      PREBUILT_FILE="$(sed -n 's/^file: //p' "$PREBUILT/manifest.txt" | head -n 1)"
+      STEP_NOTE="prebuilt $PREBUILT/$PREBUILT_FILE ($(sed -n 's/^built: //p' "$PREBUILT/manifest.txt" | head -n 1))"
+      run_step build TERM bash -c '
+        cp -f "$1/$2" "adain_ext/$2" && { [ ! -f "$1/_build_config.py" ] || cp -f "$1/_build_config.py" adain_ext/; } \
+        && echo "copied $1/$2 to adain_ext/" && "$3" -c "$4"
+      ' build "$PREBUILT" "$PREBUILT_FILE" "$PY" "$LOAD_CHECK"
+      [ "${STATUS[build]}" = ok ] || [ "${STATUS[build]}" = SKIPPED ] \
+        || REFUSED="it did not load here (${STATUS[build]}; build.log: $(grep -v '^copied' "$WORK/build.log" | tail -n 1 | cut -c1-160))"
+      [ -n "$REFUSED" ] && mv -f "$WORK/build.log" "$WORK/build-prebuilt.log"
+    fi
+  fi
+  if [ -z "$REFUSED" ] && prebuilt_present; then
+    :  # the prebuilt file loaded (or the budget was spent before it)
+  else
+    if [ -n "$REFUSED" ]; then
+      echo "gpu_check: prebuilt adain_ext/_C refused, building here instead: $REFUSED"
+      STEP_NOTE="prebuilt refused: $REFUSED; built here, TORCH_CUDA_ARCH_LIST=$CAP"
+    else
+      STEP_NOTE="no prebuilt _C ($PREBUILT: bash .ci/gpu_machine_stack.sh gpu-prebuilt); TORCH_CUDA_ARCH_LIST=$CAP"
+    fi
+    STEP_BUDGET=${BUDGET[build_fallback]} run_step build TERM bash -c '
+      env TORCH_CUDA_ARCH_LIST="$1" FORCE_CUDA=1 MAX_JOBS="$4" "$2" setup.py build_ext --inplace \
+      && "$2" -c "$3"
+    ' build "$CAP" "$PY" "$LOAD_CHECK" "$CORES"
+  fi
 fi
 
 # Tests, smoke and sanitizer runs use one Triton autotune config (the real autotuning has a test
 # of its own); the benchmark autotunes.
 export ADAIN_EXT_TRITON_AUTOTUNE=0 PYTHONUNBUFFERED=1
-PYTEST=("$PY" -m pytest -q -rfE -p no:cacheprovider --durations=15 "${PER_TEST[@]}")
+PYTEST=(env OMP_NUM_THREADS="$TEST_THREADS" "$PY" -m pytest -q -rfE -p no:cacheprovider
+        --durations=15 "${PER_TEST[@]}")
 
 # ---- 2. Smoke: every op and path once, the shared-memory opt-in shapes in fresh processes.
 if wanted smoke; then
-  run_step smoke TERM "$PY" benchmarks/gpu_smoke.py \
-    --timeout $(( BUDGET[smoke] > 20 ? BUDGET[smoke] - 10 : BUDGET[smoke] ))
+  L=$(limit_for smoke)
+  STEP_NOTE="workers cut at $(( L > 20 ? L - 10 : L )) s"
+  run_step smoke TERM "$PY" benchmarks/gpu_smoke.py --timeout $(( L > 20 ? L - 10 : L ))
 fi
 
 # ---- 3. CUDA tests, or the node ids given.
@@ -406,7 +620,10 @@ if wanted tests; then
   if [ ${#TEST_ID_LIST[@]} -gt 0 ]; then
     STEP_NOTE="${#TEST_ID_LIST[@]} node ids${ONLY_TESTS_FILE:+ from $ONLY_TESTS_FILE}"
     # A few tests run faster without starting xdist's workers (each imports torch, inits CUDA).
-    [ ${#TEST_ID_LIST[@]} -lt 20 ] && XDIST=()
+    if [ ${#TEST_ID_LIST[@]} -lt 20 ]; then
+      XDIST=()
+      PYTEST=(env OMP_NUM_THREADS="$CORES" "${PYTEST[@]:2}")  # one process: every core
+    fi
     run_step tests INT "${PYTEST[@]}" "${XDIST[@]}" --junitxml="$OUT_DIR/junit-tests.xml" \
       "${TEST_ID_LIST[@]}"
   elif [ "$QUICK" = 1 ]; then
@@ -429,14 +646,17 @@ if wanted triton; then
   fi
 fi
 
-# ---- 5. Benchmarks (JSON rewritten after every configuration, so a cut run still reports). No
-# configuration starts in the step's last 15 s; torch.compile is timed in its first 40%. In the
-# default run that is a sample of the suite: the whole suite needs --only bench with a longer
-# limit (STEP_TIMEOUTS="bench=450").
+# ---- 5. Benchmarks: the eager providers first, the compiled ones last in 40% of the time, their
+# compile time reported apart; the JSON is rewritten after every provider, so a cut run still
+# reports. No configuration starts in the step's last 20 s (the import and a configuration
+# under way). In the default run that is a sample of the suite: the whole suite needs --only
+# bench with a longer limit (STEP_TIMEOUTS="bench=450").
 if wanted bench; then
+  L=$(limit_for bench)
+  STEP_NOTE="eager first, compiled last (budget $((L * 4 / 10)) s)"
   run_step bench TERM env -u ADAIN_EXT_TRITON_AUTOTUNE \
     "$PY" benchmarks/gpu_bench.py --out "$WORK" --plugin triton_providers \
-    --time-budget-s $((BUDGET[bench] - 15)) --compile-budget-s $((BUDGET[bench] * 4 / 10)) \
+    --time-budget-s $(( L > 30 ? L - 20 : L / 2 )) --compile-budget-s $((L * 4 / 10)) \
     ${BENCH_ARGS:-}
 fi
 
@@ -482,12 +702,17 @@ if wanted sanitizer; then
       else
         FILTER=()
       fi
-      STEP_NOTE="filter: ${FILTER[*]:-none}; PYTORCH_NO_CUDA_MEMORY_CACHING=1"
+      # Each run starts no case after its limit less the import under the tool (10 s) and
+      # SANITIZER_MARGIN, which it keeps for compute-sanitizer's verdict (ERROR SUMMARY).
+      L=$(limit_for memcheck); D=$(( L - SANITIZER_MARGIN - 10 > 5 ? L - SANITIZER_MARGIN - 10 : 5 ))
+      STEP_NOTE="memcheck set, cases until ${D} s; filter: ${FILTER[*]:-none}; PYTORCH_NO_CUDA_MEMORY_CACHING=1"
       run_step memcheck TERM env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SAN" --tool memcheck \
-        --error-exitcode 1 --print-limit 50 "${FILTER[@]}" "$PY" benchmarks/gpu_sanitizer_case.py
-      STEP_NOTE="filter: ${FILTER[*]:-none}"
+        --error-exitcode 1 --print-limit 50 "${FILTER[@]}" "$PY" benchmarks/gpu_sanitizer_case.py \
+        cuda --set memcheck --deadline-s "$D"
+      L=$(limit_for racecheck); D=$(( L - SANITIZER_MARGIN - 10 > 5 ? L - SANITIZER_MARGIN - 10 : 5 ))
+      STEP_NOTE="racecheck set, cases until ${D} s; filter: ${FILTER[*]:-none}"
       run_step racecheck TERM "$SAN" --tool racecheck --error-exitcode 1 --print-limit 50 \
-        "${FILTER[@]}" "$PY" benchmarks/gpu_sanitizer_case.py
+        "${FILTER[@]}" "$PY" benchmarks/gpu_sanitizer_case.py cuda --set racecheck --deadline-s "$D"
     fi
   fi
 fi

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,14 +50,25 @@ def test_gpu_check_script_is_valid_bash():
 # ---- gpu_check.sh's bookkeeping, with stand-ins for python3 and compute-sanitizer.
 
 # Stands in for python3 and compute-sanitizer: records its pid, then hangs when its arguments
-# match $FAKE_HANG_ON (an extended regex), else prints $FAKE_SAYS and fails.
+# match $FAKE_HANG_ON (an extended regex); succeeds when they match $FAKE_OK_ON; answers the
+# environment step's script (`python3 -`) with $FAKE_ENV_FILE's lines; else prints $FAKE_SAYS
+# and fails. Every call also prints the OMP_NUM_THREADS it got.
 STUB = """#!/usr/bin/env bash
 echo $$ >>"$FAKE_PIDS"
+echo "fake: OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}" >&2
 if [ -n "${FAKE_HANG_ON:-}" ] && [[ "$*" =~ $FAKE_HANG_ON ]]; then
   echo "fake: hanging on $*"
   sleep 300 &
   echo $! >>"$FAKE_PIDS"
   wait
+fi
+if [ -n "${FAKE_OK_ON:-}" ] && [[ "$*" =~ $FAKE_OK_ON ]]; then
+  echo "fake: ok $*"
+  exit 0
+fi
+if [ "${1:-}" = - ] && [ -n "${FAKE_ENV_FILE:-}" ]; then
+  cat "$FAKE_ENV_FILE"
+  exit 0
 fi
 echo "${FAKE_SAYS:-fake: refusing} $*" >&2
 exit 3
@@ -70,7 +82,8 @@ def _fake_env(tmp_path, **overrides):
     stub.chmod(0o755)
     env = dict(os.environ, PYTHON=str(stub), COMPUTE_SANITIZER=str(stub),
                REPORT_PYTHON=sys.executable, GPU_CHECK_FAKE_GPU="1", AUX_TIMEOUT="5",
-               FAKE_PIDS=str(tmp_path / "pids"), TMPDIR=str(tmp_path))
+               FAKE_PIDS=str(tmp_path / "pids"), TMPDIR=str(tmp_path),
+               GPU_PREBUILT=str(tmp_path / "no-prebuilt"))
     env.pop("OUT", None)
     env.update(overrides)
     return env
@@ -204,6 +217,103 @@ def test_gpu_check_runs_given_test_ids_in_place_of_the_test_files(tmp_path):
         "tests/test_cuda.py::test_a[odd-float32] tests/test_triton.py::test_b"), log
 
 
+# ---- The prebuilt extension (.ci/gpu_machine_stack.sh gpu-prebuilt) on the GPU machine.
+
+FAKE_MACHINE = """versions: NVIDIA H100 80GB HBM3 (132 SMs, sm_90, driver 580.00); python 3.12.3, torch 2.11.0+cu130 (CUDA 13.0), triton 3.6.0, nvcc V13.0.88, setuptools 81.0.0, numpy 2.5.2
+capability: 9.0
+python_abi: 3.12
+torch_release: 2.11.0
+torch_cuda: 13.0
+xdist: True
+pytest_timeout: True
+"""
+PREBUILT_SO = "_C.cpython-312-x86_64-linux-gnu.so"
+
+
+def _checkout_copy(tmp_path) -> Path:
+    """A checkout whose adain_ext/ gpu_check.sh may write into: this one's benchmarks/, a csrc/
+    and a setup.py of its own (the prebuilt file's sources), an empty adain_ext/."""
+    repo = tmp_path / "repo"
+    shutil.copytree(BENCH, repo / "benchmarks",
+                    ignore=shutil.ignore_patterns("results", "__pycache__"))
+    (repo / "csrc").mkdir()
+    (repo / "csrc" / "adain.cpp").write_text("// the kernels\n")
+    (repo / "setup.py").write_text("# the build\n")
+    (repo / "adain_ext").mkdir()
+    return repo
+
+
+def _prebuilt(repo: Path, **fields) -> Path:
+    """.gpu-prebuilt/ as gpu-prebuilt writes it, for this checkout's sources and the fake
+    machine, with `fields` changed in its manifest."""
+    folder = repo / ".gpu-prebuilt"
+    folder.mkdir()
+    (folder / PREBUILT_SO).write_bytes(b"\x7fELF a stand-in")
+    (folder / "_build_config.py").write_text("CONFIG = {}\n")
+    sources = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--source-hash"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    manifest = dict(python_abi="3.12", torch_release="2.11.0", torch_cuda="13.0",
+                    cuda_archs="9.0", sources=sources, file=PREBUILT_SO, built="by the test")
+    manifest.update(fields)
+    (folder / "manifest.txt").write_text("".join(f"{k}: {v}\n" for k, v in manifest.items()))
+    return folder
+
+
+def _run_check_in(repo: Path, tmp_path, *args, **env):
+    env_file = tmp_path / "machine.txt"
+    env_file.write_text(FAKE_MACHINE)
+    env = _fake_env(tmp_path, FAKE_ENV_FILE=str(env_file), FAKE_OK_ON="has_kernel",
+                    GPU_PREBUILT=".gpu-prebuilt", **env)
+    result = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), *args,
+                             str(tmp_path / "out")], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=120)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    with tarfile.open(tmp_path / "out" / "logs.tar.gz") as tar:
+        logs = {Path(m.name).name: tar.extractfile(m).read().decode()
+                for m in tar.getmembers() if m.isfile()}
+    return result, summary, logs
+
+
+def test_gpu_check_loads_a_matching_prebuilt_extension(tmp_path):
+    """The manifest matches the machine and the checkout: _C is copied into adain_ext/ and checked
+    to load, nothing is built; the tests run with workers x OpenMP threads = the cores."""
+    repo = _checkout_copy(tmp_path)
+    _prebuilt(repo)
+    result, summary, logs = _run_check_in(repo, tmp_path, "--only", "build,tests",
+                                          GPU_CHECK_CORES="16")
+    assert "refused" not in result.stdout, result.stdout
+    rows = _rows(summary)
+    assert rows["build"] == "ok", summary
+    assert "prebuilt .gpu-prebuilt/" + PREBUILT_SO in summary
+    assert (repo / "adain_ext" / PREBUILT_SO).read_bytes() == b"\x7fELF a stand-in"
+    assert "setup.py" not in logs["build.log"] and "has_kernel" in logs["build.log"]
+    # 8 xdist workers (half the 16 cores) x 2 OpenMP threads each.
+    assert " -n 8 " in logs["tests.log"] and "OMP_NUM_THREADS=2" in logs["tests.log"], logs["tests.log"]
+    assert "setuptools 81.0.0, numpy 2.5.2" in summary
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"torch_release": "2.10.0"}, "built for torch_release 2.10.0, this machine has 2.11.0"),
+    ({"python_abi": "3.11"}, "built for python_abi 3.11, this machine has 3.12"),
+    ({"cuda_archs": "8.0;8.6"}, "built for CUDA archs 8.0;8.6, this GPU is sm_90"),
+    ({"sources": "0123456789abcdef"}, "built from other csrc/ or setup.py"),
+])
+def test_gpu_check_refuses_a_mismatched_prebuilt_extension_and_builds(tmp_path, change, why):
+    """A prebuilt _C for another torch, Python, GPU or source: one line says why, nothing is
+    copied, and the build on the machine runs instead (the stand-in python3 fails it)."""
+    repo = _checkout_copy(tmp_path)
+    _prebuilt(repo, **change)
+    result, summary, logs = _run_check_in(repo, tmp_path, "--only", "build")
+    refusals = [ln for ln in result.stdout.splitlines() if ln.startswith("gpu_check: prebuilt")]
+    assert len(refusals) == 1 and refusals[0].startswith(
+        "gpu_check: prebuilt adain_ext/_C refused, building here instead: "), result.stdout
+    assert why in refusals[0], refusals[0]
+    assert not (repo / "adain_ext" / PREBUILT_SO).exists()
+    assert "fake: refusing setup.py build_ext --inplace" in logs["build.log"]
+    assert _rows(summary)["build"] == "FAILED (rc 3)", summary
+    assert "prebuilt refused: " + why in summary
+
+
 # ---- The smoke step.
 
 
@@ -219,6 +329,24 @@ def test_smoke_passes_on_cpu():
                 assert f"{op}/{backend}/{dtype}/cl_c5" in names
         assert f"{op}/cpp/fp32/optin_relu4_1" in names  # the one run in a process of its own
     assert f"gpu_smoke: {len(verdicts)} ok, 0 BAD, 0 ERROR" in lines[-1]
+
+
+def test_smoke_reports_a_large_shape_out_of_memory_as_such(tmp_path):
+    """The large shapes' group runs out of memory (forced): its cases say "out of memory" with
+    verdict OOM, never BAD or a kernel ERROR, and the other cases still get their verdicts."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_smoke.py"), "--device", "cpu", "--jobs", "2",
+         "--shapes", "sliced,large_cl_2p25,large_row_2p28", "--ops", "fused", "--backends", "cpp",
+         "--dtypes", "fp32"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1", GPU_SMOKE_FORCE_OOM="large_cl_2p25,large_row_2p28"))
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stdout + result.stderr
+    verdicts = {ln.split()[1]: ln for ln in lines if ln.split(" ", 1)[0] in ("ok", "BAD", "ERROR", "OOM")}
+    assert verdicts["fused/cpp/fp32/sliced"].startswith("ok ")
+    for shape in ("large_cl_2p25", "large_row_2p28"):
+        line = verdicts[f"fused/cpp/fp32/{shape}"]
+        assert line.startswith("OOM ") and "out of memory" in line and "no verdict on the kernel" in line, line
+    assert "gpu_smoke: 1 ok, 0 BAD, 0 ERROR, 2 OOM" in lines[-1], result.stdout
 
 
 def _benchmark_script(name: str):
@@ -261,6 +389,24 @@ def test_smoke_flags_a_wrong_forward_or_backward(smoke, monkeypatch, dtype):
         got, detail = gpu_smoke.run_case(case, "cpu")
         assert got == verdict, (planted.__name__, detail)
     assert detail == "RuntimeError: CUDA error: invalid argument"
+
+
+def test_smoke_runs_the_large_shapes_one_at_a_time_in_one_process(smoke):
+    """No shard of the ordinary cases holds a large shape: they all go to one process of their
+    own, which runs them one after the other (two at once could exhaust the card)."""
+    gpu_smoke, _ = smoke
+    args = gpu_smoke.argparse.Namespace(device="cuda", ops=list(gpu_smoke.OPS),
+                                        backends=list(gpu_smoke.BACKENDS), dtypes=list(gpu_smoke.DTYPES),
+                                        quick=False, jobs=7)
+    cases = gpu_smoke.make_cases(gpu_smoke.SHAPES + gpu_smoke.LARGE_SHAPES)
+    large = [c for c in cases if c.shape in gpu_smoke.LARGE_SHAPES]
+    shared = [c for c in cases if c not in large]
+    jobs = gpu_smoke.plan_jobs(args, shared, gpu_smoke.FRESH_PROCESS_SHAPES, large)
+    holding = [cases_ for _, cases_ in jobs if set(cases_) & set(large)]
+    assert holding == [large], "the large cases are split over several processes"
+    assert len(jobs) == 7 + len(gpu_smoke.FRESH_PROCESS_SHAPES) + 1
+    cmd = next(cmd for cmd, cases_ in jobs if cases_ == large)
+    assert cmd[cmd.index("--shapes") + 1] == "large_cl_2p25,large_row_2p28"
 
 
 def test_smoke_error_measure(smoke):
@@ -350,6 +496,58 @@ def test_gpu_bench_runs_every_provider(tmp_path):
     for direction in ("forward", "backward"):
         assert summary[f"{direction}: speedup vs compiled_reference (geomean)"] > 0
         assert summary[f"{direction}: adain_ext_triton / adain_ext time (worst)"] > 0
+
+
+# A plugin provider that kills its process when it is first called, as the step's time limit
+# would while that provider runs.
+KILLER_PLUGIN = """import os
+import signal
+
+import gpu_bench
+
+
+def _killed(content, style):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+gpu_bench.register_provider("killed_here", lambda device: _killed)
+"""
+
+
+def test_gpu_bench_leaves_each_provider_in_the_json_when_killed(tmp_path):
+    """The JSON is written after every provider: a run killed while it times the second
+    provider of its first configuration leaves the first one's records. The compiled provider
+    named first waits until the eager ones are done, so it has none."""
+    (tmp_path / "killer_plugin.py").write_text(KILLER_PLUGIN)
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--quick", "--dtypes",
+         "fp32", "--layouts", "contiguous", "--plugin", "killer_plugin", "--providers",
+         "compiled_reference,adain_ext,killed_here", "--out", str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "gpu_bench.json").read_text())
+    got = {(r["provider"], r["direction"]) for r in report["records"]}
+    assert got == {("adain_ext", "forward"), ("adain_ext", "backward")}, report["records"]
+    assert report["meta"]["compiled_providers"] == ["compiled_reference"]
+
+
+def test_gpu_bench_reports_compile_time_apart(tmp_path):
+    """The compiled provider runs after the eager ones, compiles once per configuration and
+    direction (compile_s, apart from its timed ms) and reuses those graphs for the timing."""
+    _run(sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--quick",
+         "--dtypes", "fp32", "--layouts", "contiguous", "--shapes", "2x8x16x16,4x16x256",
+         "--providers", "compiled_reference,adain_ext", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "gpu_bench.json").read_text())
+    providers = [r["provider"] for r in report["records"]]
+    assert providers == ["adain_ext"] * 4 + ["compiled_reference"] * 4, providers
+    compiled = [r for r in report["records"] if r["provider"] == "compiled_reference"]
+    assert all(r["compile_s"] > 0 and r["ms"] > 0 for r in compiled), compiled
+    meta = report["meta"]
+    assert meta["compiled_configs_done"] == 2
+    assert meta["compile_seconds"] >= sum(r["compile_s"] for r in compiled)
+    assert "compilation" in (tmp_path / "gpu_bench.md").read_text()
 
 
 @pytest.fixture
