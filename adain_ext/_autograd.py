@@ -1,27 +1,68 @@
-"""The autograd formulas of the ops, written once for every backend that registers them (the C++
-ops in adain_ext/ops/, the Triton ops in adain_ext/triton/). Each factory takes the backend's
-backward ops and returns (backward, setup_context) for torch.library.register_autograd.
+"""The autograd formulas of the Triton ops (adain_ext/triton/), the Python mirror of
+csrc/autograd.cpp (the compiled ops' autograd, in C++ so that no call enters Python). Each factory
+takes the backend's backward ops and returns (backward, setup_context) for
+torch.library.register_autograd.
+
+A backward run with create_graph=True (double backward: gradient penalties, Hessian-vector
+products) differentiates the reference (adain_ext/reference.py) recomputed from the saved inputs
+instead of calling the backward kernels, whose results carry no graph: every higher derivative is
+exact. Forward-mode AD and functorch's differentiating transforms cannot use a custom op's autograd
+registration; the Triton backend's functions route them to the reference
+(adain_ext/triton/__init__.py).
 """
 from __future__ import annotations
 
 import torch
 
+from adain_ext import reference
 from adain_ext._layout import as_grad_of
+
+
+def _attached(t: torch.Tensor) -> torch.Tensor:
+    """A saved input as the composite's input: attached where it requires grad, else a constant
+    (so a gradient taken with respect to one input still depends on the others)."""
+    return t if t.requires_grad else t.detach()
+
+
+def composite_gradients(composite, inputs, needs, grad_outputs):
+    """The gradients of composite(*inputs) with respect to the inputs that need one, as a
+    differentiable graph (the backward of create_graph=True)."""
+    inputs = [_attached(t) for t in inputs]
+    with torch.enable_grad():
+        outputs = composite(*inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    used = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    if not used or not wanted:
+        return [None] * len(inputs)
+    grads = iter(torch.autograd.grad([o for o, _ in used], wanted, [g for _, g in used],
+                                     create_graph=True, allow_unused=True))
+    return [next(grads) if need else None for need in needs]
+
+
+def _blended(out, x, alpha):
+    """alpha * out + (1 - alpha) * x, the alpha blend of the internal ops (alpha == 1: out)."""
+    return out if alpha == 1.0 else alpha * out + (1.0 - alpha) * x
 
 
 def mean_std(mean_std_backward):
     """mean_std(x, eps, unbiased) -> (mean, std)."""
 
     def setup_context(ctx, inputs, output):
-        x, _eps, unbiased = inputs
+        x, eps, unbiased = inputs
         mean, std = output
         ctx.save_for_backward(x, mean, std)
-        ctx.unbiased = unbiased
+        ctx.eps, ctx.unbiased = eps, unbiased
 
     def backward(ctx, grad_mean, grad_std):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         x, mean, std = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            (grad_x,) = composite_gradients(
+                lambda x: reference.mean_std(x, ctx.eps, ctx.unbiased), [x], [True],
+                [grad_mean, grad_std])
+            return grad_x, None, None
         # Either output may be unused; its gradient then arrives as None.
         grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
         grad_std = torch.zeros_like(std) if grad_std is None else grad_std
@@ -34,19 +75,30 @@ def affine_forward(affine_backward):
     """_affine_forward(x, mean, std, alpha, eps, unbiased) -> (out, mean_x, std_x)."""
 
     def setup_context(ctx, inputs, output):
-        x, mean, std, alpha, _eps, unbiased = inputs
+        x, mean, std, alpha, eps, unbiased = inputs
         _out, mean_x, std_x = output
         ctx.mark_non_differentiable(mean_x, std_x)
-        ctx.save_for_backward(x, mean_x, std_x, std)
-        ctx.alpha, ctx.unbiased = alpha, unbiased
+        ctx.save_for_backward(x, mean_x, std_x, mean, std)
+        ctx.alpha, ctx.eps, ctx.unbiased = alpha, eps, unbiased
         ctx.mean_like = (mean.shape, mean.dtype)
         ctx.std_like = (std.shape, std.dtype)
 
     def backward(ctx, grad_out, _grad_mean_x, _grad_std_x):
-        x, mean_x, std_x, std = ctx.saved_tensors
+        x, mean_x, std_x, mean, std = ctx.saved_tensors
+        need_x, need_mean, need_std = ctx.needs_input_grad[:3]
+        if grad_out is None:
+            return None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True
+
+            def composite(x, mean, std):
+                out = reference.adain_affine(x, mean, std, ctx.eps, ctx.unbiased)
+                return _blended(out, x, ctx.alpha)
+
+            grads = composite_gradients(composite, [x, mean, std], [need_x, need_mean, need_std],
+                                        [grad_out])
+            return (*grads, None, None, None)
         grad_x, grad_mean, grad_std = affine_backward(grad_out, x, mean_x, std_x, std, ctx.alpha,
                                                       ctx.unbiased)
-        need_x, need_mean, need_std = ctx.needs_input_grad[:3]
         return (
             grad_x if need_x else None,
             as_grad_of(grad_mean, *ctx.mean_like) if need_mean else None,
@@ -67,15 +119,22 @@ def fused_forward(affine_backward, mean_std_backward, fused_backward=None):
     """
 
     def setup_context(ctx, inputs, output):
-        content, style, alpha, _eps, unbiased = inputs
+        content, style, alpha, eps, unbiased = inputs
         _out, content_mean, content_std, style_mean, style_std = output
         ctx.mark_non_differentiable(content_mean, content_std, style_mean, style_std)
         ctx.save_for_backward(content, style, content_mean, content_std, style_mean, style_std)
-        ctx.alpha, ctx.unbiased = alpha, unbiased
+        ctx.alpha, ctx.eps, ctx.unbiased = alpha, eps, unbiased
 
     def backward(ctx, grad_out, *_grad_stats):
         content, style, content_mean, content_std, style_mean, style_std = ctx.saved_tensors
         need_content, need_style = ctx.needs_input_grad[:2]
+        if grad_out is None:
+            return None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True
+            grads = composite_gradients(
+                lambda c, s: reference.adain(c, s, ctx.alpha, ctx.eps, ctx.unbiased),
+                [content, style], [need_content, need_style], [grad_out])
+            return (*grads, None, None, None)
         if need_style and fused_backward is not None:
             grad_content, grad_style = fused_backward(grad_out, content, style, content_mean,
                                                       content_std, style_mean, style_std,

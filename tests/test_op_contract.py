@@ -336,3 +336,166 @@ def test_torch_compile_inductor_matches_eager(target: Target):
 
     compiled = torch.compile(fn, fullgraph=True)
     torch.testing.assert_close(compiled(content, style), fn(content, style))
+
+
+# ---- Every autograd mode: double backward, forward-mode AD, vmap (every op, every target).
+# Each derivative is exact or an error: never the silent zero of an op whose backward kernels carry
+# no graph, or whose autograd registration never sees a tangent.
+
+MODE_CASES = [  # small: gradgradcheck takes the numerical Jacobian of the gradient
+    Case("modes", (2, 3, 4, 5), style=(2, 3, 3, 4), alpha=0.6),
+    Case("modes_channels_last_biased", (2, 2, 3, 4), style=(2, 2, 5, 2), unbiased=False,
+         layout="channels_last"),
+    Case("modes_sequence", (1, 3, 7), style=(1, 3, 4)),
+]
+MODE_OPS = ("mean_std", "adain", "adain_affine")
+
+
+def op_and_inputs(op: str, case: Case, target: Target, dtype=torch.float64, backend=None):
+    """(function of the op's tensor inputs, those inputs requiring grad) for one op and case."""
+    backend = backend or target.backend
+    content, style = make_inputs(case, dtype, target.device, requires_grad=True)
+    kw = dict(unbiased=case.unbiased, backend=backend)
+    if op == "mean_std":
+        return (lambda x: adain_ext.mean_std(x, **kw)), (content,)
+    if op == "adain":
+        return (lambda c, s: adain_ext.adain(c, s, case.alpha, **kw)), (content, style)
+    mean, std = make_statistics(case, dtype, target.device, requires_grad=True)
+    return (lambda x, m, s: adain_ext.adain_affine(x, m, s, **kw)), (content, mean, std)
+
+
+def _outputs(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _random_like(tensors, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device) for t in tensors)
+
+
+class TestEveryAutogradMode:
+    @pytest.mark.parametrize("case", MODE_CASES, ids=str)
+    @pytest.mark.parametrize("op", MODE_OPS)
+    @pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+    def test_gradgradcheck_float64(self, target: Target, op, case: Case):
+        fn, inputs = op_and_inputs(op, case, target)
+        assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=fast_gradcheck(target, inputs[0]))
+
+    @pytest.mark.parametrize("case", MODE_CASES, ids=str)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_gradgradcheck_internal_affine_with_alpha(self, target: Target, case: Case):
+        """The alpha blend of the internal forward (the fused op's), differentiated twice."""
+        ops = namespace(target)
+        x, _ = make_inputs(case, torch.float64, target.device, requires_grad=True)
+        mean, std = make_statistics(case, torch.float64, target.device, requires_grad=True)
+        assert torch.autograd.gradgradcheck(
+            lambda x, m, s: ops._affine_forward(x, m, s, case.alpha, 1e-5, case.unbiased)[0],
+            (x, mean, std), fast_mode=fast_gradcheck(target, x))
+
+    @pytest.mark.parametrize("op", MODE_OPS)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_double_backward_matches_the_reference(self, target: Target, op):
+        """A gradient penalty: grad(loss, inputs, create_graph=True), then the gradient of its
+        squared norm, against the reference's (the same float64 inputs)."""
+        case = MODE_CASES[0]
+
+        def penalty_grads(backend):
+            fn, inputs = op_and_inputs(op, case, target, backend=backend)
+            weights = _random_like(_outputs(fn(*inputs)), seed=2)
+            loss = sum((o * w).sum() for o, w in zip(_outputs(fn(*inputs)), weights))
+            grads = torch.autograd.grad(loss, inputs, create_graph=True)
+            # allow_unused: adain_affine's gradient to mean does not depend on mean
+            return torch.autograd.grad(sum(g.square().sum() for g in grads), inputs,
+                                       allow_unused=True, materialize_grads=True)
+
+        with warnings_as_errors():
+            got = penalty_grads(target.backend)
+        want = penalty_grads("reference")
+        assert sum(w.abs().sum() for w in want) > 0
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+    @pytest.mark.parametrize("case", MODE_CASES, ids=str)
+    @pytest.mark.parametrize("op", MODE_OPS)
+    @pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+    def test_forward_ad_gradcheck_float64(self, target: Target, op, case: Case):
+        fn, inputs = op_and_inputs(op, case, target)
+        assert torch.autograd.gradcheck(fn, inputs, check_forward_ad=True,
+                                        check_backward_ad=False, check_undefined_grad=False,
+                                        check_batched_grad=False,
+                                        fast_mode=fast_gradcheck(target, inputs[0]))
+
+    @pytest.mark.parametrize("op", MODE_OPS)
+    @pytest.mark.parametrize("target", TARGETS)
+    def test_jvp_and_jacfwd_match_the_reference(self, target: Target, op):
+        case = MODE_CASES[1]
+        fn, inputs = op_and_inputs(op, case, target)
+        ref, _ = op_and_inputs(op, case, target, backend="reference")
+        primals = tuple(t.detach() for t in inputs)
+        tangents = _random_like(primals)
+        out, tangent = torch.func.jvp(fn, primals, tangents)
+        want_out, want_tangent = torch.func.jvp(ref, primals, tangents)
+        for got, want in zip(_outputs(tangent), _outputs(want_tangent)):
+            assert want.abs().sum() > 0
+            torch.testing.assert_close(got, want)
+        torch.testing.assert_close(out, want_out)
+        argnums = tuple(range(len(primals)))
+        torch.testing.assert_close(torch.func.jacfwd(fn, argnums)(*primals),
+                                   torch.func.jacrev(ref, argnums)(*primals))
+
+    @pytest.mark.parametrize("op", MODE_OPS)
+    @pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+    def test_vmap_matches_a_loop(self, target: Target, op):
+        """vmap over a batch of 3 calls (every input batched, then only the first), and per-call
+        gradients (vmap of grad), against a Python loop."""
+        case = MODE_CASES[0]
+        calls = [op_and_inputs(op, case, target, torch.float32) for _ in range(3)]
+        fn = calls[0][0]
+        batched = [torch.stack([inputs[i].detach() * (k + 1) for k, (_, inputs) in
+                                enumerate(calls)]) for i in range(len(calls[0][1]))]
+        for in_dims in ((0,) * len(batched), (0, *([None] * (len(batched) - 1)))):
+            args = [b if d is not None else b[0] for b, d in zip(batched, in_dims)]
+            with warnings_as_errors():
+                got = torch.vmap(fn, in_dims=in_dims)(*args)
+            loop = [fn(*[a[k] if d is not None else a for a, d in zip(args, in_dims)])
+                    for k in range(3)]
+            for j, got_j in enumerate(_outputs(got)):
+                torch.testing.assert_close(got_j, torch.stack([_outputs(o)[j] for o in loop]))
+
+        def loss(*inputs):
+            return sum((o * o).sum() for o in _outputs(fn(*inputs)))
+
+        argnums = tuple(range(len(batched)))
+        got = torch.vmap(torch.func.grad(loss, argnums))(*batched)
+        for k in range(3):
+            want = torch.func.grad(loss, argnums)(*[b[k] for b in batched])
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g[k], w, rtol=1e-4, atol=1e-5)
+
+    @pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0].backend == "cpp"])
+    def test_backward_ops_refuse_a_graph(self, target: Target):
+        """The backward kernels' results carry no graph: building one through them is an error
+        that names the op (not a silent zero), while the forward ops differentiate twice."""
+        case = MODE_CASES[0]
+        x, _ = make_inputs(case, torch.float64, target.device, requires_grad=True)
+        mean, std = make_statistics(case, torch.float64, target.device)
+        out, mean_x, std_x = torch.ops.adain._affine_forward(x, mean, std, 1.0, 1e-5, True)
+        with pytest.raises(RuntimeError, match="adain::_affine_backward is not differentiable"):
+            torch.ops.adain._affine_backward(torch.ones_like(out), x, mean_x, std_x, std, 1.0,
+                                             True)
+        with pytest.raises(RuntimeError, match="adain::_mean_std_backward is not differentiable"):
+            torch.ops.adain._mean_std_backward(mean_x, std_x, x, mean_x, std_x, True)
+
+
+class warnings_as_errors:
+    """Any warning (e.g. "an autograd kernel was not registered", vmap's slow fallback) fails."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)

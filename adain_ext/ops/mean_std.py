@@ -1,9 +1,8 @@
-"""adain::mean_std: fake kernel and autograd (backward: adain::_mean_std_backward)."""
+"""adain::mean_std and adain::_mean_std_backward: fake kernels."""
 from __future__ import annotations
 
 import torch
 
-from adain_ext import _autograd
 from adain_ext._layout import empty_output, stat_shape_of
 from adain_ext._validation import check_eps, check_features
 
@@ -18,7 +17,3 @@ def _mean_std_fake(x, eps=1e-5, unbiased=True):
 @torch.library.register_fake("adain::_mean_std_backward")
 def _mean_std_backward_fake(grad_mean, grad_std, x, mean, std, unbiased):
     return empty_output(x)
-
-
-_backward, _setup_context = _autograd.mean_std(torch.ops.adain._mean_std_backward)
-torch.library.register_autograd("adain::mean_std", _backward, setup_context=_setup_context)

@@ -13,6 +13,7 @@ of its launch plan and nothing is benchmarked (test runs use it: the GPU suite w
 tune some 270 keys, about 6 minutes). The interpreter (TRITON_INTERPRET=1) never autotunes.
 """
 import torch
+from torch.autograd import forward_ad
 
 from adain_ext.triton import _common
 from adain_ext.triton.affine import affine_backward_op, affine_forward_op
@@ -23,20 +24,46 @@ INTERPRET = _common.INTERPRET
 limits = _common.limits
 
 
+def _needs_reference(*tensors: torch.Tensor) -> bool:
+    """Whether a forward-mode AD level is open (torch.func.jvp, jacfwd, forward_ad.dual_level) or
+    a functorch transform differentiates these tensors (torch.func.grad, vjp, jacrev, hessian).
+    A custom op's autograd registration never sees tangents and functorch refuses it, so there
+    these functions run the reference, which ATen differentiates exactly in every mode (the
+    compiled ops do the same in C++, csrc/autograd.cpp). torch.compile traces neither case."""
+    if torch.compiler.is_compiling():
+        return False
+    if forward_ad._current_level >= 0:
+        return True
+    return (torch._C._functorch.peek_interpreter_stack() is not None
+            and any(t.requires_grad for t in tensors))
+
+
+def _reference_ops():
+    from adain_ext.backends import ops  # the reference behind the same input checks
+
+    return ops("reference")
+
+
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
     """(mean, std = sqrt(var + eps)) per (n, c), each (N, C, 1, 1) in x's dtype."""
+    if _needs_reference(x):
+        return _reference_ops().mean_std(x, eps, unbiased)
     return mean_std_op(x, eps, unbiased)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
           unbiased: bool = True) -> torch.Tensor:
     """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have another H and W."""
+    if _needs_reference(content, style):
+        return _reference_ops().adain(content, style, alpha, eps, unbiased)
     return fused_forward_op(content, style, alpha, eps, unbiased)[0]
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
                  unbiased: bool = True) -> torch.Tensor:
     """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics."""
+    if _needs_reference(x, mean, std):
+        return _reference_ops().adain_affine(x, mean, std, eps, unbiased)
     return affine_forward_op(x, mean, std, 1.0, eps, unbiased)[0]
 
 

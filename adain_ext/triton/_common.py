@@ -13,6 +13,8 @@ import torch
 import triton
 from torch.library import wrap_triton
 
+from adain_ext._vmap import fold_batch_into_n
+
 # Under TRITON_INTERPRET=1 @triton.jit returns an InterpretedFunction that runs on CPU tensors.
 # wrap_triton passes it through untraced, and it cannot run on fake tensors, so in that mode the
 # ops are registered as opaque custom ops with explicit fake kernels (torch.compile then calls
@@ -281,6 +283,7 @@ def register(name: str, fake):
         else:
             op = torch.library.triton_op(qualname, mutates_args=())(fn)
         op.register_fake(fake)
+        op.register_vmap(fold_batch_into_n(op))
         return op
 
     return decorate
