@@ -39,8 +39,13 @@ def check_features(x: torch.Tensor, name: str, unbiased: bool) -> None:
 
 
 def check_eps(eps: float) -> None:
-    if not eps >= 0:  # also rejects NaN
-        _fail(f"eps must be >= 0, got {eps}")
+    if not 0 <= eps < math.inf:  # also rejects NaN
+        _fail(f"eps must be >= 0 and finite, got {eps}")
+
+
+def check_alpha(alpha: float) -> None:
+    if not -math.inf < alpha < math.inf:  # NaN or Inf would make every output NaN
+        _fail(f"alpha must be a finite number, got {alpha}")
 
 
 def check_scalars(alpha=1.0, eps: float = 0.0) -> None:
@@ -55,10 +60,8 @@ def check_scalars(alpha=1.0, eps: float = 0.0) -> None:
         if alpha.numel() != 1:
             _fail(f"alpha must be a number or a one-element tensor, got shape {list(alpha.shape)}")
         alpha = alpha.item()
-    if not math.isfinite(alpha):
-        _fail(f"alpha must be a finite number, got {alpha}")
-    if not math.isfinite(eps):
-        _fail(f"eps must be a finite number >= 0, got {eps}")
+    check_alpha(alpha)
+    check_eps(eps)
 
 
 def check_pair(content: torch.Tensor, style: torch.Tensor, unbiased: bool) -> None:

@@ -51,19 +51,20 @@ def _cpp_why_unavailable(device_type: str) -> str | None:
 
 
 class _CppOps:
-    """torch.ops.adain under the function API's names (the C++ ops check their own input)."""
+    """torch.ops.adain under the function API's names (the C++ ops check their own input). The
+    overloads are called directly: the packet's overload resolution is host time per call."""
 
     @staticmethod
     def mean_std(x, eps, unbiased):
-        return torch.ops.adain.mean_std(x, eps, unbiased)
+        return torch.ops.adain.mean_std.default(x, eps, unbiased)
 
     @staticmethod
     def adain(content, style, alpha, eps, unbiased):
-        return torch.ops.adain.fused(content, style, alpha, eps, unbiased)
+        return torch.ops.adain.fused.default(content, style, alpha, eps, unbiased)
 
     @staticmethod
     def adain_affine(x, mean, std, eps, unbiased):
-        return torch.ops.adain.affine(x, mean, std, eps, unbiased)
+        return torch.ops.adain.affine.default(x, mean, std, eps, unbiased)
 
 
 # ---- The Triton kernels (adain_ext/triton): on CUDA, or on CPU through the Triton interpreter.
@@ -103,6 +104,7 @@ class _ReferenceOps:
     def adain(content, style, alpha, eps, unbiased):
         _validation.check_pair(content, style, unbiased)
         _validation.check_eps(eps)
+        _validation.check_alpha(alpha)
         return reference.adain(content, style, alpha, eps, unbiased)
 
     @staticmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from adain_ext import backends
+from adain_ext import _validation, backends
 
 BACKENDS = ("auto", *backends.NAMES)
 
@@ -31,6 +31,19 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+# (backend, device type) -> the ops that serve it, filled on first use: what serves a device type is
+# fixed for the life of the process (the extension loaded or not, Triton found or not), and a call
+# of a small layer must cost little more than the op itself.
+_SERVED: dict[tuple[str, str], object] = {}
+
+
+def _ops_for(backend: str, device: torch.device):
+    ops = _SERVED.get((backend, device.type))
+    if ops is None:
+        ops = _SERVED[backend, device.type] = backends.ops(resolve_backend(backend, device))
+    return ops
+
+
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backend: str = "auto"):
     """Per-(n, c) mean and std = sqrt(var + eps) over the trailing dims of a (N, C, *) tensor,
     each (N, C, 1, ...) with x's rank ((N, C, 1, 1) for images) in x's dtype.
@@ -38,15 +51,17 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backe
     With the defaults this is the reference `calc_mean_std` (unbiased variance, eps on the
     variance).
     """
-    return backends.ops(resolve_backend(backend, x.device)).mean_std(x, eps, unbiased)
+    return _ops_for(backend, x.device).mean_std(x, eps, unbiased)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
           unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
     """alpha * AdaIN(content, style) + (1 - alpha) * content; style may have other trailing dims
     (another H and W, another length, even another rank) but the same N and C."""
-    implementation = backends.ops(resolve_backend(backend, content.device))
-    return implementation.adain(content, style, alpha, eps, unbiased)
+    if isinstance(alpha, torch.Tensor):  # its gradient would be dropped silently: refused
+        _validation.check_scalars(alpha, eps)
+        alpha = float(alpha)
+    return _ops_for(backend, content.device).adain(content, style, alpha, eps, unbiased)
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
@@ -55,5 +70,4 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     """
-    implementation = backends.ops(resolve_backend(backend, x.device))
-    return implementation.adain_affine(x, mean, std, eps, unbiased)
+    return _ops_for(backend, x.device).adain_affine(x, mean, std, eps, unbiased)

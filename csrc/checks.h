@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <vector>
 
 namespace adain {
@@ -35,7 +36,13 @@ inline void check_features(const at::Tensor& x, const char* name, bool unbiased)
 }
 
 inline void check_eps(double eps) {
-  TORCH_CHECK_VALUE(eps >= 0, "adain: eps must be >= 0, got ", eps);  // false for NaN too
+  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), "adain: eps must be >= 0 and finite, got ",
+                    eps);  // false for NaN too
+}
+
+// NaN or Inf would make every output NaN without an error.
+inline void check_alpha(double alpha) {
+  TORCH_CHECK_VALUE(std::isfinite(alpha), "adain: alpha must be a finite number, got ", alpha);
 }
 
 inline void check_pair(const at::Tensor& content, const at::Tensor& style, bool unbiased) {

@@ -51,9 +51,18 @@ def _bad_adain_calls():
         ("L = 0, 5-D", dict(content=torch.randn(2, 3, 2, 0, 2), style=good, unbiased=False),
          ValueError, "content has L = 0 elements"),
         ("negative eps", dict(content=good, style=good, eps=-1.0), ValueError,
-         "eps must be >= 0, got -1"),
+         "eps must be >= 0 and finite, got -1"),
         ("NaN eps", dict(content=good, style=good, eps=float("nan")), ValueError,
-         "eps must be >= 0"),
+         "eps must be >= 0 and finite, got nan"),
+        ("Inf eps", dict(content=good, style=good, eps=float("inf")), ValueError,
+         "eps must be >= 0 and finite, got inf"),
+        ("NaN alpha", dict(content=good, style=good, alpha=float("nan")), ValueError,
+         "alpha must be a finite number, got nan"),
+        ("-Inf alpha", dict(content=good, style=good, alpha=-float("inf")), ValueError,
+         "alpha must be a finite number, got -inf"),
+        ("alpha tensor that requires grad",
+         dict(content=good, style=good, alpha=torch.tensor(0.5, requires_grad=True)), TypeError,
+         "alpha is a tensor that requires grad"),
     ]
 
 
@@ -69,7 +78,10 @@ def test_adain_rejects_bad_input(call, target: Target):
 @pytest.mark.parametrize("call", _bad_adain_calls(), ids=lambda c: c[0])
 def test_torch_ops_fused_rejects_bad_input(call):
     _, kwargs, error, fragment = call
-    args = (kwargs["content"], kwargs["style"], 1.0, kwargs.get("eps", 1e-5), kwargs.get("unbiased", True))
+    alpha = kwargs.get("alpha", 1.0)
+    if isinstance(alpha, torch.Tensor):
+        pytest.skip("the op's schema takes alpha as a float: a tensor is the function API's case")
+    args = (kwargs["content"], kwargs["style"], alpha, kwargs.get("eps", 1e-5), kwargs.get("unbiased", True))
     with pytest.raises(error, match="adain: "):
         torch.ops.adain.fused(*args)
 

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from adain_ext import _autograd
-from adain_ext._validation import check_affine, check_eps
+from adain_ext._validation import check_affine, check_alpha, check_eps
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
 from adain_ext.triton.mean_std import _row_stats_kernel
@@ -270,6 +270,7 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
 def _affine_forward_fake(x, mean, std, alpha, eps, unbiased):
     check_affine(x, mean, std, unbiased)
     check_eps(eps)
+    check_alpha(alpha)
     return _common.empty_output(x), _common.empty_stats(x), _common.empty_stats(x)
 
 
@@ -279,6 +280,7 @@ def affine_forward_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, al
                       unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_affine(x, mean, std, unbiased)
     check_eps(eps)
+    check_alpha(alpha)
     return affine_forward(x, mean, std, alpha, eps, unbiased)
 
 

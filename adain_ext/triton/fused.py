@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from adain_ext import _autograd
-from adain_ext._validation import check_eps, check_pair
+from adain_ext._validation import check_alpha, check_eps, check_pair
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
 from adain_ext.triton.affine import affine_backward_op, affine_forward, affine_rows
@@ -79,6 +79,7 @@ def fused_forward(content_in, style_in, alpha: float, eps: float, unbiased: bool
 def _fused_forward_fake(content, style, alpha, eps, unbiased):
     check_pair(content, style, unbiased)
     check_eps(eps)
+    check_alpha(alpha)
     return (_common.empty_output(content), *[_common.empty_stats(content) for _ in range(4)])
 
 
@@ -88,6 +89,7 @@ def fused_forward_op(content: torch.Tensor, style: torch.Tensor, alpha: float, e
                                               torch.Tensor, torch.Tensor]:
     check_pair(content, style, unbiased)
     check_eps(eps)
+    check_alpha(alpha)
     return fused_forward(content, style, alpha, eps, unbiased)
 
 

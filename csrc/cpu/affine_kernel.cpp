@@ -22,6 +22,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
                                                               double eps, bool unbiased) {
   check_affine(x_in, mean, std, unbiased);
   check_eps(eps);
+  check_alpha(alpha);
   auto [x, layout] = canonical_layout(x_in);
   const auto acc = acc_dtype(x.scalar_type());
   at::Tensor out = empty_output(x, layout);

@@ -33,6 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
     bool unbiased) {
   check_pair(content_in, style_in, unbiased);
   check_eps(eps);
+  check_alpha(alpha);
   auto [content, c_layout] = canonical_layout(content_in);
   auto [style, s_layout] = canonical_layout(style_in);
   const Geometry content_geo = geometry_of(content, c_layout);

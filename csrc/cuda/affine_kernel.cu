@@ -21,6 +21,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
                                                               double eps, bool unbiased) {
   check_affine(x_in, mean, std, unbiased);
   check_eps(eps);
+  check_alpha(alpha);
   const c10::cuda::CUDAGuard guard(x_in.device());
   at::Tensor x;
   Layout layout;

@@ -24,6 +24,7 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
                                double alpha, double eps, bool unbiased) {
   check_pair(content_in, style_in, unbiased);
   check_eps(eps);
+  check_alpha(alpha);
   const c10::cuda::CUDAGuard guard(content_in.device());
   at::Tensor content;
   Layout content_layout;
