@@ -449,3 +449,26 @@ def measure(shapes, device, dtype, repeats, directions, providers: dict[str, Ada
                     if progress:
                         progress.step()
             yield shape, direction, times
+
+
+def host_cost(calls: dict[str, Callable[[], object]], calls_per_sample: int = 1000,
+              rounds: int = 5) -> dict[str, float]:
+    """Seconds per call of each fn, for calls so small that the host's work (Python, dispatch,
+    autograd) is what is measured: `calls_per_sample` calls back to back per sample, the providers
+    interleaved in `rounds` rounds (each round in another order), each one's best sample kept (on
+    a noisy machine the best is the cost; the others are the noise)."""
+    best: dict[str, float] = {}
+    names = list(calls)
+    for name in names:  # warm-up: allocator, first-call lookups
+        for _ in range(max(25, calls_per_sample // 10)):
+            calls[name]()
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in (order if r % 2 == 0 else order[::-1]):
+            fn = calls[name]
+            t0 = time.perf_counter()
+            for _ in range(calls_per_sample):
+                fn()
+            per_call = (time.perf_counter() - t0) / calls_per_sample
+            best[name] = min(best.get(name, per_call), per_call)
+    return best
