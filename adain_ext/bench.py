@@ -33,9 +33,6 @@ from adain_ext.bench_harness import DIRECTIONS, OURS
 # Whom --peers may name: the default ones first, then the rest of the harness's table.
 PEERS = (*bench_harness.DEFAULT_PEERS,
          *(name for name in bench_harness.PROVIDERS if name not in (OURS, *bench_harness.DEFAULT_PEERS)))
-# The names --peers took before the providers had one name each; they mean what they meant here.
-OLD_PEER_NAMES = {"eager": "eager_reference", "compile": "compiled_reference",
-                  "instance_norm": "instance_norm_exact"}
 # Max abs error of the check against the float64 reference, per dtype.
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 2e-1}
 # Messages that say nothing about this run: torch.compile imports torch.utils.cpp_extension, which
@@ -346,7 +343,7 @@ def parse_args(argv):
     exit status 2, not a traceback after the run (or a lost --json at its end)."""
     parser = _OneLineErrorParser(prog="adain-ext bench", description=__doc__,
                                  epilog="peers (--peers; the first three by default):\n"
-                                 + bench_harness.describe(PEERS, OLD_PEER_NAMES),
+                                 + bench_harness.describe(PEERS),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
@@ -356,7 +353,7 @@ def parse_args(argv):
     default_peers = ",".join(bench_harness.DEFAULT_PEERS)
     parser.add_argument("--peers", default=default_peers,
                         help=f"comma-separated peers to time adain_ext against, listed below "
-                        f"(default: {default_peers}); their old names still work")
+                        f"(default: {default_peers})")
     parser.add_argument("--no-backward", dest="backward", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -378,8 +375,8 @@ def parse_args(argv):
     if problem := _too_big(args.shapes, args.device, getattr(torch, args.dtype)):
         parser.error(f"--shapes: {problem}")
     given = [p.strip() for p in args.peers.split(",") if p.strip()]
-    args.peers, unknown = bench_harness.resolve_names(given, OLD_PEER_NAMES)
-    if unknown or OURS in args.peers or len(set(args.peers)) != len(args.peers):
+    args.peers = given
+    if any(name not in PEERS for name in given) or len(set(given)) != len(given):
         parser.error(f"--peers: choose from {', '.join(PEERS)}, each once (got {','.join(given)})")
     if args.json and (problem := _unwritable(args.json)):
         parser.error(f"--json: {problem}")

@@ -4,23 +4,19 @@ the GPU benchmark (benchmarks/gpu_bench.py). Those keep only their own options a
 
 Providers: each name means one computation in every front end, table, JSON file and chart.
 
-  name                       what is timed                                     old names
+  name                       what is timed
   adain_ext                  the compiled C++/CUDA kernels (torch.ops.adain.fused)
-  adain_ext_triton           the Triton kernels (adain_ext.triton), eager       triton
-  adain_ext_triton_compiled  the same under torch.compile(fullgraph=True):       triton+compile
-                             what Inductor adds or removes around them (CUDA)
-  eager_reference            the reference AdaIN (the paper's code) in eager    eager
-                             PyTorch
-  compiled_reference         torch.compile(eager_reference)                     compile, torch.compile
-  instance_norm_exact        AdaIN through one F.instance_norm call, rescaled    instance_norm (adain-ext bench,
-                             to the reference's unbiased statistics: exact       bench_ops.py)
-  instance_norm_biased       F.instance_norm(content) * style std + style mean:  instance_norm (gpu_bench.py)
-                             what nn.InstanceNorm code does; the content's
-                             biased variance, so slightly other numbers
-  group_norm_biased          the same through F.group_norm(groups=C)             group_norm (gpu_bench.py)
-
-The old names are still accepted on the command lines that took them (`adain-ext bench --peers`,
-`gpu_bench.py --providers`), each meaning what it meant there.
+  adain_ext_triton           the Triton kernels (adain_ext.triton), eager
+  adain_ext_triton_compiled  the same under torch.compile(fullgraph=True): what Inductor adds or
+                             removes around them (CUDA)
+  eager_reference            the reference AdaIN (the paper's code) in eager PyTorch
+  compiled_reference         torch.compile(eager_reference)
+  instance_norm_exact        AdaIN through one F.instance_norm call, rescaled to the reference's
+                             unbiased statistics: exact
+  instance_norm_biased       F.instance_norm(content) * style std + style mean: what
+                             nn.InstanceNorm code does; the content's biased variance, so
+                             slightly other numbers
+  group_norm_biased          the same through F.group_norm(groups=C)
 
 Timing (`time_call`): warm-up calls, then per call the device's own clock: CUDA events on a GPU,
 perf_counter around the call and a synchronize elsewhere; the median. `measure` interleaves the
@@ -239,24 +235,9 @@ OURS = "adain_ext"  # the provider the others are compared with
 DEFAULT_PEERS = ("eager_reference", "compiled_reference", "instance_norm_exact")
 
 
-def describe(names, old_names: dict[str, str]) -> str:
-    """The providers `names`, one line each with what it times and the old names that mean it
-    (for a front end's --help)."""
-    lines = []
-    for name in names:
-        was = [old for old, new in old_names.items() if new == name]
-        lines.append(f"  {name:<26} {PROVIDERS[name].summary}" + (f" (was: {', '.join(was)})" if was else ""))
-    return "\n".join(lines)
-
-
-def resolve_names(names, old_names: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(provider names, the given names that are none): each given name as it is, or through a
-    front end's old names."""
-    resolved, unknown = [], []
-    for name in names:
-        name = old_names.get(name, name)
-        (resolved if name in PROVIDERS else unknown).append(name)
-    return resolved, unknown
+def describe(names) -> str:
+    """The providers `names`, one line each with what it times (for a front end's --help)."""
+    return "\n".join(f"  {name:<26} {PROVIDERS[name].summary}" for name in names)
 
 
 def available(device: torch.device, names=None) -> dict[str, AdainFn]:

@@ -45,7 +45,7 @@ BAD_OPTIONS = [
     (["--shapes", "1x8x1x1"], "--shapes"),
     (["--repeats", "0"], "--repeats"),
     (["--peers", "eager,fast"], "--peers"),
-    (["--peers", "eager,eager_reference"], "--peers"),  # one provider under its old and new name
+    (["--peers", "eager_reference,eager_reference"], "--peers"),  # one provider twice
     (["--peers", "adain_ext"], "--peers"),
     (["--json", "missing_dir/x.json"], "--json"),
     (["--json", "."], "--json"),
@@ -203,9 +203,7 @@ def test_plot_draws_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_peers_take_the_old_names_in_their_old_meaning(no_work):
-    """--peers kept the names it took before each provider had one name: instance_norm was the
-    exact AdaIN through F.instance_norm here (in gpu_bench.py it was the biased one)."""
-    args = bench.parse_args(["--peers", "eager,compile,instance_norm"])
-    assert args.peers == ["eager_reference", "compiled_reference", "instance_norm_exact"]
+def test_peers_are_the_harness_names(no_work):
+    args = bench.parse_args(["--peers", "eager_reference,instance_norm_exact"])
+    assert args.peers == ["eager_reference", "instance_norm_exact"]
     assert bench.parse_args([]).peers == list(bench_harness.DEFAULT_PEERS)
