@@ -13,12 +13,7 @@ before each call (median); the timer, the providers, the shapes and the inputs a
 adain_ext/bench_harness.py, whose table says what each provider name times.
 
 The suite's providers are PROVIDERS (name -> harness Provider); --providers takes any other of the
-harness's table too. Add yours with register_provider(name, factory), factory(device) ->
-callable(content, style) -> out, or None when unavailable, from a module given with --plugin:
-
-    # my_providers.py
-    import gpu_bench
-    gpu_bench.register_provider("mine", lambda device: my_adain)
+harness's table too.
 
 The eager providers run first, over every configuration; the compiled ones (torch.compile) last,
 in the share of the time budget --compile-budget-s keeps for them, each configuration compiled
@@ -43,8 +38,6 @@ from collections.abc import Callable
 
 import torch
 
-sys.modules.setdefault("gpu_bench", sys.modules[__name__])  # plugins can `import gpu_bench`
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -57,30 +50,16 @@ LAYOUTS = ("contiguous", "channels_last")  # channels last: C innermost, in ever
 GRAPH_REPLAY_BELOW = 16 * 2**20  # bytes moved: below this, time CUDA-graph replays
 BIG_SHAPE_BYTES = 64 * 2**20  # the issue's "shapes moving 64 MB or more"
 
-# ---- Providers: the suite's, from the harness's table, and those plugins register.
+# ---- Providers: the suite's, from the harness's table.
 
 PROVIDERS: dict[str, Provider] = {name: harness.PROVIDERS[name] for name in (
     OURS, "adain_ext_triton", "eager_reference", "compiled_reference", "instance_norm_biased",
-    "group_norm_biased")}
-# The names --providers took before the providers had one name each; they mean what they meant
-# here (instance_norm was the biased one in this script, the exact one in adain-ext bench).
-OLD_PROVIDER_NAMES = {"triton": "adain_ext_triton", "triton+compile": "adain_ext_triton_compiled",
-                      "eager": "eager_reference", "torch.compile": "compiled_reference",
-                      "instance_norm": "instance_norm_biased", "group_norm": "group_norm_biased"}
+    "group_norm_biased", "adain_ext_triton_compiled")}
 # The summary's "speedup vs" lines: every provider of the table that is not one of adain_ext's.
 BASELINES = tuple(name for name in harness.PROVIDERS if not name.startswith(OURS))
 
 
-def register_provider(name: str, factory: Callable[[str], Callable | None],
-                      compiled: bool = False) -> None:
-    """factory(device name) returns callable(content, style) -> AdaIN output, or None if
-    unavailable; compiled: built with torch.compile (timed within --compile-budget-s)."""
-    PROVIDERS[name] = Provider(name, "registered by a plugin", lambda device: factory(str(device)),
-                               compiled=compiled)
-
-
 def _provider(name: str) -> Provider | None:
-    name = OLD_PROVIDER_NAMES.get(name, name)
     return PROVIDERS.get(name) or harness.PROVIDERS.get(name)
 
 
@@ -332,8 +311,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__,
         epilog="providers (--providers; those of the suite first):\n"
-        + harness.describe([*PROVIDERS, *(n for n in harness.PROVIDERS if n not in PROVIDERS)],
-                           OLD_PROVIDER_NAMES),
+        + harness.describe([*PROVIDERS, *(n for n in harness.PROVIDERS if n not in PROVIDERS)]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a smoke test)")
@@ -344,11 +322,8 @@ def main(argv=None):
     parser.add_argument(
         "--providers",
         default=None,
-        help="comma-separated providers, listed below, or a plugin's (default: the suite's: "
-        + ", ".join(PROVIDERS) + "); their old names still work",
-    )
-    parser.add_argument(
-        "--plugin", action="append", default=[], help="module that registers providers"
+        help="comma-separated providers, listed below (default: the suite's: "
+        + ", ".join(PROVIDERS) + ")",
     )
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--layouts", default="contiguous,channels_last")
@@ -370,8 +345,6 @@ def main(argv=None):
         "--compile-budget-s included (the eager ones get the rest)",
     )
     args = parser.parse_args(argv)
-    for module in args.plugin:
-        __import__(module)
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("gpu_bench: no CUDA GPU visible (use --device cpu --quick for a smoke test)")

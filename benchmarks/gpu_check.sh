@@ -23,7 +23,7 @@
 #              (pytest-xdist, pytest-timeout)
 #   triton     tests/test_triton.py and the Triton targets of tests/test_backends.py,
 #              tests/test_op_contract.py and tests/test_errors.py
-#   bench      benchmarks/gpu_bench.py with the Triton providers: eager providers first, the
+#   bench      benchmarks/gpu_bench.py, the Triton providers included: eager providers first, the
 #              torch.compile ones last with their compile time apart (JSON after every provider)
 #   apps       benchmarks/bench_stylegan.py (256x256, batch 8) and bench_style_transfer.py
 #   sanitizer  compute-sanitizer: a probe on a trivial kernel (SKIPPED when the runtime refuses
@@ -655,7 +655,7 @@ if wanted bench; then
   L=$(limit_for bench)
   STEP_NOTE="eager first, compiled last (budget $((L * 4 / 10)) s)"
   run_step bench TERM env -u ADAIN_EXT_TRITON_AUTOTUNE \
-    "$PY" benchmarks/gpu_bench.py --out "$WORK" --plugin triton_providers \
+    "$PY" benchmarks/gpu_bench.py --out "$WORK" \
     --time-budget-s $(( L > 30 ? L - 20 : L / 2 )) --compile-budget-s $((L * 4 / 10)) \
     ${BENCH_ARGS:-}
 fi

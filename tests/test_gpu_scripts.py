@@ -471,11 +471,11 @@ def test_report_gpu_check_sections(tmp_path):
 
 
 def test_gpu_bench_runs_every_provider(tmp_path):
-    """The GPU suite's script on CPU with its smallest shapes, the Triton plugin included (the
+    """The GPU suite's script on CPU with its smallest shapes, the Triton providers included (the
     interpreter here): every provider, both directions, both layouts, each checked once against
     the reference by the script itself."""
     _run(sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--quick",
-         "--dtypes", "fp32", "--plugin", "triton_providers", "--out", str(tmp_path))
+         "--dtypes", "fp32", "--out", str(tmp_path))
     report = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert (tmp_path / "gpu_bench.md").read_text().count("|") > 20
     records = report["records"]
@@ -498,19 +498,23 @@ def test_gpu_bench_runs_every_provider(tmp_path):
         assert summary[f"{direction}: adain_ext_triton / adain_ext time (worst)"] > 0
 
 
-# A plugin provider that kills its process when it is first called, as the step's time limit
-# would while that provider runs.
-KILLER_PLUGIN = """import os
+# gpu_bench run with one more provider in the harness's table that kills its process when it is first called, as the
+# step's time limit would while that provider runs.
+KILLER_RUN = """import os
 import signal
+import sys
 
 import gpu_bench
+from adain_ext import bench_harness
 
 
 def _killed(content, style):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-gpu_bench.register_provider("killed_here", lambda device: _killed)
+bench_harness.PROVIDERS["killed_here"] = bench_harness.Provider(
+    "killed_here", "kills its process", lambda device: _killed)
+sys.exit(gpu_bench.main(sys.argv[1:]))
 """
 
 
@@ -518,12 +522,12 @@ def test_gpu_bench_leaves_each_provider_in_the_json_when_killed(tmp_path):
     """The JSON is written after every provider: a run killed while it times the second
     provider of its first configuration leaves the first one's records. The compiled provider
     named first waits until the eager ones are done, so it has none."""
-    (tmp_path / "killer_plugin.py").write_text(KILLER_PLUGIN)
+    (tmp_path / "killer_run.py").write_text(KILLER_RUN)
     env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(BENCH)]))
     result = subprocess.run(
-        [sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--quick", "--dtypes",
-         "fp32", "--layouts", "contiguous", "--plugin", "killer_plugin", "--providers",
+        [sys.executable, str(tmp_path / "killer_run.py"), "--device", "cpu", "--quick", "--dtypes",
+         "fp32", "--layouts", "contiguous", "--providers",
          "compiled_reference,adain_ext,killed_here", "--out", str(tmp_path / "out")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stdout[-2000:] + result.stderr[-2000:]
@@ -555,13 +559,9 @@ def gpu_bench():
     return _benchmark_script("gpu_bench")
 
 
-def test_gpu_bench_old_provider_names_keep_their_meaning_there(gpu_bench):
-    """--providers takes the names it took before each provider had one name, in the meaning they
-    had in this script: instance_norm was the biased one here (the exact one in adain-ext bench)."""
-    assert gpu_bench._provider("instance_norm").name == "instance_norm_biased"
-    assert gpu_bench._provider("group_norm").name == "group_norm_biased"
-    assert gpu_bench._provider("torch.compile").name == "compiled_reference"
-    assert gpu_bench._provider("triton+compile").compiled
+def test_gpu_bench_providers_are_the_harness_names(gpu_bench):
+    """--providers takes the suite's providers and any other of the harness's table."""
+    assert gpu_bench._provider("adain_ext_triton_compiled").compiled
     assert gpu_bench._provider("instance_norm_exact").name == "instance_norm_exact"
     assert gpu_bench._provider("no_such_provider") is None
 
