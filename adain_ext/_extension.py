@@ -65,9 +65,10 @@ CUDA_PATHS = ("none", "packed", "rows", "rows_partial_cache", "split", "channels
 
 def last_cuda_launch() -> dict:
     """Path and geometry of the most recent CUDA op of this process: {"path", "launches", "grid",
-    "block", "smem", "chunks"}. Raises RuntimeError where the CUDA kernels were not built."""
+    "block", "smem", "segments"} (segments: pieces per row). Raises RuntimeError where the CUDA
+    kernels were not built."""
     if not hasattr(torch.ops.adain, "_cuda_last_launch"):
         raise RuntimeError("adain_ext._C was built without CUDA kernels")
-    path, launches, grid, block, smem, chunks = torch.ops.adain._cuda_last_launch()
+    path, launches, grid, block, smem, segments = torch.ops.adain._cuda_last_launch()
     return {"path": CUDA_PATHS[path], "launches": launches, "grid": grid, "block": block,
-            "smem": smem, "chunks": chunks}
+            "smem": smem, "segments": segments}

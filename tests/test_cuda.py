@@ -289,7 +289,7 @@ def test_paths_every_op_matches_reference(case, dtype):
     taken = _run_ops_on_path(case, dtype, content, style)
     assert taken == {op: expected_path(case, op) for op in taken}, f"{case} on {SMS} SMs"
     if case.name in ("split_long_rows", "cl_split"):
-        assert _extension.last_cuda_launch()["chunks"] > 1
+        assert _extension.last_cuda_launch()["segments"] > 1
     _check_fused(case, dtype)  # and through autograd (adain_ext.adain), random gradients
 
 
