@@ -31,16 +31,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-# (backend, device type) -> the ops that serve it, filled on first use: what serves a device type is
-# fixed for the life of the process (the extension loaded or not, Triton found or not), and a call
-# of a small layer must cost little more than the op itself.
-_SERVED: dict[tuple[str, str], object] = {}
+# (backend, device) -> the ops that serve it, filled on first use: what serves a device is fixed
+# for the life of the process (the extension loaded or not, Triton found or not), and a call of a
+# small layer must cost little more than the op itself (benchmarks/bench_host_cost.py).
+_SERVED: dict[tuple[str, torch.device], object] = {}
 
 
-def _ops_for(backend: str, device: torch.device):
-    ops = _SERVED.get((backend, device.type))
-    if ops is None:
-        ops = _SERVED[backend, device.type] = backends.ops(resolve_backend(backend, device))
+def _serve(backend: str, device: torch.device):
+    ops = _SERVED[backend, device] = backends.ops(resolve_backend(backend, device))
     return ops
 
 
@@ -51,7 +49,8 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backe
     With the defaults this is the reference `calc_mean_std` (unbiased variance, eps on the
     variance).
     """
-    return _ops_for(backend, x.device).mean_std(x, eps, unbiased)
+    ops = _SERVED.get((backend, x.device)) or _serve(backend, x.device)
+    return ops.mean_std(x, eps, unbiased)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
@@ -61,7 +60,8 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
     if isinstance(alpha, torch.Tensor):  # its gradient would be dropped silently: refused
         _validation.check_scalars(alpha, eps)
         alpha = float(alpha)
-    return _ops_for(backend, content.device).adain(content, style, alpha, eps, unbiased)
+    ops = _SERVED.get((backend, content.device)) or _serve(backend, content.device)
+    return ops.adain(content, style, alpha, eps, unbiased)
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
@@ -70,4 +70,5 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     """
-    return _ops_for(backend, x.device).adain_affine(x, mean, std, eps, unbiased)
+    ops = _SERVED.get((backend, x.device)) or _serve(backend, x.device)
+    return ops.adain_affine(x, mean, std, eps, unbiased)

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +27,21 @@ SHAPES = ((1, 4, 4, 4), (8, 512, 4, 4))
 MODES = ("no autograd", "forward with autograd", "forward + backward")
 
 
-def providers(shape):
-    """name -> f(x, mean, std, style) for one (N, C, H, W) shape: the ops and their peers."""
+def providers():
+    """name -> f(inputs): the ops and their peers. inputs: x, mean, std, style (requiring grad in
+    the autograd modes) and mean0, std0 (never requiring grad: F.instance_norm(x) has x as its
+    only input, so the fair comparison of adain_affine with it has x as its only leaf too)."""
     return {
-        "F.instance_norm(x)": lambda x, m, s, y: F.instance_norm(x),
-        "F.instance_norm(x) * std + mean": lambda x, m, s, y: F.instance_norm(x) * s + m,
-        "torch.ops.adain.affine(x, mean, std)": lambda x, m, s, y: torch.ops.adain.affine(x, m, s),
-        "adain_ext.adain_affine(x, mean, std)": lambda x, m, s, y: adain_ext.adain_affine(x, m, s),
-        "adain_ext.adain(x, style)": lambda x, m, s, y: adain_ext.adain(x, y),
+        "F.instance_norm(x)": lambda t: F.instance_norm(t.x),
+        "F.instance_norm(x) * std + mean": lambda t: F.instance_norm(t.x) * t.std + t.mean,
+        "torch.ops.adain.affine(x, mean, std)": lambda t: torch.ops.adain.affine(t.x, t.mean, t.std),
+        "adain_ext.adain_affine(x, mean, std)": lambda t: adain_ext.adain_affine(t.x, t.mean, t.std),
+        "adain_ext.adain_affine, grad for x only":
+            lambda t: adain_ext.adain_affine(t.x, t.mean0, t.std0),
+        "adain_ext.adain(x, style)": lambda t: adain_ext.adain(t.x, t.style),
         "reference adain (the paper's code)":
-            lambda x, m, s, y: adain_ext.reference.adaptive_instance_normalization(x, y),
-        "torch.add(x, x), for scale": lambda x, m, s, y: torch.add(x, x),
+            lambda t: adain_ext.reference.adaptive_instance_normalization(t.x, t.style),
+        "torch.add(x, x), for scale": lambda t: torch.add(t.x, t.x),
     }
 
 
@@ -44,19 +49,21 @@ def calls_for(shape, mode):
     gen = torch.Generator().manual_seed(0)
     grad = mode != "no autograd"
     N, C = shape[:2]
-    x = torch.randn(shape, generator=gen).requires_grad_(grad)
-    style = torch.randn(shape, generator=gen).requires_grad_(grad)
-    mean = torch.randn(N, C, 1, 1, generator=gen).requires_grad_(grad)
-    std = (torch.rand(N, C, 1, 1, generator=gen) + 0.5).requires_grad_(grad)
+    t = types.SimpleNamespace(
+        x=torch.randn(shape, generator=gen).requires_grad_(grad),
+        style=torch.randn(shape, generator=gen).requires_grad_(grad),
+        mean0=torch.randn(N, C, 1, 1, generator=gen),
+        std0=torch.rand(N, C, 1, 1, generator=gen) + 0.5)
+    t.mean, t.std = (s.clone().requires_grad_(grad) for s in (t.mean0, t.std0))
     grad_out = torch.randn(shape, generator=gen)
     calls = {}
-    for name, fn in providers(shape).items():
+    for name, fn in providers().items():
         if mode == "forward + backward":
             def call(fn=fn):
-                fn(x, mean, std, style).backward(grad_out)
+                fn(t).backward(grad_out)
         else:
             def call(fn=fn):
-                fn(x, mean, std, style)
+                fn(t)
         calls[name] = call
     return calls
 
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
             times = bench_harness.host_cost(calls, args.calls, args.rounds)
             results["x".join(map(str, shape)) + " " + mode] = {k: v * 1e6 for k, v in times.items()}
             print(f"{shape} {mode}: done", file=sys.stderr)
-    names = list(providers(SHAPES[0]))
+    names = list(providers())
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread, "
                f"torch {torch.__version__}, Python {platform.python_version()}")
     lines = [f"Host cost per call, microseconds (best of {args.rounds} interleaved rounds of "

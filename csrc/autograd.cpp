@@ -229,7 +229,8 @@ const auto& affine_backward_op() {
 
 // A (N, C) accumulation-dtype gradient in the shape and dtype of the statistic it belongs to.
 Tensor as_grad_of(const Tensor& grad, const Tensor& like) {
-  return grad.reshape(like.sizes()).to(like.scalar_type());
+  auto shaped = grad.sizes() == like.sizes() ? grad : grad.view(like.sizes());
+  return shaped.scalar_type() == like.scalar_type() ? shaped : shaped.to(like.scalar_type());
 }
 
 class AffineFunction : public torch::autograd::Function<AffineFunction> {
