@@ -59,6 +59,7 @@ class Case:
     # "contiguous", "channels_last" (C innermost: channels_last, channels_last_3d, (N, T, C) memory)
     # or "strided" (a non-contiguous view)
     layout: str = "contiguous"
+    style_layout: str | None = None  # the style's layout; None: the content's
     mean_offset: float = 0.0  # added to the data: large-mean inputs test the statistics' accuracy
     dtypes: tuple = ()  # dtypes this case runs in; () means all of DTYPES
 
@@ -92,6 +93,12 @@ CASES = [
          layout="channels_last"),
     Case("volume_strided", (1, 3, 3, 4, 6), layout="strided"),
     Case("style_of_another_rank", (2, 3, 6, 5), style=(2, 3, 17)),
+    # Content and style in different layouts: the paths that take one layout for both (one
+    # region, one launch) must not read the style with the content's strides.
+    Case("channels_last_content_contiguous_style", (2, 6, 5, 7), alpha=0.7, layout="channels_last",
+         style_layout="contiguous"),
+    Case("contiguous_content_channels_last_style", (2, 6, 4, 5), style=(2, 6, 3, 7),
+         unbiased=False, style_layout="channels_last"),
 ]
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -180,10 +187,11 @@ def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     return t.contiguous()
 
 
-def make_tensor(shape, case: Case, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
+def make_tensor(shape, case: Case, dtype=torch.float32, device="cpu", seed=0, requires_grad=False,
+                layout: str | None = None):
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=gen, dtype=torch.float64) * 2.0 + 0.5 + case.mean_offset
-    t = _layout(base.to(device=device, dtype=dtype), case.layout)
+    t = _layout(base.to(device=device, dtype=dtype), layout or case.layout)
     return t.requires_grad_(requires_grad)
 
 
@@ -191,7 +199,8 @@ def make_inputs(case: Case, dtype=torch.float32, device="cpu", requires_grad=Fal
     """(content, style) for a case, drawn from a seed derived from the case name."""
     seed = sum(map(ord, case.name))
     content = make_tensor(case.content, case, dtype, device, seed, requires_grad)
-    style = make_tensor(case.style_shape, case, dtype, device, seed + 1, requires_grad)
+    style = make_tensor(case.style_shape, case, dtype, device, seed + 1, requires_grad,
+                        case.style_layout)
     return content, style
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from cases import (
     CASE_DTYPES,
+    TOLERANCES,
     Case,
     assert_close,
     assert_grads_close,
@@ -207,3 +208,113 @@ def test_registry_is_the_one_list_of_backends():
         assert (row["why"] is None) == (set(row["usable_on"]) == set(row["devices"])
                                          & set(backends.present_device_types()))
     assert next(r for r in rows if r["name"] == "reference")["available"]
+
+
+# ---- Statistics of other dtypes than x (and than each other): each gradient in its own dtype.
+
+# x dtype, mean dtype, std dtype, and which statistic gets a gradient of 1e5: one that fits its
+# float32 but not float16, while the other statistic's gradient (about 300) fits float16. A
+# gradient passed through the other statistic's dtype (or a 16-bit x's) on its way out overflows
+# to inf, and one rounded to 16 bits on the way exceeds the float32 tolerance.
+MIXED_STATISTIC_DTYPES = [
+    (torch.float32, torch.float32, torch.float16, "mean"),
+    (torch.float32, torch.float16, torch.float32, "std"),
+    (torch.float16, torch.float32, torch.float32, "mean"),
+    (torch.bfloat16, torch.float32, torch.float16, "mean"),
+]
+
+
+@pytest.mark.parametrize("x_dtype,mean_dtype,std_dtype,big", MIXED_STATISTIC_DTYPES,
+                         ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_affine_gradients_in_each_statistic_dtype(backend, device, x_dtype, mean_dtype,
+                                                  std_dtype, big):
+    if backend == "reference" and x_dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("the reference backend computes in x's 16-bit dtype (eager PyTorch): sums of "
+                    "1e5 overflow float16 there; the kernels accumulate in float32")
+    case = Case("mixed_statistic_dtypes", (2, 3, 32, 32), layout="channels_last")
+    x, _ = make_inputs(case, x_dtype, device, requires_grad=True)
+    mean64, std64 = make_statistics(case, torch.float64, device)
+    mean = mean64.reshape(2, 3).to(mean_dtype).requires_grad_()  # (N, C) and (N, C, 1, 1)
+    std = std64.to(std_dtype).requires_grad_()
+    out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend=backend)
+    assert out.dtype == x_dtype
+    # grad_mean = sum(g), grad_std = sum(g * x_hat): a constant 100 makes the first 1e5 and
+    # leaves the second alone (x_hat sums to 0); 100 * x_hat the reverse.
+    x_mean, x_std = reference.mean_std(x.detach().double(), unbiased=case.unbiased)
+    x_hat = (x.detach().double() - x_mean) / x_std
+    noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    grad_out = (10 * noise + (100 if big == "mean" else 100 * x_hat)).to(device, x_dtype)
+    got = torch.autograd.grad(out, (x, mean, std), grad_out)
+    leaves = double_leaves(x, mean, std)
+    want = torch.autograd.grad(reference.adain_affine(*leaves, unbiased=case.unbiased), leaves,
+                               grad_out.double())
+    big_grad, small_grad = (want[1], want[2]) if big == "mean" else (want[2], want[1])
+    f16_max = torch.finfo(torch.float16).max
+    assert big_grad.abs().max() > 1.5 * f16_max and small_grad.abs().max() < f16_max / 20
+    for g, w, leaf, name in zip(got, want, (x, mean, std), ("x", "mean", "std")):
+        assert g.shape == leaf.shape and g.dtype == leaf.dtype, name
+        assert g.isfinite().all(), f"{name}: {g.dtype} gradient not finite"
+        # Each gradient at the tolerance of the less precise of x's dtype and its own, atol
+        # relative to its largest entry (x's: or to grad_out's, which a 16-bit x's gradient
+        # rounds before the 100 offset cancels).
+        loose = max((x_dtype, leaf.dtype), key=lambda d: torch.finfo(d).eps)
+        atol, rtol = TOLERANCES[loose]
+        scale = max(w.abs().max().item(), grad_out.abs().max().item() if name == "x" else 0.0)
+        torch.testing.assert_close(g.double(), w.to(device), atol=atol * scale, rtol=rtol,
+                                   msg=lambda m: f"{name} ({g.dtype}): {m}")
+
+
+# ---- The registry's answers where a GPU is present (faked: torch.cuda.is_available() True, the
+# extension built with or without CUDA kernels, Triton found, the interpreter off as on a GPU
+# machine). A wrong answer there would make the GPU suite skip what it must run.
+
+
+def _fake_gpu_machine(monkeypatch, cuda_kernels: bool):
+    from adain_ext import _extension
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_extension, "HAS_CPP", True)
+    monkeypatch.setattr(_extension, "KERNEL_DEVICE_TYPES",
+                        frozenset({"cpu", "cuda"} if cuda_kernels else {"cpu"}))
+    monkeypatch.setattr(backends, "_TRITON_FOUND", True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.mark.parametrize("cuda_kernels", [True, False], ids=["built_with_cuda", "cpu_only_build"])
+def test_registry_answers_on_a_gpu_machine(monkeypatch, cuda_kernels):
+    import cases
+
+    _fake_gpu_machine(monkeypatch, cuda_kernels)
+    assert backends.present_device_types() == ("cpu", "cuda")
+    cpp, triton, ref = (backends.REGISTRY[n] for n in ("cpp", "triton", "reference"))
+    cuda_why = None if cuda_kernels else "it was built without cuda kernels"
+    assert (cpp.why_unavailable("cpu"), cpp.why_unavailable("cuda")) == (None, cuda_why)
+    # Triton serves CUDA tensors without the interpreter; CPU tensors only with it.
+    assert triton.why_unavailable("cuda") is None
+    assert "TRITON_INTERPRET=1" in triton.why_unavailable("cpu")
+    assert ref.why_unavailable("cpu") is None and ref.why_unavailable("cuda") is None
+    # auto: the compiled kernels where built for the device type, else the reference (never
+    # Triton, which auto does not pick).
+    assert backends.auto_backend("cpu") == "cpp"
+    assert backends.auto_backend("cuda") == ("cpp" if cuda_kernels else "reference")
+    cuda = torch.device("cuda")
+    assert adain_ext.resolve_backend("auto", cuda) == backends.auto_backend("cuda")
+    assert adain_ext.resolve_backend("triton", cuda) == "triton"
+    if not cuda_kernels:
+        with pytest.raises(RuntimeError, match="backend='cpp' is unavailable for cuda tensors: "
+                                               "it was built without cuda kernels"):
+            adain_ext.resolve_backend("cpp", cuda)
+    rows = {row["name"]: row for row in backends.availability()}
+    assert rows["cpp"]["usable_on"] == (("cpu", "cuda") if cuda_kernels else ("cpu",))
+    assert rows["cpp"]["why"] == (None if cuda_kernels else f"cuda: {cuda_why}")
+    assert rows["triton"]["usable_on"] == ("cuda",) and rows["triton"]["available"]
+    assert rows["triton"]["why"].startswith("cpu: the Triton kernels need a CUDA device")
+    assert rows["reference"]["usable_on"] == ("cpu", "cuda") and rows["reference"]["why"] is None
+    # What the GPU suite runs: the CUDA targets are not skipped where they can run; the backend
+    # tests run Triton on CUDA (its first device type).
+    skipped = {p.id for p in cases.targets(with_reference=True) if p.marks}
+    assert skipped == ({"triton-cpu"} if cuda_kernels else {"triton-cpu", "cpp-cuda"})
+    assert {p.id for p in _backend_params() if not p.marks} == {"cpp-cpu", "triton-cuda",
+                                                                "reference-cpu"}
+    assert cases.auto_is(cases.Target("cpp", "cuda")) == cuda_kernels

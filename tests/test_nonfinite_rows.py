@@ -55,3 +55,58 @@ def test_nonfinite_rows_leave_the_others_alone(target):
         want = reference.adain(content.double(), style.double(), alpha)
         torch.testing.assert_close(got[clean.to(device)].double(), want[clean.to(device)],
                                    atol=2e-5, rtol=2e-5)
+
+
+def _grad_out(like):
+    return torch.randn(like.shape, generator=torch.Generator().manual_seed(3)).to(like.device)
+
+
+@pytest.mark.parametrize("target", targets())
+def test_gradients_of_nonfinite_rows_at_alpha_one_match_reference(target):
+    """The backward follows the same rule: at alpha == 1 the target statistics are used as they
+    are, so the overflowing row's content gradient is 0 (its output does not depend on it) and
+    the style gradient of that row is finite, as in the reference; the Inf row is NaN in both.
+    A backward that blends 1 * std_s + 0 * inf gives NaN there instead."""
+    backend, device = target.backend, target.device
+    content, style = _overflowing_inputs(device)
+    content.requires_grad_()
+    style.requires_grad_()
+    grad_out = _grad_out(content)
+    got = torch.autograd.grad(adain_ext.adain(content, style, 1.0, backend=backend),
+                              (content, style), grad_out)
+    want = torch.autograd.grad(reference.adain(content, style, 1.0), (content, style), grad_out)
+    assert (got[0][0, 1] == 0).all() and got[1][0, 1].isfinite().all()
+    for g, w, name in zip(got, want, ("content", "style")):
+        torch.testing.assert_close(g, w, equal_nan=True, atol=2e-5, rtol=2e-5, msg=name)
+    # adain_affine with the style's statistics as the targets: gradients of x, mean and std.
+    mean, std = (t.detach().requires_grad_() for t in reference.mean_std(style.detach()))
+    got = torch.autograd.grad(adain_ext.adain_affine(content, mean, std, backend=backend),
+                              (content, mean, std), grad_out)
+    want = torch.autograd.grad(reference.adain_affine(content, mean, std), (content, mean, std),
+                               grad_out)
+    assert (got[0][0, 1] == 0).all() and got[1][0, 1].isfinite().all()
+    assert got[2][0, 1].isfinite().all()
+    for g, w, name in zip(got, want, ("x", "mean", "std")):
+        torch.testing.assert_close(g, w, equal_nan=True, atol=2e-5, rtol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("target", targets())
+def test_gradients_of_nonfinite_rows_leave_the_others_alone(target):
+    """At alpha < 1 too (where the non-finite rows' own gradients are NaN), every other row's
+    gradient matches the float64 reference."""
+    backend, device = target.backend, target.device
+    content, style = _overflowing_inputs(device)
+    content.requires_grad_()
+    style.requires_grad_()
+    grad_out = _grad_out(content)
+    clean = torch.ones(2, 3, dtype=torch.bool)
+    clean[0, 1] = clean[1, 2] = False
+    c64, s64 = (t.detach().double().requires_grad_() for t in (content, style))
+    for alpha in (1.0, 0.5):
+        got = torch.autograd.grad(adain_ext.adain(content, style, alpha, backend=backend),
+                                  (content, style), grad_out)
+        want = torch.autograd.grad(reference.adain(c64, s64, alpha), (c64, s64), grad_out.double())
+        for g, w in zip(got, want):
+            w = w[clean]
+            torch.testing.assert_close(g[clean.to(device)].double(), w.to(device),
+                                       atol=2e-5 * w.abs().max().item(), rtol=2e-5)
