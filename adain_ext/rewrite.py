@@ -1,18 +1,26 @@
 """accelerate(model): puts the fused ops in place of the AdaIN code existing models write.
 
-Read with torch.fx where the code can be traced (instance norm of any rank followed by a
-per-(n, c) multiply-add, calls to the reference AdaIN, adain_ext modules on a reference path);
-checked by running it on probe tensors where it cannot (MUNIT/FUNIT's batch_norm trick).
-`find_fusable(model)` says what would be rewritten and why each other instance norm is left
-alone. The README's "Accelerating existing models" lists the idioms with an example each.
+One matcher per idiom, each a `find` that reads and changes nothing and an `apply` that rewrites
+what find returned:
+
+  idiom                                      read from                  Finding.pattern
+  nn.InstanceNorm1d/2d/3d(x) * scale + shift  the torch.fx graph         instance_norm_modulation
+  F.instance_norm(x, ...) * scale + shift     the torch.fx graph         instance_norm_modulation
+  calls to the reference AdaIN                the torch.fx graph         reference_call
+  the batch_norm trick (MUNIT/FUNIT)          a run on probe tensors     batch_norm_adain
+  adain_ext modules on a reference path       their attributes           reference_backend
+
+`_plan` walks the model, children first, and gives each module to the idioms; `find_fusable`
+reports, `accelerate` also applies. docs/accelerate.md lists the idioms with an example each and
+what is left alone and why.
 """
 from __future__ import annotations
 
 import inspect
 import math
 import operator
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +28,7 @@ from torch import fx, nn
 
 from adain_ext import functional, reference
 from adain_ext import nn as adain_nn
-from adain_ext.stylegan import EqualizedLinear, StyleModulation
+from adain_ext.stylegan import FUSED, EqualizedLinear, StyleModulation
 
 # Reference functions (adain_ext.reference) and the fused function that computes the same thing.
 # The arguments are passed through unchanged: the signatures line up position by position.
@@ -34,6 +42,8 @@ _REFERENCE_TO_FUSED = {
 
 _MUL = {operator.mul, torch.mul, torch.Tensor.mul}
 _ADD = {operator.add, torch.add, torch.Tensor.add}
+_INSTANCE_NORM = nn.modules.instancenorm._InstanceNorm
+_INSTANCE_NORM_SIGNATURE = inspect.signature(F.instance_norm)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class Finding:
     def rewritten(self) -> bool:
         return self.reason is None
 
+
+# ----- What a rewritten forward calls ---------------------------------------------------------
 
 def _per_channel(x: torch.Tensor, t) -> bool:
     """True when t broadcasts against x (N, C, *) as a per-(n, c) value."""
@@ -115,6 +127,8 @@ _FUSED_FUNCTIONS = (instance_norm_modulate, functional.adain, functional.adain_a
                     functional.mean_std)
 
 
+# ----- Reading a forward with torch.fx, and giving a module a new forward ---------------------
+
 class _Tracer(fx.Tracer):
     """Traces one module's forward. Shallow: every child module stays a call (only the module's
     own code is read). Deep: user-defined children are inlined (torch.nn built-ins, our own
@@ -134,116 +148,6 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-_INSTANCE_NORM = nn.modules.instancenorm._InstanceNorm
-_INSTANCE_NORM_SIGNATURE = inspect.signature(F.instance_norm)
-
-
-@dataclass(frozen=True)
-class _Norm:
-    """An instance norm accelerate() can fuse: the node computing it, read off the graph."""
-
-    x: fx.Node
-    eps: float
-    weight: object  # F.instance_norm's weight/bias arguments (a module's are read at call time)
-    bias: object
-    what: str  # in source terms, for the report
-
-
-def _describe_norm(root: nn.Module, node: fx.Node) -> str | None:
-    """The norm `node` computes, in source terms, or None if it is no instance norm at all."""
-    if node.op == "call_module":
-        m = root.get_submodule(node.target)
-        if isinstance(m, _INSTANCE_NORM):
-            return f"{type(m).__name__} {node.target}"
-    if node.op == "call_function" and node.target is F.instance_norm:
-        return "F.instance_norm"
-    return None
-
-
-def _read_norm(root: nn.Module, node: fx.Node) -> tuple[_Norm | None, str | None]:
-    """(the norm, None) if node computes an instance norm accelerate() can fuse; (None, why not)
-    for an instance norm it cannot; (None, None) for any other node."""
-    what = _describe_norm(root, node)
-    if what is None:
-        return None, None
-    if node.op == "call_module":
-        m = root.get_submodule(node.target)
-        if type(m).forward is not _INSTANCE_NORM.forward:
-            return None, f"{type(m).__name__} overrides the instance norm's forward"
-        if m.track_running_stats:
-            return None, (f"{type(m).__name__}(affine={m.affine}, track_running_stats=True) "
-                          "uses its running statistics in eval mode and updates them in train mode")
-        if len(node.args) != 1 or node.kwargs:
-            return None, "called with more than one argument"
-        return _Norm(node.args[0], m.eps, None, None, what), None
-    try:
-        bound = _INSTANCE_NORM_SIGNATURE.bind(*node.args, **node.kwargs)
-    except TypeError:
-        return None, "its arguments do not match F.instance_norm's signature"
-    bound.apply_defaults()
-    a = bound.arguments
-    if a["running_mean"] is not None or a["running_var"] is not None:
-        return None, "F.instance_norm with running_mean/running_var updates or uses them"
-    if a["use_input_stats"] is not True:
-        return None, "F.instance_norm(use_input_stats=...) may normalise with running statistics"
-    if not isinstance(a["eps"], float):
-        return None, f"eps is {a['eps']!r}, not a number known when accelerate() runs"
-    return _Norm(a["input"], a["eps"], a["weight"], a["bias"], what), None
-
-
-def _binary_operands(node: fx.Node, ops: set) -> tuple | None:
-    is_op = ((node.op == "call_function" and node.target in ops)
-             or (node.op == "call_method" and node.target in {f.__name__ for f in ops}))
-    if is_op and len(node.args) == 2 and not node.kwargs:
-        return node.args
-    return None
-
-
-def _the_other(pair: tuple, node: fx.Node):
-    a, b = pair
-    if a is node and b is not node:
-        return b
-    if b is node and a is not node:
-        return a
-    return None
-
-
-def _node_text(node: fx.Node) -> str:
-    if node.op == "output":
-        return "the module's output"
-    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
-    return f"{node.op} {target}"
-
-
-def _sole_binary_user(node: fx.Node, ops, value: str, op_name: str, operand: str):
-    """(user, its other operand, None) when `node`'s one use is a binary op of `ops` whose other
-    operand is a tensor; else (None, None, why not). `value` names node in the reason ("its
-    output"), `op_name` the op ("multiply"), `operand` the other operand ("scale")."""
-    if len(node.users) != 1:
-        return None, None, f"{value} has {len(node.users)} uses, not one {op_name}"
-    (user,) = node.users
-    args = _binary_operands(user, ops)
-    other = args and _the_other(args, node)
-    if args and not isinstance(other, fx.Node):
-        return None, None, f"the {operand} is {other!r}, not a tensor"
-    if not isinstance(other, fx.Node):
-        article = "an" if op_name[0] in "aeiou" else "a"
-        return None, None, f"{value} goes to {_node_text(user)}, not {article} {op_name}"
-    return user, other, None
-
-
-def _match_modulation(node: fx.Node) -> tuple[tuple | None, str | None]:
-    """((mul, add, scale, shift), None) when the instance norm `node` is followed by
-    `* scale + shift` and neither intermediate value has another use; else (None, why not)."""
-    mul, scale, why = _sole_binary_user(node, _MUL, "its output", "multiply", "scale")
-    if why:
-        return None, why
-    add, shift, why = _sole_binary_user(mul, _ADD, "the product", "add", "shift")
-    if why:
-        return None, why
-    return (mul, add, scale, shift), None
-
-
 def _owner(node: fx.Node, default: str) -> str:
     """The module whose own code made `node`: the innermost user-defined module a deep trace
     inlined around it (torch.nn containers do not count), else `default`."""
@@ -251,54 +155,6 @@ def _owner(node: fx.Node, default: str) -> str:
         if qualname != node.target and not cls.__module__.startswith("torch.nn"):
             return qualname
     return default
-
-
-def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: dict):
-    """Rewrites graph in place. Returns (rewrites, left_alone, consumed): (pattern, detail, owner)
-    per rewrite; (node, what, reason) per instance norm left alone; (owner, what) per rewritten
-    norm from an inlined child (see _owner)."""
-    done, left_alone, consumed = [], [], []
-    for node in list(graph.nodes):
-        norm, why_not = _read_norm(root, node)
-        if norm is not None:
-            match, why_not = _match_modulation(node)
-        if why_not is not None:
-            left_alone.append((node, _describe_norm(root, node), why_not))
-        if norm is None or match is None:
-            continue
-        mul, add, scale, shift = match
-        with graph.inserting_before(add):
-            kwargs = {"backend": backend}
-            if node.op == "call_module":
-                kwargs["norm"] = graph.get_attr(node.target)
-            else:
-                kwargs.update(weight=norm.weight, bias=norm.bias)
-            fused = graph.call_function(instance_norm_modulate, (norm.x, scale, shift, norm.eps),
-                                        kwargs)
-        add.replace_all_uses_with(fused)
-        owner = _owner(node, "")
-        if owner:  # the child's own report names the norm relative to the child
-            consumed.append((owner, _describe_norm(root, node).replace(f" {owner}.", " ")))
-        for dead in (add, mul, node):
-            graph.erase_node(dead)
-        done.append(("instance_norm_modulation", f"{norm.what}(x) * {scale.name} + {shift.name}",
-                     owner))
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target in references:
-            original = node.target
-            signature = inspect.signature(original)
-            try:
-                bound = signature.bind(*node.args, **node.kwargs)
-            except TypeError:
-                continue
-            if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                   for p in signature.parameters.values()):
-                continue
-            node.target = references[original]
-            node.args, node.kwargs = tuple(bound.args), {"backend": backend}
-            done.append(("reference_call", f"{original.__module__}.{original.__name__}",
-                         _owner(node, "")))
-    return done, left_alone, consumed
 
 
 class _AssignsAttributes(Exception):
@@ -375,6 +231,236 @@ def _install(module: nn.Module, forward, code: str, **attributes) -> None:
         "adain_fused_code": code,  # the rewritten forward, for inspection
         **attributes,
     })
+
+
+# ----- Idioms in the traced graph: instance norm modulation (module or function), reference calls
+
+@dataclass(frozen=True)
+class _Norm:
+    """An instance norm accelerate() can fuse: the node computing it, read off the graph."""
+
+    x: fx.Node
+    eps: float
+    weight: object  # F.instance_norm's weight/bias arguments (a module's are read at call time)
+    bias: object
+    what: str  # in source terms, for the report
+
+
+@dataclass(frozen=True)
+class _Modulation:
+    """`norm(x) * scale + shift` found in a graph: the nodes apply() replaces by one call."""
+
+    node: fx.Node  # the norm
+    norm: _Norm
+    mul: fx.Node
+    add: fx.Node
+    scale: fx.Node
+    shift: fx.Node
+
+
+def _binary_operands(node: fx.Node, ops: set) -> tuple | None:
+    is_op = ((node.op == "call_function" and node.target in ops)
+             or (node.op == "call_method" and node.target in {f.__name__ for f in ops}))
+    if is_op and len(node.args) == 2 and not node.kwargs:
+        return node.args
+    return None
+
+
+def _the_other(pair: tuple, node: fx.Node):
+    a, b = pair
+    if a is node and b is not node:
+        return b
+    if b is node and a is not node:
+        return a
+    return None
+
+
+def _node_text(node: fx.Node) -> str:
+    if node.op == "output":
+        return "the module's output"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "?")
+    return f"{node.op} {target}"
+
+
+def _sole_binary_user(node: fx.Node, ops, value: str, op_name: str, operand: str):
+    """(user, its other operand, None) when `node`'s one use is a binary op of `ops` whose other
+    operand is a tensor; else (None, None, why not). `value` names node in the reason ("its
+    output"), `op_name` the op ("multiply"), `operand` the other operand ("scale")."""
+    if len(node.users) != 1:
+        return None, None, f"{value} has {len(node.users)} uses, not one {op_name}"
+    (user,) = node.users
+    args = _binary_operands(user, ops)
+    other = args and _the_other(args, node)
+    if args and not isinstance(other, fx.Node):
+        return None, None, f"the {operand} is {other!r}, not a tensor"
+    if not isinstance(other, fx.Node):
+        article = "an" if op_name[0] in "aeiou" else "a"
+        return None, None, f"{value} goes to {_node_text(user)}, not {article} {op_name}"
+    return user, other, None
+
+
+def _match_modulation(node: fx.Node) -> tuple[tuple | None, str | None]:
+    """((mul, add, scale, shift), None) when the instance norm `node` is followed by
+    `* scale + shift` and neither intermediate value has another use; else (None, why not)."""
+    mul, scale, why = _sole_binary_user(node, _MUL, "its output", "multiply", "scale")
+    if why:
+        return None, why
+    add, shift, why = _sole_binary_user(mul, _ADD, "the product", "add", "shift")
+    if why:
+        return None, why
+    return (mul, add, scale, shift), None
+
+
+class _NormModulation:
+    """`norm(x) * scale + shift`: the product and sum written `*`/`+`, torch.mul/torch.add or
+    .mul/.add, in either operand order, and neither the normalised value nor the product used
+    elsewhere. Becomes one instance_norm_modulate call. The subclasses read the norm."""
+
+    def describe(self, root: nn.Module, node: fx.Node) -> str | None:
+        """The norm `node` computes, in source terms; None when it is not this idiom's norm."""
+        raise NotImplementedError
+
+    def read(self, root: nn.Module, node: fx.Node) -> tuple[_Norm | None, str | None]:
+        """(the norm, None) when accelerate() can fuse it, else (None, why not)."""
+        raise NotImplementedError
+
+    def norm_kwargs(self, graph: fx.Graph, match: _Modulation) -> dict:
+        """What instance_norm_modulate is told of the norm."""
+        raise NotImplementedError
+
+    def find(self, root: nn.Module, node: fx.Node) -> tuple[_Modulation | None, str | None]:
+        """(the modulation, None), or (None, why not) for a norm of this idiom left alone."""
+        norm, why_not = self.read(root, node)
+        if norm is None:
+            return None, why_not
+        found, why_not = _match_modulation(node)
+        if found is None:
+            return None, why_not
+        return _Modulation(node, norm, *found), None
+
+    def apply(self, graph: fx.Graph, match: _Modulation, backend: str) -> str:
+        """Replaces the norm, product and sum by one call; returns what it replaced."""
+        norm, scale, shift = match.norm, match.scale, match.shift
+        with graph.inserting_before(match.add):
+            kwargs = {"backend": backend, **self.norm_kwargs(graph, match)}
+            fused = graph.call_function(instance_norm_modulate, (norm.x, scale, shift, norm.eps),
+                                        kwargs)
+        match.add.replace_all_uses_with(fused)
+        for dead in (match.add, match.mul, match.node):
+            graph.erase_node(dead)
+        return f"{norm.what}(x) * {scale.name} + {shift.name}"
+
+
+class _ModuleNormModulation(_NormModulation):
+    """The norm is an nn.InstanceNorm1d/2d/3d child called on x alone, with
+    track_running_stats=False and its own forward; affine or not (its weight and bias are read at
+    each call and fold into the modulation)."""
+
+    def describe(self, root, node):
+        if node.op == "call_module":
+            m = root.get_submodule(node.target)
+            if isinstance(m, _INSTANCE_NORM):
+                return f"{type(m).__name__} {node.target}"
+        return None
+
+    def read(self, root, node):
+        m = root.get_submodule(node.target)
+        if type(m).forward is not _INSTANCE_NORM.forward:
+            return None, f"{type(m).__name__} overrides the instance norm's forward"
+        if m.track_running_stats:
+            return None, (f"{type(m).__name__}(affine={m.affine}, track_running_stats=True) "
+                          "uses its running statistics in eval mode and updates them in train mode")
+        if len(node.args) != 1 or node.kwargs:
+            return None, "called with more than one argument"
+        return _Norm(node.args[0], m.eps, None, None, self.describe(root, node)), None
+
+    def norm_kwargs(self, graph, match):
+        return {"norm": graph.get_attr(match.node.target)}
+
+
+class _FunctionNormModulation(_NormModulation):
+    """The norm is a call F.instance_norm(x, weight=..., bias=..., eps=...) that normalises with
+    the input's statistics, with an eps known when accelerate() runs."""
+
+    def describe(self, root, node):
+        if node.op == "call_function" and node.target is F.instance_norm:
+            return "F.instance_norm"
+        return None
+
+    def read(self, root, node):
+        try:
+            bound = _INSTANCE_NORM_SIGNATURE.bind(*node.args, **node.kwargs)
+        except TypeError:
+            return None, "its arguments do not match F.instance_norm's signature"
+        bound.apply_defaults()
+        a = bound.arguments
+        if a["running_mean"] is not None or a["running_var"] is not None:
+            return None, "F.instance_norm with running_mean/running_var updates or uses them"
+        if a["use_input_stats"] is not True:
+            return None, ("F.instance_norm(use_input_stats=...) may normalise with running "
+                          "statistics")
+        if not isinstance(a["eps"], float):
+            return None, f"eps is {a['eps']!r}, not a number known when accelerate() runs"
+        return _Norm(a["input"], a["eps"], a["weight"], a["bias"], "F.instance_norm"), None
+
+    def norm_kwargs(self, graph, match):
+        return {"weight": match.norm.weight, "bias": match.norm.bias}
+
+
+_NORM_MODULATIONS = (_ModuleNormModulation(), _FunctionNormModulation())
+
+
+def _find_reference_call(node: fx.Node, references: dict) -> inspect.BoundArguments | None:
+    """The arguments of a call to a reference function (adain_ext.reference's or a copy named in
+    reference_functions) when they bind to its positional parameters; else None."""
+    if node.op != "call_function" or node.target not in references:
+        return None
+    signature = inspect.signature(node.target)
+    try:
+        bound = signature.bind(*node.args, **node.kwargs)
+    except TypeError:
+        return None
+    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+           for p in signature.parameters.values()):
+        return None
+    return bound
+
+
+def _apply_reference_call(node: fx.Node, bound: inspect.BoundArguments, references: dict,
+                          backend: str) -> str:
+    """Calls the fused function with the same arguments; returns the function it replaced."""
+    original = node.target
+    node.target = references[original]
+    node.args, node.kwargs = tuple(bound.args), {"backend": backend}
+    return f"{original.__module__}.{original.__name__}"
+
+
+def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: dict):
+    """Applies the graph idioms to graph in place, node by node (a rewrite can change what the
+    nodes after it match). Returns (rewrites, left_alone, consumed): (pattern, detail, owner) per
+    rewrite; (node, what, reason) per instance norm left alone; (owner, what) per rewritten norm
+    from an inlined child (see _owner)."""
+    done, left_alone, consumed = [], [], []
+    for node in list(graph.nodes):
+        for idiom in _NORM_MODULATIONS:
+            what = idiom.describe(root, node)
+            if what is None:
+                continue
+            match, why_not = idiom.find(root, node)
+            if match is None:
+                left_alone.append((node, what, why_not))
+                continue
+            owner = _owner(node, "")
+            if owner:  # the child's own report names the norm relative to the child
+                consumed.append((owner, what.replace(f" {owner}.", " ")))
+            done.append(("instance_norm_modulation", idiom.apply(graph, match, backend), owner))
+    for node in list(graph.nodes):
+        bound = _find_reference_call(node, references)
+        if bound is not None:
+            owner = _owner(node, "")
+            done.append(("reference_call", _apply_reference_call(node, bound, references, backend),
+                         owner))
+    return done, left_alone, consumed
 
 
 # ----- The batch_norm trick (MUNIT / FUNIT AdaptiveInstanceNorm2d) ---------------------------
@@ -552,7 +638,55 @@ def _plan_batch_norm_trick(module: nn.Module):
     return plan, why_not
 
 
-def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, apply: bool):
+def _apply_batch_norm_trick(module: nn.Module, plan: dict, backend: str) -> None:
+    _install(module, _batch_norm_trick_forward(type(module).forward),
+             f"batch_norm trick -> adain_affine, (training, rank): eps {plan}",
+             adain_batch_norm_plan=plan, adain_backend=backend, adain_channels=_channels(module))
+
+
+def _is_batch_norm_trick_candidate(module: nn.Module) -> bool:
+    """A leaf with a running_mean buffer and weight/bias assigned per call: worth a probe."""
+    return (_assigned_affine(module) and not list(module.children())
+            and isinstance(getattr(module, "running_mean", None), torch.Tensor))
+
+
+# ----- adain_ext's own modules on a reference path ---------------------------------------------
+
+def _find_reference_path(module: StyleModulation | adain_nn.AdaIN) -> bool:
+    """StyleModulation with an unfused impl, or nn.AdaIN(backend="reference")."""
+    if isinstance(module, StyleModulation):
+        return module.impl not in FUSED
+    return module.backend == "reference"
+
+
+def _apply_reference_path(module: StyleModulation | adain_nn.AdaIN, backend: str) -> None:
+    if isinstance(module, StyleModulation):
+        module.impl = "fused" if backend == "auto" else backend
+    else:
+        module.backend = backend
+
+
+# ----- The planner: each module, children first, to the idioms --------------------------------
+
+@dataclass
+class _Pass:
+    """One find_fusable() or accelerate() pass over a model."""
+
+    backend: str
+    apply: bool
+    references: dict  # function -> the fused function taking its place
+    extra: tuple  # the user's copies of reference functions: fx keeps them calls
+    names: dict  # module -> qualified name
+    findings: list = field(default_factory=list)
+    opaque: set = field(default_factory=set)  # ids of modules done: later traces keep them calls
+
+    def left_alone(self, name: str, entries) -> None:
+        for node, what, reason in entries:
+            if _owner(node, "") == "":  # norms inlined from user-defined children report there
+                self.findings.append(Finding(name, "left_alone", what, reason))
+
+
+def _reference_table(reference_functions: Mapping | None) -> dict:
     references = dict(_REFERENCE_TO_FUSED)
     for fn, ref in (reference_functions or {}).items():
         if ref not in _REFERENCE_TO_FUSED:
@@ -560,92 +694,102 @@ def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, a
             raise ValueError(f"reference_functions maps {fn!r} to {ref!r}, which is not one of the "
                              f"adain_ext.reference functions {known}")
         references[fn] = _REFERENCE_TO_FUSED[ref]
-    extra = tuple(reference_functions or ())
-    findings, opaque = [], set()
-    names = {m: name for name, m in model.named_modules(remove_duplicate=False)}
+    return references
 
-    def prefixed(name: str, child: str) -> str:
-        return f"{name}.{child}" if name and child else name or child
 
-    def left_alone(name: str, entries):
-        for node, what, reason in entries:
-            owner = _owner(node, "")
-            if owner == "":  # norms inlined from user-defined children are their own to report
-                findings.append(Finding(name, "left_alone", what, reason))
+def _visit_reference_path(run: _Pass, module: nn.Module, name: str) -> None:
+    if _find_reference_path(module):
+        run.findings.append(Finding(name, "reference_backend", type(module).__name__))
+        if run.apply:
+            _apply_reference_path(module, run.backend)
+    run.opaque.add(id(module))
 
-    def visit(module: nn.Module):
-        for child in module.children():
-            visit(child)
-        name = names.get(module, "")
-        if isinstance(module, (StyleModulation, adain_nn.AdaIN)):
-            uses_reference = (module.impl != "fused" if isinstance(module, StyleModulation)
-                              else module.backend == "reference")
-            if uses_reference:
-                findings.append(Finding(name, "reference_backend", type(module).__name__))
-                if apply:
-                    if isinstance(module, StyleModulation):
-                        module.impl = "fused"
-                    module.backend = backend
-            opaque.add(id(module))
-            return
-        if (type(module).__module__.startswith("torch.nn") or id(module) in opaque
-                or hasattr(module, "adain_fused_code")):
-            return  # built-ins (containers included) have nothing of their own; done already
-        probed = (_assigned_affine(module)
-                  and isinstance(getattr(module, "running_mean", None), torch.Tensor)
-                  and not list(module.children()))
-        if probed:
-            plan, why_not = _plan_batch_norm_trick(module)
-            what = f"F.batch_norm over x.view(1, N*C, ...) ({type(module).__name__})"
-            for mode, reason in why_not.items():
-                findings.append(Finding(name, "left_alone", f"{what} in {mode} mode", reason))
-            if plan:
-                ranks = sorted({rank for _, rank in plan})
-                modes = sorted({"train" if t else "eval" for t, _ in plan}, reverse=True)
-                findings.append(Finding(name, "batch_norm_adain", (
-                    f"{what} -> adain_affine(x, mean=bias.view(N, C), std=weight.view(N, C), "
-                    f"unbiased=False), {'/'.join(modes)} mode, ranks {ranks}")))
-                if apply:
-                    _install(module, _batch_norm_trick_forward(type(module).forward),
-                             f"batch_norm trick -> adain_affine, (training, rank): eps {plan}",
-                             adain_batch_norm_plan=plan, adain_backend=backend,
-                             adain_channels=_channels(module))
-                opaque.add(id(module))
-                return
-        traced_left = None  # the norms left alone in the deepest trace that worked
-        for deep in (False, True):
-            graph = _trace(module, deep, opaque, extra)
-            if graph is None:
-                continue
-            found, left, consumed = _rewrite_graph(module, graph, backend, references)
-            traced_left = left
-            if not found:
-                continue
-            if not _same_in_train_and_eval(module, deep, opaque, extra):
-                why = "its traced code differs between train() and eval() (a branch on self.training)"
-                findings.extend(Finding(name, "left_alone", detail, why)
+
+def _visit_batch_norm_trick(run: _Pass, module: nn.Module, name: str) -> bool:
+    """Probes the module; True when its forward is the batch_norm trick in some mode."""
+    plan, why_not = _plan_batch_norm_trick(module)
+    what = f"F.batch_norm over x.view(1, N*C, ...) ({type(module).__name__})"
+    for mode, reason in why_not.items():
+        run.findings.append(Finding(name, "left_alone", f"{what} in {mode} mode", reason))
+    if not plan:
+        return False
+    ranks = sorted({rank for _, rank in plan})
+    modes = sorted({"train" if t else "eval" for t, _ in plan}, reverse=True)
+    run.findings.append(Finding(name, "batch_norm_adain", (
+        f"{what} -> adain_affine(x, mean=bias.view(N, C), std=weight.view(N, C), "
+        f"unbiased=False), {'/'.join(modes)} mode, ranks {ranks}")))
+    if run.apply:
+        _apply_batch_norm_trick(module, plan, run.backend)
+    run.opaque.add(id(module))
+    return True
+
+
+def _visit_traced(run: _Pass, module: nn.Module, name: str) -> bool:
+    """The graph idioms of the module's forward, read shallow (its own code), then, if that finds
+    nothing, deep (its user-defined children inlined); the rewritten graph installed when it is
+    the same in train and eval mode. False when torch.fx traces it neither way."""
+    traced_left = None  # the norms left alone in the deepest trace that worked
+    for deep in (False, True):
+        graph = _trace(module, deep, run.opaque, run.extra)
+        if graph is None:
+            continue
+        found, traced_left, consumed = _rewrite_graph(module, graph, run.backend, run.references)
+        if not found:
+            continue
+        same = _same_in_train_and_eval(module, deep, run.opaque, run.extra)
+        if not same:
+            why = "its traced code differs between train() and eval() (a branch on self.training)"
+            run.findings.extend(Finding(name, "left_alone", detail, why)
                                 for _, detail, owner in found if not owner)
-                left_alone(name, left)
-                return
-            stale = {(prefixed(name, owner), what) for owner, what in consumed}
-            findings[:] = [f for f in findings if f.rewritten or (f.module, f.detail) not in stale]
-            findings.extend(Finding(name, pattern, detail) for pattern, detail, _ in found)
-            left_alone(name, left)
-            if apply:
+        else:  # the inlined children's own reports of the norms rewritten here are stale
+            stale = {(f"{name}.{owner}" if name else owner, what) for owner, what in consumed}
+            run.findings[:] = [f for f in run.findings
+                               if f.rewritten or (f.module, f.detail) not in stale]
+            run.findings.extend(Finding(name, pattern, detail) for pattern, detail, _ in found)
+        run.left_alone(name, traced_left)
+        if same:
+            if run.apply:
                 graph.lint()
                 generated = fx.GraphModule(module, graph)
                 _install(module, type(generated).forward, generated.code)
-            opaque.add(id(module))
-            return
-        if traced_left is not None:
-            left_alone(name, traced_left)
-        elif not probed and (any(isinstance(c, _INSTANCE_NORM) for c in module.children())
-                             or _calls(module, "batch_norm") or _calls(module, "instance_norm")):
-            findings.append(Finding(name, "left_alone", f"forward of {type(module).__name__}",
-                                    _trace_error(module, opaque, extra)))
+            run.opaque.add(id(module))
+        return True
+    if traced_left is not None:
+        run.left_alone(name, traced_left)
+    return traced_left is not None
 
-    visit(model)
-    return findings
+
+def _visit_untraceable(run: _Pass, module: nn.Module, name: str) -> None:
+    """Reports a forward fx cannot read when it holds or calls a norm."""
+    if (any(isinstance(c, _INSTANCE_NORM) for c in module.children())
+            or _calls(module, "batch_norm") or _calls(module, "instance_norm")):
+        run.findings.append(Finding(name, "left_alone", f"forward of {type(module).__name__}",
+                                    _trace_error(module, run.opaque, run.extra)))
+
+
+def _children_first(module: nn.Module) -> Iterator[nn.Module]:
+    for child in module.children():
+        yield from _children_first(child)
+    yield module
+
+
+def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, apply: bool):
+    run = _Pass(backend, apply, _reference_table(reference_functions),
+                tuple(reference_functions or ()),
+                {m: name for name, m in model.named_modules(remove_duplicate=False)})
+    for module in _children_first(model):
+        name = run.names.get(module, "")
+        if isinstance(module, (StyleModulation, adain_nn.AdaIN)):
+            _visit_reference_path(run, module, name)
+        elif (type(module).__module__.startswith("torch.nn") or id(module) in run.opaque
+                or hasattr(module, "adain_fused_code")):
+            continue  # built-ins (containers included) have nothing of their own; done already
+        elif _is_batch_norm_trick_candidate(module):
+            if not _visit_batch_norm_trick(run, module, name):
+                _visit_traced(run, module, name)
+        elif not _visit_traced(run, module, name):
+            _visit_untraceable(run, module, name)
+    return run.findings
 
 
 def find_fusable(model: nn.Module, *, reference_functions: Mapping | None = None) -> list[Finding]:
@@ -657,49 +801,11 @@ def find_fusable(model: nn.Module, *, reference_functions: Mapping | None = None
 def accelerate(model: nn.Module, *, backend: str = "auto",
                reference_functions: Mapping[Callable, Callable] | None = None) -> nn.Module:
     """Puts the fused op in place of unfused AdaIN code in an existing model; returns the model
-    (the same object, changed in place).
+    (the same object, changed in place). `backend` is the fused op's; `reference_functions` maps
+    your own copies of the reference functions to the adain_ext.reference function each equals.
 
-    Supported patterns (each found in the forward of a module, read with torch.fx):
-
-    1. `norm(x) * scale + shift`, where `norm` is an nn.InstanceNorm1d/2d/3d child with
-       track_running_stats=False (affine or not: its weight and bias fold into the modulation)
-       or a call `F.instance_norm(x, weight=..., bias=..., eps=...)` without running
-       statistics; the product and sum may be written `*`/`+`, `torch.mul`/`torch.add` or
-       `.mul`/`.add`, in either operand order, also inside free functions the forward calls
-       (fx traces through them), and the normalised value and the product must have no other
-       use. At run time the fused op is used when scale and shift broadcast as per-(n, c)
-       values ((N, C, 1, ...), (1, C, 1, ...), (C, 1, ...), e.g. `unsqueeze`/`view`/`chunk`
-       of a linear layer's output); otherwise (spatial maps as in SPADE, unbatched input) the
-       original expression runs. The norm, product and sum may sit in different child modules
-       (e.g. the InstanceNorm2d inside an nn.Sequential and the modulation in a sibling
-       module): the smallest enclosing module is rewritten.
-    2. The batch_norm trick of MUNIT/FUNIT's AdaptiveInstanceNorm2d: a leaf module with plain
-       `weight`/`bias` attributes assigned per call and a `running_mean` buffer whose forward
-       is `F.batch_norm(x.view(1, N*C, *spatial), <repeated running stats>, self.weight,
-       self.bias, True, momentum, eps)` viewed back to x's shape. Its forward becomes
-       adain_affine(x, bias.view(N, C), weight.view(N, C), eps, unbiased=False), reading
-       weight, bias and eps at each call; checked by running the forward on probe tensors
-       (ranks 3-5, train and eval) and recording its tensor operations, since fx cannot trace
-       it. Modes and ranks the probe did not verify, and weight/bias of another shape, dtype
-       or device, run the original forward.
-    3. Calls to the reference AdaIN: adain_ext.reference.adaptive_instance_normalization, adain,
-       adain_affine, calc_mean_std and mean_std become adain_ext.adain / adain_affine /
-       mean_std; `reference_functions` maps your own copies of them (e.g. the paper code's
-       `adaptive_instance_normalization` pasted into your project) to the reference function
-       they equal, e.g. {my_module.adaptive_instance_normalization:
-       reference.adaptive_instance_normalization}.
-    4. adain_ext modules running a reference path: StyleModulation(impl != "fused") and
-       adain_ext.nn.AdaIN(backend="reference") are switched to the fused path.
-
-    Limits: a rewritten module keeps its object, parameters, buffers, hooks and state_dict keys,
-    but its forward becomes the fx-traced code: Python branches in it are frozen as they were at
-    accelerate() time (modules whose traced code differs between train() and eval() are left
-    alone; so are modules whose forward assigns module attributes, which a graph does not
-    record, and modules fx cannot trace, e.g. control flow on tensor values; their children are
-    still searched), and torch.save(model) of the whole object does not pickle (save state_dict).
-    Hand-written instance norms (x - mean) * rsqrt(var + eps) are not recognised. The fused op
-    checks its inputs: L < 2 with the unbiased reference semantics raises where the reference
-    returned NaN.
+    docs/accelerate.md says which idioms are recognised, what is left alone and why, and what a
+    rewritten module keeps.
     """
     if backend not in functional.BACKENDS:
         raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")

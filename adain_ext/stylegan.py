@@ -1,5 +1,5 @@
-"""StyleGAN-style AdaIN on the fused `affine` op (`accelerate(model)`, which puts the fused ops into
-existing models of every family, is in adain_ext.rewrite).
+"""StyleGAN-style AdaIN on the fused `affine` op (adain_ext.rewrite.accelerate puts the fused ops
+into existing models).
 
 StyleGAN's AdaIN (Karras et al. 2019, NVlabs/stylegan `style_mod` + `instance_norm`):
 
@@ -24,17 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adain_ext import functional, reference
+from adain_ext import backends, functional, reference
 
 # (eps, unbiased) of each semantics. StyleGAN: instance norm with the biased variance and 1e-8
 # inside the rsqrt (NVlabs/stylegan networks_stylegan.py `instance_norm(x, epsilon=1e-8)`). AdaIN
 # paper: the reference's calc_mean_std (unbiased, 1e-5).
 SEMANTICS = {"stylegan": (1e-8, False), "adain": (1e-5, True)}
 
-# "fused": the fused op. "reference": adain_ext.reference.adain_affine (the project's oracle, the
-# same math written out in PyTorch). "instance_norm": F.instance_norm(x) * scale + shift, the way
-# StyleGAN ports write it (StyleGAN semantics only: instance_norm has no unbiased variance).
-IMPLS = ("fused", "reference", "instance_norm")
+# The implementations StyleModulation(impl=...) takes. The fused op: "fused" (backend "auto") or a
+# backend with kernels by name ("cpp", "triton"); FUSED maps each to the op's backend argument.
+# "reference": adain_ext.reference.adain_affine (the project's oracle, the same math written out in
+# PyTorch). "instance_norm": F.instance_norm(x) * scale + shift, the way StyleGAN ports write it
+# (StyleGAN semantics only: instance_norm has no unbiased variance).
+FUSED = {"fused": "auto", **{name: name for name in backends.NAMES if name != "reference"}}
+IMPLS = (*FUSED, "reference", "instance_norm")
 
 
 class EqualizedLinear(nn.Module):
@@ -64,9 +67,9 @@ class StyleModulation(nn.Module):
     style_dim:  length of the style vector w (N, style_dim).
     semantics:  "stylegan" (biased variance, eps 1e-8) or "adain" (the AdaIN paper's unbiased
                 variance, eps 1e-5); `eps` overrides the eps.
-    impl:       "fused" (default), "reference" or "instance_norm" (see IMPLS): the unfused
+    impl:       "fused" (default: the fused op, backend "auto"), "cpp" or "triton" (the fused op
+                on that backend), "reference" or "instance_norm" (see IMPLS): the unfused
                 formulations are the baselines the fused path is tested and benchmarked against.
-    backend:    the op backend when impl == "fused" (see adain_ext.adain_affine).
 
     The affine map is StyleGAN's: an EqualizedLinear (weights N(0, 1), gain 1/sqrt(style_dim))
     with its bias initialised to 0, applied as scale = 1 + s, so the scale starts around 1 and
@@ -75,7 +78,7 @@ class StyleModulation(nn.Module):
     """
 
     def __init__(self, channels: int, style_dim: int, *, semantics: str = "stylegan",
-                 eps: float | None = None, impl: str = "fused", backend: str = "auto"):
+                 eps: float | None = None, impl: str = "fused"):
         super().__init__()
         if semantics not in SEMANTICS:
             raise ValueError(f"semantics must be one of {tuple(SEMANTICS)}, got {semantics!r}")
@@ -87,7 +90,7 @@ class StyleModulation(nn.Module):
                              "semantics='adain' (use impl='fused' or 'reference')")
         self.channels, self.semantics = channels, semantics
         self.eps = default_eps if eps is None else float(eps)
-        self.impl, self.backend = impl, backend
+        self.impl = impl
         self.affine = EqualizedLinear(style_dim, 2 * channels)
 
     def styles(self, w: torch.Tensor):
@@ -101,9 +104,9 @@ class StyleModulation(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         scale, shift = self.styles(w)
-        if self.impl == "fused":
+        if self.impl in FUSED:
             return functional.adain_affine(x, shift, scale, self.eps, self.unbiased,
-                                           backend=self.backend)
+                                           backend=FUSED[self.impl])
         if self.impl == "reference":
             return reference.adain_affine(x, shift, scale, self.eps, self.unbiased)
         per_row = (*scale.shape, *([1] * (x.dim() - 2)))  # (N, C, 1, ...) against (N, C, *)
@@ -112,14 +115,5 @@ class StyleModulation(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, semantics={self.semantics!r}, eps={self.eps}, "
-                f"impl={self.impl!r}, backend={self.backend!r}")
+                f"impl={self.impl!r}")
 
-
-def __getattr__(name: str):
-    # accelerate() and its helpers live in adain_ext.rewrite; imported on first use (that module
-    # imports this one) so that `from adain_ext.stylegan import accelerate` keeps working.
-    if name in ("accelerate", "find_fusable", "instance_norm_modulate", "Finding"):
-        from adain_ext import rewrite
-
-        return getattr(rewrite, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

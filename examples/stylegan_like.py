@@ -149,26 +149,26 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
     """z (N, z_dim) -> image (N, 3, resolution, resolution).
 
-    impl:       "fused" | "reference" | "instance_norm" for every AdaIN (StyleModulation).
+    impl:       the implementation of every AdaIN (StyleModulation): "fused", "cpp", "triton",
+                "reference" or "instance_norm" (adain_ext.stylegan.IMPLS).
     semantics:  "stylegan" (biased variance, eps 1e-8) or "adain" (unbiased, eps 1e-5).
     noise_mode: "random" | "const" | "none".
     """
 
     def __init__(self, resolution: int = 256, z_dim: int = 512, w_dim: int = 512,
                  mapping_layers: int = 8, channel_base: int = 16384, channel_max: int = 512,
-                 noise_mode: str = "random", impl: str = "fused", semantics: str = "stylegan",
-                 backend: str = "auto"):
+                 noise_mode: str = "random", impl: str = "fused", semantics: str = "stylegan"):
         super().__init__()
         self.z_dim = z_dim
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers)
         self.synthesis = SynthesisNetwork(w_dim, resolution, channel_base, channel_max, noise_mode,
-                                          impl=impl, semantics=semantics, backend=backend)
+                                          impl=impl, semantics=semantics)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.synthesis(self.mapping(z))
 
     def set_impl(self, impl: str) -> Generator:
-        """Switches every AdaIN to impl ("fused", "reference", "instance_norm"), same weights."""
+        """Switches every AdaIN to impl (adain_ext.stylegan.IMPLS), same weights."""
         for m in self.modules():
             if isinstance(m, StyleModulation):
                 m.impl = impl

@@ -27,7 +27,7 @@ from model_fixtures import (
 from torch import nn
 
 import adain_ext
-from adain_ext import functional, reference
+from adain_ext import functional, reference, stylegan
 from adain_ext.rewrite import accelerate, find_fusable, instance_norm_modulate
 from adain_ext.stylegan import StyleModulation
 
@@ -65,6 +65,23 @@ def test_modulation_conventions():
     torch.testing.assert_close(m(x, w), F.instance_norm(x, eps=1e-8), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="biased variance"):
         StyleModulation(4, 3, semantics="adain", impl="instance_norm")
+
+
+def test_modulation_impl_names_the_fused_backend(monkeypatch):
+    """impl is the one knob: "fused" runs the op with backend "auto", a backend's name runs it
+    there; the unfused formulations never call the op."""
+    backends = []
+    fused_affine = functional.adain_affine
+    monkeypatch.setattr(functional, "adain_affine",
+                        lambda *a, backend, **k: backends.append(backend) or
+                        fused_affine(*a, backend=backend, **k))
+    x, w = torch.randn(2, 4, 5, 5), torch.randn(2, 3)
+    for impl in ("fused", "reference", "instance_norm"):
+        StyleModulation(4, 3, impl=impl)(x, w)
+    assert backends == ["auto"]
+    assert "cpp" in stylegan.IMPLS and "triton" in stylegan.IMPLS
+    with pytest.raises(ValueError, match="impl must be one of"):
+        StyleModulation(4, 3, impl="auto")
 
 
 def test_modulation_channels_last():
