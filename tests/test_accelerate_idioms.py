@@ -517,3 +517,79 @@ def test_norm_and_modulation_in_sibling_modules(monkeypatch):
     assert [(f.module, f.pattern) for f in findings] == [("", "instance_norm_modulation")]
     _check_accelerated(SplitAcrossSiblings(), lambda: (torch.randn(2, 3, 7), torch.randn(2, 6)),
                        monkeypatch, calls_per_forward=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Every argument the patterns read: a rewrite must keep it or leave the code alone
+# ------------------------------------------------------------------------------------------
+
+class _Modulated(nn.Module):
+    """`expression(x, scale, shift)` with scale, shift (N, C, 1, 1) from a (N, 2C) style."""
+
+    def __init__(self, expression):
+        super().__init__()
+        self.expression = expression
+        self.norm = nn.InstanceNorm2d(3, eps=0.3)
+        self.weight = nn.Parameter(torch.rand(3) + 0.5)
+        self.bias = nn.Parameter(torch.randn(3))
+        self.register_buffer("running_mean", torch.zeros(3))
+        self.register_buffer("running_var", torch.ones(3))
+
+    def forward(self, x, style):
+        scale, shift = style[:, :3, None, None], style[:, 3:, None, None]
+        return self.expression(self, x, scale, shift)
+
+
+ARGUMENT_CASES = {  # name: (expression, fused calls per forward)
+    # The arithmetic's own keyword arguments change the function: left alone.
+    "add_alpha_keyword": (lambda m, x, s, b: torch.add(F.instance_norm(x) * s, b, alpha=2.0), 0),
+    "add_method_alpha": (lambda m, x, s, b: (m.norm(x) * s).add(b, alpha=0.5), 0),
+    "mul_then_sub": (lambda m, x, s, b: m.norm(x) * s - b, 0),
+    # Running statistics used or updated: left alone (the buffers must change as before).
+    "running_stats_updated": (lambda m, x, s, b: F.instance_norm(
+        x, m.running_mean, m.running_var, momentum=0.3) * s + b, 0),
+    "running_stats_used": (lambda m, x, s, b: F.instance_norm(
+        x, m.running_mean, m.running_var, use_input_stats=False) * s + b, 0),
+    # What the norm reads, by keyword and from the module: fused with each value kept.
+    "eps_keyword": (lambda m, x, s, b: F.instance_norm(x, eps=0.3) * s + b, 1),
+    "weight_bias_eps_keywords": (lambda m, x, s, b: torch.add(torch.mul(F.instance_norm(
+        x, weight=m.weight, bias=m.bias, eps=0.2), s), b), 1),
+    "module_eps": (lambda m, x, s, b: b + s * m.norm(x), 1),
+}
+
+
+@pytest.mark.parametrize("name", ARGUMENT_CASES)
+def test_arguments_the_patterns_read(name, monkeypatch):
+    expression, calls = ARGUMENT_CASES[name]
+    model = _Modulated(expression)
+    rewritten = [f for f in find_fusable(model) if f.rewritten]
+    assert len(rewritten) == calls, rewritten
+    _check_accelerated(model, lambda: (torch.randn(2, 3, 5, 4) * 2 + 1, torch.randn(2, 6)),
+                       monkeypatch, calls_per_forward=calls, steps=1)
+
+
+class _ReferenceCalls(nn.Module):
+    """The reference functions called with keyword arguments of non-default values."""
+
+    def forward(self, content, style, mean, std):
+        from adain_ext import reference
+
+        out = reference.adain(content, style, alpha=0.3, eps=0.2, unbiased=False)
+        out = out + reference.adain_affine(content, mean, std, eps=0.4, unbiased=False)
+        m, s = reference.mean_std(style, eps=0.5, unbiased=False)
+        m2, s2 = reference.calc_mean_std(content, 0.6)
+        return out, m + s, m2 * s2
+
+
+def test_reference_calls_keep_their_keyword_arguments():
+    model = _ReferenceCalls().double()
+    assert [f.pattern for f in find_fusable(model)] == ["reference_call"] * 4
+    before = copy.deepcopy(model)
+    accelerate(model)
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64) * 2 + 1,
+              torch.randn(2, 3, 4, 7, generator=gen, dtype=torch.float64) * 3 - 1,
+              torch.randn(2, 3, generator=gen, dtype=torch.float64),
+              torch.rand(2, 3, generator=gen, dtype=torch.float64) + 0.5]
+    for got, want in zip(model(*inputs), before(*inputs), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
