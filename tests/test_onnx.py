@@ -209,3 +209,46 @@ def test_export_without_the_table_names_the_missing_op():
     inputs = make_inputs((5, 4), (7, 3), torch.float32, seed=0)
     with pytest.raises(torch.onnx.OnnxExporterError, match="No ONNX function found for .*adain"):
         torch.onnx.export(AllOps(1.0, True).eval(), inputs, dynamo=True, verbose=False)
+
+
+class InternalOps(torch.nn.Module):
+    """Both internal forwards with every argument given (alpha, eps, unbiased): a program
+    decomposed before export holds them with the public ops' arguments passed through."""
+
+    def __init__(self, alpha: float, unbiased: bool):
+        super().__init__()
+        self.alpha, self.unbiased = alpha, unbiased
+
+    def forward(self, content, style, mean, std):
+        fused = torch.ops.adain._fused_forward(content, style, self.alpha, EPS, self.unbiased)
+        affine = torch.ops.adain._affine_forward(content, mean, std, self.alpha, EPS, self.unbiased)
+        return (*fused, *affine)
+
+
+@pytest.mark.parametrize("alpha,unbiased", [(0.3, False), (0.8, True)],
+                         ids=["alpha0.3-biased", "alpha0.8-unbiased"])
+def test_internal_forwards_translate_with_every_argument(alpha, unbiased):
+    """Every output of _fused_forward and _affine_forward ((N, C) statistics in float32) at alpha
+    < 1 and either divisor, at the export's shapes and others, against the float64 oracle."""
+    first, second = SHAPES[4]
+    session = export(InternalOps(alpha, unbiased), make_inputs(*first, torch.float32, seed=0), 4)
+    for seed, tails in enumerate((first, second), start=1):
+        content, style, mean, std = make_inputs(*tails, torch.float32, seed)
+        got = session.run(None, {"content": content.numpy(), "style": style.numpy(),
+                                 "mean": mean.numpy(), "std": std.numpy()})
+        c64, s64 = content.double(), style.double()
+        c_mean, c_std = reference.mean_std(c64, EPS, unbiased)
+        s_mean, s_std = reference.mean_std(s64, EPS, unbiased)
+        target = (mean.double().reshape(N, C, 1, 1), std.double().reshape(N, C, 1, 1))
+        affine = (alpha * reference.adain_affine(c64, *target, EPS, unbiased)
+                  + (1 - alpha) * c64)
+        want = (reference.adain(c64, s64, alpha, EPS, unbiased), c_mean, c_std, s_mean, s_std,
+                affine, c_mean, c_std)
+        names = ("fused", "content mean", "content std", "style mean", "style std", "affine",
+                 "affine mean_x", "affine std_x")
+        for name, g, w in zip(names, got, want, strict=True):
+            g = torch.from_numpy(g)
+            shape = content.shape if name in ("fused", "affine") else (N, C)
+            assert g.dtype == torch.float32 and g.shape == shape, (name, g.dtype, g.shape)
+            error = relative_error(g, w.reshape(shape))
+            assert error <= TOLERANCES[torch.float32], f"{name} at {tails}: relative error {error:.3g}"
