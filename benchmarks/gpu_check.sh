@@ -8,31 +8,9 @@
 #   bash benchmarks/gpu_check.sh --only bench,apps [OUT_DIR] # chosen steps only
 #   bash benchmarks/gpu_check.sh --only-tests "tests/test_cuda.py::test_x ..." [OUT_DIR]
 #
-# OUT_DIR defaults to $OUT, then ./out. Steps, in the order that finds bugs fastest, each under
-# its own time limit; a failed step is reported and the next one still runs:
-#   build      the prebuilt adain_ext/_C of .gpu-prebuilt/ (GPU_PREBUILT), taken when its manifest
-#              matches this machine's Python, torch release, torch's CUDA, GPU capability and the
-#              checkout's csrc/ + setup.py, then checked to load with its CUDA kernels; else one
-#              line says why it was refused and _C is built in place for the visible GPU only
-#              (TORCH_CUDA_ARCH_LIST = its capability, MAX_JOBS = nproc, FORCE_CUDA=1)
-#   smoke      benchmarks/gpu_smoke.py: every op forward and backward on every kernel path, dtype
-#              and backend against the float64 reference, one `ok|BAD|ERROR|OOM case err` line
-#              each; the large shapes one at a time in one process
-#   tests      tests/test_cuda.py, tests/test_cuda_sass.py and the cuda targets of the C++ and
-#              reference backends in tests/test_op_contract.py and tests/test_errors.py
-#              (pytest-xdist, pytest-timeout)
-#   triton     tests/test_triton.py and the Triton targets of tests/test_backends.py,
-#              tests/test_op_contract.py and tests/test_errors.py
-#   bench      benchmarks/gpu_bench.py, the Triton providers included: eager providers first, the
-#              torch.compile ones last with their compile time apart (JSON after every provider)
-#   apps       benchmarks/bench_stylegan.py (256x256, batch 8) and bench_style_transfer.py
-#   sanitizer  compute-sanitizer: a probe on a trivial kernel (SKIPPED when the runtime refuses
-#              the device), then memcheck and racecheck of benchmarks/gpu_sanitizer_case.py's
-#              memcheck and racecheck sets, each ending its cases in time for the verdict
-# --quick runs build, smoke and only the tests that failed last time: the node ids of
-# --only-tests / --only-tests-file, else of benchmarks/results/last_failed.txt (a copy of the
-# failed_tests.txt an earlier run returned). summary.md ends with the steps that finished and the
-# rerun that the second call should make (--quick, --only).
+# OUT_DIR defaults to $OUT, then ./out. The steps (build, smoke, tests, triton, bench, apps,
+# sanitizer), what each runs, the files that come back and the --quick rerun are described in
+# docs/contributing.md ("The GPU check"); a failed step is reported and the next one still runs.
 #
 # Budgets (seconds). The device lends 15 minutes in all: a start (1-2 min), this run, a second
 # start and a 4-minute rerun; so the default run is planned at <= 7 min (420 s: TOTAL_BUDGET 400

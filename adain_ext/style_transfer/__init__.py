@@ -5,7 +5,7 @@ layouts, stylize (images and video), and training.
     net = StyleTransfer(load_vgg("models/vgg_normalised.pth"), load_decoder("models/decoder.pth"))
     out = net(content, style, alpha=1.0)         # RGB in [0, 1], (N, 3, H, W)
 
-Command line: `adain-ext stylize`, `video`, `train`, `export` (ONNX) (see README.md); each
+Command line: `adain-ext stylize`, `video`, `train`, `export` (ONNX) (docs/style_transfer.md); each
 subcommand is the `main(argv)` of its module here, listed in adain_ext/cli.py.
 Images need Pillow; video needs PyAV; both come with `pip install 'adain_ext[style]'`/`[video]`.
 """

@@ -50,7 +50,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 WEIGHTS_HINT = ("the published vgg_normalised.pth and decoder.pth are not downloaded by this "
                 "package: get them from the naoto0804/pytorch-AdaIN release (or convert Xun Huang's "
-                "original Torch7 models) and pass --vgg/--decoder; see README.md, 'Style transfer'")
+                "original Torch7 models) and pass --vgg/--decoder; see docs/style_transfer.md, 'Weights'")
 
 
 class WeightsError(ValueError):
