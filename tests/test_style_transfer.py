@@ -405,3 +405,59 @@ def test_cli_option_names_follow_the_reference():
     args = parser.parse_args([])
     assert (args.content_size, args.style_size, args.save_ext, args.output, args.alpha) == \
         (512, 512, ".jpg", "output", 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# What the stylize CLI writes, against images computed by the reference pipeline
+
+
+def _reference_image(vgg, dec, content, styles, weights, alpha, mask=None):
+    """test.py's pipeline on the paper's AdaIN (adain_ext.reference), written out: K styles are
+    K AdaINs summed with the weights; with a mask (1 = foreground, nearest-resized to the
+    features) each region is renormalised on its own to its style (styles[0] foreground); then
+    the alpha blend with the content features, the decoder, cropped to the content and clamped."""
+    encoder = reference_encoder(vgg)
+    with torch.no_grad():
+        content_f = encoder(content[None])
+        style_fs = [encoder(s[None]) for s in styles]
+        if mask is None:
+            feat = sum(w * ref_ops.adaptive_instance_normalization(content_f, s)
+                       for w, s in zip(weights, style_fs))
+        else:
+            N, C, H, W = content_f.shape
+            region = F.interpolate(mask[None].float(), size=(H, W), mode="nearest")[0, 0] > 0.5
+            feat = torch.empty_like(content_f)
+            for inside, style_f in ((region, style_fs[0]), (~region, style_fs[1])):
+                part = content_f[..., inside][..., None]  # (1, C, K, 1)
+                mean, std = ref_ops.mean_std(style_f)
+                feat[..., inside] = ref_ops.adain_affine(part, mean, std)[..., 0]
+        feat = feat * alpha + content_f * (1 - alpha)
+        return dec(feat)[0, :, : content.shape[1], : content.shape[2]].clamp(0, 1)
+
+
+def test_cli_outputs_match_the_reference_pipeline(tmp_path, inputs, weight_files, vgg, dec):
+    """--style_interpolation_weights with --alpha and --preserve_color (each style recoloured
+    to the content's colours by CORAL), and --mask with --alpha, give the images the reference
+    pipeline computes, to the 8-bit rounding of the PNG."""
+    content_path = inputs / "content" / "a.png"
+    style_paths = [inputs / "style" / "s1.png", inputs / "style" / "s2.png"]
+    out = tmp_path / "out"
+    common = ["--content", str(content_path), "--style", ",".join(map(str, style_paths)),
+              "--output", str(out), "--content_size", "0", "--style_size", "32",
+              "--save_ext", "png"]
+    content = images.load_image(content_path)
+    styles = [images.load_image(p, 32) for p in style_paths]
+    assert _run(common + ["--style_interpolation_weights", "1,3", "--alpha", "0.6",
+                          "--preserve_color"], weight_files) == 0
+    recoloured = [coral(s, content) for s in styles]  # the style takes the content's colours
+    want = _reference_image(vgg, dec, content, recoloured, [0.25, 0.75], 0.6)
+    got = images.load_image(out / "a_interpolation.png")
+    torch.testing.assert_close(got, want, rtol=0, atol=1.5 / 255)
+    mask = torch.zeros(3, 36, 44)
+    mask[:, 10:, :20] = 1
+    write_png(tmp_path / "mask.png", mask)
+    assert _run(common + ["--mask", str(tmp_path / "mask.png"), "--alpha", "0.7"],
+                weight_files) == 0
+    want = _reference_image(vgg, dec, content, styles, None, 0.7, mask=mask[:1])
+    got = images.load_image(out / "a_stylized_s1_s2_masked.png")
+    torch.testing.assert_close(got, want, rtol=0, atol=1.5 / 255)
