@@ -166,3 +166,44 @@ def test_video_drops_audio_the_output_cannot_hold(setup, tmp_path, capsys):
     assert "written without it" in capsys.readouterr().err
     assert _audio_packets(out) == (None, [])
     assert len(_read(out)[0]) == FRAMES
+
+
+def test_video_frames_match_the_reference_pipeline(setup, tmp_path, monkeypatch):
+    """Every frame the command stylizes (--alpha and --style_interpolation_weights over two
+    styles) is the reference pipeline's image of the decoded input frame: test.py's K AdaINs
+    summed with the weights, blended with the content features by alpha, decoded."""
+    import av
+    import torch
+
+    from adain_ext import reference
+    from adain_ext.style_transfer import images
+    from adain_ext.style_transfer.reference import reference_encoder
+
+    style2 = write_png(tmp_path / "style2.png", random_image(40, 36, 41))
+    seen = []
+    stylize = StyleTransfer.stylize
+
+    def recording(self, content, *args, **kwargs):
+        out = stylize(self, content, *args, **kwargs)
+        seen.extend(out.float())
+        return out
+
+    monkeypatch.setattr(StyleTransfer, "stylize", recording)
+    out = tmp_path / "styled.mp4"
+    argv = _argv(setup, out, "--alpha", "0.6", "--style_interpolation_weights", "1,3",
+                 "--batch_size", "4")
+    argv[4] = f"{setup / 'style.png'},{style2}"
+    assert main(argv) == 0
+    assert len(seen) == FRAMES
+    encoder = reference_encoder(random_vgg(num_modules=31))
+    decoder = random_decoder()
+    style_fs = [encoder(images.load_image(p, 32)[None]) for p in (setup / "style.png", style2)]
+    with av.open(str(setup / "in.mp4")) as container, torch.no_grad():
+        for index, frame in enumerate(container.decode(container.streams.video[0])):
+            content = torch.from_numpy(frame.to_ndarray(format="rgb24").transpose(2, 0, 1).copy())
+            content_f = encoder(content.float().div(255)[None])
+            feat = sum(w * reference.adaptive_instance_normalization(content_f, s)
+                       for w, s in zip((0.25, 0.75), style_fs))
+            want = decoder(0.6 * feat + 0.4 * content_f)[0, :, :H, :W]
+            torch.testing.assert_close(seen[index], want, atol=1e-4, rtol=1e-4,
+                                       msg=lambda m: f"frame {index}: {m}")
