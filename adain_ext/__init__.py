@@ -13,7 +13,7 @@ from adain_ext.env import package_version as _package_version
 from adain_ext.functional import BACKENDS, adain, adain_affine, mean_std, resolve_backend
 
 if HAS_CPP:
-    from adain_ext import ops as _ops  # noqa: F401  (fake kernels and autograd)
+    from adain_ext import cpp_ops as _cpp_ops  # noqa: F401  (fake kernels and vmap rules)
 
 from adain_ext import nn  # noqa: E402
 

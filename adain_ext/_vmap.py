@@ -3,7 +3,7 @@
 Every op works per (n, c) row, so vmapping over a batch of B calls is one call on B * N rows: each
 tensor argument gets the batch dimension in front (an unbatched one is expanded: the same tensor
 for every call), (B, N, ...) becomes (B * N, ...), and every result (B * N, ...) goes back to
-(B, N, ...). Registered for the compiled ops (adain_ext/ops/__init__.py) and the Triton ops
+(B, N, ...). Registered for the compiled ops (adain_ext/cpp_ops.py) and the Triton ops
 (adain_ext/triton/_common.py), forward and backward ops alike, so vmap composes with grad.
 """
 from __future__ import annotations

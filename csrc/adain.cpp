@@ -5,7 +5,7 @@
 // Kernels live in one file per op per backend:
 //   csrc/cpu/{mean_std,affine,fused}_kernel.cpp   TORCH_LIBRARY_IMPL(adain, CPU, m)
 //   csrc/cuda/{mean_std,affine,fused}_kernel.cu   TORCH_LIBRARY_IMPL(adain, CUDA, m)
-// Autograd (every op, every mode) lives in csrc/autograd.cpp; fake kernels in adain_ext/ops/*.py.
+// Autograd (every op, every mode) lives in csrc/autograd.cpp; fake kernels in adain_ext/fakes.py.
 #include <Python.h>
 #include <torch/library.h>
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adain_ext import _autograd
+from adain_ext import _autograd, fakes
 from adain_ext._validation import check_affine, check_alpha, check_eps
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
@@ -267,14 +267,7 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
 # ---- Ops (namespace adain_triton; the schemas mirror adain::_affine_forward/_affine_backward).
 
 
-def _affine_forward_fake(x, mean, std, alpha, eps, unbiased):
-    check_affine(x, mean, std, unbiased)
-    check_eps(eps)
-    check_alpha(alpha)
-    return _common.empty_output(x), _common.empty_stats(x), _common.empty_stats(x)
-
-
-@_common.register("_affine_forward", _affine_forward_fake)
+@_common.register("_affine_forward", fakes.affine_forward)
 def affine_forward_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha: float,
                       eps: float,
                       unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -284,11 +277,7 @@ def affine_forward_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, al
     return affine_forward(x, mean, std, alpha, eps, unbiased)
 
 
-def _affine_backward_fake(grad_out, x, mean_x, std_x, std, alpha, unbiased):
-    return _common.empty_output(x), _common.empty_stats(x), _common.empty_stats(x)
-
-
-@_common.register("_affine_backward", _affine_backward_fake)
+@_common.register("_affine_backward", fakes.affine_backward)
 def affine_backward_op(grad_out: torch.Tensor, x: torch.Tensor, mean_x: torch.Tensor,
                        std_x: torch.Tensor, std: torch.Tensor, alpha: float,
                        unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

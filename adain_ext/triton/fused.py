@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adain_ext import _autograd
+from adain_ext import _autograd, fakes
 from adain_ext._validation import check_alpha, check_eps, check_pair
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
@@ -76,14 +76,7 @@ def fused_forward(content_in, style_in, alpha: float, eps: float, unbiased: bool
 # ---- Op (namespace adain_triton; the schema mirrors adain::_fused_forward).
 
 
-def _fused_forward_fake(content, style, alpha, eps, unbiased):
-    check_pair(content, style, unbiased)
-    check_eps(eps)
-    check_alpha(alpha)
-    return (_common.empty_output(content), *[_common.empty_stats(content) for _ in range(4)])
-
-
-@_common.register("_fused_forward", _fused_forward_fake)
+@_common.register("_fused_forward", fakes.fused_forward)
 def fused_forward_op(content: torch.Tensor, style: torch.Tensor, alpha: float, eps: float,
                      unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                               torch.Tensor, torch.Tensor]:

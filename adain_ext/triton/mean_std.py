@@ -5,7 +5,7 @@ Also the row-statistics launcher the affine and fused ops reuse for long rows an
 import torch
 import triton.language as tl
 
-from adain_ext import _autograd
+from adain_ext import _autograd, fakes
 from adain_ext._validation import check_eps, check_features
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
@@ -138,13 +138,7 @@ def mean_std_backward(grad_mean, grad_std, x_in, mean, std, unbiased: bool) -> t
 # ---- Ops (namespace adain_triton; the schemas mirror adain::mean_std, adain::_mean_std_backward).
 
 
-def _mean_std_fake(x, eps=1e-5, unbiased=True):
-    check_features(x, "x", unbiased)
-    check_eps(eps)
-    return x.new_empty(_common.stat_shape_of(x)), x.new_empty(_common.stat_shape_of(x))
-
-
-@_common.register("mean_std", _mean_std_fake)
+@_common.register("mean_std", fakes.mean_std)
 def mean_std_op(x: torch.Tensor, eps: float = 1e-5,
                 unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     check_features(x, "x", unbiased)
@@ -158,11 +152,7 @@ def mean_std_op(x: torch.Tensor, eps: float = 1e-5,
     return mean.to(x.dtype), std.to(x.dtype)
 
 
-def _mean_std_backward_fake(grad_mean, grad_std, x, mean, std, unbiased):
-    return _common.empty_output(x)
-
-
-@_common.register("_mean_std_backward", _mean_std_backward_fake)
+@_common.register("_mean_std_backward", fakes.mean_std_backward)
 def mean_std_backward_op(grad_mean: torch.Tensor, grad_std: torch.Tensor, x: torch.Tensor,
                          mean: torch.Tensor, std: torch.Tensor, unbiased: bool) -> torch.Tensor:
     return mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased)
