@@ -29,6 +29,7 @@ import torch
 import adain_ext
 from adain_ext import bench_harness, reference
 from adain_ext.bench_harness import DIRECTIONS, OURS
+from adain_ext.env import available_memory
 
 # Whom --peers may name: the default ones first, then the rest of the harness's table.
 PEERS = (*bench_harness.DEFAULT_PEERS,
@@ -274,25 +275,9 @@ def _plot_problem(path: str) -> str:
 TENSORS_PER_SHAPE = 6
 
 
-def _available_memory(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        try:
-            return torch.cuda.mem_get_info(device)[0]
-        except Exception:  # noqa: BLE001
-            return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _too_big(shapes, device: torch.device, dtype: torch.dtype) -> str:
     """Why a shape cannot fit the device's memory ("" when all can), before anything runs."""
-    available = _available_memory(device)
+    available = available_memory(device)
     if available is None:
         return ""
     itemsize = torch.empty((), dtype=dtype).element_size()

@@ -21,6 +21,29 @@ PACKAGE = "adain_ext"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on `device` (a torch.device; MemAvailable on Linux for
+    the CPU), None if unknown. The memory checks of `adain-ext bench` and the style commands."""
+    if device.type == "cuda":
+        try:
+            import torch
+
+            return torch.cuda.mem_get_info(device)[0]
+        except Exception:  # noqa: BLE001
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def package_version() -> str:
     """The version pyproject.toml declares (its one definition).
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from adain_ext.env import available_memory
 from adain_ext.style_transfer import images, models
 from adain_ext.style_transfer._runtime import CommandFailed, UsageError
 
@@ -197,26 +198,6 @@ def not_an_input(option: str, output: Path, inputs: dict[str, list[Path]]) -> No
             if path is not None and _identity(Path(path)) == mine:
                 raise UsageError(f"{option}: {output} is the same file as {input_option} {path}; "
                                  "writing it would destroy that input (choose another output)")
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on `device` (MemAvailable on Linux), None if unknown."""
-    if device.type == "cuda":
-        try:
-            return torch.cuda.mem_get_info(device)[0]
-        except Exception:  # noqa: BLE001
-            return None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 # Values held per image pixel at the network's peak, a lower bound: the full-resolution layers
