@@ -146,3 +146,45 @@ def test_measure_interleaves_two_rounds_and_keeps_the_lower_median(monkeypatch):
     assert (shape, direction) == ((1, 2, 3), "forward")
     assert order[0] is order[3] and order[1] is order[2]  # a, b, then b, a
     assert found == {"a": 4.0, "b": 1.0}
+
+
+def _bench_blocks():
+    """benchmarks/bench_blocks.py as a module (benchmarks/ is no package)."""
+    import importlib.util
+    import os
+    import sys
+    if "bench_blocks" in sys.modules:
+        return sys.modules["bench_blocks"]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "bench_blocks.py")
+    spec = importlib.util.spec_from_file_location("bench_blocks", path)
+    module = sys.modules["bench_blocks"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its dataclass looks its module up in sys.modules
+    return module
+
+
+def test_block_benchmark_table_and_ratios():
+    blocks = _bench_blocks()
+    ms = {"eager reference": 8.0, "eager accelerated": 2.0, "compiled reference": 3.0,
+          "compiled accelerated": 6.0}
+    rows = [{"block": "stylegan", "mode": mode, "variant": v, "ms": t, "graph_breaks": 0}
+            for mode in blocks.MODES for v, t in ms.items()]
+    rows += [{"block": "generator", "mode": "forward+backward", "variant": v, "ms": t,
+              "graph_breaks": 1 if v == "compiled accelerated" else 0} for v, t in ms.items()]
+    [r1, r2, r3] = blocks.ratios(rows)
+    assert (r1["mode"], r1["eager"], r1["compiled"]) == ("forward", 4.0, 0.5)
+    assert r2["compiled_ref_over_eager_acc"] == 1.5 and r3["block"] == "generator"
+    text = blocks.markdown({"machine": "test machine", "shape_note": "B=1", "rounds": 3,
+                            "repeats": 2, "rows": rows})
+    assert "test machine" in text
+    assert "| StyleGAN-like generator training step | compiled accelerated | - | 6.00 (1 graph " \
+           "breaks) |" in text
+    assert "| forward | 4.00x | 0.50x | 1.50x |" in text
+
+
+def test_block_benchmark_accelerates_every_block():
+    """Each block is one accelerate() rewrites (make_case refuses one it leaves alone), with the
+    reference's output and gradients (check_case), on a small shape."""
+    blocks = _bench_blocks()
+    for block in blocks.BLOCKS:
+        blocks.check_case(blocks.make_case(block, batch=2, channels=3, size=4))
