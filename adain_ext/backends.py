@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,13 +50,16 @@ def _cpp_why_unavailable(device_type: str) -> str | None:
     return None
 
 
-def _cpp_ops():
-    """torch.ops.adain under the function API's names, the overloads themselves (their argument
-    order is the function API's): no Python frame between a call and the dispatcher. The C++ ops
-    check their own input."""
-    return types.SimpleNamespace(mean_std=torch.ops.adain.mean_std.default,
-                                 adain=torch.ops.adain.fused.default,
-                                 adain_affine=torch.ops.adain.affine.default)
+class _CppOps:
+    """torch.ops.adain under the function API's names: the overloads themselves (their argument
+    order is the function API's), so no Python frame stands between a call and the dispatcher.
+    A plain class, which torch.compile traces through on a first call inside a compiled
+    function. The C++ ops check their own input."""
+
+    if _extension.HAS_CPP:  # the ops exist once adain_ext._C loaded
+        mean_std = torch.ops.adain.mean_std.default
+        adain = torch.ops.adain.fused.default
+        adain_affine = torch.ops.adain.affine.default
 
 
 # ---- The Triton kernels (adain_ext/triton): on CUDA, or on CPU through the Triton interpreter.
@@ -114,7 +116,7 @@ def _always_available(device_type: str) -> str | None:
 # ---- The table. Its order is the order of adain_ext.BACKENDS and of backend="auto"'s preference.
 
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
-    Backend("cpp", ("cpu", "cuda"), _cpp_why_unavailable, _cpp_ops, auto=True,
+    Backend("cpp", ("cpu", "cuda"), _cpp_why_unavailable, lambda: _CppOps, auto=True,
             summary="the compiled C++/CUDA kernels (torch.ops.adain.*); an error if not built",
             op_namespace="adain"),
     Backend("triton", ("cuda", "cpu"), _triton_why_unavailable, _triton_ops, auto=False,

@@ -499,3 +499,24 @@ class warnings_as_errors:
 
     def __exit__(self, *exc):
         return self._catch.__exit__(*exc)
+
+
+@pytest.mark.parametrize("target", TARGETS_AND_REFERENCE)
+def test_first_call_inside_torch_compile_is_one_graph(target: Target):
+    """The function API resolves its backend on a call's first use (adain_ext.functional's cache):
+    that first use may be inside torch.compile(fullgraph=True), which must trace it."""
+    from adain_ext import functional
+
+    case = Case("first_call", (2, 4, 6, 5), style=(2, 4, 3, 4))
+    content, style = make_inputs(case, device=target.device)
+    mean, std = make_statistics(case, device=target.device)
+    saved = dict(functional._SERVED)
+    functional._SERVED.clear()
+    torch._dynamo.reset()
+    try:
+        model = _AllOps(target.backend)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(content, style, mean, std),
+                                   model(content, style, mean, std))
+    finally:
+        functional._SERVED.update(saved)
