@@ -98,6 +98,8 @@ USAGE = {
     "stylize_mask_is_an_output": (2, "same file as --mask", STYLIZE + " --content {R}/c0.png "
                                   "--style {R}/s.png,{R}/s2.png --mask {R}/ml/c0_stylized_s_s2_masked.png "
                                   "--output {R}/ml"),
+    # A file of the user's under an output's name: refused without --overwrite, bytes kept.
+    "stylize_output_exists": (2, "exist; pass --overwrite", ONE + " --output {R}/ex"),
     "stylize_output_is_style_dir": (2, "--style_dir", STYLIZE + " --content {R}/a/x.png "
                                     "--style_dir {R}/sdir --output {R}/sdir"),
     "video_output_exists": (2, "exists; pass --overwrite", VIDEO + " --output {R}/afile"),
@@ -147,6 +149,7 @@ READS_WEIGHTS = {"stylize_wrong_weights_file", "train_overwrite_with_a_wrong_vgg
                  "stylize_weights_pickled_code"}
 # Runs that do their work: (expected exit status, argv).
 WORK = {
+    "stylize_overwrite_replaces": (0, ONE + " --output {R}/work/ow --overwrite"),
     "stylize_same_names": (0, STYLIZE + " --content {R}/a/x.png,{R}/b/x.png --style_dir {R}/sdir "
                            "--output {R}/work/names"),
     "stylize_x_jpg_and_x_png": (0, STYLIZE + " --content_dir {R}/cdir --style {R}/s.png "
@@ -307,6 +310,8 @@ def _inputs_at_output_names(r: Path) -> None:
     write_png(r / "s2.png", random_image(24, 24, 11))
     write_png(r / "il" / "c0_interpolation.png", random_image(24, 24, 12))
     write_png(r / "ml" / "c0_stylized_s_s2_masked.png", random_image(24, 24, 13))
+    write_png(r / "ex" / "x_stylized_s.png", random_image(24, 24, 16))  # the user's own file
+    write_png(r / "work" / "ow" / "x_stylized_s.png", random_image(24, 24, 16))
     write_png(r / "long" / ("c" * 235 + ".png"), random_image(24, 24, 14))
     write_png(r / "longbad" / ("d" * 245 + ".png"), random_image(24, 24, 15))
     from PIL import Image
@@ -410,6 +415,13 @@ def test_no_input_changed(root, results):
     before = {k: v for k, v in results[1].items() if not k.startswith("work/")}
     after = {k: v for k, v in _digest(root).items() if not k.startswith("work/")}
     assert after == before
+
+
+def test_overwrite_replaces_an_existing_output(root, results):
+    status, err, _ = results[0]["stylize_overwrite_replaces"]
+    assert status == 0 and "Traceback" not in err, err
+    assert (root / "work" / "ow" / "x_stylized_s.png").read_bytes() != (
+        root / "ex" / "x_stylized_s.png").read_bytes()  # the stylized image, not the planted one
 
 
 def test_two_inputs_with_one_output_name_both_survive(root, results):

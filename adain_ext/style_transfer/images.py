@@ -206,12 +206,14 @@ def encode_image(image: torch.Tensor, ext: str, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike, quality: int = 95) -> None:
+def save_image(image: torch.Tensor, path: str | os.PathLike, quality: int = 95,
+               overwrite: bool = True) -> None:
     """Writes a (3, H, W) image clamped to [0, 1] atomically (a temp file that no planted
-    symlink can redirect, then a rename: _output.atomic_output), mode from the umask."""
+    symlink can redirect, then a rename: _output.atomic_output), mode from the umask. With
+    overwrite False an existing `path` is left alone (OutputExists)."""
     path = Path(path)
     data = encode_image(image, path.suffix, quality)
-    with atomic_output(path) as f:
+    with atomic_output(path, overwrite=overwrite) as f:
         f.write(data)
 
 

@@ -63,6 +63,9 @@ def build_parser(prog: str = "adain-ext stylize") -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--save_ext", type=str, default=".jpg")
     g.add_argument("--output", type=str, default="output", help="output directory")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace outputs that exist (without it a run that would replace a file "
+                        "is refused before anything is loaded)")
     g = p.add_argument_group("performance")
     g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", type=str, default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -143,6 +146,19 @@ def _check_outputs_against_inputs(args, plan: "Plan") -> None:
             _checks.not_an_input("--output", job.output, inputs)
 
 
+def _check_existing_outputs(args, plan: "Plan") -> None:
+    """Without --overwrite, no output may exist already: a file of the user's under an output's
+    name (or a previous run's result) is never replaced silently."""
+    if args.overwrite:
+        return
+    existing = [job.output for jobs in plan.jobs_per_content.values() for job in jobs
+                if os.path.lexists(job.output)]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(f"--output: {existing[0]}{more} exist; pass --overwrite to replace them, "
+                         "or choose another --output")
+
+
 def _check_memory(args, device, dtype) -> None:
     """The sizes asked for fit in memory (at least the square of the shorter side, per batch)."""
     for option, size, batch in (("--content_size", args.content_size, args.batch_size),
@@ -210,6 +226,7 @@ def make_plan(args) -> Plan:
         plan.jobs_per_content[content] = jobs
     _unique_outputs(plan)
     _check_outputs_against_inputs(args, plan)
+    _check_existing_outputs(args, plan)
     return plan
 
 
@@ -256,7 +273,7 @@ class Stylizer:
             mask = mask.to(self.device)[None]
         out = self.net.stylize(batch, stats, job.weights, self.args.alpha, mask)
         for j, image in zip(jobs, out):
-            images.save_image(image, j.output)
+            images.save_image(image, j.output, overwrite=self.args.overwrite)
 
 
 def _load_mask(path: str, content: Path, content_image: torch.Tensor) -> torch.Tensor:
