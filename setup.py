@@ -47,10 +47,13 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 def _wheel_cuda_includes() -> list[str]:
     """Headers torch's CUDA headers include (cublas_v2.h, cusparse.h, ...) that some toolkits lack
-    but the nvidia-* pip wheels that come with a CUDA build of torch carry."""
-    site = sysconfig.get_paths()["purelib"]
-    found = glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
-    found += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    but the nvidia-* pip wheels that come with a CUDA build of torch carry. They lie beside the
+    torch that builds (in a venv made with --system-site-packages, not in the venv's own
+    site-packages), or in this interpreter's."""
+    found = []
+    for site in {os.path.dirname(os.path.dirname(torch.__file__)), sysconfig.get_paths()["purelib"]}:
+        found += glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
+        found += glob.glob(os.path.join(site, "nvidia", "*", "include"))
     return sorted(d for d in set(found) if os.path.isfile(os.path.join(d, "cublas_v2.h"))
                   or os.path.isfile(os.path.join(d, "cusparse.h")))
 
