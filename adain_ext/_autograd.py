@@ -111,11 +111,12 @@ def affine_forward(affine_backward):
     return backward, setup_context
 
 
-def fused_forward(affine_backward, mean_std_backward, fused_backward=None):
+def fused_forward(affine_backward, mean_std_backward):
     """_fused_forward(content, style, alpha, eps, unbiased) -> (out, 4 statistics).
 
     The backward is affine_backward (content gradient and the style statistics' gradients) then
-    mean_std_backward (the style gradient from those), or fused_backward doing both in one op.
+    mean_std_backward (the style gradient from those): the composition csrc/adain.cpp's
+    fused_backward makes for the compiled ops on devices without a one-pass kernel.
     """
 
     def setup_context(ctx, inputs, output):
@@ -135,17 +136,12 @@ def fused_forward(affine_backward, mean_std_backward, fused_backward=None):
                 lambda c, s: reference.adain(c, s, ctx.alpha, ctx.eps, ctx.unbiased),
                 [content, style], [need_content, need_style], [grad_out])
             return (*grads, None, None, None)
-        if need_style and fused_backward is not None:
-            grad_content, grad_style = fused_backward(grad_out, content, style, content_mean,
-                                                      content_std, style_mean, style_std,
-                                                      ctx.alpha, ctx.unbiased)
-        else:
-            grad_content, grad_mean, grad_std = affine_backward(
-                grad_out, content, content_mean, content_std, style_std, ctx.alpha, ctx.unbiased)
-            grad_style = None
-            if need_style:
-                grad_style = mean_std_backward(grad_mean, grad_std, style, style_mean, style_std,
-                                               ctx.unbiased)
+        grad_content, grad_mean, grad_std = affine_backward(
+            grad_out, content, content_mean, content_std, style_std, ctx.alpha, ctx.unbiased)
+        grad_style = None
+        if need_style:
+            grad_style = mean_std_backward(grad_mean, grad_std, style, style_mean, style_std,
+                                           ctx.unbiased)
         return grad_content if need_content else None, grad_style, None, None, None
 
     return backward, setup_context
