@@ -488,16 +488,23 @@ class TestEveryAutogradMode:
 
 
 class warnings_as_errors:
-    """Any warning (e.g. "an autograd kernel was not registered", vmap's slow fallback) fails."""
+    """A derivative that may be wrong or slow fails: the warning "an autograd kernel was not
+    registered" (torch's fallback, which gives zeros) is an error, and so is vmap's per-sample
+    fallback (no batching rule). Other libraries' deprecation warnings (the Triton interpreter's,
+    on some numpy) pass."""
 
     def __enter__(self):
         import warnings
 
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
-        warnings.simplefilter("error")
+        warnings.filterwarnings("error", message=".*autograd kernel was not registered")
+        # vmap's per-sample fallback warns only when asked; switched off, a missing rule raises.
+        self._fallback = torch._C._functorch._is_vmap_fallback_enabled()
+        torch._C._functorch._set_vmap_fallback_enabled(False)
 
     def __exit__(self, *exc):
+        torch._C._functorch._set_vmap_fallback_enabled(self._fallback)
         return self._catch.__exit__(*exc)
 
 
