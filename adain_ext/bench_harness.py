@@ -453,3 +453,16 @@ def host_cost(calls: dict[str, Callable[[], object]], calls_per_sample: int = 10
             per_call = (time.perf_counter() - t0) / calls_per_sample
             best[name] = min(best.get(name, per_call), per_call)
     return best
+
+
+def write_report(table: str, data: dict, md_path: str | None, json_path: str | None) -> None:
+    """Prints a benchmark script's markdown table and writes it and its data where asked."""
+    print(table)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(table)
+    if json_path:
+        import json
+
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -452,14 +451,7 @@ def main(argv=None) -> int:
         "load_average": {"before": [round(v, 2) for v in load_before],
                          "after": [round(v, 2) for v in os.getloadavg()]},
     }
-    table = markdown(result)
-    print(table)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    bench_harness.write_report(markdown(result), result, args.md, args.json)
     return 0
 
 

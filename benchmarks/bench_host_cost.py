@@ -11,7 +11,6 @@ interleaved in several rounds, each one's best kept (adain_ext.bench_harness.hos
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -95,14 +94,8 @@ def main(argv=None) -> int:
             cells = [f"{results[f'{key} {mode}'][name]:.1f}" for mode in MODES]
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
         lines.append("")
-    table = "\n".join(lines)
-    print(table)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "microseconds": results}, f, indent=1)
+    bench_harness.write_report("\n".join(lines), {"machine": machine, "microseconds": results},
+                               args.md, args.json)
     return 0
 
 
