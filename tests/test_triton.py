@@ -171,7 +171,7 @@ def test_style_much_longer_than_content(style_path):
 
 
 def test_plans():
-    """The thresholds the GPU runs with, as documented in README's Triton section."""
+    """The thresholds the GPU runs with, as documented in docs/kernels.md's Triton section."""
     plan, cpu = T._common.plan, torch.device("cpu")
     with T.limits(programs=264):  # an H100: 132 SMs, 2 programs each
         p = plan(16 * 512, 64, False, cpu)  # many 8x8 rows: packed, 16 per program (512 programs)

@@ -259,7 +259,7 @@ struct LaunchRecord {
   LaunchPath path = LaunchPath::None;
   int64_t launches = 0;  // kernel launches of the op
   int64_t grid = 0, block = 0, smem = 0;  // of its main (row or channel-tile) kernel
-  int64_t segments = 1;  // segments per row (the key "chunks" of _extension.last_cuda_launch())
+  int64_t segments = 1;  // segments per row (the key "segments" of _extension.last_cuda_launch())
 };
 
 inline std::mutex launch_record_mutex;
