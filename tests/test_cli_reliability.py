@@ -726,3 +726,22 @@ def test_default_loader_workers_fit_the_machine():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     args = train.build_parser().parse_args(["--content_dir", "c", "--style_dir", "s"])
     assert args.n_threads == min(16, cores)
+
+
+def test_two_ranks_probing_one_new_save_dir_both_pass(tmp_path, monkeypatch):
+    """The ranks of one distributed run check --save_dir at the same moment: a folder the other
+    created (or already wrote into) between our look and our mkdir is not an error, and is left."""
+    from adain_ext.style_transfer import _checks
+
+    target = tmp_path / "new" / "run"
+    real_mkdir = Path.mkdir
+
+    def other_rank_first(self, *args, **kwargs):
+        real_mkdir(self, exist_ok=True)  # the other rank wins the race ...
+        if self == target:
+            (self / "checkpoint.pt").write_bytes(b"")  # ... and has begun writing
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_rank_first)
+    assert _checks.output_dir("--save_dir", target) == target
+    assert (target / "checkpoint.pt").exists()

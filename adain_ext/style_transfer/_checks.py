@@ -114,16 +114,26 @@ def _writable_folder(option: str, folder: Path) -> None:
         raise UsageError(f"{option}: {probe} is a file, so {folder} cannot be a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{option}: cannot write in {probe} (permission denied)")
+    # Another process (a second rank of the same run) may be probing the same chain: a folder
+    # it created meanwhile is as good as ours, and one it already filled is left in place.
     created = []
     try:
         for path in reversed(missing):
-            path.mkdir()
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if path.is_dir():
+                    continue
+                raise
             created.append(path)
     except OSError as error:
         raise UsageError(f"{option}: cannot create {folder}: {error.strerror}") from None
     finally:
         for path in reversed(created):
-            path.rmdir()
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 def output_dir(option: str, path: str | os.PathLike) -> Path:
