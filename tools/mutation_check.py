@@ -52,8 +52,8 @@ MIXED_LAYOUTS = "(channels_last_content_contiguous_style or contiguous_content_c
 
 MUTANTS = [
     Mutant("cpu_split_skips_last", "csrc/cpu/row_kernels.h",
-           "      reduce_rows(t / S, b, e, partial.data() + t * rows_per_unit);",
-           "      reduce_rows(t / S, b, e - 1, partial.data() + t * rows_per_unit);",
+           "      reduce_rows(t / S, b, e, partial.data() + t * rpu);",
+           "      reduce_rows(t / S, b, e - 1, partial.data() + t * rpu);",
            (("tests/test_cpu_split.py",), ("tests/test_op_contract.py", "-k", "cpp-cpu"),
             ("tests/test_backends.py",)),
            "each segment's partial sums skip its last element (CPU split path)"),
@@ -151,6 +151,22 @@ MUTANTS = [
            (("tests/test_cuda_emulated.py", "-k", "kernel_source"),),
            "the CUDA one-launch fused kernel runs for a channels_last style (read as contiguous)"),
     # ---- Split rows whose length the segment count does not divide.
+    Mutant("cpu_short_row_tail_unmasked", "csrc/cpu/row_kernels.h",
+           "    return tail == V ? d : Vec::set(Vec(0), d, tail);",
+           "    return d;",
+           (("tests/test_cpu_short_rows.py",),),
+           "the short-row path counts the zero lanes past a row's end in its squared deviations"),
+    Mutant("cpu_short_row_reads_past_row", "csrc/cpu/row_kernels.h",
+           "    for (int k = 0; k < NV; ++k) v[k] = Vec::loadu(src + k * V, std::min<int64_t>(V, n - k * V));",
+           "    for (int k = 0; k < NV; ++k) v[k] = Vec::loadu(src + k * V);",
+           (("tests/test_cpu_short_rows.py",),),
+           "the short-row path loads whole vectors, taking the next row's first elements as its tail"),
+    Mutant("cpu_short_row_grad_sums_unmasked", "csrc/cpu/row_kernels.h",
+           "      sum_g_dev += k + 1 < NV ? prod : tail_only(prod);  // 0 * (0 - Inf) would be NaN",
+           "      sum_g_dev += prod;",
+           (("tests/test_cpu_short_rows.py",), ("tests/test_nonfinite_rows.py",)),
+           "the short-row gradient sums add 0 * (0 - mean) for the lanes past the row (NaN for a "
+           "non-finite mean)"),
     Mutant("cpu_split_drops_remainder", "csrc/cpu/row_kernels.h",
            "    return {L * s / S, L * (s + 1) / S};", "    return {L / S * s, L / S * (s + 1)};",
            (("tests/test_cpu_split.py", "-k", "remainder"),),

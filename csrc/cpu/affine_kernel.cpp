@@ -39,19 +39,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& 
     const acc_t* std_t = std_t_acc.const_data_ptr<acc_t>();
     acc_t* mean_out = mean_x.mutable_data_ptr<acc_t>();
     acc_t* std_out = std_x.mutable_data_ptr<acc_t>();
-    std::vector<RowCoef<acc_t>> coefs(geo.N * geo.C);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    welford_then_map(
-        geo, xp,
-        [&](int64_t row, const WelfordState<acc_t>& s) {
-          mean_out[row] = s.mean;
-          std_out[row] = std_of(s, eps_, unbiased);
-          coefs[row] = affine_forward_coef(s.mean, std_out[row], mean_t[row], std_t[row], a_);
-        },
-        [&](int64_t u, int64_t b, int64_t e) {
-          map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, coefs.data());
-        });
+    const auto finish = [&](int64_t row, const WelfordState<acc_t>& s) {
+      mean_out[row] = s.mean;
+      std_out[row] = std_of(s, eps_, unbiased);
+      return affine_forward_coef(s.mean, std_out[row], mean_t[row], std_t[row], a_);
+    };
+    const int64_t L = geo.L;
+    const bool short_rows = for_each_short_row<acc_t>(geo, [&](int64_t row, auto nv) {
+      ShortRow<acc_t, decltype(nv)::value> x_row;
+      x_row.load(xp + row * L, L);
+      x_row.store_map(op + row * L, finish(row, x_row.welford()), nullptr);
+    });
+    if (short_rows) return;
+    welford_then_map(geo, xp, finish,
+                     [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
+                       map_unit<scalar_t>(geo, u, b, e, op, xp, nullptr, unit_coefs);
+                     });
   });
   return {shaped_like(out, x_in), mean_x, std_x};
 }
@@ -77,26 +82,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
     const acc_t* std_t = std_t_acc.const_data_ptr<acc_t>();
     acc_t* gmean = grad_mean.mutable_data_ptr<acc_t>();
     acc_t* gstd = grad_std.mutable_data_ptr<acc_t>();
-    const int64_t rows = geo.N * geo.C;
-    std::vector<RowCoef<acc_t>> coefs(rows);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
-    reduce_then_map<GradSums<acc_t>>(
+    const auto finish = [&](int64_t row, const GradSums<acc_t>& s) {
+      const AffineGrads<acc_t> grads =
+          affine_backward_coef(s, mp[row], sdp[row], std_t[row], a_, geo.L, unbiased);
+      gmean[row] = grads.grad_mean_t;
+      gstd[row] = grads.grad_std_t;
+      return grads.grad_x;
+    };
+    const int64_t L = geo.L;
+    const bool short_rows = for_each_short_row<acc_t>(geo, [&](int64_t row, auto nv) {
+      ShortRow<acc_t, decltype(nv)::value> x_row, g_row;
+      x_row.load(xp + row * L, L);
+      g_row.load(gp + row * L, L);
+      x_row.store_map(out + row * L, finish(row, g_row.grad_sums(x_row, mp[row])), &g_row);
+    });
+    if (short_rows) return;
+    reduce_then_map<GradSums<acc_t>, RowCoef<acc_t>>(
         geo,
         [&](int64_t u, int64_t b, int64_t e, GradSums<acc_t>* sums) {
           grad_sums_unit(geo, gp, xp, mp, u, b, e, sums);
         },
         [](const GradSums<acc_t>& a, const GradSums<acc_t>& b) { return grad_sums_merge(a, b); },
-        [&](int64_t row, const GradSums<acc_t>& s) {
-          const AffineGrads<acc_t> grads =
-              affine_backward_coef(s, mp[row], sdp[row], std_t[row], a_, geo.L, unbiased);
-          coefs[row] = grads.grad_x;
-          gmean[row] = grads.grad_mean_t;
-          gstd[row] = grads.grad_std_t;
-        },
-        [&](int64_t u, int64_t b, int64_t e) {
-          map_unit<scalar_t>(geo, u, b, e, out, xp, gp, coefs.data());
+        finish,
+        [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
+          map_unit<scalar_t>(geo, u, b, e, out, xp, gp, unit_coefs);
         });
   });
   return {shaped_like(grad_x, x_in), grad_mean, grad_std};

@@ -19,8 +19,6 @@ bool one_region(const Geometry& content, const Geometry& style) {
   return content.layout == style.layout && content.segments() == 1 && style.segments() == 1;
 }
 
-int64_t rows_per_unit(const Geometry& geo) { return geo.layout == Layout::Contiguous ? 1 : geo.C; }
-
 int64_t grain_of(const Geometry& content, const Geometry& style) {
   const int64_t per_unit = content.unit_elements() + style.unit_elements();
   return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, per_unit));
@@ -44,7 +42,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
         affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
     return {shaped_like(out, content_in), content_mean, content_std, style_mean, style_std};
   }
-  log_segments(1);
   const auto acc = acc_dtype(content.scalar_type());
   at::Tensor out = empty_output(content, c_layout);
   at::Tensor c_mean = at::empty({content_geo.N, content_geo.C}, content.options().dtype(acc));
@@ -58,11 +55,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     acc_t *cm = c_mean.mutable_data_ptr<acc_t>(), *cs = c_std.mutable_data_ptr<acc_t>();
     acc_t *sm = s_mean.mutable_data_ptr<acc_t>(), *ss = s_std.mutable_data_ptr<acc_t>();
-    std::vector<RowCoef<acc_t>> coefs(content_geo.N * content_geo.C);
+    const int64_t L = content_geo.L;
+    if (style_geo.L == L && for_each_short_row<acc_t>(content_geo, [&](int64_t row, auto nv) {
+          ShortRow<acc_t, decltype(nv)::value> style_row, content_row;
+          style_row.load(sp + row * L, L);
+          const WelfordState<acc_t> s_state = style_row.welford();
+          const acc_t s_std = std_of(s_state, eps_, unbiased);
+          content_row.load(cp + row * L, L);
+          const WelfordState<acc_t> c_state = content_row.welford();
+          const acc_t c_std = std_of(c_state, eps_, unbiased);
+          content_row.store_map(op + row * L,
+                                affine_forward_coef(c_state.mean, c_std, s_state.mean, s_std, a_),
+                                nullptr);
+          // The statistics are stored last: a float store could alias the row's vectors.
+          sm[row] = s_state.mean;
+          ss[row] = s_std;
+          cm[row] = c_state.mean;
+          cs[row] = c_std;
+        })) {
+      return;
+    }
+    log_segments(1);
     const int64_t rpu = rows_per_unit(content_geo);
     const int64_t grain = grain_of(content_geo, style_geo);
     at::parallel_for(0, content_geo.units(), grain, [&](int64_t begin, int64_t end) {
       std::vector<WelfordState<acc_t>> states(rpu);
+      std::vector<RowCoef<acc_t>> coefs(rpu);  // this unit's rows
       for (int64_t u = begin; u < end; ++u) {
         std::fill(states.begin(), states.end(), WelfordState<acc_t>{});
         welford_unit(style_geo, sp, u, 0, style_geo.L, states.data());
@@ -75,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
         for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
           cm[row] = states[r].mean;
           cs[row] = std_of(states[r], eps_, unbiased);
-          coefs[row] = affine_forward_coef(cm[row], cs[row], sm[row], ss[row], a_);
+          coefs[r] = affine_forward_coef(cm[row], cs[row], sm[row], ss[row], a_);
         }
         map_unit<scalar_t>(content_geo, u, 0, content_geo.L, op, cp, nullptr, coefs.data());
       }
@@ -100,7 +118,6 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
                                           unbiased),
                         style_in)};
   }
-  log_segments(1);
   const at::Tensor g = as_rows(grad_out.to(content.scalar_type()), c_layout);
   const auto acc = acc_dtype(content.scalar_type());
   at::Tensor grad_content = empty_output(content, c_layout);
@@ -117,19 +134,37 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
     scalar_t* gsp = grad_style.mutable_data_ptr<scalar_t>();
     const acc_t *cmp = cm.const_data_ptr<acc_t>(), *csp = cs.const_data_ptr<acc_t>();
     const acc_t *smp = sm.const_data_ptr<acc_t>(), *ssp = ss.const_data_ptr<acc_t>();
-    const int64_t rows = content_geo.N * content_geo.C, rpu = rows_per_unit(content_geo);
-    std::vector<RowCoef<acc_t>> content_coefs(rows), style_coefs(rows);
+    const int64_t L = content_geo.L;
+    if (style_geo.L == L && for_each_short_row<acc_t>(content_geo, [&](int64_t row, auto nv) {
+          ShortRow<acc_t, decltype(nv)::value> content_row, g_row;
+          content_row.load(cp + row * L, L);
+          g_row.load(gp + row * L, L);
+          const AffineGrads<acc_t> grads = affine_backward_coef(
+              g_row.grad_sums(content_row, cmp[row]), cmp[row], csp[row], ssp[row], a_, L, unbiased);
+          content_row.store_map(gcp + row * L, grads.grad_x, &g_row);
+          ShortRow<acc_t, decltype(nv)::value> style_row;
+          style_row.load(sp + row * L, L);
+          style_row.store_map(gsp + row * L,
+                              mean_std_backward_coef(grads.grad_mean_t, grads.grad_std_t, smp[row],
+                                                     ssp[row], L, unbiased),
+                              nullptr);
+        })) {
+      return;
+    }
+    log_segments(1);
+    const int64_t rpu = rows_per_unit(content_geo);
     const int64_t grain = grain_of(content_geo, style_geo);
     at::parallel_for(0, content_geo.units(), grain, [&](int64_t begin, int64_t end) {
       std::vector<GradSums<acc_t>> sums(rpu);
+      std::vector<RowCoef<acc_t>> content_coefs(rpu), style_coefs(rpu);  // this unit's rows
       for (int64_t u = begin; u < end; ++u) {
         std::fill(sums.begin(), sums.end(), GradSums<acc_t>{});
         grad_sums_unit(content_geo, gp, cp, cmp, u, 0, content_geo.L, sums.data());
         for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
           const AffineGrads<acc_t> grads = affine_backward_coef(
               sums[r], cmp[row], csp[row], ssp[row], a_, content_geo.L, unbiased);
-          content_coefs[row] = grads.grad_x;
-          style_coefs[row] = mean_std_backward_coef(grads.grad_mean_t, grads.grad_std_t, smp[row],
+          content_coefs[r] = grads.grad_x;
+          style_coefs[r] = mean_std_backward_coef(grads.grad_mean_t, grads.grad_std_t, smp[row],
                                                     ssp[row], style_geo.L, unbiased);
         }
         map_unit<scalar_t>(content_geo, u, 0, content_geo.L, gcp, cp, gp, content_coefs.data());

@@ -19,13 +19,19 @@ std::tuple<at::Tensor, at::Tensor> row_mean_std(const at::Tensor& x_in, double e
     using acc_t = acc_type<scalar_t>;
     acc_t* mean_out = mean.data_ptr<acc_t>();
     acc_t* std_out = std.data_ptr<acc_t>();
-    welford_then_map(
-        geo, x.const_data_ptr<scalar_t>(),
-        [&](int64_t row, const WelfordState<acc_t>& s) {
-          mean_out[row] = s.mean;
-          std_out[row] = std_of(s, static_cast<acc_t>(eps), unbiased);
-        },
-        [](int64_t, int64_t, int64_t) {});
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const auto finish = [&](int64_t row, const WelfordState<acc_t>& s) {
+      mean_out[row] = s.mean;
+      std_out[row] = std_of(s, static_cast<acc_t>(eps), unbiased);
+      return RowCoef<acc_t>{};  // statistics only: no map
+    };
+    const int64_t L = geo.L;
+    const bool short_rows = for_each_short_row<acc_t>(geo, [&](int64_t row, auto nv) {
+      ShortRow<acc_t, decltype(nv)::value> x_row;
+      x_row.load(xp + row * L, L);
+      finish(row, x_row.welford());
+    });
+    if (!short_rows) welford_then_map(geo, xp, finish, [](int64_t, int64_t, int64_t, const RowCoef<acc_t>*) {});
   });
   return {mean, std};
 }
@@ -52,17 +58,30 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
   const at::Tensor m = flat_stat(mean, acc), sd = flat_stat(std, acc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_mean_std_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const int64_t rows = geo.N * geo.C;
-    std::vector<RowCoef<acc_t>> coefs(rows);
+    const int64_t rpu = rows_per_unit(geo);
     const acc_t *gsp = gs.const_data_ptr<acc_t>(), *gmp = gm.const_data_ptr<acc_t>();
     const acc_t *mp = m.const_data_ptr<acc_t>(), *sdp = sd.const_data_ptr<acc_t>();
-    for (int64_t r = 0; r < rows; ++r) {
-      coefs[r] = mean_std_backward_coef(gmp[r], gsp[r], mp[r], sdp[r], geo.L, unbiased);
-    }
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
+    const int64_t L = geo.L;
+    const bool short_rows = for_each_short_row<acc_t>(geo, [&](int64_t row, auto nv) {
+      ShortRow<acc_t, decltype(nv)::value> x_row;
+      x_row.load(xp + row * L, L);
+      x_row.store_map(out + row * L,
+                      mean_std_backward_coef(gmp[row], gsp[row], mp[row], sdp[row], L, unbiased),
+                      nullptr);
+    });
+    if (short_rows) return;
+    // Each unit's coefficients where its map runs (a segment of a split unit recomputes them):
+    // no (N*C)-row array to allocate per call.
     map_units(geo, [&](int64_t u, int64_t b, int64_t e) {
-      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, coefs.data());
+      RowCoef<acc_t> one;
+      std::vector<RowCoef<acc_t>> many(rpu > 1 ? rpu : 0);
+      RowCoef<acc_t>* unit_coefs = rpu > 1 ? many.data() : &one;
+      for (int64_t r = 0, row = u * rpu; r < rpu; ++r, ++row) {
+        unit_coefs[r] = mean_std_backward_coef(gmp[row], gsp[row], mp[row], sdp[row], geo.L, unbiased);
+      }
+      map_unit<scalar_t>(geo, u, b, e, out, xp, nullptr, unit_coefs);
     });
   });
   return shaped_like(grad_x, x_in);

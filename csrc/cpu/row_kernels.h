@@ -198,6 +198,101 @@ void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t
   }
 }
 
+// ---- Short contiguous rows: a whole row in vector registers.
+//
+// A row of at most kShortRowVectors vectors (64 fp32 elements with AVX2) is loaded once; its
+// statistics, gradient sums and map are computed from the registers. The general path's chunk
+// buffers, four-accumulator sums and reloads cost more than the row itself there (16x512x8x8:
+// ~40% of the forward). The vector count is a template argument, so each count gets its own
+// fully unrolled loop: a runtime count spills the row to the stack (measured 2x slower).
+constexpr int kShortRowVectors = 8;
+
+template <typename acc_t, int NV>
+struct ShortRow {
+  using Vec = at::vec::Vectorized<acc_t>;
+  static constexpr int64_t V = Vec::size();
+  Vec v[NV];
+  int64_t n = 0;  // (NV - 1) * V < n <= NV * V; lanes past n are zero
+
+  template <typename scalar_t>
+  C10_ALWAYS_INLINE void load(const scalar_t* x, int64_t n_) {
+    n = n_;
+    acc_t buf[NV * V];
+    const acc_t* src = load_acc(x, n, buf);
+    // Every load takes a count (full for all but the last vector, whose tail lanes it zero-fills):
+    // a plain copy loop here is turned into a memcpy of the row to the stack in 16-byte pieces,
+    // and reading those back as 32-byte vectors stalls store forwarding (measured 2x slower).
+    for (int k = 0; k < NV; ++k) v[k] = Vec::loadu(src + k * V, std::min<int64_t>(V, n - k * V));
+  }
+  // d with the lanes past n zeroed (only the last vector has any).
+  C10_ALWAYS_INLINE Vec tail_only(Vec d) const {
+    const int64_t tail = n - (NV - 1) * V;
+    return tail == V ? d : Vec::set(Vec(0), d, tail);
+  }
+  static C10_ALWAYS_INLINE acc_t reduce(Vec a) {
+    return at::vec::vec_reduce_all<acc_t>([](Vec x, Vec y) { return x + y; }, a);
+  }
+  // The same two sweeps as chunk_welford (mean, then squared deviations from it), from registers.
+  C10_ALWAYS_INLINE WelfordState<acc_t> welford() const {
+    Vec sum(0);
+    for (int k = 0; k < NV; ++k) sum += v[k];
+    const acc_t mean = reduce(sum) / static_cast<acc_t>(n);
+    const Vec m(mean);
+    Vec m2(0);
+    for (int k = 0; k + 1 < NV; ++k) m2 = at::vec::fmadd(v[k] - m, v[k] - m, m2);
+    const Vec d = tail_only(v[NV - 1] - m);
+    m2 = at::vec::fmadd(d, d, m2);
+    return {mean, reduce(m2), n};
+  }
+  // This row is g: sum(g) and sum(g * (x - mean)) over the row x.
+  C10_ALWAYS_INLINE GradSums<acc_t> grad_sums(const ShortRow& x, acc_t mean) const {
+    const Vec m(mean);
+    Vec sum_g(0), sum_g_dev(0);
+    for (int k = 0; k < NV; ++k) {
+      sum_g += v[k];
+      const Vec prod = v[k] * (x.v[k] - m);
+      sum_g_dev += k + 1 < NV ? prod : tail_only(prod);  // 0 * (0 - Inf) would be NaN
+    }
+    return {reduce(sum_g), reduce(sum_g_dev)};
+  }
+  // out = c.g_scale * g + c.slope * (x - c.mean) + c.shift, this row being x (g may be null).
+  template <typename scalar_t>
+  C10_ALWAYS_INLINE void store_map(scalar_t* out, const RowCoef<acc_t>& c, const ShortRow* g) const {
+    const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
+    acc_t buf[NV * V];
+    acc_t* dst = out_acc(out, buf);
+    for (int k = 0; k < NV; ++k) {
+      Vec y = at::vec::fmadd(slope, v[k] - mean, shift);
+      if (g != nullptr) y = at::vec::fmadd(g_scale, g->v[k], y);
+      if (k + 1 < NV) {
+        y.store(dst + k * V);
+      } else {
+        y.store(dst + k * V, n - k * V);
+      }
+    }
+    store_acc(dst, out, n);
+  }
+};
+
+// Calls f(std::integral_constant<int, NV>{}) with NV the vector count of a row of L elements and
+// returns true, or returns false (f not called) for rows longer than kShortRowVectors vectors.
+template <typename acc_t, typename F>
+bool with_short_row(int64_t L, F f) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t>::size();
+  switch ((L + V - 1) / V) {
+    case 1: f(std::integral_constant<int, 1>{}); return true;
+    case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 3: f(std::integral_constant<int, 3>{}); return true;
+    case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 5: f(std::integral_constant<int, 5>{}); return true;
+    case 6: f(std::integral_constant<int, 6>{}); return true;
+    case 7: f(std::integral_constant<int, 7>{}); return true;
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    default: return false;
+  }
+  static_assert(kShortRowVectors == 8, "with_short_row's cases end at kShortRowVectors");
+}
+
 // ---- channels_last images: positions [begin, end) of image n, all C channels at once.
 // Loops run over channels with full vectors and one partial vector (loadu/store with a count).
 
@@ -345,45 +440,70 @@ void map_units(const Geometry& geo, Map map) {
   });
 }
 
-// Reduces every row to a State, then calls finish(row, state) once per row (which stores the
-// row's coefficients), then map(unit, begin, end) over every unit. The callbacks:
+inline int64_t rows_per_unit(const Geometry& geo) {
+  return geo.layout == Layout::Contiguous ? 1 : geo.C;
+}
+
+// Reduces every row to a State, turns it into the row's map coefficients with finish(row, state)
+// -> RowCoef (which may also store the row's statistics), then calls map(unit, begin, end,
+// unit_coefs) over every unit, unit_coefs holding the coefficients of that unit's rows. The
+// callbacks:
 //   reduce_rows(unit, begin, end, State* out): merge the states of `unit`'s rows over positions
 //     [begin, end) into out (one State for a contiguous row, C States for a channels_last image);
-//   merge(State, State) -> State;  finish(row, const State&);  map(unit, begin, end).
-template <typename State, typename Reduce, typename Merge, typename Finish, typename Map>
+//   merge(State, State) -> State.
+// Whole units keep their coefficients in a per-task buffer: an (N*C)-row array per call would be
+// a fresh allocation of 16 bytes a row (256 KiB for 16x512 rows), paid in page faults every call.
+template <typename State, typename Coef, typename Reduce, typename Merge, typename Finish, typename Map>
 void reduce_then_map(const Geometry& geo, Reduce reduce_rows, Merge merge, Finish finish, Map map) {
   const int64_t units = geo.units(), S = geo.segments(), L = geo.L;
-  const int64_t rows_per_unit = geo.layout == Layout::Contiguous ? 1 : geo.C;
+  const int64_t rpu = rows_per_unit(geo);
   log_segments(S);
   if (S == 1) {
     at::parallel_for(0, units, geo.grain(units), [&](int64_t begin, int64_t end) {
-      std::vector<State> states(rows_per_unit);
+      std::vector<State> states(rpu);
+      std::vector<Coef> coefs(rpu);
       for (int64_t u = begin; u < end; ++u) {
         std::fill(states.begin(), states.end(), State{});
         reduce_rows(u, 0, L, states.data());
-        for (int64_t r = 0; r < rows_per_unit; ++r) finish(u * rows_per_unit + r, states[r]);
-        map(u, 0, L);
+        for (int64_t r = 0; r < rpu; ++r) coefs[r] = finish(u * rpu + r, states[r]);
+        map(u, 0, L, coefs.data());
       }
     });
     return;
   }
-  std::vector<State> partial(units * S * rows_per_unit);
+  // Few units, split into segments: every row's coefficients are needed by every segment's map.
+  std::vector<State> partial(units * S * rpu);
   at::parallel_for(0, units * S, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const auto [b, e] = geo.segment_range(t % S, S);
-      reduce_rows(t / S, b, e, partial.data() + t * rows_per_unit);
+      reduce_rows(t / S, b, e, partial.data() + t * rpu);
     }
   });
+  std::vector<Coef> coefs(units * rpu);
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
-      for (int64_t r = 0; r < rows_per_unit; ++r) {
+      for (int64_t r = 0; r < rpu; ++r) {
         State state{};
-        for (int64_t s = 0; s < S; ++s) state = merge(state, partial[(u * S + s) * rows_per_unit + r]);
-        finish(u * rows_per_unit + r, state);
+        for (int64_t s = 0; s < S; ++s) state = merge(state, partial[(u * S + s) * rpu + r]);
+        coefs[u * rpu + r] = finish(u * rpu + r, state);
       }
     }
   });
-  map_units(geo, map);
+  map_units(geo, [&](int64_t u, int64_t b, int64_t e) { map(u, b, e, coefs.data() + u * rpu); });
+}
+
+// Short contiguous rows (see ShortRow), never split: body(row, nv) for every row in parallel, one
+// loop per vector count nv (a std::integral_constant). Returns false, running nothing, where the
+// rows are channels_last or longer than kShortRowVectors vectors: the general path applies.
+template <typename acc_t, typename Body>
+bool for_each_short_row(const Geometry& geo, Body body) {
+  if (geo.layout != Layout::Contiguous || geo.segments() != 1) return false;
+  return with_short_row<acc_t>(geo.L, [&](auto nv) {
+    log_segments(1);
+    at::parallel_for(0, geo.units(), geo.grain(geo.units()), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) body(row, nv);
+    });
+  });
 }
 
 // Welford states of unit u's rows over positions [b, e), merged into out (one state for a
@@ -412,11 +532,12 @@ void grad_sums_unit(const Geometry& geo, const scalar_t* g, const scalar_t* x,
   }
 }
 
-// Welford statistics of every row of x (a tensor in `geo`'s layout), handed to finish(row, state).
+// Welford statistics of every row of x (a tensor in `geo`'s layout), handed to finish(row, state)
+// -> RowCoef; then map(unit, begin, end, unit_coefs) as reduce_then_map.
 template <typename scalar_t, typename Finish, typename Map>
 void welford_then_map(const Geometry& geo, const scalar_t* x, Finish finish, Map map) {
   using acc_t = acc_type<scalar_t>;
-  reduce_then_map<WelfordState<acc_t>>(
+  reduce_then_map<WelfordState<acc_t>, RowCoef<acc_t>>(
       geo,
       [&](int64_t u, int64_t b, int64_t e, WelfordState<acc_t>* out) { welford_unit(geo, x, u, b, e, out); },
       [](const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) { return welford_merge(a, b); },
@@ -424,20 +545,21 @@ void welford_then_map(const Geometry& geo, const scalar_t* x, Finish finish, Map
 }
 
 // Applies every row's map out = g_scale * g + slope * (x - mean) + shift to positions [b, e) of
-// unit u; coefs holds the N*C rows' RowCoefs (g_scale is ignored where g is null).
+// unit u; unit_coefs holds the RowCoefs of u's rows (one for a contiguous row, C for a
+// channels_last image; g_scale is ignored where g is null).
 template <typename scalar_t>
 void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* out,
-              const scalar_t* x, const scalar_t* g, const RowCoef<acc_type<scalar_t>>* coefs) {
+              const scalar_t* x, const scalar_t* g, const RowCoef<acc_type<scalar_t>>* unit_coefs) {
   using acc_t = acc_type<scalar_t>;
   const int64_t L = geo.L, C = geo.C;
   if (geo.layout == Layout::Contiguous) {
-    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b, coefs[u]);
+    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b, unit_coefs[0]);
     return;
   }
   // map_channels_last wants image u's coefficients field by field, each across channels.
   std::vector<acc_t> by_field(4 * C);
   for (int64_t c = 0; c < C; ++c) {
-    const RowCoef<acc_t>& row = coefs[u * C + c];
+    const RowCoef<acc_t>& row = unit_coefs[c];
     by_field[c] = row.g_scale;
     by_field[C + c] = row.slope;
     by_field[2 * C + c] = row.mean;
