@@ -42,6 +42,29 @@ def _serve(backend: str, device: torch.device):
     return ops
 
 
+# Under torch.compile, a CPU training graph (autograd recording, an input requiring grad) traces
+# backend="auto" as the reference's ATen composite, so Inductor fuses the normalisation with its
+# neighbours as it does for the model's own code. Beside an opaque op, Inductor's CPU code saves
+# the neighbouring activation's bool mask through a scalar loop (torch 2.14/2.15): a StyleGAN
+# block's compiled training step took 4x the compiled original's (benchmarks/bench_blocks.py).
+# False keeps the compiled kernels in such graphs too. Eager calls, inference graphs, explicit
+# backends and GPU tensors are not affected.
+COMPOSITE_IN_COMPILED_CPU_TRAINING = True
+
+
+def _compiled_cpu_training(*tensors: torch.Tensor) -> bool:
+    return (COMPOSITE_IN_COMPILED_CPU_TRAINING and torch.compiler.is_compiling()
+            and torch.is_grad_enabled() and tensors[0].device.type == "cpu"
+            and any(t.requires_grad for t in tensors))
+
+
+def _ops(backend: str, *tensors: torch.Tensor):
+    if backend == "auto" and _compiled_cpu_training(*tensors):
+        backend = "reference"
+    device = tensors[0].device
+    return _SERVED.get((backend, device)) or _serve(backend, device)
+
+
 def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backend: str = "auto"):
     """Per-(n, c) mean and std = sqrt(var + eps) over the trailing dims of a (N, C, *) tensor,
     each (N, C, 1, ...) with x's rank ((N, C, 1, 1) for images) in x's dtype.
@@ -49,8 +72,7 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True, *, backe
     With the defaults this is the reference `calc_mean_std` (unbiased variance, eps on the
     variance).
     """
-    ops = _SERVED.get((backend, x.device)) or _serve(backend, x.device)
-    return ops.mean_std(x, eps, unbiased)
+    return _ops(backend, x).mean_std(x, eps, unbiased)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,
@@ -60,8 +82,7 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
     if isinstance(alpha, torch.Tensor):  # its gradient would be dropped silently: refused
         _validation.check_scalars(alpha, eps)
         alpha = float(alpha)
-    ops = _SERVED.get((backend, content.device)) or _serve(backend, content.device)
-    return ops.adain(content, style, alpha, eps, unbiased)
+    return _ops(backend, content, style).adain(content, style, alpha, eps, unbiased)
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
@@ -70,5 +91,4 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     """
-    ops = _SERVED.get((backend, x.device)) or _serve(backend, x.device)
-    return ops.adain_affine(x, mean, std, eps, unbiased)
+    return _ops(backend, x, mean, std).adain_affine(x, mean, std, eps, unbiased)

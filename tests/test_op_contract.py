@@ -527,3 +527,47 @@ def test_first_call_inside_torch_compile_is_one_graph(target: Target):
                                    model(content, style, mean, std))
     finally:
         functional._SERVED.update(saved)
+
+
+def _compiled_graph_ops(fn, *inputs, no_grad=False) -> set:
+    """The namespaces of the ops in the graph torch.compile traces of fn (no Inductor: the graph
+    as dynamo records it), and fn's compiled output against its eager output."""
+    namespaces = set()
+
+    def recording(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverloadPacket | torch._ops.OpOverload):
+                namespaces.add(node.target.namespace)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=recording, fullgraph=True)
+    with torch.no_grad() if no_grad else torch.enable_grad():
+        torch.testing.assert_close(compiled(*inputs), fn(*inputs))
+    return namespaces
+
+
+@pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
+def test_compiled_cpu_training_traces_the_composite(monkeypatch):
+    """backend="auto" in a compiled CPU training graph is the ATen composite, which Inductor fuses
+    with the neighbours (beside the opaque op it stores an activation's bool mask slowly); an
+    inference graph, an explicit backend and the switch turned off keep the compiled kernels."""
+    from adain_ext import functional
+
+    case = Case("compiled_training", (2, 4, 6, 5), style=(2, 4, 3, 4))
+    content, style = make_inputs(case, requires_grad=True)
+    mean, std = make_statistics(case, requires_grad=True)
+
+    def block(c, s, m, sd, backend="auto"):
+        a = torch.nn.functional.leaky_relu(adain_ext.adain(c, s, 0.8, backend=backend), 0.2)
+        b = adain_ext.adain_affine(c, m, sd, backend=backend)
+        return a + b + sum(adain_ext.mean_std(s, backend=backend))
+
+    inputs = (content, style, mean, std)
+    assert "adain" not in _compiled_graph_ops(block, *inputs)
+    assert "adain" in _compiled_graph_ops(block, *inputs, no_grad=True)
+    assert "adain" in _compiled_graph_ops(lambda *t: block(*t, backend="cpp"), *inputs)
+    frozen = tuple(t.detach() for t in inputs)  # nothing requires grad: an inference graph
+    assert "adain" in _compiled_graph_ops(block, *frozen)
+    monkeypatch.setattr(functional, "COMPOSITE_IN_COMPILED_CPU_TRAINING", False)
+    assert "adain" in _compiled_graph_ops(block, *inputs)

@@ -161,12 +161,6 @@ MUTANTS = [
            "    for (int k = 0; k < NV; ++k) v[k] = Vec::loadu(src + k * V);",
            (("tests/test_cpu_short_rows.py",),),
            "the short-row path loads whole vectors, taking the next row's first elements as its tail"),
-    Mutant("cpu_short_row_grad_sums_unmasked", "csrc/cpu/row_kernels.h",
-           "      sum_g_dev += k + 1 < NV ? prod : tail_only(prod);  // 0 * (0 - Inf) would be NaN",
-           "      sum_g_dev += prod;",
-           (("tests/test_cpu_short_rows.py",), ("tests/test_nonfinite_rows.py",)),
-           "the short-row gradient sums add 0 * (0 - mean) for the lanes past the row (NaN for a "
-           "non-finite mean)"),
     Mutant("cpu_split_drops_remainder", "csrc/cpu/row_kernels.h",
            "    return {L * s / S, L * (s + 1) / S};", "    return {L / S * s, L / S * (s + 1)};",
            (("tests/test_cpu_split.py", "-k", "remainder"),),

@@ -244,14 +244,14 @@ struct ShortRow {
     m2 = at::vec::fmadd(d, d, m2);
     return {mean, reduce(m2), n};
   }
-  // This row is g: sum(g) and sum(g * (x - mean)) over the row x.
+  // This row is g: sum(g) and sum(g * (x - mean)) over the row x. The lanes past the row are zero
+  // in both and add 0 * (0 - mean) = 0 (a non-finite mean makes the row's sums non-finite anyway).
   C10_ALWAYS_INLINE GradSums<acc_t> grad_sums(const ShortRow& x, acc_t mean) const {
     const Vec m(mean);
     Vec sum_g(0), sum_g_dev(0);
     for (int k = 0; k < NV; ++k) {
       sum_g += v[k];
-      const Vec prod = v[k] * (x.v[k] - m);
-      sum_g_dev += k + 1 < NV ? prod : tail_only(prod);  // 0 * (0 - Inf) would be NaN
+      sum_g_dev = at::vec::fmadd(v[k], x.v[k] - m, sum_g_dev);
     }
     return {reduce(sum_g), reduce(sum_g_dev)};
   }
