@@ -405,8 +405,13 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, one thread ({torch.backends.cpu.get_cpu_capability()}"
-            f" kernels), torch {torch.__version__}, Python {platform.python_version()}, "
+    try:  # the vectors adain_ext's CPU kernels were built for (setup.py), beside ATen's own
+        from adain_ext._build_config import CONFIG
+        ours = CONFIG.get("CPU vectors", "?")
+    except ImportError:
+        ours = "?"
+    return (f"{cpu}, {os.cpu_count()} cores, one thread (ATen {torch.backends.cpu.get_cpu_capability()}"
+            f", adain_ext {ours} kernels), torch {torch.__version__}, Python {platform.python_version()}, "
             f"adain_ext {getattr(adain_ext, '__version__', '?')}")
 
 
