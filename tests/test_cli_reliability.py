@@ -692,8 +692,11 @@ def test_a_stopped_run_leaves_no_partial_video(root, tmp_path, stop):
     long = _write_video(tmp_path / "long.mp4", 400)
     out = tmp_path / "out" / "styled.mp4"
     argv = VIDEO.replace("{R}/in.mp4", str(long)).replace("{R}", str(root)).split()
+    # A test run in the background of a shell without job control (nohup ... &) inherits an
+    # ignored SIGINT, and Python keeps it ignored: the run as a terminal starts it, with Ctrl-C live.
     proc = subprocess.Popen([sys.executable, "-m", "adain_ext.cli", *argv, "--output", str(out),
-                             "--batch_size", "1"], env=_env(), stderr=subprocess.PIPE, text=True)
+                             "--batch_size", "1"], env=_env(), stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.parent.glob(".*")) and proc.poll() is None:
         assert time.monotonic() < deadline, "no temp file appeared"
