@@ -28,7 +28,7 @@ def _case(L: int, **kw) -> Case:
 
 PARAMS = ([pytest.param(_case(L, alpha=0.6), d, id=f"L{L}-{d}") for L in LENGTHS for d in DTYPES[:2]]
           + [pytest.param(_case(L, unbiased=False), d, id=f"L{L}-biased-{d}")
-             for L in (5, 16, 33, 64) for d in DTYPES]
+             for L in (1, 5, 16, 33, 64) for d in DTYPES]
           + [pytest.param(Case("short_3d", (2, 6, 37), mean_offset=3.0), d, id=f"3d-{d}")
              for d in DTYPES])
 
