@@ -461,3 +461,25 @@ def test_cli_outputs_match_the_reference_pipeline(tmp_path, inputs, weight_files
     want = _reference_image(vgg, dec, content, styles, None, 0.7, mask=mask[:1])
     got = images.load_image(out / "a_stylized_s1_s2_masked.png")
     torch.testing.assert_close(got, want, rtol=0, atol=1.5 / 255)
+
+
+def test_cli_mask_follows_the_contents_crop(tmp_path, inputs, weight_files, vgg, dec):
+    """A mask drawn on the content image takes the content's own resize and centre crop: with
+    --content_size 64 --crop a 160x64 content keeps its middle 64 columns, and so does the mask.
+    Its white left 64 columns become the crop's first 16 (squeezing the whole mask into 64x64
+    would make them 25.6, three feature columns instead of two)."""
+    content_path = write_png(tmp_path / "wide.png", random_image(64, 160, seed=5))
+    style_paths = [inputs / "style" / "s1.png", inputs / "style" / "s2.png"]
+    out = tmp_path / "out"
+    mask = torch.zeros(3, 64, 160)
+    mask[:, :, :64] = 1
+    write_png(tmp_path / "mask.png", mask)
+    assert _run(["--content", str(content_path), "--style", ",".join(map(str, style_paths)),
+                 "--output", str(out), "--content_size", "64", "--style_size", "32", "--crop",
+                 "--save_ext", "png", "--mask", str(tmp_path / "mask.png")], weight_files) == 0
+    content = images.load_image(content_path, 64, crop=True)
+    styles = [images.load_image(p, 32, crop=True) for p in style_paths]
+    cropped = mask[:1, :, 48:112]  # the middle 64 of 160 columns
+    want = _reference_image(vgg, dec, content, styles, None, 1.0, mask=cropped)
+    got = images.load_image(out / "wide_stylized_s1_s2_masked.png")
+    torch.testing.assert_close(got, want, rtol=0, atol=1.5 / 255)

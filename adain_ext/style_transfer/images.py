@@ -98,19 +98,22 @@ def _finite(img, path: Path):
     return Image.fromarray(fixed.astype(np.float32), "F")
 
 
+def resized_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(h, w) with the shorter side made `size`, aspect kept: the reference's
+    transforms.Resize(size) arithmetic (size <= 0: unchanged)."""
+    if size <= 0 or min(h, w) == size:
+        return h, w
+    return (max(1, int(size * h / w)), size) if w <= h else (size, max(1, int(size * w / h)))
+
+
 def resize_shorter(img, size: int):
     """The reference's transforms.Resize(size): shorter side to `size`, aspect kept (bilinear)."""
     Image, _ = _pil()
-    if size <= 0:
-        return img
     w, h = img.size
-    if min(w, h) == size:
+    new_h, new_w = resized_size(h, w, size)
+    if (new_h, new_w) == (h, w):
         return img
-    if w <= h:
-        new = (size, max(1, int(size * h / w)))
-    else:
-        new = (max(1, int(size * w / h)), size)
-    return img.resize(new, Image.BILINEAR)
+    return img.resize((new_w, new_h), Image.BILINEAR)
 
 
 def resize_square(img, size: int):
@@ -150,10 +153,9 @@ def to_tensor(img) -> torch.Tensor:
 
 
 def _resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    if size <= 0 or min(h, w) == size:
+    new = resized_size(*x.shape[-2:], size)
+    if new == tuple(x.shape[-2:]):
         return x
-    new = (max(1, int(size * h / w)), size) if w <= h else (size, max(1, int(size * w / h)))
     return torch.nn.functional.interpolate(x[None], size=new, mode="bilinear", antialias=True,
                                            align_corners=False)[0].clamp_(0, 1)
 
@@ -186,6 +188,15 @@ def load_mask(path: str | os.PathLike) -> torch.Tensor:
     img = open_image(path)
     gray = _to_rgb_array(img).mean(axis=2)
     return torch.from_numpy((gray > 0.5).astype(np.float32))[None]
+
+
+def fit_mask(mask: torch.Tensor, size: int = 0, crop: bool = False) -> torch.Tensor:
+    """A (1, H, W) mask drawn on the content image, given the content's geometry in a run:
+    load_image's shorter-side resize (nearest, so it stays binary) and centre crop."""
+    new = resized_size(*mask.shape[-2:], size)
+    if new != tuple(mask.shape[-2:]):
+        mask = torch.nn.functional.interpolate(mask[None], size=new, mode="nearest")[0]
+    return _center_crop_tensor(mask, size if size > 0 else min(new)) if crop else mask
 
 
 def image_format(ext: str) -> str:

@@ -276,15 +276,21 @@ class Stylizer:
             images.save_image(image, j.output, overwrite=self.args.overwrite)
 
 
-def _load_mask(path: str, content: Path, content_image: torch.Tensor) -> torch.Tensor:
+def _load_mask(path: str, content: Path, content_image: torch.Tensor, size: int,
+               crop: bool) -> torch.Tensor:
+    """The mask at the content's size in this run: drawn on the content image as given, it takes
+    the content's own resize and crop (a crop cuts, it does not squeeze); drawn at the run's
+    content size, it is used as it is."""
     mask = images.load_mask(path)
     with images.open_image(content) as original:
         original_size = original.size[::-1]
     mh, mw = mask.shape[-2:]
-    if (mh, mw) not in (tuple(original_size), tuple(content_image.shape[-2:])):
+    if (mh, mw) == tuple(content_image.shape[-2:]):
+        return mask
+    if (mh, mw) != tuple(original_size):
         raise UsageError(f"mask {path} is {mw}x{mh} but content {content} is "
                          f"{original_size[1]}x{original_size[0]} (the mask must match the content image)")
-    return torch.nn.functional.interpolate(mask[None], size=content_image.shape[-2:], mode="nearest")[0]
+    return images.fit_mask(mask, size, crop)
 
 
 def run(args) -> int:
@@ -335,7 +341,7 @@ def run(args) -> int:
                     raise images.ImageError(
                         f"content {content} is {image.shape[-1]}x{image.shape[-2]}, below the "
                         f"encoder's smallest side ({_checks.MIN_IMAGE_SIDE} pixels; see --content_size)")
-                mask = _load_mask(args.mask, content, image) if args.mask else None
+                mask = _load_mask(args.mask, content, image, args.content_size, args.crop) if args.mask else None
             except (images.ImageError, FileNotFoundError, UsageError) as error:
                 print(f"error: {error}", file=sys.stderr)
                 failures += 1
