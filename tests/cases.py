@@ -238,6 +238,21 @@ def assert_grads_close(got, want, dtype, case: Case | None = None, msg: str = ""
                                    msg=(lambda m: f"{msg}: {m}") if msg else None)
 
 
+def assert_matches_oracle(op: str, inputs, outputs, grads, grad_outputs, dtype,
+                          case: Case | None = None, **options):
+    """The outputs of `op` (a name in adain_ext.reference) computed from `inputs`, and the
+    gradients `grads` of those inputs for `grad_outputs`, against the float64 reference given
+    the same inputs and options."""
+    leaves = double_leaves(*inputs)
+    ref = getattr(reference, op)(*leaves, **options)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+    for out, want in zip(outputs, refs, strict=True):
+        assert_close(out, want, dtype, case=case)
+    want = torch.autograd.grad(refs, leaves, [g.double() for g in grad_outputs])
+    assert_grads_close(grads, want, dtype, case)
+
+
 def check_affine_mixed_statistics(x, mean, std, backend: str, case: Case):
     """adain_affine(x, mean, std) with statistics of their own shapes ((N, C) or (N, C, 1, 1))
     and dtypes: the output in x's dtype, and each gradient in its input's shape and dtype, against

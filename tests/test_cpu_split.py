@@ -9,17 +9,9 @@ import contextlib
 
 import pytest
 import torch
-from cases import (
-    Case,
-    assert_close,
-    assert_grads_close,
-    double_leaves,
-    make_inputs,
-    make_statistics,
-)
+from cases import Case, assert_matches_oracle, make_inputs, make_statistics
 
 import adain_ext
-from adain_ext import reference
 
 pytestmark = pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
 
@@ -95,11 +87,8 @@ def test_split_adain(case: Case, dtype, threads):
         out = adain_ext.adain(content, style, case.alpha, unbiased=case.unbiased, backend="cpp")
         got = torch.autograd.grad(out, (content, style), grad_out)
     _assert_split_as_planned(log, threads)
-    c64, s64 = double_leaves(content, style)
-    ref = reference.adain(c64, s64, case.alpha, unbiased=case.unbiased)
-    assert_close(out, ref, dtype, case=case)
-    want = torch.autograd.grad(ref, (c64, s64), grad_out.double())
-    assert_grads_close(got, want, dtype, case)
+    assert_matches_oracle("adain", (content, style), out, got, (grad_out,), dtype, case,
+                          alpha=case.alpha, unbiased=case.unbiased)
 
 
 @pytest.mark.parametrize("case,dtype,threads", SPLIT_PARAMS)
@@ -111,11 +100,8 @@ def test_split_affine(case: Case, dtype, threads):
         out = adain_ext.adain_affine(x, mean, std, unbiased=case.unbiased, backend="cpp")
         got = torch.autograd.grad(out, (x, mean, std), grad_out)
     _assert_split_as_planned(log, threads)
-    x64, m64, s64 = double_leaves(x, mean, std)
-    ref = reference.adain_affine(x64, m64, s64, unbiased=case.unbiased)
-    assert_close(out, ref, dtype, case=case)
-    want = torch.autograd.grad(ref, (x64, m64, s64), grad_out.double())
-    assert_grads_close(got, want, dtype, case)
+    assert_matches_oracle("adain_affine", (x, mean, std), out, got, (grad_out,), dtype, case,
+                          unbiased=case.unbiased)
 
 
 @pytest.mark.parametrize("case,dtype,threads", SPLIT_PARAMS)
@@ -125,14 +111,10 @@ def test_split_mean_std(case: Case, dtype, threads):
     grad_mean, grad_std = _grad((N, C, 1, 1), dtype, 13), _grad((N, C, 1, 1), dtype, 14)
     with _threads_and_segment_log(threads) as log:
         mean, std = adain_ext.mean_std(x, unbiased=case.unbiased, backend="cpp")
-        (got,) = torch.autograd.grad((mean, std), (x,), (grad_mean, grad_std))
+        got = torch.autograd.grad((mean, std), (x,), (grad_mean, grad_std))
     _assert_split_as_planned(log, threads)
-    (x64,) = double_leaves(x)
-    ref_mean, ref_std = reference.mean_std(x64, unbiased=case.unbiased)
-    assert_close(mean, ref_mean, dtype, case=case)
-    assert_close(std, ref_std, dtype, case=case)
-    want = torch.autograd.grad((ref_mean, ref_std), (x64,), (grad_mean.double(), grad_std.double()))
-    assert_grads_close((got,), want, dtype, case)
+    assert_matches_oracle("mean_std", (x,), (mean, std), got, (grad_mean, grad_std), dtype, case,
+                          unbiased=case.unbiased)
 
 
 def test_segment_log_is_off_unless_asked():
