@@ -48,6 +48,27 @@ def check_alpha(alpha: float) -> None:
         _fail(f"alpha must be a finite number, got {alpha}")
 
 
+ACTIVATIONS = ("none", "relu", "leaky_relu")
+
+
+def check_activation(activation: str, negative_slope: float) -> None:
+    """The affine op's output activation: 'none', 'relu' or 'leaky_relu' (F.relu's and
+    F.leaky_relu's names); negative_slope is leaky_relu's and must be finite."""
+    if activation not in ACTIVATIONS:
+        _fail(f"activation must be 'none', 'relu' or 'leaky_relu', got {activation!r}".replace(
+            '"', "'"))
+    if activation != "none" and not -math.inf < negative_slope < math.inf:
+        _fail(f"negative_slope must be a finite number, got {negative_slope}")
+
+
+def check_backward_mean(mean, activation: str) -> None:
+    """_affine_backward with an activation recomputes the pre-activation output, which needs the
+    forward's target mean."""
+    if activation != "none" and mean is None:
+        _fail(f"_affine_backward with activation={activation!r} needs the target mean "
+              "(it recomputes the output before the activation)".replace('"', "'"))
+
+
 def check_scalars(alpha=1.0, eps: float = 0.0) -> None:
     """alpha and eps as the public API takes them: finite numbers (NaN or Inf would turn every
     output into NaN without an error); a tensor alpha that requires grad is refused, as it

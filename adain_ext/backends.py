@@ -8,7 +8,7 @@ derived from `REGISTRY`: adain_ext.BACKENDS and resolve_backend (adain_ext.funct
 Every backend's ops take the same arguments as torch.ops.adain.*, positionally:
     mean_std(x, eps, unbiased) -> (mean, std)
     adain(content, style, alpha, eps, unbiased) -> out
-    adain_affine(x, mean, std, eps, unbiased) -> out
+    adain_affine(x, mean, std, eps, unbiased, activation, negative_slope) -> out
 and give the same results and errors as adain_ext/reference.py (tests/test_backends.py and
 tests/test_errors.py check).
 
@@ -103,10 +103,11 @@ class _ReferenceOps:
         return reference.adain(content, style, alpha, eps, unbiased)
 
     @staticmethod
-    def adain_affine(x, mean, std, eps, unbiased):
+    def adain_affine(x, mean, std, eps, unbiased, activation="none", negative_slope=0.01):
         _validation.check_affine(x, mean, std, unbiased)
         _validation.check_eps(eps)
-        return reference.adain_affine(x, mean, std, eps, unbiased)
+        _validation.check_activation(activation, negative_slope)
+        return reference.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope)
 
 
 def _always_available(device_type: str) -> str | None:

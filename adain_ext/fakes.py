@@ -11,7 +11,8 @@ call fails the same way while tracing. Outputs keep x's layout; the internal ops
 from __future__ import annotations
 
 from adain_ext._layout import empty_output, empty_stats, stat_shape_of
-from adain_ext._validation import check_affine, check_alpha, check_eps, check_features, check_pair
+from adain_ext._validation import (check_activation, check_affine, check_alpha,
+                                   check_backward_mean, check_eps, check_features, check_pair)
 
 
 def mean_std(x, eps=1e-5, unbiased=True):
@@ -24,14 +25,18 @@ def mean_std_backward(grad_mean, grad_std, x, mean, std, unbiased):
     return empty_output(x)
 
 
-def affine_forward(x, mean, std, alpha, eps, unbiased):
+def affine_forward(x, mean, std, alpha, eps, unbiased, activation="none", negative_slope=0.01):
     check_affine(x, mean, std, unbiased)
     check_eps(eps)
     check_alpha(alpha)
+    check_activation(activation, negative_slope)
     return empty_output(x), empty_stats(x), empty_stats(x)
 
 
-def affine_backward(grad_out, x, mean_x, std_x, std, alpha, unbiased):
+def affine_backward(grad_out, x, mean_x, std_x, std, alpha, unbiased, mean=None,
+                    activation="none", negative_slope=0.01):
+    check_activation(activation, negative_slope)
+    check_backward_mean(mean, activation)
     return empty_output(x), empty_stats(x), empty_stats(x)
 
 

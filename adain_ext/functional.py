@@ -48,7 +48,9 @@ def _serve(backend: str, device: torch.device):
 # the neighbouring activation's bool mask through a scalar loop (torch 2.14/2.15): a StyleGAN
 # block's compiled training step took 4x the compiled original's (benchmarks/bench_blocks.py).
 # False keeps the compiled kernels in such graphs too. Eager calls, inference graphs, explicit
-# backends and GPU tensors are not affected.
+# backends and GPU tensors are not affected, nor adain_affine with an activation: there the
+# activation is the kernel's epilogue and saves no mask (accelerate() folds the one after
+# StarGAN v2's and MUNIT's AdaIN), so the kernels beat Inductor's code.
 COMPOSITE_IN_COMPILED_CPU_TRAINING = True
 
 
@@ -58,8 +60,9 @@ def _compiled_cpu_training(*tensors: torch.Tensor) -> bool:
             and any(t.requires_grad for t in tensors))
 
 
-def _ops(backend: str, *tensors: torch.Tensor):
-    if backend == "auto" and _compiled_cpu_training(*tensors):
+def _ops(backend: str, *tensors: torch.Tensor, composite_in_compiled_training: bool = True):
+    if (backend == "auto" and composite_in_compiled_training
+            and _compiled_cpu_training(*tensors)):
         backend = "reference"
     device = tensors[0].device
     return _SERVED.get((backend, device)) or _serve(backend, device)
@@ -86,9 +89,14 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
-                 unbiased: bool = True, *, backend: str = "auto") -> torch.Tensor:
+                 unbiased: bool = True, *, activation: str | None = None,
+                 negative_slope: float = 0.01, backend: str = "auto") -> torch.Tensor:
     """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics, (N, C) or (N, C, 1, ...).
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
+    activation="relu" or "leaky_relu" (with negative_slope) is applied to the output in the same
+    kernel, forward and backward: StarGAN v2's AdaIN + LeakyReLU(0.2), MUNIT's AdaIN + ReLU.
     """
-    return _ops(backend, x, mean, std).adain_affine(x, mean, std, eps, unbiased)
+    activation = activation or "none"
+    ops = _ops(backend, x, mean, std, composite_in_compiled_training=activation == "none")
+    return ops.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope)

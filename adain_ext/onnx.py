@@ -103,10 +103,21 @@ def _fused_forward(content, style, alpha: float, eps: float, unbiased: bool):
             _rows(style, style_mean), _rows(style, style_std))
 
 
-def _affine_forward(x, mean, std, alpha: float, eps: float, unbiased: bool):
+def _activate(out, activation: str, negative_slope: float):
+    """The affine op's epilogue: ONNX Relu and LeakyRelu have its semantics (y if y > 0, else
+    0 or negative_slope * y; NaN passes)."""
+    if activation == "relu":
+        return op.Relu(out)
+    if activation == "leaky_relu":
+        return op.LeakyRelu(out, alpha=negative_slope)
+    return out
+
+
+def _affine_forward(x, mean, std, alpha: float, eps: float, unbiased: bool,
+                    activation: str = "none", negative_slope: float = 0.01):
     centred, mean_x, std_x = _moments(x, eps, unbiased)
     out = _renormalise(x, centred, mean_x, std_x, mean, std, alpha)
-    return out, _rows(x, mean_x), _rows(x, std_x)
+    return _activate(out, activation, negative_slope), _rows(x, mean_x), _rows(x, std_x)
 
 
 def fused(content, style, alpha: float = 1.0, eps: float = 1e-5, unbiased: bool = True):
@@ -114,9 +125,11 @@ def fused(content, style, alpha: float = 1.0, eps: float = 1e-5, unbiased: bool 
     return _fused_forward(content, style, alpha, eps, unbiased)[0]
 
 
-def affine(x, mean, std, eps: float = 1e-5, unbiased: bool = True):
-    """adain::affine: std * (x - mean_x) / std_x + mean, target statistics (N, C) or (N, C, 1, ...)."""
-    return _affine_forward(x, mean, std, 1.0, eps, unbiased)[0]
+def affine(x, mean, std, eps: float = 1e-5, unbiased: bool = True, activation: str = "none",
+           negative_slope: float = 0.01):
+    """adain::affine: act(std * (x - mean_x) / std_x + mean), target statistics (N, C) or
+    (N, C, 1, ...)."""
+    return _affine_forward(x, mean, std, 1.0, eps, unbiased, activation, negative_slope)[0]
 
 
 def mean_std(x, eps: float = 1e-5, unbiased: bool = True):

@@ -44,12 +44,22 @@ def mean_std(x: torch.Tensor, eps: float = 1e-5, unbiased: bool = True):
     return rows.mean(dim=2).view(_stat_shape(x)), var.sqrt().view(_stat_shape(x))
 
 
+def activate(y: torch.Tensor, activation: str = "none", negative_slope: float = 0.01):
+    """The affine op's output activation, as the models that follow AdaIN with one write it."""
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "leaky_relu":
+        return torch.nn.functional.leaky_relu(y, negative_slope)
+    return y
+
+
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
-                 unbiased: bool = True):
-    """std * (x - mean_x) / std_x + mean, with target statistics given as (N, C) or (N, C, 1, ...)."""
+                 unbiased: bool = True, activation: str = "none", negative_slope: float = 0.01):
+    """act(std * (x - mean_x) / std_x + mean), with target statistics given as (N, C) or
+    (N, C, 1, ...); act is 'none', 'relu' or 'leaky_relu' (with negative_slope)."""
     mean_x, std_x = mean_std(x, eps, unbiased)
     out = (x - mean_x) / std_x * std.reshape(_stat_shape(x)) + mean.reshape(_stat_shape(x))
-    return out.to(x.dtype)
+    return activate(out.to(x.dtype), activation, negative_slope)
 
 
 def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: float = 1e-5,

@@ -24,15 +24,15 @@ at::Tensor fused(const at::Tensor& content, const at::Tensor& style, double alph
   return std::get<0>(op.call(content, style, alpha, eps, unbiased));
 }
 
-// out = std * (x - mean_x) / std_x + mean, with the target statistics given by the caller.
+// out = act(std * (x - mean_x) / std_x + mean), with the target statistics given by the caller.
 at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, double eps,
-                  bool unbiased) {
+                  bool unbiased, c10::string_view activation, double negative_slope) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("adain::_affine_forward", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double,
-                           bool)>();
-  return std::get<0>(op.call(x, mean, std, 1.0, eps, unbiased));
+                           bool, c10::string_view, double)>();
+  return std::get<0>(op.call(x, mean, std, 1.0, eps, unbiased, activation, negative_slope));
 }
 
 // Backward of _fused_forward for backends without a kernel of their own: the content gradient and
@@ -49,14 +49,16 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(const at::Tensor& grad_out,
           .findSchemaOrThrow("adain::_affine_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-              const at::Tensor&, double, bool)>();
+              const at::Tensor&, double, bool, const std::optional<at::Tensor>&,
+              c10::string_view, double)>();
   static auto mean_std_backward =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("adain::_mean_std_backward", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, bool)>();
   auto [grad_content, grad_mean, grad_std] = affine_backward.call(
-      grad_out, content, content_mean, content_std, style_std, alpha, unbiased);
+      grad_out, content, content_mean, content_std, style_std, alpha, unbiased, std::nullopt,
+      "none", 0.01);
   return {grad_content,
           mean_std_backward.call(grad_mean, grad_std, style, style_mean, style_std, unbiased)};
 }
@@ -66,15 +68,21 @@ TORCH_LIBRARY(adain, m) {
   // H*W - 1 like the reference's calc_mean_std, unbiased=False by H*W like instance_norm.
   m.def("mean_std(Tensor x, float eps=1e-5, bool unbiased=True) -> (Tensor, Tensor)");
   m.def("fused(Tensor content, Tensor style, float alpha=1.0, float eps=1e-5, bool unbiased=True) -> Tensor");
-  m.def("affine(Tensor x, Tensor mean, Tensor std, float eps=1e-5, bool unbiased=True) -> Tensor");
+  // activation: "none", "relu" or "leaky_relu" (with negative_slope) applied to the output.
+  m.def("affine(Tensor x, Tensor mean, Tensor std, float eps=1e-5, bool unbiased=True, "
+        "str activation=\"none\", float negative_slope=0.01) -> Tensor");
 
   // Internal ops. Statistics they return are (N, C), contiguous, in the accumulation dtype
   // (float32, or float64 for float64 input): `mean` and `std` of the tensor they normalised.
   // Target statistics passed in may be (N, C) or (N, C, 1, 1) of any floating dtype.
-  m.def("_affine_forward(Tensor x, Tensor mean, Tensor std, float alpha, float eps, bool unbiased) "
+  // With an activation, _affine_backward needs the target `mean` too: it recomputes the
+  // pre-activation output from x and the forward's coefficients instead of saving it.
+  m.def("_affine_forward(Tensor x, Tensor mean, Tensor std, float alpha, float eps, bool unbiased, "
+        "str activation=\"none\", float negative_slope=0.01) "
         "-> (Tensor out, Tensor mean_x, Tensor std_x)");
   m.def("_affine_backward(Tensor grad_out, Tensor x, Tensor mean_x, Tensor std_x, Tensor std, "
-        "float alpha, bool unbiased) -> (Tensor grad_x, Tensor grad_mean, Tensor grad_std)");
+        "float alpha, bool unbiased, Tensor? mean=None, str activation=\"none\", "
+        "float negative_slope=0.01) -> (Tensor grad_x, Tensor grad_mean, Tensor grad_std)");
   m.def("_fused_forward(Tensor content, Tensor style, float alpha, float eps, bool unbiased) "
         "-> (Tensor out, Tensor content_mean, Tensor content_std, Tensor style_mean, Tensor style_std)");
   m.def("_mean_std_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std, "

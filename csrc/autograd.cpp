@@ -52,18 +52,28 @@ Tensor composite_blend(double alpha, const Tensor& target, const Tensor& own) {
   return alpha == 1.0 ? target : alpha * target + (1.0 - alpha) * own;
 }
 
+// The output activation (reference.py's activate), on the output in x's dtype.
+Tensor composite_activate(const Tensor& out, c10::string_view activation, double negative_slope) {
+  if (activation == "relu") return at::relu(out);
+  if (activation == "leaky_relu") return at::leaky_relu(out, negative_slope);
+  return out;
+}
+
 // _affine_forward's three results: out in x's dtype and layout, mean_x and std_x (N, C) in the
 // accumulation dtype (not differentiable, as the op's).
 std::tuple<Tensor, Tensor, Tensor> composite_affine(const Tensor& x, const Tensor& mean,
                                                     const Tensor& std, double alpha, double eps,
-                                                    bool unbiased) {
+                                                    bool unbiased,
+                                                    c10::string_view activation = "none",
+                                                    double negative_slope = 0.01) {
   const auto acc = acc_dtype(x.scalar_type());
   const auto shape = stat_shape_of(x);
   const auto x_acc = x.to(acc);
   auto [mean_x, std_x] = composite_stats(x_acc, eps, unbiased);
   const auto mean_t = composite_blend(alpha, mean.reshape(shape).to(acc), mean_x);
   const auto std_t = composite_blend(alpha, std.reshape(shape).to(acc), std_x);
-  auto out = ((x_acc - mean_x) / std_x * std_t + mean_t).to(x.scalar_type());
+  auto out = composite_activate(((x_acc - mean_x) / std_x * std_t + mean_t).to(x.scalar_type()),
+                                activation, negative_slope);
   const std::vector<int64_t> flat{x.size(0), x.size(1)};
   return {out, mean_x.detach().reshape(flat), std_x.detach().reshape(flat)};
 }
@@ -213,17 +223,19 @@ StatsOut mean_std_autograd(const Tensor& x, double eps, bool unbiased) {
   return {out[0], out[1]};
 }
 
-// ---- adain::_affine_forward(x, mean, std, alpha, eps, unbiased) -> (out, mean_x, std_x)
+// ---- adain::_affine_forward(x, mean, std, alpha, eps, unbiased, activation, negative_slope)
+//      -> (out, mean_x, std_x)
 
 const auto& affine_forward_op() {
   static auto op = find_op<AffineOut(const Tensor&, const Tensor&, const Tensor&, double, double,
-                                     bool)>("adain::_affine_forward");
+                                     bool, c10::string_view, double)>("adain::_affine_forward");
   return op;
 }
 
 const auto& affine_backward_op() {
   static auto op = find_op<AffineOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                     const Tensor&, double, bool)>("adain::_affine_backward");
+                                     const Tensor&, double, bool, const std::optional<Tensor>&,
+                                     c10::string_view, double)>("adain::_affine_backward");
   return op;
 }
 
@@ -236,14 +248,18 @@ Tensor as_grad_of(const Tensor& grad, const Tensor& like) {
 class AffineFunction : public torch::autograd::Function<AffineFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& mean,
-                               const Tensor& std, double alpha, double eps, bool unbiased) {
+                               const Tensor& std, double alpha, double eps, bool unbiased,
+                               c10::string_view activation, double negative_slope) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, mean_x, std_x] = affine_forward_op().call(x, mean, std, alpha, eps, unbiased);
+    auto [out, mean_x, std_x] =
+        affine_forward_op().call(x, mean, std, alpha, eps, unbiased, activation, negative_slope);
     ctx->mark_non_differentiable({mean_x, std_x});
     ctx->save_for_backward({x, mean, std, mean_x, std_x});
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["unbiased"] = unbiased;
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["negative_slope"] = negative_slope;
     return {out, mean_x, std_x};
   }
 
@@ -252,20 +268,23 @@ class AffineFunction : public torch::autograd::Function<AffineFunction> {
     const auto &x = saved[0], &mean = saved[1], &std = saved[2];
     const double alpha = ctx->saved_data["alpha"].toDouble();
     const bool unbiased = ctx->saved_data["unbiased"].toBool();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const double negative_slope = ctx->saved_data["negative_slope"].toDouble();
     const std::vector<bool> needs{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                   ctx->needs_input_grad(2)};
-    variable_list result(6);
+    variable_list result(8);
     if (!grads[0].defined()) return result;
     if (at::GradMode::is_enabled()) {
       const variable_list inputs{attached(x), attached(mean), attached(std)};
       auto out = std::get<0>(composite_affine(inputs[0], inputs[1], inputs[2], alpha,
-                                              ctx->saved_data["eps"].toDouble(), unbiased));
+                                              ctx->saved_data["eps"].toDouble(), unbiased,
+                                              activation, negative_slope));
       auto grads_in = composite_gradients({out}, {grads[0]}, inputs, needs);
       std::copy(grads_in.begin(), grads_in.end(), result.begin());
       return result;
     }
-    auto [grad_x, grad_mean, grad_std] =
-        affine_backward_op().call(grads[0], x, saved[3], saved[4], std, alpha, unbiased);
+    auto [grad_x, grad_mean, grad_std] = affine_backward_op().call(
+        grads[0], x, saved[3], saved[4], std, alpha, unbiased, mean, activation, negative_slope);
     if (needs[0]) result[0] = grad_x;
     if (needs[1]) result[1] = as_grad_of(grad_mean, mean);
     if (needs[2]) result[2] = as_grad_of(grad_std, std);
@@ -274,18 +293,21 @@ class AffineFunction : public torch::autograd::Function<AffineFunction> {
 };
 
 AffineOut affine_forward_autograd(const Tensor& x, const Tensor& mean, const Tensor& std,
-                                  double alpha, double eps, bool unbiased) {
+                                  double alpha, double eps, bool unbiased,
+                                  c10::string_view activation, double negative_slope) {
   if (needs_composite({x, mean, std})) {
     check_affine(x, mean, std, unbiased);
     check_eps(eps);
     check_alpha(alpha);
-    return composite_affine(x, mean, std, alpha, eps, unbiased);
+    check_activation(activation, negative_slope);
+    return composite_affine(x, mean, std, alpha, eps, unbiased, activation, negative_slope);
   }
   if (!any_requires_grad({x, mean, std})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return affine_forward_op().call(x, mean, std, alpha, eps, unbiased);
+    return affine_forward_op().call(x, mean, std, alpha, eps, unbiased, activation,
+                                    negative_slope);
   }
-  auto out = AffineFunction::apply(x, mean, std, alpha, eps, unbiased);
+  auto out = AffineFunction::apply(x, mean, std, alpha, eps, unbiased, activation, negative_slope);
   return {out[0], out[1], out[2]};
 }
 
@@ -342,7 +364,8 @@ class FusedFunction : public torch::autograd::Function<FusedFunction> {
       result[1] = grad_style;
     } else {  // the content gradient alone
       result[0] = std::get<0>(affine_backward_op().call(grads[0], content, saved[2], saved[3],
-                                                        saved[5], alpha, unbiased));
+                                                        saved[5], alpha, unbiased, std::nullopt,
+                                                        "none", 0.01));
     }
     return result;
   }
@@ -383,10 +406,13 @@ Tensor mean_std_backward_autograd(const Tensor& grad_mean, const Tensor& grad_st
 
 AffineOut affine_backward_autograd(const Tensor& grad_out, const Tensor& x, const Tensor& mean_x,
                                    const Tensor& std_x, const Tensor& std, double alpha,
-                                   bool unbiased) {
+                                   bool unbiased, const std::optional<Tensor>& mean,
+                                   c10::string_view activation, double negative_slope) {
   refuse_graph("adain::_affine_backward", {grad_out, x, mean_x, std_x, std});
+  if (mean.has_value()) refuse_graph("adain::_affine_backward", {*mean});
   at::AutoDispatchBelowADInplaceOrView guard;
-  return affine_backward_op().call(grad_out, x, mean_x, std_x, std, alpha, unbiased);
+  return affine_backward_op().call(grad_out, x, mean_x, std_x, std, alpha, unbiased, mean,
+                                   activation, negative_slope);
 }
 
 std::tuple<Tensor, Tensor> fused_backward_autograd(const Tensor& grad_out, const Tensor& content,

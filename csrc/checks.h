@@ -3,9 +3,14 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/string_view.h>
 
 #include <cmath>
+#include <optional>
+#include <string>
 #include <vector>
+
+#include "row_math.h"
 
 namespace adain {
 
@@ -43,6 +48,39 @@ inline void check_eps(double eps) {
 // NaN or Inf would make every output NaN without an error.
 inline void check_alpha(double alpha) {
   TORCH_CHECK_VALUE(std::isfinite(alpha), "adain: alpha must be a finite number, got ", alpha);
+}
+
+// The affine op's output activation by name: "none", "relu" or "leaky_relu" (the names of
+// F.relu and F.leaky_relu; negative_slope is leaky_relu's and ignored otherwise).
+template <typename acc_t>
+Epilogue<acc_t> epilogue_of(c10::string_view activation, double negative_slope) {
+  Epilogue<acc_t> e;
+  if (activation == "none") return e;
+  if (activation == "relu") {
+    e.kind = Activation::Relu;
+  } else {
+    TORCH_CHECK_VALUE(activation == "leaky_relu",
+                      "adain: activation must be 'none', 'relu' or 'leaky_relu', got '",
+                      std::string(activation), "'");
+    e.kind = Activation::LeakyRelu;
+  }
+  TORCH_CHECK_VALUE(std::isfinite(negative_slope),
+                    "adain: negative_slope must be a finite number, got ", negative_slope);
+  e.negative_slope = static_cast<acc_t>(negative_slope);
+  return e;
+}
+
+inline void check_activation(c10::string_view activation, double negative_slope) {
+  (void)epilogue_of<double>(activation, negative_slope);
+}
+
+// _affine_backward with an activation recomputes the output before it, which needs the target mean.
+inline void check_backward_mean(const std::optional<at::Tensor>& mean, c10::string_view activation,
+                                double negative_slope) {
+  check_activation(activation, negative_slope);
+  TORCH_CHECK_VALUE(activation == "none" || (mean.has_value() && mean->defined()),
+                    "adain: _affine_backward with activation='", std::string(activation),
+                    "' needs the target mean (it recomputes the output before the activation)");
 }
 
 inline void check_pair(const at::Tensor& content, const at::Tensor& style, bool unbiased) {

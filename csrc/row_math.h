@@ -66,6 +66,34 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t apply_coef(const RowCoef<acc_t>& c, acc_
   return kHasG ? c.g_scale * g + y : y;
 }
 
+// The activation applied to the map's result (the "epilogue" of the affine op), as the models
+// that follow AdaIN with one write it: StarGAN v2's AdainResBlk LeakyReLU(0.2), MUNIT's and
+// AdaIN-VC's ReLU. Both take `y <= 0` as the test, so a NaN y passes through unchanged (as
+// F.relu and F.leaky_relu give NaN) and relu(-Inf) is 0, not 0 * -Inf. The backward recomputes y
+// from the forward's coefficients (never saves it) and passes g through activation_grad, which is
+// PyTorch's threshold_backward for relu and leaky_relu_backward for leaky_relu.
+enum class Activation : int { None = 0, Relu = 1, LeakyRelu = 2 };
+
+template <typename acc_t>
+struct Epilogue {
+  Activation kind = Activation::None;
+  acc_t negative_slope = 0;  // leaky_relu's slope for y <= 0
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t activate(const Epilogue<acc_t>& e, acc_t y) {
+  if (e.kind == Activation::None || !(y <= acc_t(0))) return y;
+  return e.kind == Activation::Relu ? acc_t(0) : e.negative_slope * y;
+}
+
+// d activate(y) / dy times g.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t activation_grad(const Epilogue<acc_t>& e, acc_t y,
+                                                        acc_t g) {
+  if (e.kind == Activation::None || !(y <= acc_t(0))) return g;
+  return e.kind == Activation::Relu ? acc_t(0) : e.negative_slope * g;
+}
+
 // The gradient sums of a row (or of a piece of it): sum(g * (x - mean)), not sum(g * x) -
 // mean * sum(g), which cancels on large-mean rows; sum_g_xhat = rstd * sum_g_dev.
 template <typename acc_t>

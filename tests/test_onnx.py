@@ -252,3 +252,32 @@ def test_internal_forwards_translate_with_every_argument(alpha, unbiased):
             assert g.dtype == torch.float32 and g.shape == shape, (name, g.dtype, g.shape)
             error = relative_error(g, w.reshape(shape))
             assert error <= TOLERANCES[torch.float32], f"{name} at {tails}: relative error {error:.3g}"
+
+
+class Activated(torch.nn.Module):
+    """adain_affine with its output activation, as accelerate() leaves StarGAN v2's and MUNIT's
+    blocks."""
+
+    def __init__(self, activation: str, negative_slope: float):
+        super().__init__()
+        self.activation, self.negative_slope = activation, negative_slope
+
+    def forward(self, content, style, mean, std):
+        return adain_ext.adain_affine(content, mean, std, EPS, False, activation=self.activation,
+                                      negative_slope=self.negative_slope)
+
+
+@pytest.mark.parametrize("activation,slope", [("relu", 0.01), ("leaky_relu", 0.2),
+                                              ("leaky_relu", -0.3)])
+def test_affine_activation_exports(activation, slope):
+    first, second = SHAPES[4]
+    session = export(Activated(activation, slope), make_inputs(*first, torch.float32, seed=0), 4)
+    for seed, tails in enumerate((first, second), start=1):
+        content, style, mean, std = make_inputs(*tails, torch.float32, seed)
+        (got,) = session.run(None, {"content": content.numpy(), "style": style.numpy(),
+                                    "mean": mean.numpy(), "std": std.numpy()})
+        want = reference.adain_affine(content.double(), mean.double(), std.double(), EPS, False,
+                                      activation, slope)
+        pre = reference.adain_affine(content.double(), mean.double(), std.double(), EPS, False)
+        assert (pre < 0).any() and (pre > 0).any()  # both sides of the activation exercised
+        assert relative_error(torch.from_numpy(got), want) <= TOLERANCES[torch.float32]

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
 
 #include <tuple>
 #include <vector>
@@ -12,14 +15,17 @@ namespace adain::cpu {
 // Statistics of every row of x as two (N, C) tensors in the accumulation dtype: mean, std.
 std::tuple<at::Tensor, at::Tensor> row_mean_std(const at::Tensor& x, double eps, bool unbiased);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(const at::Tensor& x,
-                                                              const at::Tensor& mean,
-                                                              const at::Tensor& std, double alpha,
-                                                              double eps, bool unbiased);
+// activation: "none", "relu" or "leaky_relu" on the output (csrc/row_math.h's Epilogue).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_forward(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, double alpha, double eps,
+    bool unbiased, c10::string_view activation = "none", double negative_slope = 0.01);
 
+// With an activation, `mean` (the forward's target mean) is required.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean_x,
-    const at::Tensor& std_x, const at::Tensor& std, double alpha, bool unbiased);
+    const at::Tensor& std_x, const at::Tensor& std, double alpha, bool unbiased,
+    const std::optional<at::Tensor>& mean = std::nullopt, c10::string_view activation = "none",
+    double negative_slope = 0.01);
 
 at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad_std,
                              const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std,

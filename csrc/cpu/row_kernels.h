@@ -94,6 +94,46 @@ inline acc_t* out_acc(scalar_t* dst, acc_t* buf) {
   }
 }
 
+// ---- The epilogue (row_math.h's activate / activation_grad), vectorised: the same `y <= 0` test.
+
+template <typename acc_t>
+C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> activate_vec(const Epilogue<acc_t>& e,
+                                                          at::vec::Vectorized<acc_t> y) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const Vec neg = e.kind == Activation::Relu ? Vec(0) : Vec(e.negative_slope) * y;
+  return Vec::blendv(y, neg, y <= Vec(0));
+}
+
+template <typename acc_t>
+C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> activation_grad_vec(const Epilogue<acc_t>& e,
+                                                                 at::vec::Vectorized<acc_t> y,
+                                                                 at::vec::Vectorized<acc_t> g) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const Vec neg = e.kind == Activation::Relu ? Vec(0) : Vec(e.negative_slope) * g;
+  return Vec::blendv(g, neg, y <= Vec(0));
+}
+
+// y = activate(e, y) over n accumulation-dtype values in place (a chunk still in L1).
+template <typename acc_t>
+void activate_chunk(const Epilogue<acc_t>& e, acc_t* y, int64_t n) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  at::vec::map([&](Vec v) { return activate_vec(e, v); }, y, y, n);
+}
+
+// dst = activation_grad(e, y, g) with y = fwd.slope * (x - fwd.mean) + fwd.shift recomputed from
+// x with the forward's coefficients (bitwise the forward's y, so the mask is the forward's).
+template <typename acc_t>
+void activation_grad_chunk(const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd, const acc_t* x,
+                           const acc_t* g, acc_t* dst, int64_t n) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const Vec slope(fwd.slope), mean(fwd.mean), shift(fwd.shift);
+  at::vec::map2(
+      [&](Vec gv, Vec xv) {
+        return activation_grad_vec(e, at::vec::fmadd(slope, xv - mean, shift), gv);
+      },
+      dst, g, x, n);
+}
+
 // ---- Contiguous rows.
 
 // Sums f(x[i]) over a chunk with four independent vector accumulators: one accumulator would make
@@ -138,17 +178,31 @@ WelfordState<acc_t> welford_contiguous(const scalar_t* x, int64_t n) {
   return state;
 }
 
+// The backward of an epilogue for one unit: g becomes activation_grad(e, y, g), y recomputed with
+// the forward coefficients `fwd` of the unit's rows (one for a contiguous row, C for a
+// channels_last image). A null ActGrad: no activation, g as given.
+template <typename acc_t>
+struct ActGrad {
+  Epilogue<acc_t> e;
+  const RowCoef<acc_t>* fwd;
+};
+
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64_t n, acc_t mean) {
+GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64_t n, acc_t mean,
+                                     const ActGrad<acc_t>* act = nullptr) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  acc_t gbuf[kChunk], xbuf[kChunk];
+  acc_t gbuf[kChunk], xbuf[kChunk], gybuf[kChunk];
   const Vec m(mean);
   GradSums<acc_t> sums;
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     const acc_t* gc = load_acc(g + i, len, gbuf);
     const acc_t* xc = load_acc(x + i, len, xbuf);
+    if (act != nullptr) {
+      activation_grad_chunk(act->e, act->fwd[0], xc, gc, gybuf, len);
+      gc = gybuf;
+    }
     // One sweep for both sums, two accumulators each (see sum_over).
     Vec sum_g0(0), sum_g1(0), sum_dev0(0), sum_dev1(0);
     int64_t j = 0;
@@ -174,9 +228,12 @@ GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64
 
 // out = g_scale * g + slope * (x - mean) + shift (apply_coef, vectorised); g may be null (then
 // g_scale is ignored).
+// Without g, `e` is applied to the result (the forward's epilogue); with g and `act`, g is first
+// replaced by its activation gradient (the epilogue's backward).
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t n,
-                    const RowCoef<acc_t>& c) {
+                    const RowCoef<acc_t>& c, const Epilogue<acc_t>& e = {},
+                    const ActGrad<acc_t>* act = nullptr) {
   using Vec = at::vec::Vectorized<acc_t>;
   acc_t xbuf[kChunk], gbuf[kChunk], obuf[kChunk];
   const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
@@ -186,8 +243,13 @@ void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t
     acc_t* oc = out_acc(out + i, obuf);
     if (g == nullptr) {
       at::vec::map([&](Vec xv) { return at::vec::fmadd(slope, xv - mean, shift); }, oc, xc, len);
+      if (e.kind != Activation::None) activate_chunk(e, oc, len);
     } else {
       const acc_t* gc = load_acc(g + i, len, gbuf);
+      if (act != nullptr) {  // oc is free until the map below writes it
+        activation_grad_chunk(act->e, act->fwd[0], xc, gc, oc, len);
+        gc = oc;
+      }
       at::vec::map2(
           [&](Vec gv, Vec xv) {
             return at::vec::fmadd(g_scale, gv, at::vec::fmadd(slope, xv - mean, shift));
@@ -255,15 +317,27 @@ struct ShortRow {
     }
     return {reduce(sum_g), reduce(sum_g_dev)};
   }
-  // out = c.g_scale * g + c.slope * (x - c.mean) + c.shift, this row being x (g may be null).
+  // This row is g: g = activation_grad(e, y, g) with y recomputed from the row x with the
+  // forward's coefficients (the epilogue's backward). Lanes past n stay zero.
+  C10_ALWAYS_INLINE void activation_grad(const ShortRow& x, const RowCoef<acc_t>& fwd,
+                                         const Epilogue<acc_t>& e) {
+    const Vec slope(fwd.slope), mean(fwd.mean), shift(fwd.shift);
+    for (int k = 0; k < NV; ++k) {
+      v[k] = activation_grad_vec(e, at::vec::fmadd(slope, x.v[k] - mean, shift), v[k]);
+    }
+  }
+  // out = c.g_scale * g + c.slope * (x - c.mean) + c.shift, this row being x (g may be null),
+  // then the epilogue e.
   template <typename scalar_t>
-  C10_ALWAYS_INLINE void store_map(scalar_t* out, const RowCoef<acc_t>& c, const ShortRow* g) const {
+  C10_ALWAYS_INLINE void store_map(scalar_t* out, const RowCoef<acc_t>& c, const ShortRow* g,
+                                   const Epilogue<acc_t>& e = {}) const {
     const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
     acc_t buf[NV * V];
     acc_t* dst = out_acc(out, buf);
     for (int k = 0; k < NV; ++k) {
       Vec y = at::vec::fmadd(slope, v[k] - mean, shift);
       if (g != nullptr) y = at::vec::fmadd(g_scale, g->v[k], y);
+      if (e.kind != Activation::None) y = activate_vec(e, y);
       if (k + 1 < NV) {
         y.store(dst + k * V);
       } else {
@@ -330,15 +404,49 @@ void welford_channels_last(const scalar_t* image, int64_t C, int64_t begin, int6
   }
 }
 
-template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, int64_t C,
-                             int64_t begin, int64_t end, const acc_t* mean, GradSums<acc_t>* sums) {
+// The forward coefficients of a channels_last image's C rows, field by field (slope, mean, shift,
+// each across channels), for vector loads.
+template <typename acc_t>
+std::vector<acc_t> forward_fields(const RowCoef<acc_t>* fwd, int64_t C) {
+  std::vector<acc_t> fields(3 * C);
+  for (int64_t c = 0; c < C; ++c) {
+    fields[c] = fwd[c].slope;
+    fields[C + c] = fwd[c].mean;
+    fields[2 * C + c] = fwd[c].shift;
+  }
+  return fields;
+}
+
+// dst = activation_grad(e, y, g) for one position's C channels; fields from forward_fields.
+template <typename acc_t>
+void activation_grad_channels(const Epilogue<acc_t>& e, const acc_t* fields, const acc_t* x,
+                              const acc_t* g, acc_t* dst, int64_t C) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  std::vector<acc_t> gbuf(C), xbuf(C), sum_g(C, 0), sum_g_dev(C, 0);
+  for (int64_t c = 0; c < C; c += V) {
+    const int64_t w = std::min(V, C - c);
+    const Vec y = at::vec::fmadd(Vec::loadu(fields + c, w),
+                                 Vec::loadu(x + c, w) - Vec::loadu(fields + C + c, w),
+                                 Vec::loadu(fields + 2 * C + c, w));
+    activation_grad_vec(e, y, Vec::loadu(g + c, w)).store(dst + c, w);
+  }
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, int64_t C,
+                             int64_t begin, int64_t end, const acc_t* mean, GradSums<acc_t>* sums,
+                             const ActGrad<acc_t>* act = nullptr) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  std::vector<acc_t> gbuf(C), xbuf(C), gybuf(C), sum_g(C, 0), sum_g_dev(C, 0);
+  const std::vector<acc_t> fields = act ? forward_fields(act->fwd, C) : std::vector<acc_t>();
   for (int64_t pos = begin; pos < end; ++pos) {
     const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
     const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
+    if (act != nullptr) {
+      activation_grad_channels(act->e, fields.data(), xr, gr, gybuf.data(), C);
+      gr = gybuf.data();
+    }
     for (int64_t c = 0; c < C; c += V) {
       const int64_t w = std::min(V, C - c);
       const Vec gv = Vec::loadu(gr + c, w);
@@ -354,22 +462,33 @@ void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, i
 
 // coefs holds, per channel, g_scale (C values), then slope, then mean, then shift (RowCoef's
 // fields, each across channels): vectors load them directly.
+// Without g, `e` is applied to the result; with g and `act`, g is first replaced by its
+// activation gradient (as map_contiguous).
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scalar_t* g_image,
-                       int64_t C, int64_t begin, int64_t end, const acc_t* coefs) {
+                       int64_t C, int64_t begin, int64_t end, const acc_t* coefs,
+                       const Epilogue<acc_t>& e = {}, const ActGrad<acc_t>* act = nullptr) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  std::vector<acc_t> xbuf(C), gbuf(C), obuf(C);
+  std::vector<acc_t> xbuf(C), gbuf(C), obuf(C), gybuf(C);
   const acc_t *g_scale = coefs, *slope = coefs + C, *mean = coefs + 2 * C, *shift = coefs + 3 * C;
+  const bool activate_out = g_image == nullptr && e.kind != Activation::None;
+  const std::vector<acc_t> fields =
+      g_image && act ? forward_fields(act->fwd, C) : std::vector<acc_t>();
   for (int64_t pos = begin; pos < end; ++pos) {
     const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
     const acc_t* gr = g_image ? load_acc(g_image + pos * C, C, gbuf.data()) : nullptr;
+    if (gr && act) {
+      activation_grad_channels(act->e, fields.data(), xr, gr, gybuf.data(), C);
+      gr = gybuf.data();
+    }
     acc_t* orow = out_acc(out_image + pos * C, obuf.data());
     for (int64_t c = 0; c < C; c += V) {
       const int64_t w = std::min(V, C - c);
       const Vec centred = Vec::loadu(xr + c, w) - Vec::loadu(mean + c, w);
       Vec y = at::vec::fmadd(Vec::loadu(slope + c, w), centred, Vec::loadu(shift + c, w));
       if (gr) y = at::vec::fmadd(Vec::loadu(g_scale + c, w), Vec::loadu(gr + c, w), y);
+      if (activate_out) y = activate_vec(e, y);
       y.store(orow + c, w);
     }
     store_acc(orow, out_image + pos * C, C);
@@ -520,15 +639,18 @@ void welford_unit(const Geometry& geo, const scalar_t* x, int64_t u, int64_t b, 
 }
 
 // sum(g) and sum(g * (x - mean)) of unit u's rows over [b, e); mean holds every row's mean.
+// act: the epilogue's backward for unit u (null: none).
 template <typename scalar_t>
 void grad_sums_unit(const Geometry& geo, const scalar_t* g, const scalar_t* x,
                     const acc_type<scalar_t>* mean, int64_t u, int64_t b, int64_t e,
-                    GradSums<acc_type<scalar_t>>* out) {
+                    GradSums<acc_type<scalar_t>>* out,
+                    const ActGrad<acc_type<scalar_t>>* act = nullptr) {
   const int64_t L = geo.L, C = geo.C;
   if (geo.layout == Layout::Contiguous) {
-    out[0] = grad_sums_merge(out[0], grad_sums_contiguous(g + u * L + b, x + u * L + b, e - b, mean[u]));
+    out[0] = grad_sums_merge(
+        out[0], grad_sums_contiguous(g + u * L + b, x + u * L + b, e - b, mean[u], act));
   } else {
-    grad_sums_channels_last(g + u * L * C, x + u * L * C, C, b, e, mean + u * C, out);
+    grad_sums_channels_last(g + u * L * C, x + u * L * C, C, b, e, mean + u * C, out, act);
   }
 }
 
@@ -547,13 +669,17 @@ void welford_then_map(const Geometry& geo, const scalar_t* x, Finish finish, Map
 // Applies every row's map out = g_scale * g + slope * (x - mean) + shift to positions [b, e) of
 // unit u; unit_coefs holds the RowCoefs of u's rows (one for a contiguous row, C for a
 // channels_last image; g_scale is ignored where g is null).
+// epilogue: applied to the result where g is null; act: the epilogue's backward where g is given.
 template <typename scalar_t>
 void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* out,
-              const scalar_t* x, const scalar_t* g, const RowCoef<acc_type<scalar_t>>* unit_coefs) {
+              const scalar_t* x, const scalar_t* g, const RowCoef<acc_type<scalar_t>>* unit_coefs,
+              const Epilogue<acc_type<scalar_t>>& epilogue = {},
+              const ActGrad<acc_type<scalar_t>>* act = nullptr) {
   using acc_t = acc_type<scalar_t>;
   const int64_t L = geo.L, C = geo.C;
   if (geo.layout == Layout::Contiguous) {
-    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b, unit_coefs[0]);
+    map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b, unit_coefs[0],
+                   epilogue, act);
     return;
   }
   // map_channels_last wants image u's coefficients field by field, each across channels.
@@ -566,7 +692,8 @@ void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* ou
     by_field[3 * C + c] = row.shift;
   }
   const int64_t offset = u * L * C;
-  map_channels_last(out + offset, x + offset, g ? g + offset : nullptr, C, b, e, by_field.data());
+  map_channels_last(out + offset, x + offset, g ? g + offset : nullptr, C, b, e, by_field.data(),
+                    epilogue, act);
 }
 
 inline Geometry geometry_of(const at::Tensor& x, Layout layout) {
