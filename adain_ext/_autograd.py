@@ -72,40 +72,46 @@ def mean_std(mean_std_backward):
 
 
 def affine_forward(affine_backward):
-    """_affine_forward(x, mean, std, alpha, eps, unbiased) -> (out, mean_x, std_x)."""
+    """_affine_forward(x, mean, std, alpha, eps, unbiased, activation, negative_slope)
+    -> (out, mean_x, std_x). With an activation the backward op gets the target mean too: it
+    recomputes the output before the activation from x and the forward's coefficients."""
 
     def setup_context(ctx, inputs, output):
-        x, mean, std, alpha, eps, unbiased = inputs
+        x, mean, std, alpha, eps, unbiased, activation, negative_slope = inputs
         _out, mean_x, std_x = output
         ctx.mark_non_differentiable(mean_x, std_x)
         ctx.save_for_backward(x, mean_x, std_x, mean, std)
         ctx.alpha, ctx.eps, ctx.unbiased = alpha, eps, unbiased
+        ctx.activation, ctx.negative_slope = activation, negative_slope
         ctx.mean_like = (mean.shape, mean.dtype)
         ctx.std_like = (std.shape, std.dtype)
 
     def backward(ctx, grad_out, _grad_mean_x, _grad_std_x):
         x, mean_x, std_x, mean, std = ctx.saved_tensors
         need_x, need_mean, need_std = ctx.needs_input_grad[:3]
+        no_grads_of_scalars = (None,) * 5  # alpha, eps, unbiased, activation, negative_slope
         if grad_out is None:
-            return None, None, None, None, None, None
+            return (None, None, None, *no_grads_of_scalars)
         if torch.is_grad_enabled():  # create_graph=True
 
             def composite(x, mean, std):
-                out = reference.adain_affine(x, mean, std, ctx.eps, ctx.unbiased)
-                return _blended(out, x, ctx.alpha)
+                # The activation after the alpha blend, as the kernels apply it to the blended
+                # map (at alpha == 1, reference.adain_affine with the activation exactly).
+                out = _blended(reference.adain_affine(x, mean, std, ctx.eps, ctx.unbiased), x,
+                               ctx.alpha)
+                return reference.activate(out, ctx.activation, ctx.negative_slope)
 
             grads = composite_gradients(composite, [x, mean, std], [need_x, need_mean, need_std],
                                         [grad_out])
-            return (*grads, None, None, None)
+            return (*grads, *no_grads_of_scalars)
         grad_x, grad_mean, grad_std = affine_backward(grad_out, x, mean_x, std_x, std, ctx.alpha,
-                                                      ctx.unbiased)
+                                                      ctx.unbiased, mean, ctx.activation,
+                                                      ctx.negative_slope)
         return (
             grad_x if need_x else None,
             as_grad_of(grad_mean, *ctx.mean_like) if need_mean else None,
             as_grad_of(grad_std, *ctx.std_like) if need_std else None,
-            None,
-            None,
-            None,
+            *no_grads_of_scalars,
         )
 
     return backward, setup_context

@@ -3,8 +3,9 @@ the per-op contract of test_op_contract.py (gradcheck, opcheck, torch.compile, t
 defaults, large means, NaN/Inf, empty tensors, on CPU and on CUDA), the float64 oracle over the
 shared cases (test_backends.py) and bad input (test_errors.py). Here: agreement with the C++
 kernels, forced launch paths (packed rows, two passes, rows split across programs) and their
-gradients, launch plans, torch.compile tracing into the kernels, autotuning, the alpha == 1 rule
-and float64 divisors at the kernel level.
+gradients, launch plans, torch.compile tracing into the kernels, autotuning, the alpha == 1 rule,
+float64 divisors at the kernel level, and the affine op's output activation (relu, leaky_relu) on
+every launch path, forward and backward.
 
 Without a GPU the kernels run on CPU tensors through the Triton interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton). What the interpreter cannot do (bfloat16
@@ -25,6 +26,7 @@ from cases import (
     Case,
     assert_close,
     assert_grads_close,
+    assert_matches_oracle,
     double_leaves,
     make_inputs,
     make_statistics,
@@ -278,8 +280,9 @@ def test_kernels_compile_for_a_gpu_without_one():
     if "ptxas" in result.stdout + result.stderr and "No such file" in result.stdout:
         pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    # 72 variants x (odd shape, typical shape, largest tile)
-    assert result.stdout.count("ok   sm_90") == 216
+    # 72 variants, and 40 of the affine kernels with an activation, x (odd shape, typical shape,
+    # largest tile)
+    assert result.stdout.count("ok   sm_90") == 336
 
 
 # ---- CUDA-only dtypes and tuning.
@@ -407,8 +410,9 @@ def test_float64_divisors_of_rows_longer_than_2_to_the_24(unbiased):
 
     alpha, std_t, sum_g, sum_g_dev = 0.5, vec(0.75), vec(5.0), vec(-7.0)
     got, grads = torch.empty(4, **f64), torch.empty(2, **f64)
-    _common.launch(_affine_backward_apply_kernel, (1,), g, x, mean, std, std_t, sum_g, sum_g_dev,
-                   got, grads[:1], grads[1:], 1, 1, L, 1, alpha, 0.0, 0, **flags)
+    _common.launch(_affine_backward_apply_kernel, (1,), g, x, mean, std, None, std_t, sum_g,
+                   sum_g_dev, got, grads[:1], grads[1:], 1, 1, L, 1, alpha, 0.0, 0.0, 0.0, 0,
+                   ACTIVATION=0, **flags)
     g_scale = (alpha * std_t + (1 - alpha) * std) / std
     own_stats_scale = (1 - alpha) - g_scale
     want = g_scale * g + own_stats_scale * (sum_g_dev / std / D * (x - mean) / std + sum_g / L)
@@ -448,3 +452,165 @@ def test_alpha_one_takes_the_target_statistics_as_they_are(layout, dtype):
             (grad,) = torch.autograd.grad(out, content, grad_out)
             assert torch.equal(grad.isnan(), want.isnan()), name
             assert_close(grad[want.isfinite()], want[want.isfinite()], dtype)
+
+
+# ---- The affine op's output activation (act(y), y the affine map's result): every launch path,
+# forward and backward, against the float64 reference composite differentiated by autograd.
+
+ACTIVATIONS = [pytest.param("relu", 0.01, id="relu"),
+               pytest.param("leaky_relu", 0.2, id="leaky_relu_0.2"),
+               pytest.param("leaky_relu", -0.3, id="leaky_relu_-0.3")]
+ACTIVATION_CASES = [Case("activation", (2, 3, 5, 7)),
+                    Case("activation_channels_last", (2, 4, 5, 6), layout="channels_last",
+                         unbiased=False)]
+
+
+def _activation_inputs(case: Case, dtype):
+    x, _ = _inputs(case, dtype, requires_grad=True)
+    mean, std = _stats(case, dtype, requires_grad=True)
+    return x, mean, std, _grad_out(x.shape, dtype, 11)
+
+
+def _check_activation(x, mean, std, grad_out, case: Case, activation, negative_slope):
+    out = T.adain_affine(x, mean, std, 1e-5, case.unbiased, activation, negative_slope)
+    grads = torch.autograd.grad(out, (x, mean, std), grad_out)
+    assert_matches_oracle("adain_affine", (x, mean, std), out, grads, (grad_out,), x.dtype, case,
+                          eps=1e-5, unbiased=case.unbiased, activation=activation,
+                          negative_slope=negative_slope)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=str)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("activation,negative_slope", ACTIVATIONS)
+def test_activation_every_launch_path(activation, negative_slope, path, case: Case, dtype):
+    x, mean, std, grad_out = _activation_inputs(case, dtype)
+    y = reference.adain_affine(*double_leaves(x, mean, std), 1e-5, case.unbiased)
+    # Every row has outputs on both sides of 0: the activation and its mask both matter here.
+    rows = y.transpose(0, 1).flatten(1)
+    assert ((rows <= 0).any(1) & (rows > 0).any(1)).all()
+    length = math.prod(x.shape[2:])
+    with T.limits(**_path_limits(path, length)):
+        plan = T._common.plan(x.shape[0] * x.shape[1], length,
+                              T._common.canonical_layout(x)[1], x.device)
+        assert plan.single_pass == (path == "packed"), plan
+        assert path in ("packed", "two_pass") or plan.segments > 1, plan
+        _check_activation(x, mean, std, grad_out, case, activation, negative_slope)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=str)
+def test_activation_16bit(case: Case, dtype):
+    """Statistics, the map and the activation in float32, the result rounded once (the reference
+    rounds y, then activates in 16 bits: within the 16-bit tolerances of cases.TOLERANCES)."""
+    x, mean, std, grad_out = _activation_inputs(case, dtype)
+    for activation, negative_slope in (("relu", 0.01), ("leaky_relu", -0.3)):
+        _check_activation(x, mean, std, grad_out, case, activation, negative_slope)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("path", ["packed", "split"])
+def test_activation_of_rows_wholly_below_or_above_zero(path, dtype):
+    """Rows whose outputs are all <= 0 (target mean far below the row's spread), all > 0, and
+    mixed. relu gives a row below 0 exactly 0 and exactly zero gradients (x, mean and std), and a
+    row above 0 exactly what no activation gives; leaky_relu scales a row below 0, its output and
+    its gradients, by negative_slope. A NaN in a row makes that row NaN (relu(NaN) is NaN) and
+    leaves the others alone."""
+    case = Case("masked_rows", (1, 3, 6, 7))
+    x, _, _, grad_out = _activation_inputs(case, dtype)
+    mean = torch.tensor([[-50.0, 50.0, 0.3]], dtype=dtype, device=DEVICE, requires_grad=True)
+    std = torch.ones(1, 3, dtype=dtype, device=DEVICE, requires_grad=True)
+
+    def run(activation, negative_slope=0.01):
+        out = T.adain_affine(x, mean, std, 1e-5, True, activation, negative_slope)
+        return (out, *torch.autograd.grad(out, (x, mean, std), grad_out))
+
+    with T.limits(**_path_limits(path, 42)):
+        plain, relu, leaky = run("none"), run("relu"), run("leaky_relu", -0.3)
+        x_nan = x.detach().clone()
+        x_nan[0, 2, 3, 4] = float("nan")
+        relu_nan = T.adain_affine(x_nan, mean, std, 1e-5, True, "relu")
+    for name, p, r, lk in zip(("out", "grad_x", "grad_mean", "grad_std"), plain, relu, leaky):
+        assert torch.count_nonzero(r[0, 0]) == 0, name
+        assert torch.equal(r[0, 1], p[0, 1]), name
+        assert_close(lk[0, 0], -0.3 * p[0, 0].double(), dtype, msg=name)
+        assert torch.equal(lk[0, 1], p[0, 1]), name
+    assert relu_nan[0, 2].isnan().all() and torch.equal(relu_nan[0, :2], relu[0][0, :2])
+
+
+@pytest.mark.parametrize("path", ["packed", "split"])
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_activation_with_alpha_and_create_graph(alpha, path):
+    """The internal op with alpha != 1 activates the blended map, act(alpha * y + (1 - alpha) *
+    x). Its first gradients from the kernels and from the create_graph=True composite both match
+    the float64 oracle, and gradgradcheck passes through that composite."""
+    case = Case("activation_alpha", (1, 2, 5, 9))
+    x, mean, std, grad_out = _activation_inputs(case, torch.float64)
+    op = torch.ops.adain_triton._affine_forward
+
+    def affine(x, mean, std):
+        return op(x, mean, std, alpha, 1e-5, True, "leaky_relu", -0.3)[0]
+
+    leaves = double_leaves(x, mean, std)
+    y = alpha * reference.adain_affine(*leaves) + (1.0 - alpha) * leaves[0]
+    ref = reference.activate(y, "leaky_relu", -0.3)
+    want = torch.autograd.grad(ref, leaves, grad_out)
+    with T.limits(**_path_limits(path, 45)):
+        out = affine(x, mean, std)
+        assert_close(out, ref, torch.float64)
+        from_kernels = torch.autograd.grad(out, (x, mean, std), grad_out, retain_graph=True)
+        from_composite = torch.autograd.grad(out, (x, mean, std), grad_out, create_graph=True)
+        assert all(g.requires_grad for g in from_composite)
+        assert_grads_close(from_kernels, want, torch.float64, msg="kernels")
+        assert_grads_close(from_composite, want, torch.float64, msg="create_graph composite")
+        assert torch.autograd.gradgradcheck(affine, (x, mean, std), fast_mode=True)
+
+
+def test_activation_under_forward_mode_ad():
+    """torch.func.jvp takes the reference route, which must get the activation too."""
+    case = Case("activation_jvp", (1, 2, 5, 6))
+    x, mean, std, _ = _activation_inputs(case, torch.float64)
+    x, mean, std = x.detach(), mean.detach(), std.detach()
+    tangent = _grad_out(x.shape, torch.float64, 12)
+    for activation, negative_slope in (("relu", 0.01), ("leaky_relu", -0.3)):
+        got = torch.func.jvp(lambda x: T.adain_affine(x, mean, std, 1e-5, True, activation,
+                                                      negative_slope), (x,), (tangent,))
+        want = torch.func.jvp(lambda x: reference.adain_affine(x, mean, std, 1e-5, True,
+                                                               activation, negative_slope),
+                              (x,), (tangent,))
+        for g, w in zip(got, want):
+            assert_close(g, w, torch.float64)
+
+
+@pytest.mark.parametrize("case", ACTIVATION_CASES, ids=str)
+def test_opcheck_with_activation(case: Case):
+    """opcheck (schema, fake kernel, autograd registration, aot dispatch) of the forward and
+    backward ops given an activation; the backward with what a real forward hands it."""
+    ops = torch.ops.adain_triton
+    x, mean, std, grad_out = _activation_inputs(case, torch.float32)
+    u = case.unbiased
+    for activation, negative_slope in (("relu", 0.01), ("leaky_relu", -0.3)):
+        torch.library.opcheck(ops._affine_forward.default,
+                              (x, mean, std, 0.6, 1e-5, u, activation, negative_slope))
+        with torch.no_grad():
+            _out, mean_x, std_x = ops._affine_forward(x, mean, std, 0.6, 1e-5, u, activation,
+                                                      negative_slope)
+        torch.library.opcheck(ops._affine_backward.default,
+                              (grad_out, x.detach(), mean_x, std_x, std.detach(), 0.6, u,
+                               mean.detach(), activation, negative_slope))
+
+
+def test_activation_errors():
+    """The op's checks, with the messages of every backend (adain_ext/_validation.py)."""
+    case = Case("activation_errors", (1, 2, 3, 4))
+    x, mean, std, grad_out = _activation_inputs(case, torch.float32)
+    with pytest.raises(ValueError, match="activation must be 'none', 'relu' or 'leaky_relu', "
+                                         "got 'gelu'"):
+        T.adain_affine(x, mean, std, 1e-5, True, "gelu")
+    with pytest.raises(ValueError, match="negative_slope must be a finite number, got nan"):
+        T.adain_affine(x, mean, std, 1e-5, True, "leaky_relu", float("nan"))
+    _out, mean_x, std_x = torch.ops.adain_triton._affine_forward(x.detach(), mean.detach(),
+                                                                 std.detach(), 1.0, 1e-5, True)
+    with pytest.raises(ValueError, match="needs the target mean"):
+        torch.ops.adain_triton._affine_backward(grad_out, x.detach(), mean_x, std_x,
+                                                std.detach(), 1.0, True, None, "relu")

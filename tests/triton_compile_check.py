@@ -18,6 +18,7 @@ own process (tests/test_triton.py runs it in a subprocess). Prints one line per 
 exit 1 if any failed.
 """
 import importlib
+import itertools
 import os
 import re
 import subprocess
@@ -33,8 +34,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-_common, mean_std, affine, fused = (importlib.import_module("adain_ext.triton." + name)
-                                    for name in ("_common", "mean_std", "affine", "fused"))
+_common, mean_std, affine, fused, row_math = (
+    importlib.import_module("adain_ext.triton." + name)
+    for name in ("_common", "mean_std", "affine", "fused", "row_math"))
 
 # Argument kinds: "x" a tensor of the input dtype, "acc" of the accumulation dtype, "i32"/"fp32" a
 # runtime scalar; constexprs are given per variant.
@@ -50,22 +52,30 @@ KERNELS = {
                           "ROWS_BUCKET"), {}),
     "affine_row": (affine._affine_row_kernel,
                    ("X:x MEAN_T:acc STD_T:acc OUT:x MEAN_X:acc STD_X:acc R C L alpha_hi:f "
-                   "alpha_lo:f eps_hi:f eps_lo:f ROWS_BUCKET"), {}),
+                   "alpha_lo:f eps_hi:f eps_lo:f negative_slope_hi:f negative_slope_lo:f "
+                   "ROWS_BUCKET"), {"ACTIVATION": "none"}),
     "affine_apply": (affine._affine_apply_kernel,
                      ("X:x PARTIAL_MEAN:acc PARTIAL_M2:acc MEAN_T:acc STD_T:acc OUT:x MEAN_X:acc "
                      "STD_X:acc R C L segment_len segments alpha_hi:f alpha_lo:f eps_hi:f "
-                     "eps_lo:f ROWS_BUCKET"), {}),
+                     "eps_lo:f negative_slope_hi:f negative_slope_lo:f ROWS_BUCKET"),
+                     {"ACTIVATION": "none"}),
     "affine_backward_row": (affine._affine_backward_row_kernel,
-                            ("G:x X:x MEAN_X:acc STD_X:acc STD_T:acc GRAD_X:x GRAD_MEAN_T:acc "
-                            "GRAD_STD_T:acc R C L alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
+                            ("G:x X:x MEAN_X:acc STD_X:acc MEAN_T:acc STD_T:acc GRAD_X:x "
+                            "GRAD_MEAN_T:acc GRAD_STD_T:acc R C L alpha_hi:f alpha_lo:f "
+                            "negative_slope_hi:f negative_slope_lo:f ROWS_BUCKET"),
+                            {"ACTIVATION": "none"}),
     "affine_backward_partial": (affine._affine_backward_partial_kernel,
-                                ("G:x X:x MEAN_X:acc PARTIAL_SUM_G:acc PARTIAL_SUM_G_DEV:acc R C L "
-                                "segment_len ROWS_BUCKET"),
-                                {"UNBIASED": None}),
+                                ("G:x X:x MEAN_X:acc STD_X:acc MEAN_T:acc STD_T:acc "
+                                "PARTIAL_SUM_G:acc PARTIAL_SUM_G_DEV:acc R C L segment_len "
+                                "alpha_hi:f alpha_lo:f negative_slope_hi:f negative_slope_lo:f "
+                                "ROWS_BUCKET"),
+                                {"UNBIASED": None, "ACTIVATION": "none"}),
     "affine_backward_apply": (affine._affine_backward_apply_kernel,
-                              ("G:x X:x MEAN_X:acc STD_X:acc STD_T:acc PARTIAL_SUM_G:acc "
-                              "PARTIAL_SUM_G_DEV:acc GRAD_X:x GRAD_MEAN_T:acc GRAD_STD_T:acc R C L "
-                              "segments alpha_hi:f alpha_lo:f ROWS_BUCKET"), {}),
+                              ("G:x X:x MEAN_X:acc STD_X:acc MEAN_T:acc STD_T:acc "
+                              "PARTIAL_SUM_G:acc PARTIAL_SUM_G_DEV:acc GRAD_X:x GRAD_MEAN_T:acc "
+                              "GRAD_STD_T:acc R C L segments alpha_hi:f alpha_lo:f "
+                              "negative_slope_hi:f negative_slope_lo:f ROWS_BUCKET"),
+                              {"ACTIVATION": "none"}),
     "fused_row": (fused._fused_row_kernel,
                   ("CONTENT:x STYLE:x OUT:x CONTENT_MEAN:acc CONTENT_STD:acc STYLE_MEAN:acc "
                   "STYLE_STD:acc R C L L_STYLE alpha_hi:f alpha_lo:f eps_hi:f eps_lo:f "
@@ -73,11 +83,16 @@ KERNELS = {
                   {"STYLE_CHANNELS_LAST": "other", "BLOCK_L_STYLE": 128}),
 }
 DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # x -> acc
+# The affine kernels (those with an ACTIVATION constexpr) are compiled without an activation and
+# with leaky_relu (relu's code is the same select with a constant): the activation's extra tile
+# (the recomputed output in the backward) must not cost 16-byte accesses or spill either.
+ACTIVATIONS = ("none", "leaky_relu")
 
 
 def variants():
     for name, (kernel, args, extra) in KERNELS.items():
-        for x, acc in DTYPES.items():
+        activations = ACTIVATIONS if "ACTIVATION" in extra else ("none",)
+        for (x, acc), activation in itertools.product(DTYPES.items(), activations):
             for channels_last in (False, True):
                 signature = {}
                 for arg in args.split():
@@ -92,8 +107,11 @@ def variants():
                         constexprs.pop(key)
                     else:
                         constexprs[key] = (not channels_last) if value == "other" else value
+                if "ACTIVATION" in constexprs:
+                    constexprs["ACTIVATION"] = row_math.activation_code(activation)
                 signature.update({key: "constexpr" for key in constexprs})
-                yield f"{name} {x} {'channels_last' if channels_last else 'contiguous'}", \
+                tag = f"{name} {x} {'channels_last' if channels_last else 'contiguous'}"
+                yield (tag if activation == "none" else f"{tag} {activation}"), \
                     kernel, signature, constexprs
 
 

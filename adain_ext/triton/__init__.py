@@ -60,11 +60,14 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
-                 unbiased: bool = True) -> torch.Tensor:
-    """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics."""
+                 unbiased: bool = True, activation: str = "none",
+                 negative_slope: float = 0.01) -> torch.Tensor:
+    """act(std * (x - mean_x) / std_x + mean) with given per-(n, c) statistics; act is 'none',
+    'relu' or 'leaky_relu' (with negative_slope)."""
     if _needs_reference(x, mean, std):
-        return _reference_ops().adain_affine(x, mean, std, eps, unbiased)
-    return affine_forward_op(x, mean, std, 1.0, eps, unbiased)[0]
+        return _reference_ops().adain_affine(x, mean, std, eps, unbiased, activation,
+                                             negative_slope)
+    return affine_forward_op(x, mean, std, 1.0, eps, unbiased, activation, negative_slope)[0]
 
 
 __all__ = [

@@ -1,20 +1,34 @@
 """adain_triton::_affine_forward / _affine_backward (behind adain_affine): Triton kernels,
 launchers, op registration and autograd.
 
-out = target_std * (x - mean_x) / std_x + target_mean, with target_mean = blend(alpha, mean_t,
-mean_x) and target_std = blend(alpha, std_t, std_x) (row_math.forward_coef; backward_coef for the
-gradients). The public adain_affine uses alpha = 1; the fused op passes its alpha.
+out = act(y), y = target_std * (x - mean_x) / std_x + target_mean, with target_mean =
+blend(alpha, mean_t, mean_x) and target_std = blend(alpha, std_t, std_x) (row_math.forward_coef;
+backward_coef for the gradients). The public adain_affine uses alpha = 1; the fused op passes its
+alpha and no activation. act ('none', 'relu', 'leaky_relu': row_math.activate) is the kernels'
+ACTIVATION constexpr, so 'none' compiles to kernels with no activation code at all; with one,
+the backward recomputes y from x and the forward's coefficients and runs on g through act's
+derivative (grad_through_activation) in place of g: in the gradient sums and in the map.
 """
 import torch
 import triton
 import triton.language as tl
 
 from adain_ext import _autograd, fakes
-from adain_ext._validation import check_affine, check_alpha, check_eps
+from adain_ext._validation import (
+    check_activation,
+    check_affine,
+    check_alpha,
+    check_backward_mean,
+    check_eps,
+)
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
 from adain_ext.triton.mean_std import _row_stats_kernel
 from adain_ext.triton.row_math import (
+    ACTIVATION_NONE,
+    activate,
+    activation_code,
+    activation_grad,
     apply_coef,
     backward_coef,
     forward_coef,
@@ -33,9 +47,11 @@ from adain_ext.triton.welford import (
 
 @triton.jit
 def affine_rows(X, OUT, MEAN_X, STD_X, rows, rows_mask, C, L, mean_t, std_t, alpha, eps,
-                UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_L: tl.constexpr):
+                UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_L: tl.constexpr,
+                negative_slope=None, ACTIVATION: tl.constexpr = ACTIVATION_NONE):
     """Whole rows in one tile (BLOCK_L >= L): statistics, then the output, from one read of x.
-    mean_t, std_t: the rows' target statistics, [BLOCK_R] in the accumulation dtype."""
+    mean_t, std_t: the rows' target statistics, [BLOCK_R] in the accumulation dtype (as is
+    negative_slope, which only leaky_relu reads; the fused kernel has no activation)."""
     base = row_base(rows, C, L, CHANNELS_LAST)
     offs_l = tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
@@ -44,16 +60,32 @@ def affine_rows(X, OUT, MEAN_X, STD_X, rows, rows_mask, C, L, mean_t, std_t, alp
     mean_x, m2, _ = tile_stats(x, mask)
     std_x = std_of(m2, L, eps, UNBIASED)
     slope, mean, shift = forward_coef(mean_x, std_x, mean_t, std_t, alpha)
-    out = apply_coef(None, x, None, slope, mean, shift, False)
+    out = activate(apply_coef(None, x, None, slope, mean, shift, False), negative_slope,
+                   ACTIVATION)
     tl.store(tile_pointers(OUT, base, offs_l, C, CHANNELS_LAST), out, mask=mask)
     tl.store(MEAN_X + rows, mean_x, mask=rows_mask)
     tl.store(STD_X + rows, std_x, mask=rows_mask)
 
 
+@triton.jit
+def grad_through_activation(g, x, mean_x, std_x, mean_t, std_t, alpha, negative_slope,
+                            ACTIVATION: tl.constexpr):
+    """g times act's derivative at y, the forward's output before the activation, recomputed
+    from x and the forward's coefficients (never saved: one tensor less to keep for backward);
+    g itself without an activation. [BLOCK_R, BLOCK_L] tiles, per-row statistics. Masked entries
+    carry g = 0, so they add nothing to the gradient sums whatever y is there."""
+    if ACTIVATION != ACTIVATION_NONE:
+        slope, mean, shift = forward_coef(mean_x, std_x, mean_t, std_t, alpha)
+        g = activation_grad(apply_coef(None, x, None, slope, mean, shift, False), g,
+                            negative_slope, ACTIVATION)
+    return g
+
+
 @kernel
 def _affine_row_kernel(X, MEAN_T, STD_T, OUT, MEAN_X, STD_X, R, C, L, alpha_hi, alpha_lo, eps_hi,
-                       eps_lo, ROWS_BUCKET, UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                       BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                       eps_lo, negative_slope_hi, negative_slope_lo, ROWS_BUCKET,
+                       UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                       ACTIVATION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Single pass: BLOCK_R whole rows per program (short rows packed several per program)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
@@ -62,14 +94,16 @@ def _affine_row_kernel(X, MEAN_T, STD_T, OUT, MEAN_X, STD_X, R, C, L, alpha_hi, 
     std_t = tl.load(STD_T + rows, mask=rows_mask, other=1.0)
     affine_rows(X, OUT, MEAN_X, STD_X, rows, rows_mask, C, L, mean_t, std_t,
                 scalar(alpha_hi, alpha_lo, acc_zero), scalar(eps_hi, eps_lo, acc_zero),
-                UNBIASED, CHANNELS_LAST, BLOCK_L)
+                UNBIASED, CHANNELS_LAST, BLOCK_L,
+                scalar(negative_slope_hi, negative_slope_lo, acc_zero), ACTIVATION)
 
 
 @kernel
 def _affine_apply_kernel(X, PARTIAL_MEAN, PARTIAL_M2, MEAN_T, STD_T, OUT, MEAN_X, STD_X, R, C, L,
-                         segment_len, segments, alpha_hi, alpha_lo, eps_hi, eps_lo, ROWS_BUCKET,
+                         segment_len, segments, alpha_hi, alpha_lo, eps_hi, eps_lo,
+                         negative_slope_hi, negative_slope_lo, ROWS_BUCKET,
                          UNBIASED: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                         ACTIVATION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Second pass for long rows: every program merges its rows' partial statistics (in the same
     order, so all tiles of a row agree bit for bit) and writes one [BLOCK_R, BLOCK_L] tile."""
     row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
@@ -87,7 +121,8 @@ def _affine_apply_kernel(X, PARTIAL_MEAN, PARTIAL_M2, MEAN_T, STD_T, OUT, MEAN_X
     offs_l = l_tile * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
-    out = apply_coef(None, x.to(acc_zero.dtype), None, slope, mean, shift, False)
+    out = activate(apply_coef(None, x.to(acc_zero.dtype), None, slope, mean, shift, False),
+                   scalar(negative_slope_hi, negative_slope_lo, acc_zero), ACTIVATION)
     tl.store(tile_pointers(OUT, base, offs_l, C, CHANNELS_LAST), out, mask=mask)
     # Both sides tensors: triton 3.9's interpreter makes (tensor & scalar comparison) an int32
     # mask, which tl.store rejects.
@@ -97,11 +132,13 @@ def _affine_apply_kernel(X, PARTIAL_MEAN, PARTIAL_M2, MEAN_T, STD_T, OUT, MEAN_X
 
 
 @kernel
-def _affine_backward_row_kernel(G, X, MEAN_X, STD_X, STD_T, GRAD_X, GRAD_MEAN_T, GRAD_STD_T, R, C,
-                                L, alpha_hi, alpha_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
-                                CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
-                                BLOCK_L: tl.constexpr):
-    """Single pass: BLOCK_R whole rows of g and x per program, reduced then differentiated."""
+def _affine_backward_row_kernel(G, X, MEAN_X, STD_X, MEAN_T, STD_T, GRAD_X, GRAD_MEAN_T,
+                                GRAD_STD_T, R, C, L, alpha_hi, alpha_lo, negative_slope_hi,
+                                negative_slope_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
+                                CHANNELS_LAST: tl.constexpr, ACTIVATION: tl.constexpr,
+                                BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Single pass: BLOCK_R whole rows of g and x per program, reduced then differentiated.
+    MEAN_T is read only with an activation."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], MEAN_X.dtype.element_ty)
@@ -116,6 +153,11 @@ def _affine_backward_row_kernel(G, X, MEAN_X, STD_X, STD_T, GRAD_X, GRAD_MEAN_T,
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     g = g.to(acc_zero.dtype)
     x = x.to(acc_zero.dtype)
+    if ACTIVATION != ACTIVATION_NONE:
+        mean_t = tl.load(MEAN_T + rows, mask=rows_mask, other=0.0)
+        g = grad_through_activation(g, x, mean_x, std_x, mean_t, std_t, alpha,
+                                    scalar(negative_slope_hi, negative_slope_lo, acc_zero),
+                                    ACTIVATION)
     sum_g, sum_g_dev = grad_sums_tile(g, x, mean_x, mask)
     g_scale, slope, mean, shift, grad_mean_t, grad_std_t = backward_coef(
         sum_g, sum_g_dev, mean_x, std_x, std_t, alpha, L, UNBIASED)
@@ -126,17 +168,25 @@ def _affine_backward_row_kernel(G, X, MEAN_X, STD_X, STD_T, GRAD_X, GRAD_MEAN_T,
 
 
 @kernel
-def _affine_backward_partial_kernel(G, X, MEAN_X, PARTIAL_SUM_G, PARTIAL_SUM_G_DEV, R, C, L,
-                                    segment_len, ROWS_BUCKET, CHANNELS_LAST: tl.constexpr,
+def _affine_backward_partial_kernel(G, X, MEAN_X, STD_X, MEAN_T, STD_T, PARTIAL_SUM_G,
+                                    PARTIAL_SUM_G_DEV, R, C, L, segment_len, alpha_hi, alpha_lo,
+                                    negative_slope_hi, negative_slope_lo, ROWS_BUCKET,
+                                    CHANNELS_LAST: tl.constexpr, ACTIVATION: tl.constexpr,
                                     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """First backward pass for long rows: the gradient sums (sum_g, sum_g_dev) of one segment of
     each row, to [segment, row] buffers. Plain sums are exact enough here: the terms are already
-    centred."""
+    centred. STD_X, MEAN_T, STD_T, alpha and negative_slope are read only with an activation."""
     row_block, segment = row_block_and_piece(tl.cdiv(L, segment_len))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
     acc_zero = tl.zeros([BLOCK_R], PARTIAL_SUM_G.dtype.element_ty)
     mean_x = tl.load(MEAN_X + rows, mask=rows_mask, other=0.0)
+    if ACTIVATION != ACTIVATION_NONE:
+        std_x = tl.load(STD_X + rows, mask=rows_mask, other=1.0)
+        mean_t = tl.load(MEAN_T + rows, mask=rows_mask, other=0.0)
+        std_t = tl.load(STD_T + rows, mask=rows_mask, other=1.0)
+        alpha = scalar(alpha_hi, alpha_lo, acc_zero)
+        negative_slope = scalar(negative_slope_hi, negative_slope_lo, acc_zero)
     base = row_base(rows, C, L, CHANNELS_LAST)
     start = segment * segment_len
     stop = tl.minimum(start + segment_len, L)
@@ -147,8 +197,12 @@ def _affine_backward_partial_kernel(G, X, MEAN_X, PARTIAL_SUM_G, PARTIAL_SUM_G_D
         mask = rows_mask[:, None] & (offs_l < stop)[None, :]
         g = tl.load(tile_pointers(G, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
         x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
-        tile_sum_g, tile_sum_g_dev = grad_sums_tile(g.to(acc_zero.dtype), x.to(acc_zero.dtype),
-                                                    mean_x, mask)
+        g = g.to(acc_zero.dtype)
+        x = x.to(acc_zero.dtype)
+        if ACTIVATION != ACTIVATION_NONE:
+            g = grad_through_activation(g, x, mean_x, std_x, mean_t, std_t, alpha,
+                                        negative_slope, ACTIVATION)
+        tile_sum_g, tile_sum_g_dev = grad_sums_tile(g, x, mean_x, mask)
         sum_g += tile_sum_g
         sum_g_dev += tile_sum_g_dev
     tl.store(PARTIAL_SUM_G + segment * R + rows, sum_g, mask=rows_mask)
@@ -156,11 +210,12 @@ def _affine_backward_partial_kernel(G, X, MEAN_X, PARTIAL_SUM_G, PARTIAL_SUM_G_D
 
 
 @kernel
-def _affine_backward_apply_kernel(G, X, MEAN_X, STD_X, STD_T, PARTIAL_SUM_G, PARTIAL_SUM_G_DEV,
-                                  GRAD_X, GRAD_MEAN_T, GRAD_STD_T, R, C, L, segments, alpha_hi,
-                                  alpha_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
-                                  CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
-                                  BLOCK_L: tl.constexpr):
+def _affine_backward_apply_kernel(G, X, MEAN_X, STD_X, MEAN_T, STD_T, PARTIAL_SUM_G,
+                                  PARTIAL_SUM_G_DEV, GRAD_X, GRAD_MEAN_T, GRAD_STD_T, R, C, L,
+                                  segments, alpha_hi, alpha_lo, negative_slope_hi,
+                                  negative_slope_lo, ROWS_BUCKET, UNBIASED: tl.constexpr,
+                                  CHANNELS_LAST: tl.constexpr, ACTIVATION: tl.constexpr,
+                                  BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
     """Second backward pass for long rows: sums the partials (in segment order) and writes one
     [BLOCK_R, BLOCK_L] tile of grad_x; the first tile of each row writes the statistics' grads."""
     row_block, l_tile = row_block_and_piece(tl.cdiv(L, BLOCK_L))
@@ -183,8 +238,14 @@ def _affine_backward_apply_kernel(G, X, MEAN_X, STD_X, STD_T, PARTIAL_SUM_G, PAR
     mask = rows_mask[:, None] & (offs_l < L)[None, :]
     g = tl.load(tile_pointers(G, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
     x = tl.load(tile_pointers(X, base, offs_l, C, CHANNELS_LAST), mask=mask, other=0.0)
-    grad = apply_coef(g.to(acc_zero.dtype), x.to(acc_zero.dtype), g_scale, slope, mean, shift,
-                      True)
+    g = g.to(acc_zero.dtype)
+    x = x.to(acc_zero.dtype)
+    if ACTIVATION != ACTIVATION_NONE:
+        mean_t = tl.load(MEAN_T + rows, mask=rows_mask, other=0.0)
+        g = grad_through_activation(g, x, mean_x, std_x, mean_t, std_t, alpha,
+                                    scalar(negative_slope_hi, negative_slope_lo, acc_zero),
+                                    ACTIVATION)
+    grad = apply_coef(g, x, g_scale, slope, mean, shift, True)
     tl.store(tile_pointers(GRAD_X, base, offs_l, C, CHANNELS_LAST), grad, mask=mask)
     # Both sides tensors: triton 3.9's interpreter makes (tensor & scalar comparison) an int32
     # mask, which tl.store rejects.
@@ -196,7 +257,8 @@ def _affine_backward_apply_kernel(G, X, MEAN_X, STD_X, STD_T, PARTIAL_SUM_G, PAR
 # ---- Launchers.
 
 
-def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool):
+def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool,
+                   activation: str = "none", negative_slope: float = 0.01):
     """(out, mean_x, std_x) for a canonical-layout-or-not x; targets acc-dtype (N*C,) or any."""
     x, channels_last = _common.canonical_layout(x_in)
     out = _common.empty_output(x)
@@ -209,13 +271,16 @@ def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool
     mt, st = _common.flat_stat(mean_t, acc), _common.flat_stat(std_t, acc)
     alpha_hi, alpha_lo = _common.split_scalar(alpha)
     eps_hi, eps_lo = _common.split_scalar(eps)
+    slope_hi, slope_lo = _common.split_scalar(negative_slope)
+    act = activation_code(activation)
     p = _common.plan(R, L, channels_last, x.device)
     opts = _common.launch_options(p)
     if p.single_pass:
         _common.launch(
             _affine_row_kernel, p.grid(), x, mt, st, out, mean_x, std_x, R, C, L, alpha_hi,
-            alpha_lo, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,
-            CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+            alpha_lo, eps_hi, eps_lo, slope_hi, slope_lo, p.rows_bucket, UNBIASED=unbiased,
+            CHANNELS_LAST=channels_last, ACTIVATION=act, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
+            **opts)
         return _common.shaped_like(out, x_in), mean_x, std_x
     partial_mean, partial_m2 = _common.empty_partials(p, acc, x.device)
     _common.launch(
@@ -225,13 +290,15 @@ def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool
     _common.launch(
         _affine_apply_kernel, p.grid(p.l_blocks), x, partial_mean, partial_m2, mt, st, out,
         mean_x, std_x, R, C, L, p.segment_len, p.segments, alpha_hi, alpha_lo, eps_hi, eps_lo,
-        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
-        BLOCK_L=p.block_l, **opts)
+        slope_hi, slope_lo, p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+        ACTIVATION=act, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     return _common.shaped_like(out, x_in), mean_x, std_x
 
 
-def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased: bool):
-    """(grad_x, grad_mean_t, grad_std_t), the last two (N, C) in the accumulation dtype."""
+def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased: bool,
+                    mean_t=None, activation: str = "none", negative_slope: float = 0.01):
+    """(grad_x, grad_mean_t, grad_std_t), the last two (N, C) in the accumulation dtype. mean_t,
+    the forward's target mean, is needed (and read) only with an activation."""
     x, channels_last = _common.canonical_layout(x_in)
     grad_x = _common.empty_output(x)
     grad_mt, grad_st = _common.empty_stats(x), _common.empty_stats(x)
@@ -242,25 +309,31 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
     acc = grad_mt.dtype
     g = _common.like_layout(grad_out, channels_last)
     xm, xs, st = (_common.flat_stat(t, acc) for t in (mean_x, std_x, std_t))
+    act = activation_code(activation)
+    # Without an activation the kernels never read MEAN_T: any acc-dtype (N*C,) tensor will do.
+    mt = _common.flat_stat(mean_t, acc) if act != ACTIVATION_NONE.value else st
     alpha_hi, alpha_lo = _common.split_scalar(alpha)
+    slope_hi, slope_lo = _common.split_scalar(negative_slope)
     p = _common.plan(R, L, channels_last, x.device)
     opts = _common.launch_options(p)
     if p.single_pass:
         _common.launch(
-            _affine_backward_row_kernel, p.grid(), g, x, xm, xs, st, grad_x, grad_mt, grad_st, R,
-            C, L, alpha_hi, alpha_lo, p.rows_bucket, UNBIASED=unbiased,
-            CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+            _affine_backward_row_kernel, p.grid(), g, x, xm, xs, mt, st, grad_x, grad_mt, grad_st,
+            R, C, L, alpha_hi, alpha_lo, slope_hi, slope_lo, p.rows_bucket, UNBIASED=unbiased,
+            CHANNELS_LAST=channels_last, ACTIVATION=act, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
+            **opts)
         return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
     partial_sum_g, partial_sum_g_dev = _common.empty_partials(p, acc, x.device)
     _common.launch(
-        _affine_backward_partial_kernel, p.grid(p.segments), g, x, xm, partial_sum_g,
-        partial_sum_g_dev, R, C, L, p.segment_len, p.rows_bucket, CHANNELS_LAST=channels_last,
-        BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
-    _common.launch(
-        _affine_backward_apply_kernel, p.grid(p.l_blocks), g, x, xm, xs, st, partial_sum_g,
-        partial_sum_g_dev, grad_x, grad_mt, grad_st, R, C, L, p.segments, alpha_hi, alpha_lo,
-        p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last, BLOCK_R=p.block_r,
+        _affine_backward_partial_kernel, p.grid(p.segments), g, x, xm, xs, mt, st, partial_sum_g,
+        partial_sum_g_dev, R, C, L, p.segment_len, alpha_hi, alpha_lo, slope_hi, slope_lo,
+        p.rows_bucket, CHANNELS_LAST=channels_last, ACTIVATION=act, BLOCK_R=p.block_r,
         BLOCK_L=p.block_l, **opts)
+    _common.launch(
+        _affine_backward_apply_kernel, p.grid(p.l_blocks), g, x, xm, xs, mt, st, partial_sum_g,
+        partial_sum_g_dev, grad_x, grad_mt, grad_st, R, C, L, p.segments, alpha_hi, alpha_lo,
+        slope_hi, slope_lo, p.rows_bucket, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
+        ACTIVATION=act, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
     return _common.shaped_like(grad_x, x_in), grad_mt, grad_st
 
 
@@ -269,19 +342,26 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
 
 @_common.register("_affine_forward", fakes.affine_forward)
 def affine_forward_op(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha: float,
-                      eps: float,
-                      unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      eps: float, unbiased: bool, activation: str = "none",
+                      negative_slope: float = 0.01
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_affine(x, mean, std, unbiased)
     check_eps(eps)
     check_alpha(alpha)
-    return affine_forward(x, mean, std, alpha, eps, unbiased)
+    check_activation(activation, negative_slope)
+    return affine_forward(x, mean, std, alpha, eps, unbiased, activation, negative_slope)
 
 
 @_common.register("_affine_backward", fakes.affine_backward)
 def affine_backward_op(grad_out: torch.Tensor, x: torch.Tensor, mean_x: torch.Tensor,
-                       std_x: torch.Tensor, std: torch.Tensor, alpha: float,
-                       unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return affine_backward(grad_out, x, mean_x, std_x, std, alpha, unbiased)
+                       std_x: torch.Tensor, std: torch.Tensor, alpha: float, unbiased: bool,
+                       mean: torch.Tensor | None = None, activation: str = "none",
+                       negative_slope: float = 0.01
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_activation(activation, negative_slope)
+    check_backward_mean(mean, activation)
+    return affine_backward(grad_out, x, mean_x, std_x, std, alpha, unbiased, mean, activation,
+                           negative_slope)
 
 
 _backward, _setup_context = _autograd.affine_forward(affine_backward_op)

@@ -8,6 +8,9 @@ of a row, and the per-row coefficients of the one elementwise map every output i
     backward_coef           (affine / adain backward)  also grad_mean_t, grad_std_t
     mean_std_backward_coef  (mean_std backward)        g_scale = 0
 
+and the affine op's output activation (its "epilogue"): `activate` on the map's result y, and
+`activation_grad` on g in the backward, which recomputes y from forward_coef.
+
 Triton has no structs: a RowCoef{g_scale, slope, mean, shift} and a GradSums{sum_g, sum_g_dev}
 travel as tuples of per-row [BLOCK_R] vectors in that order. Every value is in the accumulation
 dtype of its `like`/inputs.
@@ -91,6 +94,44 @@ def mean_std_backward_coef(grad_mean, grad_std, mean, std, L, UNBIASED: tl.const
     + grad_mean / L."""
     slope = grad_std / (variance_divisor(L, std, UNBIASED) * std)
     return slope, mean, grad_mean / row_length(L, std)
+
+
+# The activation codes, csrc/row_math.h's enum Activation: the affine kernels' ACTIVATION
+# constexpr, so "none" compiles to no activation code at all. tl.constexpr: the only globals a
+# @triton.jit function may read.
+ACTIVATION_NONE = tl.constexpr(0)
+ACTIVATION_RELU = tl.constexpr(1)
+ACTIVATION_LEAKY_RELU = tl.constexpr(2)
+_ACTIVATION_CODES = {"none": ACTIVATION_NONE, "relu": ACTIVATION_RELU,
+                     "leaky_relu": ACTIVATION_LEAKY_RELU}
+
+
+def activation_code(activation: str) -> int:
+    """The ACTIVATION constexpr of an activation name ('none', 'relu', 'leaky_relu')."""
+    return _ACTIVATION_CODES[activation].value
+
+
+@triton.jit
+def activate(y, negative_slope, ACTIVATION: tl.constexpr):
+    """The output activation of a [BLOCK_R, BLOCK_L] tile of the map's results y (negative_slope a
+    per-row vector, leaky_relu's): relu gives 0 and leaky_relu negative_slope * y where y <= 0.
+    A NaN y fails that test and passes through (F.relu gives NaN); relu(-Inf) is 0, not 0 * -Inf."""
+    if ACTIVATION == ACTIVATION_RELU:
+        y = tl.where(y <= 0.0, 0.0, y)
+    elif ACTIVATION == ACTIVATION_LEAKY_RELU:
+        y = tl.where(y <= 0.0, negative_slope[:, None] * y, y)
+    return y
+
+
+@triton.jit
+def activation_grad(y, g, negative_slope, ACTIVATION: tl.constexpr):
+    """d activate(y) / dy times g, the same `y <= 0` test (PyTorch's threshold_backward and
+    leaky_relu_backward): the g every sum and map of the backward then uses."""
+    if ACTIVATION == ACTIVATION_RELU:
+        g = tl.where(y <= 0.0, 0.0, g)
+    elif ACTIVATION == ACTIVATION_LEAKY_RELU:
+        g = tl.where(y <= 0.0, negative_slope[:, None] * g, g)
+    return g
 
 
 @triton.jit
