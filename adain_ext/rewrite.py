@@ -16,6 +16,7 @@ what is left alone and why.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import operator
@@ -88,8 +89,11 @@ def _channel_vector(t, x: torch.Tensor) -> bool:
 
 
 def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto", norm=None,
-                           weight=None, bias=None):
-    """`instance_norm(x) * scale + shift`, fused when scale and shift are per (n, c).
+                           weight=None, bias=None, activation: str | None = None,
+                           negative_slope: float = 0.01):
+    """`act(instance_norm(x) * scale + shift)`, fused when scale and shift are per (n, c); act
+    is none, "relu" or "leaky_relu" (negative_slope), the activation that followed the
+    expression in the model.
 
     `norm` is the nn.InstanceNorm1d/2d/3d module the expression used (its affine weight and bias,
     if any, are read here, at call time), or None for F.instance_norm(x, weight=weight,
@@ -114,12 +118,13 @@ def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto", n
             mean = mean + std * bias
         if weight is not None:
             std = std * weight
-        return functional.adain_affine(x.to(dtype), mean, std, eps, False, backend=backend)
+        return functional.adain_affine(x.to(dtype), mean, std, eps, False, activation=activation,
+                                       negative_slope=negative_slope, backend=backend)
     if norm is not None:
         normalized = norm(x)
     else:
         normalized = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
-    return normalized * scale + shift
+    return reference.activate(normalized * scale + shift, activation or "none", negative_slope)
 
 
 # Stay calls when a rewritten forward is read again (accelerate twice, a parent's deep trace).
@@ -435,11 +440,147 @@ def _apply_reference_call(node: fx.Node, bound: inspect.BoundArguments, referenc
     return f"{original.__module__}.{original.__name__}"
 
 
-def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: dict):
+# ----- The activation after a fused AdaIN: folded into the op as its epilogue -----------------
+#
+# StarGAN v2's AdainResBlk runs self.actv (LeakyReLU(0.2)) on its AdaIN child's output, MUNIT's
+# Conv2dBlock self.activation (ReLU) on its AdaptiveInstanceNorm2d's, AdaIN-VC-like code F.relu on
+# its own modulation: one more read and write of the activation forward and backward, which the
+# op's epilogue (adain_affine(..., activation=)) saves. Folded when the fused value has that one
+# use: a fused call in the same graph takes activation=/negative_slope= keywords; a rewritten
+# child called by its parent is called through its activated forward (adain_forward_activated,
+# the same graph with the activation passed to its final fused call).
+
+_RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_}
+_LEAKY_RELU_FUNCTIONS = {F.leaky_relu, F.leaky_relu_}
+_RELU_METHODS = {"relu", "relu_"}
+_FUSED_CALLS = (instance_norm_modulate, functional.adain_affine)
+_ACTIVATED_FORWARD = "adain_forward_activated"
+
+
+def _read_activation(root: nn.Module, node: fx.Node, value: fx.Node):
+    """(activation, negative_slope) when `node` applies ReLU or LeakyReLU to `value` alone (as a
+    module, a function or a method, in place or not), else None. In place is safe to fold: the
+    value it would overwrite has no other use."""
+    args, kwargs = node.args, dict(node.kwargs)
+    if not args or args[0] is not value:
+        return None
+    if node.op == "call_module":
+        m = root.get_submodule(node.target)
+        if len(args) != 1 or kwargs:
+            return None
+        if type(m) is nn.ReLU:
+            return ("relu", 0.01)
+        if type(m) is nn.LeakyReLU and isinstance(m.negative_slope, (int, float)):
+            return ("leaky_relu", float(m.negative_slope))
+        return None
+    if node.op == "call_method" and node.target in _RELU_METHODS:
+        return ("relu", 0.01) if len(args) == 1 and not kwargs else None
+    if node.op != "call_function":
+        return None
+    if node.target in _RELU_FUNCTIONS:
+        extra = list(args[1:]) + [v for k, v in kwargs.items() if k == "inplace"]
+        if len(args) + len(kwargs) - len(extra) != 1 or any(not isinstance(v, bool) for v in extra):
+            return None
+        return ("relu", 0.01)
+    if node.target in _LEAKY_RELU_FUNCTIONS:
+        try:
+            bound = inspect.signature(node.target).bind(*args, **kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        slope = bound.arguments["negative_slope"]
+        if not isinstance(slope, (int, float)) or isinstance(slope, bool):
+            return None
+        return ("leaky_relu", float(slope))
+    return None
+
+
+def _fused_producer(root: nn.Module, node: fx.Node, activatable: set) -> str | None:
+    """What `node` is, in source terms, when its output can take an activation epilogue: a fused
+    call without one, or a call of a child whose rewritten forward ends in one."""
+    if (node.op == "call_function" and node.target in _FUSED_CALLS
+            and node.kwargs.get("activation") in (None, "none")):
+        return f"{node.target.__name__}(...)"
+    if node.op == "call_module" and id(root.get_submodule(node.target)) in activatable:
+        return f"{type(root.get_submodule(node.target)).__name__} {node.target}"
+    return None
+
+
+def _fold_activations(root: nn.Module, graph: fx.Graph, activatable: set, apply: bool):
+    """Folds every activation whose input is a fused value with no other use (see above).
+    Returns (rewrites, left_alone) as _rewrite_graph's."""
+    done, left_alone = [], []
+    for node in list(graph.nodes):
+        what = _fused_producer(root, node, activatable)
+        if what is None:
+            continue
+        acts = [(user, _read_activation(root, user, node)) for user in node.users]
+        acts = [(user, act) for user, act in acts if act is not None]
+        if not acts:
+            continue
+        user, (activation, slope) = acts[0]
+        name, owner = f"{activation}({what})", _owner(node, "")
+        if len(node.users) != 1:
+            left_alone.append((node, name, f"the value before the {activation} has "
+                                           f"{len(node.users)} uses, not one"))
+            continue
+        if node.op == "call_module":
+            child = root.get_submodule(node.target)
+            if child._forward_hooks or child._forward_pre_hooks:
+                left_alone.append((node, name, "it has forward hooks, which would not see the "
+                                               "output before the activation"))
+                continue
+            if apply:
+                with graph.inserting_before(node):
+                    fused = graph.call_method(_ACTIVATED_FORWARD,
+                                              (graph.get_attr(node.target), *node.args),
+                                              {**node.kwargs, "adain_activation": activation,
+                                               "adain_negative_slope": slope})
+                user.replace_all_uses_with(fused)
+                graph.erase_node(user)
+                graph.erase_node(node)
+        else:
+            node.kwargs = {**node.kwargs, "activation": activation, "negative_slope": slope}
+            user.replace_all_uses_with(node)
+            graph.erase_node(user)
+        slope_text = f", negative_slope={slope}" if activation == "leaky_relu" else ""
+        done.append(("activation_epilogue", f"{name} -> activation={activation!r}{slope_text}",
+                     owner))
+    return done, left_alone
+
+
+def _activated_forward(module: nn.Module, graph: fx.Graph):
+    """The forward of `module`'s rewritten graph with two more keyword parameters,
+    adain_activation and adain_negative_slope, passed to the fused call that makes its output;
+    None when its output is not such a call (with no other use)."""
+    (output,) = [n for n in graph.nodes if n.op == "output"]
+    result = output.args[0]
+    if not (isinstance(result, fx.Node) and result.op == "call_function"
+            and result.target in _FUSED_CALLS and len(result.users) == 1
+            and result.kwargs.get("activation") in (None, "none")):
+        return None
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if any(str(p.target).startswith("**") for p in placeholders):
+        return None
+    variant = copy.deepcopy(graph)
+    first = next(n for n in variant.nodes if n.op != "placeholder")
+    with variant.inserting_before(first):
+        activation = variant.placeholder("adain_activation", default_value="none")
+        slope = variant.placeholder("adain_negative_slope", default_value=0.01)
+    (output,) = [n for n in variant.nodes if n.op == "output"]
+    output.args[0].kwargs = {**output.args[0].kwargs, "activation": activation,
+                             "negative_slope": slope}
+    variant.lint()
+    return type(fx.GraphModule(module, variant)).forward
+
+
+def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: dict,
+                   activatable: frozenset | set = frozenset(), apply: bool = True):
     """Applies the graph idioms to graph in place, node by node (a rewrite can change what the
-    nodes after it match). Returns (rewrites, left_alone, consumed): (pattern, detail, owner) per
-    rewrite; (node, what, reason) per instance norm left alone; (owner, what) per rewritten norm
-    from an inlined child (see _owner)."""
+    nodes after it match), then folds the activations that follow fused values. Returns
+    (rewrites, left_alone, consumed): (pattern, detail, owner) per rewrite; (node, what, reason)
+    per instance norm or activation left alone; (owner, what) per rewritten norm from an inlined
+    child (see _owner)."""
     done, left_alone, consumed = [], [], []
     for node in list(graph.nodes):
         for idiom in _NORM_MODULATIONS:
@@ -460,7 +601,10 @@ def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: d
             owner = _owner(node, "")
             done.append(("reference_call", _apply_reference_call(node, bound, references, backend),
                          owner))
-    return done, left_alone, consumed
+    if activatable is None:  # folding turned off
+        return done, left_alone, consumed
+    folded, activations_left = _fold_activations(root, graph, activatable, apply)
+    return done + folded, left_alone + activations_left, consumed
 
 
 # ----- The batch_norm trick (MUNIT / FUNIT AdaptiveInstanceNorm2d) ---------------------------
@@ -593,9 +737,11 @@ def _probe_batch_norm_trick(module: nn.Module, rank: int) -> tuple[float | None,
 def _batch_norm_trick_forward(original):
     """The forward that replaces a recognised batch_norm-trick module's: the fused op where the
     probe verified the module's (mode, rank) and the assigned weight and bias fit, else the
-    original forward. weight, bias and eps are read at each call."""
+    original forward. weight, bias and eps are read at each call. With adain_activation (the
+    activated forward a parent calls, see _fold_activations) the activation is the op's
+    epilogue, or follows the original forward."""
 
-    def forward(self, x):
+    def forward(self, x, adain_activation: str = "none", adain_negative_slope: float = 0.01):
         weight, bias = self.weight, self.bias
         plan = type(self).adain_batch_norm_plan
         if (isinstance(x, torch.Tensor) and (self.training, x.dim()) in plan
@@ -607,8 +753,10 @@ def _batch_norm_trick_forward(original):
                 eps = plan[(self.training, x.dim())]
                 eps = self.eps if eps is None else eps
                 return functional.adain_affine(x, bias.view(N, C), weight.view(N, C), eps, False,
+                                               activation=adain_activation,
+                                               negative_slope=adain_negative_slope,
                                                backend=type(self).adain_backend)
-        return original(self, x)
+        return reference.activate(original(self, x), adain_activation, adain_negative_slope)
 
     return forward
 
@@ -639,9 +787,11 @@ def _plan_batch_norm_trick(module: nn.Module):
 
 
 def _apply_batch_norm_trick(module: nn.Module, plan: dict, backend: str) -> None:
-    _install(module, _batch_norm_trick_forward(type(module).forward),
+    forward = _batch_norm_trick_forward(type(module).forward)
+    _install(module, forward,
              f"batch_norm trick -> adain_affine, (training, rank): eps {plan}",
-             adain_batch_norm_plan=plan, adain_backend=backend, adain_channels=_channels(module))
+             adain_batch_norm_plan=plan, adain_backend=backend, adain_channels=_channels(module),
+             **{_ACTIVATED_FORWARD: forward})
 
 
 def _is_batch_norm_trick_candidate(module: nn.Module) -> bool:
@@ -679,6 +829,9 @@ class _Pass:
     names: dict  # module -> qualified name
     findings: list = field(default_factory=list)
     opaque: set = field(default_factory=set)  # ids of modules done: later traces keep them calls
+    # ids of rewritten modules whose output is a fused call that can take an activation
+    activatable: set = field(default_factory=set)
+    fold_activations: bool = True
 
     def left_alone(self, name: str, entries) -> None:
         for node, what, reason in entries:
@@ -721,6 +874,7 @@ def _visit_batch_norm_trick(run: _Pass, module: nn.Module, name: str) -> bool:
     if run.apply:
         _apply_batch_norm_trick(module, plan, run.backend)
     run.opaque.add(id(module))
+    run.activatable.add(id(module))
     return True
 
 
@@ -733,7 +887,9 @@ def _visit_traced(run: _Pass, module: nn.Module, name: str) -> bool:
         graph = _trace(module, deep, run.opaque, run.extra)
         if graph is None:
             continue
-        found, traced_left, consumed = _rewrite_graph(module, graph, run.backend, run.references)
+        found, traced_left, consumed = _rewrite_graph(
+            module, graph, run.backend, run.references,
+            run.activatable if run.fold_activations else None, run.apply)
         if not found:
             continue
         same = _same_in_train_and_eval(module, deep, run.opaque, run.extra)
@@ -748,10 +904,14 @@ def _visit_traced(run: _Pass, module: nn.Module, name: str) -> bool:
             run.findings.extend(Finding(name, pattern, detail) for pattern, detail, _ in found)
         run.left_alone(name, traced_left)
         if same:
+            graph.lint()
+            activated = _activated_forward(module, graph)
+            if activated is not None:
+                run.activatable.add(id(module))
             if run.apply:
-                graph.lint()
                 generated = fx.GraphModule(module, graph)
-                _install(module, type(generated).forward, generated.code)
+                _install(module, type(generated).forward, generated.code,
+                         **({_ACTIVATED_FORWARD: activated} if activated else {}))
             run.opaque.add(id(module))
         return True
     if traced_left is not None:
@@ -773,10 +933,12 @@ def _children_first(module: nn.Module) -> Iterator[nn.Module]:
     yield module
 
 
-def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, apply: bool):
+def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, apply: bool,
+          fold_activations: bool = True):
     run = _Pass(backend, apply, _reference_table(reference_functions),
                 tuple(reference_functions or ()),
-                {m: name for name, m in model.named_modules(remove_duplicate=False)})
+                {m: name for name, m in model.named_modules(remove_duplicate=False)},
+                fold_activations=fold_activations)
     for module in _children_first(model):
         name = run.names.get(module, "")
         if isinstance(module, (StyleModulation, adain_nn.AdaIN)):
@@ -792,22 +954,27 @@ def _plan(model: nn.Module, backend: str, reference_functions: Mapping | None, a
     return run.findings
 
 
-def find_fusable(model: nn.Module, *, reference_functions: Mapping | None = None) -> list[Finding]:
-    """What accelerate(model) would rewrite, and every instance norm it would leave alone with
-    the reason (`Finding.reason`), without changing the model."""
-    return _plan(model, "auto", reference_functions, apply=False)
+def find_fusable(model: nn.Module, *, reference_functions: Mapping | None = None,
+                 fold_activations: bool = True) -> list[Finding]:
+    """What accelerate(model) would rewrite, and every instance norm (or activation) it would
+    leave alone with the reason (`Finding.reason`), without changing the model."""
+    return _plan(model, "auto", reference_functions, apply=False,
+                 fold_activations=fold_activations)
 
 
 def accelerate(model: nn.Module, *, backend: str = "auto",
-               reference_functions: Mapping[Callable, Callable] | None = None) -> nn.Module:
+               reference_functions: Mapping[Callable, Callable] | None = None,
+               fold_activations: bool = True) -> nn.Module:
     """Puts the fused op in place of unfused AdaIN code in an existing model; returns the model
     (the same object, changed in place). `backend` is the fused op's; `reference_functions` maps
-    your own copies of the reference functions to the adain_ext.reference function each equals.
+    your own copies of the reference functions to the adain_ext.reference function each equals;
+    `fold_activations=False` keeps the ReLU/LeakyReLU after an AdaIN a separate pass instead of
+    the op's epilogue.
 
     docs/accelerate.md says which idioms are recognised, what is left alone and why, and what a
     rewritten module keeps.
     """
     if backend not in functional.BACKENDS:
         raise ValueError(f"backend must be one of {functional.BACKENDS}, got {backend!r}")
-    _plan(model, backend, reference_functions, apply=True)
+    _plan(model, backend, reference_functions, apply=True, fold_activations=fold_activations)
     return model

@@ -9,7 +9,10 @@ Blocks (each written the way its model writes it; "IN-mod" = instance_norm(x) * 
   op         adain_ext.adain_affine alone (no neighbours): the op's own cost
 Variants of each block:
   eager reference      the block as written
-  eager accelerated    accelerate(copy of the block): the AdaIN swapped for adain_ext.adain_affine
+  eager accelerated    accelerate(copy of the block): the AdaIN swapped for adain_ext.adain_affine,
+                       the ReLU/LeakyReLU after it (StarGAN v2, MUNIT, AdaIN-VC) its epilogue
+  eager accelerated, activation unfused   accelerate(fold_activations=False): that activation a
+                       pass of its own (those three blocks)
   compiled reference   torch.compile(the block as written)
   compiled accelerated torch.compile(accelerate(copy of the block))
 Modes: forward under no_grad, and forward + backward (gradients of x, gamma, beta, noise weight).
@@ -54,6 +57,10 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 CPU = torch.device("cpu")
 
 VARIANTS = ("eager reference", "eager accelerated", "compiled reference", "compiled accelerated")
+# accelerate(fold_activations=False): the activation after the AdaIN a pass of its own, as before
+# the op had an epilogue (blocks with an activation after the AdaIN only).
+UNFUSED = "eager accelerated, activation unfused"
+UNFUSED_BLOCKS = ("stargan", "munit", "adain_vc")
 MODES = ("forward", "forward+backward")
 BLOCKS = ("stylegan", "stargan", "munit", "adain_vc", "op")
 BLOCK_TITLES = {
@@ -277,6 +284,8 @@ def bench_block(block: str, batch: int, channels: int, size: int, rounds: int, r
     case = make_case(block, batch, channels, size)
     check_case(case)
     modules = {"eager reference": case.reference, "eager accelerated": case.accelerated}
+    if block in UNFUSED_BLOCKS:
+        modules[UNFUSED] = accelerate(copy.deepcopy(case.reference), fold_activations=False)
     rows = []
     for mode in MODES:
         # a compiled module per mode: no_grad and grad mode are two graphs each anyway
@@ -285,9 +294,9 @@ def bench_block(block: str, batch: int, channels: int, size: int, rounds: int, r
         make = forward_call if mode == "forward" else forward_backward_call
         t0 = time.perf_counter()
         times = time_interleaved({v: make(m, case) for v, m in variants.items()}, rounds, repeats)
-        for variant in VARIANTS:
+        for variant in times:
             rows.append({"block": block, "variant": variant, "mode": mode, **times[variant]})
-        log(f"{block} {mode}: " + ", ".join(f"{v} {times[v]['ms']:.2f} ms" for v in VARIANTS)
+        log(f"{block} {mode}: " + ", ".join(f"{v} {t['ms']:.2f} ms" for v, t in times.items())
             + f" ({time.perf_counter() - t0:.0f} s)")
     return rows
 
@@ -355,7 +364,10 @@ def ratios(rows: list[dict]) -> list[dict]:
                         "eager": t["eager reference"] / t["eager accelerated"],
                         "compiled": t["compiled reference"] / t["compiled accelerated"],
                         "compiled_ref_over_eager_acc":
-                            t["compiled reference"] / t["eager accelerated"]})
+                            t["compiled reference"] / t["eager accelerated"],
+                        # the activation as the op's epilogue against a pass of its own
+                        "epilogue": (at[block, mode, UNFUSED] / t["eager accelerated"]
+                                     if (block, mode, UNFUSED) in at else None)})
     return out
 
 
@@ -383,18 +395,22 @@ def markdown(result: dict) -> str:
         return text
 
     for block in blocks:
-        for variant in VARIANTS:
+        for variant in (*VARIANTS, UNFUSED):
+            if (block, "forward+backward", variant) not in at:
+                continue
             lines.append(f"| {BLOCK_TITLES.get(block, block)} | {variant} | "
                          f"{cell(block, 'forward', variant)} | "
                          f"{cell(block, 'forward+backward', variant)} |")
     lines += ["", "Speedups of accelerate() (the reference's time / the accelerated time; "
               "below 1: slower), same run:", "",
-              "| block | mode | eager | compiled | compiled reference / eager accelerated |",
-              "|---|---|---|---|---|"]
+              "| block | mode | eager | compiled | compiled reference / eager accelerated "
+              "| activation unfused / fused (eager) |",
+              "|---|---|---|---|---|---|"]
     for r in ratios(rows):
         lines.append(f"| {BLOCK_TITLES.get(r['block'], r['block'])} | {r['mode']} | "
                      f"{r['eager']:.2f}x | {r['compiled']:.2f}x | "
-                     f"{r['compiled_ref_over_eager_acc']:.2f}x |")
+                     f"{r['compiled_ref_over_eager_acc']:.2f}x | "
+                     + (f"{r['epilogue']:.2f}x |" if r.get("epilogue") else "- |"))
     return "\n".join(lines) + "\n"
 
 
