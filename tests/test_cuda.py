@@ -197,6 +197,93 @@ def test_internal_affine_forward_alpha(case, alpha):
     assert_close(std_x, rs.flatten(1), torch.float32, case=case)
 
 
+# ---- The affine op's output activation (its epilogue): relu and leaky_relu, forward and backward.
+
+ACTIVATIONS = [pytest.param("relu", 0.01, id="relu"), pytest.param("leaky_relu", 0.2, id="leaky")]
+
+
+def _activation_grad_out(y: torch.Tensor, like: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded incoming gradient in like's shape, dtype and layout, zero where the float64
+    pre-activation output y is within rounding of 0: there the kernels' y (accumulation dtype)
+    may fall on the other side of the kink, and either side is right."""
+    y = y.detach()
+    near_zero = y.abs() <= 1e-4 * max(1.0, y.abs().max().item())
+    return seeded_like(like, seed).masked_fill(near_zero.to(like.device), 0)
+
+
+@pytest.mark.parametrize(("activation", "slope"), ACTIVATIONS)
+@pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
+def test_affine_activation_matches_reference(case, dtype, activation, slope):
+    """adain_affine(activation=...) through autograd: act(reference) and its gradients."""
+    if case.mean_offset:
+        pytest.skip("large-mean inputs test the statistics, not the activation")
+    x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
+    mean, std = make_statistics(case, dtype, CUDA, requires_grad=True)
+    out = adain_ext.adain_affine(x, mean, std, 1e-5, case.unbiased, activation=activation,
+                                 negative_slope=slope, backend="cpp")
+    xr, mr, sr = (t.detach().double().requires_grad_(True) for t in (x, mean, std))
+    y = reference.adain_affine(xr, mr, sr, 1e-5, case.unbiased)
+    ref = reference.activate(y, activation, slope)
+    assert_close(out, ref.detach(), dtype, msg=f"{case} {activation} out", case=case)
+    grad = _activation_grad_out(y, out, 3)
+    got = torch.autograd.grad(out, (x, mean, std), grad)
+    want = torch.autograd.grad(ref, (xr, mr, sr), grad.double())
+    for name, g, w in zip(("x", "mean", "std"), got, want):
+        assert_grads_close((g,), (w,), dtype, case=case, msg=f"{activation} grad {name}")
+
+
+# Every launch path of the affine kernels, the one-launch backward with part of its rows read
+# again from L2 included.
+ACTIVATION_PATH_CASES = ["packed_odd_rows", "one_launch_rows", "rows_partial_cache",
+                         "split_unaligned", "cl_odd_channels", "cl_split"]
+
+
+@pytest.mark.parametrize(("activation", "slope"), ACTIVATIONS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", ACTIVATION_PATH_CASES)
+def test_affine_activation_every_path_matches_reference(name, dtype, activation, slope):
+    """_affine_forward and _affine_backward with an activation on each path (asserted), alpha
+    blend included: out = act(alpha * affine + (1 - alpha) * x) and its gradients, g replaced by
+    act'(y) * g in the gradient sums and in grad_x."""
+    case = PATH[name]
+    ops = torch.ops.adain
+    eps, unbiased, alpha = 1e-5, case.unbiased, case.alpha
+    x, _ = make_inputs(case, dtype, CUDA)
+    mean, std = make_statistics(case, dtype, CUDA)
+    out, mean_x, std_x = ops._affine_forward(x, mean, std, alpha, eps, unbiased, activation, slope)
+    assert _extension.last_cuda_launch()["path"] == expected_path(case, "affine_forward")
+    xr, mr, sr = (t.detach().double().requires_grad_(True) for t in (x, mean, std))
+    y = alpha * reference.adain_affine(xr, mr, sr, eps, unbiased) + (1 - alpha) * xr
+    ref = reference.activate(y, activation, slope)
+    assert out.dtype == dtype and out.stride() == torch.empty_like(x).stride()
+    assert_close(out, ref.detach(), dtype, msg=f"{case} {activation} out", case=case)
+
+    g = _activation_grad_out(y, out, 6)
+    gx, gm, gs = ops._affine_backward(g, x, mean_x, std_x, std, alpha, unbiased, mean, activation,
+                                      slope)
+    assert _extension.last_cuda_launch()["path"] == expected_path(case, "affine_backward")
+    rgx, rgm, rgs = torch.autograd.grad(ref, (xr, mr, sr), g.double())
+    assert gx.stride() == torch.empty_like(x).stride()
+    assert_grads_close((gx,), (rgx,), dtype, case=case, msg=f"{case} {activation} grad x")
+    assert_sums_close(gm, rgm, dtype, msg=f"{case} {activation} grad mean")
+    assert_sums_close(gs, rgs, dtype, msg=f"{case} {activation} grad std")
+    if activation == "relu":
+        # Bitwise the kernels without an activation: relu of their output, and their gradients
+        # of g zeroed where the output was clamped (the recomputed y is the forward's own).
+        plain = ops._affine_forward(x, mean, std, alpha, eps, unbiased)[0]
+        assert torch.equal(out, torch.relu(plain))
+        g_y = g.masked_fill(out == 0, 0)  # relu's zeros: y <= 0 (x's dtype keeps y's sign)
+        plain_grads = ops._affine_backward(g_y, x, mean_x, std_x, std, alpha, unbiased)
+        assert all(torch.equal(a, b) for a, b in zip((gx, gm, gs), plain_grads))
+
+
+def test_affine_backward_with_activation_needs_the_target_mean():
+    x = torch.randn(1, 2, 3, 3, device=CUDA)
+    stat = torch.ones(1, 2, device=CUDA)
+    with pytest.raises(ValueError, match="needs the target mean"):
+        torch.ops.adain._affine_backward(x, x, stat, stat, stat, 1.0, True, None, "relu", 0.01)
+
+
 @pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
 def test_mean_std_matches_reference_and_cpu(case, dtype):
     x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)

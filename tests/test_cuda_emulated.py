@@ -1,7 +1,8 @@
 """The CUDA kernels' source (csrc/cuda) run on the CPU through tools/cuda_emu: every op of every
 case in cases.py plus cases that force each kernel path (packed rows, cached rows, split rows,
 channels_last), in four dtypes, on an emulated 4-SM device, against the CPU kernels and the
-float64 reference.
+float64 reference; and the affine op with each output activation (relu, leaky_relu), forward and
+backward, on each path, against the float64 reference.
 
 CI has no GPU; without this, a change to the CUDA host code or kernel indexing would only be
 compiled (and its machine code inspected by test_cuda_sass.py) before it reached a GPU. The
@@ -43,6 +44,9 @@ def test_cuda_kernel_source_under_emulation():
     assert result.returncode == 0, tail
     assert "cuda_emu: 0 failing case/dtype/device combinations" in result.stdout, tail
     assert result.stdout.count("\nok ") + result.stdout.startswith("ok ") >= 100, tail
+    # The affine op's activations on each path (run.py's ACTIVATION_CASES, in four dtypes).
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("ok ") and " act_" in line for line in lines) >= 16, tail
 
 
 @needs_emulation

@@ -84,9 +84,10 @@ C10_DEVICE __forceinline__ void walk_cl_positions(const Params<T, acc_t>& p, con
 }
 
 // Per-channel partial states of a (channel tile, position segment): Welford of x (a = mean, b =
-// m2), or (kSums) the backward's GradSums (a = sum_g, b = sum_g_dev).
-template <typename T, typename acc_t, bool kSums>
+// m2), or (kSums) the backward's GradSums (a = sum_g, b = sum_g_dev; of g_y with kEpilogue).
+template <typename T, typename acc_t, bool kSums, bool kEpilogue = false>
 __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, acc_t> p) {
+  static_assert(kSums || !kEpilogue, "the epilogue changes only the backward's sums");
   constexpr int VEC = vec_width<T>();
   __shared__ acc_t sh_a[kClBlock * VEC];
   __shared__ acc_t sh_b[kClBlock * VEC];
@@ -98,10 +99,12 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
   for (int64_t tile = blockIdx.x; tile < cl_tile_count(p); tile += gridDim.x) {
     const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, lanes.tc);
     acc_t a[VEC], b[VEC], mean[VEC];
+    RowCoef<acc_t> fwd[VEC];  // kEpilogue: each channel's forward map
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       a[j] = b[j] = 0;
       mean[j] = (kSums && j < t.valid) ? d.mean_x[t.n * p.channels + t.c0 + j] : acc_t(0);
+      if (kEpilogue && j < t.valid) fwd[j] = forward_coef_of(d, t.n * p.channels + t.c0 + j);
     }
     int64_t count = 0;
     if (t.valid > 0) {
@@ -109,10 +112,12 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
           p, t, lanes, [&](int64_t, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
             if constexpr (kSums) {
 #pragma unroll
-              for (int j = 0; j < VEC; ++j) {
-                const acc_t gj = static_cast<acc_t>(vg.v[j]);
+              for (int j = 0; j < VEC; ++j) {  // channels past C: x = g = 0, so g_y = 0
+                const acc_t xj = static_cast<acc_t>(vx.v[j]);
+                const acc_t gj = epilogue_grad<kEpilogue>(d.epilogue, fwd[j], xj,
+                                                          static_cast<acc_t>(vg.v[j]));
                 a[j] += gj;
-                b[j] += gj * (static_cast<acc_t>(vx.v[j]) - mean[j]);
+                b[j] += gj * (xj - mean[j]);
               }
             } else {  // Welford, one division per VEC channels
               ++count;
@@ -177,7 +182,9 @@ __global__ void __launch_bounds__(kClBlock) cl_partial_kernel(const Params<T, ac
   }
 }
 
-template <typename T, typename acc_t, bool kHasG>
+// out = map_element(coef, x, g) per channel: the forward's map (activated with kEpilogue), or
+// (kHasG) the backward's (with g_y for g with kEpilogue).
+template <typename T, typename acc_t, bool kHasG, bool kEpilogue = false>
 __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_t> p) {
   constexpr int VEC = vec_width<T>();
   const RowData<acc_t>& d = p.d;
@@ -186,10 +193,13 @@ __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_
   for (int64_t tile = blockIdx.x; tile < cl_tile_count(p); tile += gridDim.x) {
     const ClTile t = cl_tile<T, acc_t, VEC>(p, tile, lanes.tc);
     if (t.valid == 0) continue;  // no barrier in this kernel
-    RowCoef<acc_t> c[VEC];
+    RowCoef<acc_t> c[VEC], fwd[VEC];  // fwd: the forward's map, read by the backward's epilogue
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       if (j < t.valid) c[j] = load_coef(d.coef, t.n * p.channels + t.c0 + j);
+      if (kEpilogue && kHasG && j < t.valid) {
+        fwd[j] = forward_coef_of(d, t.n * p.channels + t.c0 + j);
+      }
     }
     walk_cl_positions<T, acc_t, VEC, kHasG>(
         p, t, lanes, [&](int64_t off, const Vec<T, VEC>& vx, const Vec<T, VEC>& vg) {
@@ -197,8 +207,8 @@ __global__ void __launch_bounds__(kClBlock) cl_apply_kernel(const Params<T, acc_
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
             const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
-            y.v[j] = static_cast<T>(
-                apply_coef<kHasG>(c[j], static_cast<acc_t>(vx.v[j]), gj));
+            y.v[j] = static_cast<T>(map_element<kHasG, kEpilogue>(
+                c[j], d.epilogue, fwd[j], static_cast<acc_t>(vx.v[j]), gj));
           }
           store_slot<T, VEC>(p.out, off, 0, t.valid, y, p.channels_aligned);
         });

@@ -42,7 +42,7 @@ FusedResult fused_forward_cuda(const at::Tensor& content_in, const at::Tensor& s
   if (!one_launch) {
     auto [style_mean, style_std] = row_statistics(style, eps, unbiased);
     auto [out, content_mean, content_std] =
-        affine_forward(content, style_mean, style_std, alpha, eps, unbiased);
+        affine_forward(content, style_mean, style_std, alpha, eps, unbiased, "none", 0.01);
     return {shaped_like(out, content_in), content_mean, content_std, style_mean, style_std};
   }
   content = aligned16(content, at::MemoryFormat::Contiguous);

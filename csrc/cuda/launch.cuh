@@ -193,12 +193,12 @@ inline void ensure_dynamic_smem(const void* kernel, size_t bytes) {
   limit[key] = allowed;
 }
 
-template <typename T, typename acc_t, RowMode kMode>
+template <typename T, typename acc_t, RowMode kMode, bool kEpilogue = false>
 inline void launch_rows(Params<T, acc_t> p, const RowsLaunch& r) {
   p.group = r.group;
   p.num_blocks = r.num_blocks;
   p.cache_slots = r.cache_slots;
-  auto kernel = contig_rows_kernel<T, acc_t, kMode>;
+  auto kernel = contig_rows_kernel<T, acc_t, kMode, kEpilogue>;
   if (r.smem > 0) ensure_dynamic_smem(reinterpret_cast<const void*>(kernel), r.smem);
   kernel<<<r.grid, r.block, r.smem, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -231,15 +231,17 @@ inline int plan_channels_last(Params<T, acc_t>& p, int64_t N, int64_t C, int64_t
   return static_cast<int>(std::min<int64_t>(base * p.d.segments, 32 * dev.sms));
 }
 
-template <typename T, typename acc_t, bool kSums>
+template <typename T, typename acc_t, bool kSums, bool kEpilogue = false>
 inline void launch_cl_partial(const Params<T, acc_t>& p, int grid) {
-  cl_partial_kernel<T, acc_t, kSums><<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  auto kernel = cl_partial_kernel<T, acc_t, kSums, kEpilogue>;
+  kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, typename acc_t, bool kHasG>
+template <typename T, typename acc_t, bool kHasG, bool kEpilogue = false>
 inline void launch_cl_apply(const Params<T, acc_t>& p, int grid) {
-  cl_apply_kernel<T, acc_t, kHasG><<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  auto kernel = cl_apply_kernel<T, acc_t, kHasG, kEpilogue>;
+  kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -347,21 +349,24 @@ struct RowOpKernels {
 //   channels_last:  partial states per (image, channel tile, segment), finalize, apply (3 launches)
 //   few long rows:  partial states per row segment, finalize, apply                     (3 launches)
 //   otherwise:      one launch, each row reduced and mapped while cached on chip        (1 launch)
+// kEpilogue: the kernels that apply p.d.epilogue (the forward's partial states and finalize are
+// statistics of x alone, and the backward's finalize merges sums already taken of g_y).
 // The workspaces are freed on return; the caching allocator keeps them for this stream's work.
-template <RowMode kOp, typename T, typename acc_t>
-inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
-                       const at::TensorOptions& acc_options, const Device& dev) {
+template <RowMode kOp, bool kEpilogue, typename T, typename acc_t>
+inline void run_row_op_paths(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
+                             const at::TensorOptions& acc_options, const Device& dev) {
   using K = RowOpKernels<kOp>;
   constexpr int VEC = vec_width<T>();
+  constexpr bool kPartialEpilogue = kEpilogue && K::kGrad;
   const int64_t R = p.d.rows, L = p.d.L;
   at::Tensor partials, coef;
   if (layout == Layout::ChannelsLast) {
     const int grid = plan_channels_last(p, N, C, L, dev);
     partials = attach_partials<K::kGrad>(p.d, acc_options);
     if (K::kMaps) coef = attach_coef(p.d, acc_options);
-    launch_cl_partial<T, acc_t, K::kGrad>(p, grid);
+    launch_cl_partial<T, acc_t, K::kGrad, kPartialEpilogue>(p, grid);
     launch_finalize<acc_t, K::kFinal>(p.d, dev);
-    if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad>(p, grid);
+    if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad, kEpilogue>(p, grid);
     record_launch(LaunchPath::ChannelsLast, K::kMaps ? 3 : 2, grid, kClBlock, 0, p.d.segments);
   } else if (use_split(R, L, dev)) {
     choose_segments<T>(R, L, dev, p.d.segments, p.d.segment_len);
@@ -369,15 +374,32 @@ inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
     if (K::kMaps) coef = attach_coef(p.d, acc_options);
     const RowsLaunch geometry =
         plan_rows<T>(R * p.d.segments, p.d.segment_len, L % VEC == 0, 0, dev);
-    launch_rows<T, acc_t, K::kPartial>(p, geometry);
+    launch_rows<T, acc_t, K::kPartial, kPartialEpilogue>(p, geometry);
     launch_finalize<acc_t, K::kFinal>(p.d, dev);
-    if (K::kMaps) launch_rows<T, acc_t, K::kApply>(p, geometry);
+    if (K::kMaps) launch_rows<T, acc_t, K::kApply, kEpilogue>(p, geometry);
     record_rows_launch(geometry, 0, K::kMaps ? 3 : 2, p.d.segments);
   } else {
     const RowsLaunch geometry = plan_rows<T>(R, L, L % VEC == 0, K::kCachedRows, dev);
-    launch_rows<T, acc_t, K::kOneLaunch>(p, geometry);
+    launch_rows<T, acc_t, K::kOneLaunch, kEpilogue>(p, geometry);
     record_rows_launch(geometry, K::kCachedRows, 1, 1);
   }
+}
+
+// run_row_op_paths with the kernels of p.d.epilogue: those without one (the very kernels of the
+// ops that have no activation) when its kind is None, whose cost is this one test per op.
+template <RowMode kOp, typename T, typename acc_t>
+inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
+                       const at::TensorOptions& acc_options, const Device& dev) {
+  if constexpr (RowOpKernels<kOp>::kMaps) {
+    if (p.d.epilogue.kind != Activation::None) {
+      run_row_op_paths<kOp, true>(p, layout, N, C, acc_options, dev);
+      return;
+    }
+  } else {
+    TORCH_INTERNAL_ASSERT(p.d.epilogue.kind == Activation::None,
+                          "adain: statistics have no epilogue");
+  }
+  run_row_op_paths<kOp, false>(p, layout, N, C, acc_options, dev);
 }
 
 }  // namespace cuda

@@ -17,11 +17,12 @@ namespace cuda {
 
 // ---- The kernel modes: one enum for every templated kernel.
 //
-// contig_rows_kernel<kMode> takes the first eight; finalize_rows_kernel<kMode> takes Stats, Affine,
-// AffineBackward (merging the split partials of that op) and MeanStdBackward. An op is named by
-// its one-launch mode (Stats, Affine, AffineBackward: run_row_op in launch.cuh), from which its
-// split modes follow. The values are part of the kernel symbols tests/test_cuda_sass.py decodes:
-// append new modes, do not reorder.
+// contig_rows_kernel<kMode> takes the first eight (Affine, AffineBackward, PartialSums, Apply and
+// ApplyGrad also with kEpilogue, the affine op's activation: RowData::epilogue);
+// finalize_rows_kernel<kMode> takes Stats, Affine, AffineBackward (merging the split partials of
+// that op) and MeanStdBackward. An op is named by its one-launch mode (Stats, Affine,
+// AffineBackward: run_row_op in launch.cuh), from which its split modes follow. The values are
+// part of the kernel symbols tests/test_cuda_sass.py decodes: append new modes, do not reorder.
 enum class RowMode {
   Stats,            // mean / std of each row -> mean_out, std_out (finalize: from Welford partials)
   Affine,           // statistics + targets -> out (and mean_out, std_out), one launch (finalize:
@@ -31,8 +32,8 @@ enum class RowMode {
                     // (finalize: coefficients and grad_*_out from gradient-sum partials)
   PartialWelford,   // one Welford state per segment -> partial_mean, partial_m2
   PartialSums,      // GradSums per segment -> partial_sum_g, partial_sum_g_dev
-  Apply,            // out = slope*(x-mean) + shift from coef
-  ApplyGrad,        // out = g_scale*g + slope*(x-mean) + shift from coef
+  Apply,            // out = slope*(x-mean) + shift from coef (activated with an epilogue)
+  ApplyGrad,        // out = g_scale*g + slope*(x-mean) + shift from coef (g_y for g: epilogue)
   MeanStdBackward,  // finalize only: coefficients of mean_std's backward from grad_*_in -> coef
 };
 
@@ -54,11 +55,19 @@ struct RowData {
   acc_t eps = 0;            // Stats, Affine, Fused; finalize Stats, Affine
   bool unbiased = true;     // every mode that computes a std or a coefficient
   // The given target statistics, before the alpha blend (Fused computes its own from the style).
-  const acc_t* mean_t = nullptr;  // Affine; finalize Affine
+  const acc_t* mean_t = nullptr;  // Affine; finalize Affine; the backward with an epilogue
   const acc_t* std_t = nullptr;   // Affine, AffineBackward; finalize Affine, AffineBackward
   const acc_t* mean_x = nullptr;  // AffineBackward, PartialSums, cl_partial_kernel<kSums>;
                                   // finalize AffineBackward, MeanStdBackward: x's mean
-  const acc_t* std_x = nullptr;   // AffineBackward; finalize AffineBackward, MeanStdBackward
+  const acc_t* std_x = nullptr;   // AffineBackward; finalize AffineBackward, MeanStdBackward;
+                                  // the backward with an epilogue
+  // The affine op's output activation (row_math.h), read only by the kernels instantiated with
+  // kEpilogue (run_row_op takes them when its kind is not None; the other instantiations are the
+  // kernels without it). Forward (Affine, Apply, cl_apply_kernel): out = activate(e, y). Backward
+  // (AffineBackward, PartialSums, ApplyGrad, cl_partial_kernel<kSums>, cl_apply_kernel<kHasG>): g
+  // is replaced everywhere by g_y = activation_grad(e, y, g), y recomputed per element with the
+  // forward's coefficients (forward_coef_of: mean_x, std_x, mean_t, std_t, alpha).
+  Epilogue<acc_t> epilogue;
   const acc_t* grad_mean_in = nullptr;  // finalize MeanStdBackward: incoming gradients
   const acc_t* grad_std_in = nullptr;   // finalize MeanStdBackward
   // The partial states of the segments, [R, segments] each (attach_partials in launch.cuh): a
@@ -107,6 +116,41 @@ C10_DEVICE __forceinline__ void store_coef(acc_t* coef, int64_t row, const RowCo
   coef[4 * row + 1] = c.slope;
   coef[4 * row + 2] = c.mean;
   coef[4 * row + 3] = c.shift;
+}
+
+// ---- The affine op's epilogue, per element. With kEpilogue false these are the plain map, so the
+// kernels without an activation compile to exactly what they were before it existed.
+
+// The forward's coefficients of `row`, recomputed by the backward from the forward's statistics
+// with the call the forward made (affine_forward_coef), so that its y is bitwise the forward's.
+template <typename acc_t>
+C10_DEVICE __forceinline__ RowCoef<acc_t> forward_coef_of(const RowData<acc_t>& d, int64_t row) {
+  return affine_forward_coef(d.mean_x[row], d.std_x[row], d.mean_t[row], d.std_t[row], d.alpha);
+}
+
+// g_y: the incoming gradient g through the activation, at y = the forward's map of x.
+template <bool kEpilogue, typename acc_t>
+C10_DEVICE __forceinline__ acc_t epilogue_grad(const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd,
+                                               acc_t x, acc_t g) {
+  if constexpr (kEpilogue) {
+    return activation_grad(e, apply_coef<false>(fwd, x, acc_t(0)), g);
+  } else {
+    return g;
+  }
+}
+
+// One element of an output map c: the forward's y, activated (kHasG false); or grad_x, the map
+// with g_y in place of g (kHasG). `fwd` is read only by the backward with an epilogue.
+template <bool kHasG, bool kEpilogue, typename acc_t>
+C10_DEVICE __forceinline__ acc_t map_element(const RowCoef<acc_t>& c, const Epilogue<acc_t>& e,
+                                             const RowCoef<acc_t>& fwd, acc_t x, acc_t g) {
+  if constexpr (kHasG) {
+    return apply_coef<true>(c, x, epilogue_grad<kEpilogue>(e, fwd, x, g));
+  } else if constexpr (kEpilogue) {
+    return activate(e, apply_coef<false>(c, x, g));
+  } else {
+    return apply_coef<false>(c, x, g);
+  }
 }
 
 // The tensors and the geometry of one contig_rows_kernel, cl_partial_kernel or cl_apply_kernel

@@ -67,11 +67,14 @@ C10_DEVICE __forceinline__ WelfordState<acc_t> lane_welford(const T* __restrict_
   return st;
 }
 
-// GradSums of this lane's slots; both rows cached like lane_welford.
-template <typename acc_t, typename T, int VEC, bool kCache>
+// GradSums of this lane's slots (of g_y with kEpilogue: epilogue_grad); both rows cached like
+// lane_welford (g as read: the map recomputes g_y).
+template <typename acc_t, typename T, int VEC, bool kCache, bool kEpilogue>
 C10_DEVICE __forceinline__ GradSums<acc_t> lane_grad_sums(const T* __restrict__ x,
                                                       const T* __restrict__ g, const Segment& seg,
                                                       int lane, int group, acc_t mean,
+                                                      const Epilogue<acc_t>& e,
+                                                      const RowCoef<acc_t>& fwd,
                                                       Vec<T, VEC>* cache_x, Vec<T, VEC>* cache_g,
                                                       int64_t cache_slots) {
   GradSums<acc_t> sums;
@@ -82,23 +85,26 @@ C10_DEVICE __forceinline__ GradSums<acc_t> lane_grad_sums(const T* __restrict__ 
           cache_x[s] = vx;
           cache_g[s] = vg;
         }
-        // Masked elements were loaded as 0 in g, so they add nothing.
+        // Masked elements were loaded as 0 in g, so they add nothing (g_y of g = 0 is 0).
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const acc_t gj = static_cast<acc_t>(vg.v[j]);
+          const acc_t xj = static_cast<acc_t>(vx.v[j]);
+          const acc_t gj = epilogue_grad<kEpilogue>(e, fwd, xj, static_cast<acc_t>(vg.v[j]));
           sums.sum_g += gj;
-          sums.sum_g_dev += gj * (static_cast<acc_t>(vx.v[j]) - mean);
+          sums.sum_g_dev += gj * (xj - mean);
         }
       });
   return sums;
 }
 
-// Writes out = apply_coef(c, x, g) over this lane's slots, reading cached slots from shared
-// memory (each lane reads back only the slots it cached itself, so no barrier is needed).
-template <typename acc_t, typename T, int VEC, bool kHasG>
+// Writes out = map_element(c, x, g) over this lane's slots (apply_coef, with the epilogue when
+// kEpilogue), reading cached slots from shared memory (each lane reads back only the slots it
+// cached itself, so no barrier is needed).
+template <typename acc_t, typename T, int VEC, bool kHasG, bool kEpilogue>
 C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __restrict__ g,
                                            T* __restrict__ out, const Segment& seg, int lane,
                                            int group, const RowCoef<acc_t>& c,
+                                           const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd,
                                            const Vec<T, VEC>* cache_x, const Vec<T, VEC>* cache_g,
                                            int64_t cache_slots) {
   walk_slots<T, VEC, unroll_slots<T, kHasG>(), kHasG, true>(
@@ -108,15 +114,21 @@ C10_DEVICE __forceinline__ void lane_apply(const T* __restrict__ x, const T* __r
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const acc_t gj = kHasG ? static_cast<acc_t>(vg.v[j]) : acc_t(0);
-          y.v[j] = static_cast<T>(apply_coef<kHasG>(c, static_cast<acc_t>(vx.v[j]), gj));
+          y.v[j] = static_cast<T>(
+              map_element<kHasG, kEpilogue>(c, e, fwd, static_cast<acc_t>(vx.v[j]), gj));
         }
         store_slot<T, VEC>(out, seg.first + s * VEC, lo, hi, y);
       });
 }
 
-// One group of p.group threads per segment (segment s of row r) of a contiguous tensor.
-template <typename T, typename acc_t, RowMode kMode>
+// One group of p.group threads per segment (segment s of row r) of a contiguous tensor; with
+// kEpilogue, the affine op's activation (RowData::epilogue) in the modes that map or sum g.
+template <typename T, typename acc_t, RowMode kMode, bool kEpilogue = false>
 __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t> p) {
+  static_assert(!kEpilogue || kMode == RowMode::Affine || kMode == RowMode::AffineBackward ||
+                    kMode == RowMode::PartialSums || kMode == RowMode::Apply ||
+                    kMode == RowMode::ApplyGrad,
+                "the epilogue belongs to the affine op's modes");
   constexpr int VEC = vec_width<T>();
   using V = Vec<T, VEC>;
   constexpr bool kCache =
@@ -184,12 +196,14 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
         d.std_out[row] = std_x;
       }
       const RowCoef<acc_t> c = affine_forward_coef(mean_x, std_x, mean_t, std_t, d.alpha);
-      lane_apply<acc_t, T, VEC, false>(p.x, nullptr, p.out, seg, lane, group, c, cache_x, nullptr,
-                                       p.cache_slots);
+      lane_apply<acc_t, T, VEC, false, kEpilogue>(p.x, nullptr, p.out, seg, lane, group, c,
+                                                  d.epilogue, c, cache_x, nullptr, p.cache_slots);
     } else if constexpr (kMode == RowMode::AffineBackward || kMode == RowMode::PartialSums) {
       const acc_t mean_x = active ? d.mean_x[row] : acc_t(0);
-      GradSums<acc_t> sums = lane_grad_sums<acc_t, T, VEC, kCache>(
-          p.x, p.g, seg, lane, group, mean_x, cache_x, cache_g, p.cache_slots);
+      RowCoef<acc_t> fwd;  // inactive groups walk no slot
+      if (kEpilogue && active) fwd = forward_coef_of(d, row);
+      GradSums<acc_t> sums = lane_grad_sums<acc_t, T, VEC, kCache, kEpilogue>(
+          p.x, p.g, seg, lane, group, mean_x, d.epilogue, fwd, cache_x, cache_g, p.cache_slots);
       sums = group_allreduce(sums, group, scratch);
       if constexpr (kMode == RowMode::PartialSums) {
         if (active && lane == 0) {
@@ -205,14 +219,18 @@ __global__ void __launch_bounds__(1024) contig_rows_kernel(const Params<T, acc_t
           d.grad_mean_out[row] = grads.grad_mean_t;
           d.grad_std_out[row] = grads.grad_std_t;
         }
-        lane_apply<acc_t, T, VEC, true>(p.x, p.g, p.out, seg, lane, group, grads.grad_x, cache_x,
-                                        cache_g, p.cache_slots);
+        lane_apply<acc_t, T, VEC, true, kEpilogue>(p.x, p.g, p.out, seg, lane, group,
+                                                   grads.grad_x, d.epilogue, fwd, cache_x, cache_g,
+                                                   p.cache_slots);
       }
     } else {  // Apply, ApplyGrad: no reduction
       constexpr bool kHasG = kMode == RowMode::ApplyGrad;
       if (active) {
         const RowCoef<acc_t> c = load_coef(d.coef, row);
-        lane_apply<acc_t, T, VEC, kHasG>(p.x, p.g, p.out, seg, lane, group, c, nullptr, nullptr, 0);
+        RowCoef<acc_t> fwd;
+        if (kEpilogue && kHasG) fwd = forward_coef_of(d, row);
+        lane_apply<acc_t, T, VEC, kHasG, kEpilogue>(p.x, p.g, p.out, seg, lane, group, c,
+                                                    d.epilogue, fwd, nullptr, nullptr, 0);
       }
     }
   }

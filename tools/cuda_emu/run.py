@@ -1,6 +1,8 @@
 """Runs the CUDA kernels' source (csrc/cuda) on the CPU through a small CUDA emulation, and checks
 every op against the CPU kernels (and the float64 reference where the two differ), for every case
-of tests/cases.py plus cases that force each kernel path, on three emulated devices.
+of tests/cases.py plus cases that force each kernel path, on three emulated devices; and the
+affine op's output activations (relu, leaky_relu), forward and backward, on every path, against
+the float64 reference.
 
     python tools/cuda_emu/run.py            # all devices (a few minutes on 2 cores)
     python tools/cuda_emu/run.py quick      # one small device
@@ -84,8 +86,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("last_launch", &adain::cuda::last_launch);
   m.def("mean_std", &adain::cuda::mean_std_cuda);
   m.def("mean_std_backward", &adain::cuda::mean_std_backward_cuda);
-  m.def("affine_forward", &adain::cuda::affine_forward);
-  m.def("affine_backward", &adain::cuda::affine_backward_cuda);
+  // The affine ops with their schema's defaults (activation "none"; the backward's target mean
+  // only with an activation).
+  m.def("affine_forward",
+        [](const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, double alpha,
+           double eps, bool unbiased, const std::string& activation, double negative_slope) {
+          return adain::cuda::affine_forward(x, mean, std, alpha, eps, unbiased, activation,
+                                             negative_slope);
+        },
+        py::arg("x"), py::arg("mean"), py::arg("std"), py::arg("alpha"), py::arg("eps"),
+        py::arg("unbiased"), py::arg("activation") = "none", py::arg("negative_slope") = 0.01);
+  m.def("affine_backward",
+        [](const at::Tensor& g, const at::Tensor& x, const at::Tensor& mean_x,
+           const at::Tensor& std_x, const at::Tensor& std, double alpha, bool unbiased,
+           const std::optional<at::Tensor>& mean, const std::string& activation,
+           double negative_slope) {
+          return adain::cuda::affine_backward_cuda(g, x, mean_x, std_x, std, alpha, unbiased,
+                                                   mean, activation, negative_slope);
+        },
+        py::arg("grad_out"), py::arg("x"), py::arg("mean_x"), py::arg("std_x"), py::arg("std"),
+        py::arg("alpha"), py::arg("unbiased"), py::arg("mean") = py::none(),
+        py::arg("activation") = "none", py::arg("negative_slope") = 0.01);
   m.def("fused_forward", &adain::cuda::fused_forward_cuda);
 }
 """)
@@ -180,6 +201,129 @@ def run_case(emu, case, dtype):
     return problems
 
 
+# The affine op's output activation, in every launch path of the 4-SM device: packed rows, a
+# block per row, split rows (L off the slot grid) and channels_last with several segments per
+# row and C off the vector width. Each runs relu and leaky_relu, forward and backward, and
+# checks the path it took (launch.cuh's LaunchPath; the same on every emulated device).
+ACTIVATION_CASES = [
+    Case("act_packed", (2, 24, 5, 7), alpha=0.7),
+    Case("act_rows", (2, 4, 40, 40), unbiased=False),
+    Case("act_split", (1, 1, 129, 131), alpha=0.6),
+    Case("act_cl_split", (1, 5, 33, 34), alpha=0.8, layout="channels_last"),
+]
+ACTIVATION_PATH = {"act_packed": 1, "act_rows": 2, "act_split": 4, "act_cl_split": 5}
+ACTIVATIONS = [("relu", 0.01), ("leaky_relu", 0.2)]
+
+
+def forward_y(x, mean_x, std_x, mean, std, alpha):
+    """The affine output before its activation, as the kernels compute it in the accumulation
+    dtype, op by op (affine_forward_coef, then apply_coef), from the forward's statistics: the
+    y whose sign picks each element's activation gradient."""
+    acc = mean_x.dtype
+    shape = (*mean_x.shape, *([1] * (x.dim() - 2)))
+    mx, sx = mean_x.view(shape), std_x.view(shape)
+    mt, st = mean.reshape(shape).to(acc), std.reshape(shape).to(acc)
+    a = torch.tensor(alpha, dtype=acc)
+
+    def blend(target, own):
+        return target if alpha == 1 else a * target + (1 - a) * own
+
+    return blend(st, sx) / sx * (x.to(acc) - mx) + blend(mt, mx)
+
+
+def run_activation_case(emu, case, dtype):
+    """The affine op with each activation, forward and backward, against the float64 reference:
+    the forward is reference.activate of the blended reference output; the backward is the
+    reference's gradient of that output times each element's activation slope at the kernels'
+    own y (forward_y), so that an element with y within rounding of 0 cannot flip the
+    comparison. relu is also held bitwise to the kernels without an epilogue: relu of their
+    output, and their gradients for g zeroed where y <= 0 (g_y in every sum and in the map).
+    Problems found (empty: all fine)."""
+    problems = []
+    x, _ = make_inputs(case, dtype)
+    mean, std = make_statistics(case, dtype)
+    eps, unbiased, alpha = 1e-5, case.unbiased, case.alpha
+    N, C = x.shape[:2]
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    g = g.contiguous(memory_format=torch.channels_last) if case.layout == "channels_last" else g
+    layout = torch.empty_like(x).stride()
+    xr, mr, sr = (t.detach().double().requires_grad_(True) for t in (x, mean, std))
+    blended = alpha * reference.adain_affine(xr, mr, sr, eps, unbiased) + (1 - alpha) * xr
+    ref_mean, ref_std = (t.flatten(1) for t in reference.mean_std(xr.detach(), eps, unbiased))
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def check_path(name):
+        path, *_, segments = emu.last_launch()
+        want = ACTIVATION_PATH[case.name]
+        if path != want or (want >= 4 and segments < 2):
+            problems.append(f"{name}: path {path} with {segments} segments, expected {want}")
+
+    def check(name, got, want, stride=None, want_dtype=None):
+        if stride is not None and got.stride() != stride:
+            problems.append(f"{name}: strides {got.stride()}, expected {stride}")
+        elif got.dtype != want_dtype or got.shape != want.shape:
+            problems.append(f"{name}: {got.shape}/{got.dtype}, expected {want.shape}/{want_dtype}")
+        elif err := close(got, want, dtype):
+            problems.append(f"{name}: {err}")
+
+    for activation, slope in ACTIVATIONS:
+        out, mean_x, std_x = emu.affine_forward(x, mean, std, alpha, eps, unbiased, activation,
+                                                slope)
+        check_path(f"{activation} forward")
+        want = reference.activate(blended.detach(), activation, slope)
+        check(f"{activation} out", out, want, layout, dtype)
+        check(f"{activation} mean_x", mean_x, ref_mean, None, acc)
+        check(f"{activation} std_x", std_x, ref_std, None, acc)
+        y = forward_y(x, mean_x, std_x, mean, std, alpha)
+        below = torch.tensor(0.0 if activation == "relu" else slope, dtype=torch.float64)
+        factor = torch.where(y <= 0, below, torch.tensor(1.0, dtype=torch.float64))
+        rgx, rgm, rgs = torch.autograd.grad(blended * factor, (xr, mr, sr), g.double(),
+                                            retain_graph=True)
+        gx, gm, gs = emu.affine_backward(g, x, mean_x, std_x, std, alpha, unbiased, mean,
+                                         activation, slope)
+        check_path(f"{activation} backward")
+        check(f"{activation} grad x", gx, rgx, layout, dtype)
+        check(f"{activation} grad mean", gm, rgm.reshape(N, C), None, acc)
+        check(f"{activation} grad std", gs, rgs.reshape(N, C), None, acc)
+        if activation == "relu":
+            plain = emu.affine_forward(x, mean, std, alpha, eps, unbiased)[0]
+            g_y = torch.where(y <= 0, torch.zeros_like(g), g)
+            plain_grads = emu.affine_backward(g_y, x, mean_x, std_x, std, alpha, unbiased)
+            for name, got, want in [("out", out, torch.relu(plain)),
+                                    *zip(("grad x", "grad mean", "grad std"), (gx, gm, gs),
+                                         plain_grads)]:
+                if not torch.equal(got, want):
+                    problems.append(f"relu {name}: not bitwise the kernels' without an epilogue")
+    return problems
+
+
+def check_activation_errors(emu) -> int:
+    """The activation's input errors come from the CUDA entry points too. Returns failures."""
+    x = torch.randn(1, 2, 3, 3)
+    stat = torch.ones(1, 2)
+    failures = 0
+    for what, call, message in (
+        ("backward without the target mean",
+         lambda: emu.affine_backward(x, x, stat, stat, stat, 1.0, True, None, "relu", 0.01),
+         "needs the target mean"),
+        ("unknown activation",
+         lambda: emu.affine_forward(x, stat, stat, 1.0, 1e-5, True, "gelu", 0.01),
+         "activation must be"),
+        ("non-finite negative_slope",
+         lambda: emu.affine_forward(x, stat, stat, 1.0, 1e-5, True, "leaky_relu", float("nan")),
+         "negative_slope must be"),
+    ):
+        try:
+            call()
+            error = "no error"
+        except Exception as raised:  # noqa: BLE001 (pybind11 maps c10 errors to several types)
+            error = str(raised)
+        if message not in error:
+            failures += 1
+            print(f"BAD activation error, {what}: {error.splitlines()[0] if error else error}")
+    return failures
+
+
 # Smaller than tests/test_cuda.py's PATH_CASES (emulation is slow); the small emulated device
 # (4 SMs) sends the long rows here to the split path.
 PATH_CASES = [
@@ -235,6 +379,10 @@ def sweep_launch_limits(emu) -> int:
                                  (x, target, target, 0.5, 1e-5, True)),
                                 ("affine_backward", emu.affine_backward,
                                  (x, x, stat, stat, target, 0.5, True)),
+                                ("affine_forward leaky_relu", emu.affine_forward,
+                                 (x, target, target, 0.5, 1e-5, True, "leaky_relu", 0.2)),
+                                ("affine_backward relu", emu.affine_backward,
+                                 (x, x, stat, stat, target, 0.5, True, target, "relu", 0.01)),
                                 ("fused_forward", emu.fused_forward, (x, x, 0.5, 1e-5, True)),
                                 ("fused_forward long style", emu.fused_forward,
                                  (x, style_long, 0.5, 1e-5, True)),
@@ -264,13 +412,15 @@ def main():
     if mode == "sweep":
         return 1 if sweep_launch_limits(emu) else 0
     quick = mode == "quick"
-    failures = 0
+    failures = check_activation_errors(emu)
     for device in DEVICES[:1] if quick else DEVICES:
         emu.set_device(*device)
-        for case in CASES + PATH_CASES:
+        for case, run in [(c, run_case) for c in CASES + PATH_CASES] + [
+            (c, run_activation_case) for c in ACTIVATION_CASES
+        ]:
             for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 start = time.time()
-                problems = run_case(emu, case, dtype)
+                problems = run(emu, case, dtype)
                 failures += bool(problems)
                 print(
                     f"{'BAD' if problems else 'ok '} sms={device[0]} {case.name} {dtype} "
