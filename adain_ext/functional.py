@@ -43,7 +43,8 @@ def _serve(backend: str, device: torch.device):
 
 
 # Under torch.compile, a CPU training graph (autograd recording, an input requiring grad) traces
-# backend="auto" as the reference's ATen composite, so Inductor fuses the normalisation with its
+# backend="auto" as an ATen composite of the reference's math (backends.CompiledTrainingComposite,
+# written the way Inductor compiles best), so Inductor fuses the normalisation with its
 # neighbours as it does for the model's own code. Beside an opaque op, Inductor's CPU code saves
 # the neighbouring activation's bool mask through a scalar loop (torch 2.14/2.15): a StyleGAN
 # block's compiled training step took 4x the compiled original's (benchmarks/bench_blocks.py).
@@ -63,7 +64,7 @@ def _compiled_cpu_training(*tensors: torch.Tensor) -> bool:
 def _ops(backend: str, *tensors: torch.Tensor, composite_in_compiled_training: bool = True):
     if (backend == "auto" and composite_in_compiled_training
             and _compiled_cpu_training(*tensors)):
-        backend = "reference"
+        return backends.CompiledTrainingComposite
     device = tensors[0].device
     return _SERVED.get((backend, device)) or _serve(backend, device)
 

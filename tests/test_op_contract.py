@@ -571,3 +571,37 @@ def test_compiled_cpu_training_traces_the_composite(monkeypatch):
     assert "adain" in _compiled_graph_ops(block, *frozen)
     monkeypatch.setattr(functional, "COMPOSITE_IN_COMPILED_CPU_TRAINING", False)
     assert "adain" in _compiled_graph_ops(block, *inputs)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_compiled_training_composite_is_the_reference(case: Case):
+    """The composite compiled CPU training traces (var_mean and rsqrt, for Inductor) gives the
+    reference's values and gradients: float64, every shared case, every op, with an activation
+    for adain_affine; and the reference's errors."""
+    from adain_ext.backends import CompiledTrainingComposite as composite
+
+    content, style = make_inputs(case, torch.float64, requires_grad=True)
+    mean, std = make_statistics(case, torch.float64, requires_grad=True)
+    u = case.unbiased
+    pairs = [
+        (composite.mean_std(style, 1e-5, u), reference.mean_std(style, 1e-5, u)),
+        (composite.adain(content, style, case.alpha, 1e-5, u),
+         reference.adain(content, style, case.alpha, 1e-5, u)),
+        (composite.adain_affine(content, mean, std, 1e-5, u, "leaky_relu", 0.2),
+         reference.adain_affine(content, mean, std, 1e-5, u, "leaky_relu", 0.2)),
+    ]
+    for got, want in pairs:
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+            leaves = (content, style, mean, std)
+            grad_out = torch.randn_like(w)
+            for a, b in zip(torch.autograd.grad(g, leaves, grad_out, retain_graph=True,
+                                                allow_unused=True),
+                            torch.autograd.grad(w, leaves, grad_out, retain_graph=True,
+                                                allow_unused=True)):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="adain: eps must be >= 0"):
+        composite.adain_affine(content, mean, std, -1.0, u)
