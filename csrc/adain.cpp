@@ -11,6 +11,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "cpu/kernels.h"
+#include "cpu/output_cache.h"
 
 namespace adain {
 
@@ -94,6 +95,8 @@ TORCH_LIBRARY(adain, m) {
   // Test hook: the number of segments each CPU reduction and map split its units into since the
   // previous call (1: whole rows); `record` turns logging on or off from now on.
   m.def("_cpu_segment_log(bool record) -> int[]", TORCH_FN(cpu::take_segment_log));
+  // Test hook: the bytes of freed output blocks the CPU kernels hold for reuse (output_cache.h).
+  m.def("_cpu_output_cache_bytes() -> int", TORCH_FN(cpu::output_cache_bytes));
 
   m.impl("fused", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fused));
   m.impl("affine", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(affine));

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -27,6 +28,7 @@
 #endif
 
 #include "checks.h"
+#include "cpu/output_cache.h"
 #include "row_math.h"
 #include "welford.h"
 
@@ -44,26 +46,19 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 
 // ---- Outputs.
 
-// A fresh output of x's shape in `layout`. Large outputs are fresh mmap'd memory, and faulting it
-// in 4 KiB pages cost as much as the kernel's own work (64 MB: ~16k faults, ~10 ms here); asking for
-// transparent huge pages before the first touch makes that ~30 faults. Only the 2 MiB-aligned
-// interior is advised; nothing else changes and the hint is ignored where THP is off.
+// An output of x's (4-D rows) shape in `layout`, from the output cache (output_cache.h): the
+// blocks of outputs freed since, so a loop of calls does not fault its outputs in afresh each
+// time. Blocks from 4 MiB up are 2 MiB-aligned and advised for transparent huge pages before the
+// first touch (64 MB fresh: ~16k faults, ~10 ms here, against ~30). With the cache off
+// (ADAIN_EXT_OUTPUT_CACHE_MB=0), a plain at::empty_like with only the hint.
 inline at::Tensor empty_output(const at::Tensor& x, Layout layout) {
-  at::Tensor out = at::empty_like(x, x.options(), memory_format_of(layout));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const size_t bytes = out.nbytes();
-  static const bool enabled = [] {
-    const char* env = std::getenv("ADAIN_EXT_HUGE_PAGES");
-    return env == nullptr || env[0] != '0';
-  }();
-  if (enabled && bytes >= 2 * kHuge) {
-    const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  OutputCache& cache = OutputCache::get();
+  if (cache.enabled()) {
+    return at::detail::empty_generic(x.sizes(), &cache, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     x.scalar_type(), memory_format_of(layout));
   }
-#endif
+  at::Tensor out = at::empty_like(x, x.options(), memory_format_of(layout));
+  advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }
 
