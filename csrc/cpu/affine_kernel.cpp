@@ -115,28 +115,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
       x_row.store_map(out + row * L, finish(row, g_row.grad_sums(x_row, mp[row])), &g_row);
     });
     if (short_rows) return;
-    // The epilogue's backward for unit u: its rows' forward coefficients (1, or C channels_last).
+    // run(act) with the epilogue's backward for unit u (null without an activation): its rows'
+    // forward coefficients, on the stack for a contiguous row (no allocation per row), in a
+    // vector for a channels_last image's C rows.
     const int64_t rpu = rows_per_unit(geo);
-    const auto unit_act = [&](int64_t u, std::vector<RowCoef<acc_t>>& fwd) {
-      fwd.resize(rpu);
+    const auto with_act = [&](int64_t u, auto run) {
+      if (!has_act) return run(nullptr);
+      if (rpu == 1) {
+        const RowCoef<acc_t> fwd = forward_coef(u);
+        const ActGrad<acc_t> act{epilogue, &fwd};
+        return run(&act);
+      }
+      std::vector<RowCoef<acc_t>> fwd(rpu);
       for (int64_t r = 0; r < rpu; ++r) fwd[r] = forward_coef(u * rpu + r);
-      return ActGrad<acc_t>{epilogue, fwd.data()};
+      const ActGrad<acc_t> act{epilogue, fwd.data()};
+      run(&act);
     };
     reduce_then_map<GradSums<acc_t>, RowCoef<acc_t>>(
         geo,
         [&](int64_t u, int64_t b, int64_t e, GradSums<acc_t>* sums) {
-          if (!has_act) return grad_sums_unit(geo, gp, xp, mp, u, b, e, sums);
-          std::vector<RowCoef<acc_t>> fwd;
-          const ActGrad<acc_t> act = unit_act(u, fwd);
-          grad_sums_unit(geo, gp, xp, mp, u, b, e, sums, &act);
+          with_act(u, [&](const ActGrad<acc_t>* act) {
+            grad_sums_unit(geo, gp, xp, mp, u, b, e, sums, act);
+          });
         },
         [](const GradSums<acc_t>& a, const GradSums<acc_t>& b) { return grad_sums_merge(a, b); },
         finish,
         [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
-          if (!has_act) return map_unit<scalar_t>(geo, u, b, e, out, xp, gp, unit_coefs);
-          std::vector<RowCoef<acc_t>> fwd;
-          const ActGrad<acc_t> act = unit_act(u, fwd);
-          map_unit<scalar_t>(geo, u, b, e, out, xp, gp, unit_coefs, {}, &act);
+          with_act(u, [&](const ActGrad<acc_t>* act) {
+            map_unit<scalar_t>(geo, u, b, e, out, xp, gp, unit_coefs, {}, act);
+          });
         });
   });
   return {shaped_like(grad_x, x_in), grad_mean, grad_std};

@@ -115,20 +115,6 @@ void activate_chunk(const Epilogue<acc_t>& e, acc_t* y, int64_t n) {
   at::vec::map([&](Vec v) { return activate_vec(e, v); }, y, y, n);
 }
 
-// dst = activation_grad(e, y, g) with y = fwd.slope * (x - fwd.mean) + fwd.shift recomputed from
-// x with the forward's coefficients (bitwise the forward's y, so the mask is the forward's).
-template <typename acc_t>
-void activation_grad_chunk(const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd, const acc_t* x,
-                           const acc_t* g, acc_t* dst, int64_t n) {
-  using Vec = at::vec::Vectorized<acc_t>;
-  const Vec slope(fwd.slope), mean(fwd.mean), shift(fwd.shift);
-  at::vec::map2(
-      [&](Vec gv, Vec xv) {
-        return activation_grad_vec(e, at::vec::fmadd(slope, xv - mean, shift), gv);
-      },
-      dst, g, x, n);
-}
-
 // ---- Contiguous rows.
 
 // Sums f(x[i]) over a chunk with four independent vector accumulators: one accumulator would make
@@ -187,38 +173,50 @@ GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64
                                      const ActGrad<acc_t>* act = nullptr) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  acc_t gbuf[kChunk], xbuf[kChunk], gybuf[kChunk];
-  const Vec m(mean);
-  GradSums<acc_t> sums;
-  for (int64_t i = 0; i < n; i += kChunk) {
-    const int64_t len = std::min(kChunk, n - i);
-    const acc_t* gc = load_acc(g + i, len, gbuf);
-    const acc_t* xc = load_acc(x + i, len, xbuf);
-    if (act != nullptr) {
-      activation_grad_chunk(act->e, act->fwd[0], xc, gc, gybuf, len);
-      gc = gybuf;
+  // The epilogue's backward inline (g -> act'(y) * g, y from x with the forward's coefficients),
+  // one instantiation with it and one without, so "none" runs the loop as before.
+  const RowCoef<acc_t> fwd = act ? act->fwd[0] : RowCoef<acc_t>{};
+  const Epilogue<acc_t> e = act ? act->e : Epilogue<acc_t>{};
+  const auto sums_of = [&](auto has_act) {
+    constexpr bool kAct = decltype(has_act)::value;
+    acc_t gbuf[kChunk], xbuf[kChunk];
+    const Vec m(mean), f_slope(fwd.slope), f_mean(fwd.mean), f_shift(fwd.shift);
+    const auto masked = [&](Vec gv, Vec xv) {
+      if constexpr (kAct) {
+        return activation_grad_vec(e, at::vec::fmadd(f_slope, xv - f_mean, f_shift), gv);
+      } else {
+        return gv;
+      }
+    };
+    GradSums<acc_t> sums;
+    for (int64_t i = 0; i < n; i += kChunk) {
+      const int64_t len = std::min(kChunk, n - i);
+      const acc_t* gc = load_acc(g + i, len, gbuf);
+      const acc_t* xc = load_acc(x + i, len, xbuf);
+      // One sweep for both sums, two accumulators each (see sum_over).
+      Vec sum_g0(0), sum_g1(0), sum_dev0(0), sum_dev1(0);
+      int64_t j = 0;
+      for (; j + 2 * V <= len; j += 2 * V) {
+        const Vec x0 = Vec::loadu(xc + j), x1 = Vec::loadu(xc + j + V);
+        const Vec g0 = masked(Vec::loadu(gc + j), x0), g1 = masked(Vec::loadu(gc + j + V), x1);
+        sum_g0 += g0;
+        sum_g1 += g1;
+        sum_dev0 = at::vec::fmadd(g0, x0 - m, sum_dev0);
+        sum_dev1 = at::vec::fmadd(g1, x1 - m, sum_dev1);
+      }
+      for (; j < len; j += V) {  // the tail as vectors too, so y is the forward's y bit for bit
+        const int64_t w = std::min<int64_t>(V, len - j);
+        const Vec xv = Vec::loadu(xc + j, w), gv = masked(Vec::loadu(gc + j, w), xv);
+        sum_g0 += gv;  // lanes past w: g = 0 stays 0 through the mask, adds 0
+        sum_dev0 = at::vec::fmadd(gv, Vec::set(Vec(0), xv - m, w), sum_dev0);
+      }
+      const auto add = [](Vec a, Vec b) { return a + b; };
+      sums.sum_g += at::vec::vec_reduce_all<acc_t>(add, sum_g0 + sum_g1);
+      sums.sum_g_dev += at::vec::vec_reduce_all<acc_t>(add, sum_dev0 + sum_dev1);
     }
-    // One sweep for both sums, two accumulators each (see sum_over).
-    Vec sum_g0(0), sum_g1(0), sum_dev0(0), sum_dev1(0);
-    int64_t j = 0;
-    for (; j + 2 * V <= len; j += 2 * V) {
-      const Vec g0 = Vec::loadu(gc + j), g1 = Vec::loadu(gc + j + V);
-      sum_g0 += g0;
-      sum_g1 += g1;
-      sum_dev0 = at::vec::fmadd(g0, Vec::loadu(xc + j) - m, sum_dev0);
-      sum_dev1 = at::vec::fmadd(g1, Vec::loadu(xc + j + V) - m, sum_dev1);
-    }
-    const auto add = [](Vec a, Vec b) { return a + b; };
-    acc_t sum_g = at::vec::vec_reduce_all<acc_t>(add, sum_g0 + sum_g1);
-    acc_t sum_dev = at::vec::vec_reduce_all<acc_t>(add, sum_dev0 + sum_dev1);
-    for (; j < len; ++j) {
-      sum_g += gc[j];
-      sum_dev += gc[j] * (xc[j] - mean);
-    }
-    sums.sum_g += sum_g;
-    sums.sum_g_dev += sum_dev;
-  }
-  return sums;
+    return sums;
+  };
+  return act ? sums_of(std::true_type{}) : sums_of(std::false_type{});
 }
 
 // out = g_scale * g + slope * (x - mean) + shift (apply_coef, vectorised); g may be null (then
@@ -241,15 +239,22 @@ void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t
       if (e.kind != Activation::None) activate_chunk(e, oc, len);
     } else {
       const acc_t* gc = load_acc(g + i, len, gbuf);
-      if (act != nullptr) {  // oc is free until the map below writes it
-        activation_grad_chunk(act->e, act->fwd[0], xc, gc, oc, len);
-        gc = oc;
+      if (act == nullptr) {
+        at::vec::map2(
+            [&](Vec gv, Vec xv) {
+              return at::vec::fmadd(g_scale, gv, at::vec::fmadd(slope, xv - mean, shift));
+            },
+            oc, gc, xc, len);
+      } else {  // g -> act'(y) * g inline, y from x with the forward's coefficients
+        const Vec f_slope(act->fwd[0].slope), f_mean(act->fwd[0].mean), f_shift(act->fwd[0].shift);
+        at::vec::map2(
+            [&](Vec gv, Vec xv) {
+              const Vec gy =
+                  activation_grad_vec(act->e, at::vec::fmadd(f_slope, xv - f_mean, f_shift), gv);
+              return at::vec::fmadd(g_scale, gy, at::vec::fmadd(slope, xv - mean, shift));
+            },
+            oc, gc, xc, len);
       }
-      at::vec::map2(
-          [&](Vec gv, Vec xv) {
-            return at::vec::fmadd(g_scale, gv, at::vec::fmadd(slope, xv - mean, shift));
-          },
-          oc, gc, xc, len);
     }
     store_acc(oc, out + i, len);
   }
