@@ -433,10 +433,20 @@ def _find_reference_call(node: fx.Node, references: dict) -> inspect.BoundArgume
 
 def _apply_reference_call(node: fx.Node, bound: inspect.BoundArguments, references: dict,
                           backend: str) -> str:
-    """Calls the fused function with the same arguments; returns the function it replaced."""
+    """Calls the fused function with the same arguments, every one of them: the reference's
+    defaults filled in (an argument given by keyword after a skipped one, as `unbiased=False`
+    with no eps, was dropped before), passed positionally as far as the fused function takes
+    positional parameters and by name after that (adain_affine's keyword-only activation and
+    negative_slope). Returns the function it replaced."""
     original = node.target
-    node.target = references[original]
-    node.args, node.kwargs = tuple(bound.args), {"backend": backend}
+    fused = references[original]
+    bound.apply_defaults()
+    values = list(bound.arguments.items())
+    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     for p in inspect.signature(fused).parameters.values())
+    node.target = fused
+    node.args = tuple(value for _, value in values[:positional])
+    node.kwargs = {**dict(values[positional:]), "backend": backend}
     return f"{original.__module__}.{original.__name__}"
 
 
