@@ -113,3 +113,49 @@ def check_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, unbiase
     check_features(x, "x", unbiased)
     check_statistic(mean, "mean", x)
     check_statistic(std, "std", x)
+
+
+def has_prologue(noise, noise_weight, bias, pre_activation: str) -> bool:
+    return (noise is not None or noise_weight is not None or bias is not None
+            or pre_activation != "none")
+
+
+def _check_channel_param(t: torch.Tensor, name: str, x: torch.Tensor, one_allowed: bool) -> None:
+    C = x.shape[1]
+    ok = t.numel() == C or (one_allowed and t.numel() == 1)
+    if ok and t.dim() > 1:  # (C,), or (1, C, 1, ...) like x
+        ok = t.dim() == x.dim() and t.shape[0] == 1 and all(s == 1 for s in t.shape[2:])
+    if not ok:
+        single = ", or a single value" if one_allowed else ""
+        _fail(f"{name} must have one value per channel, ({C},) or (1, {C}, 1, ...){single}; "
+              f"got shape {list(t.shape)}")
+    if t.dtype not in _FLOAT_DTYPES:
+        _fail(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}", TypeError)
+    if t.device != x.device:
+        _fail(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def check_prologue(x: torch.Tensor, noise, noise_weight, bias, pre_activation: str,
+                   pre_negative_slope: float) -> None:
+    """The prologue's inputs (csrc/checks.h's check_prologue, the same messages)."""
+    if pre_activation not in ACTIVATIONS:
+        _fail(f"pre_activation must be 'none', 'relu' or 'leaky_relu', got {pre_activation!r}"
+              .replace('"', "'"))
+    if pre_activation != "none" and not -math.inf < pre_negative_slope < math.inf:
+        _fail(f"pre_negative_slope must be a finite number, got {pre_negative_slope}")
+    if noise is not None:
+        ok = (noise.dim() == x.dim() and noise.shape[0] == x.shape[0]
+              and noise.shape[1] in (1, x.shape[1]) and noise.shape[2:] == x.shape[2:])
+        if not ok:
+            _fail(f"noise must have shape (N, 1, *) or (N, C, *) with x's N, C and trailing dims "
+                  f"{list(x.shape)}, got {list(noise.shape)}")
+        if noise.dtype != x.dtype:
+            _fail(f"noise dtype ({noise.dtype}) must match x dtype ({x.dtype})", TypeError)
+        if noise.device != x.device:
+            _fail(f"noise is on {noise.device} but x is on {x.device}")
+    if noise_weight is not None:
+        if noise is None:
+            _fail("noise_weight was given without noise")
+        _check_channel_param(noise_weight, "noise_weight", x, one_allowed=True)
+    if bias is not None:
+        _check_channel_param(bias, "bias", x, one_allowed=False)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from adain_ext._layout import empty_output, empty_stats, stat_shape_of
 from adain_ext._validation import (check_activation, check_affine, check_alpha,
-                                   check_backward_mean, check_eps, check_features, check_pair)
+                                   check_backward_mean, check_eps, check_features, check_pair,
+                                   check_prologue)
 
 
 def mean_std(x, eps=1e-5, unbiased=True):
@@ -40,6 +41,23 @@ def affine_backward(grad_out, x, mean_x, std_x, std, alpha, unbiased, mean=None,
     return empty_output(x), empty_stats(x), empty_stats(x)
 
 
+def prologue_affine_forward(x, noise, noise_weight, bias, pre_activation, pre_negative_slope,
+                            mean, std, eps, unbiased, activation, negative_slope):
+    check_affine(x, mean, std, unbiased)
+    check_prologue(x, noise, noise_weight, bias, pre_activation, pre_negative_slope)
+    check_eps(eps)
+    check_activation(activation, negative_slope)
+    return empty_output(x), empty_stats(x), empty_stats(x)
+
+
+def prologue_affine_backward(grad_out, x, noise, noise_weight, bias, pre_activation,
+                             pre_negative_slope, mean_p, std_p, mean, std, unbiased, activation,
+                             negative_slope):
+    check_prologue(x, noise, noise_weight, bias, pre_activation, pre_negative_slope)
+    check_activation(activation, negative_slope)
+    return empty_output(x), *[empty_stats(x) for _ in range(4)]
+
+
 def fused_forward(content, style, alpha, eps, unbiased):
     check_pair(content, style, unbiased)
     check_eps(eps)
@@ -58,6 +76,8 @@ BY_OP = {
     "_mean_std_backward": mean_std_backward,
     "_affine_forward": affine_forward,
     "_affine_backward": affine_backward,
+    "_prologue_affine_forward": prologue_affine_forward,
+    "_prologue_affine_backward": prologue_affine_backward,
     "_fused_forward": fused_forward,
     "_fused_backward": fused_backward,
 }

@@ -53,12 +53,38 @@ def activate(y: torch.Tensor, activation: str = "none", negative_slope: float = 
     return y
 
 
+def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel parameter ((C,), (1, C, 1, ...) or a single value) shaped to broadcast
+    against x's (N, C, *)."""
+    return t.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def prologue(x: torch.Tensor, noise=None, noise_weight=None, bias=None,
+             pre_activation: str = "none", pre_negative_slope: float = 0.01):
+    """pre_activation(x + noise_weight * noise + bias): StyleGAN's noise injection and LeakyReLU
+    before its AdaIN. noise is (N, 1, *) or (N, C, *); noise_weight one per channel or a single
+    value (none: 1); bias one per channel. Computed in the promoted dtype of its inputs."""
+    pre = x
+    if noise is not None:
+        pre = pre + (noise if noise_weight is None else _per_channel(noise_weight, x) * noise)
+    if bias is not None:
+        pre = pre + _per_channel(bias, x)
+    return activate(pre, pre_activation, pre_negative_slope)
+
+
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
-                 unbiased: bool = True, activation: str = "none", negative_slope: float = 0.01):
-    """act(std * (x - mean_x) / std_x + mean), with target statistics given as (N, C) or
-    (N, C, 1, ...); act is 'none', 'relu' or 'leaky_relu' (with negative_slope)."""
-    mean_x, std_x = mean_std(x, eps, unbiased)
-    out = (x - mean_x) / std_x * std.reshape(_stat_shape(x)) + mean.reshape(_stat_shape(x))
+                 unbiased: bool = True, activation: str = "none", negative_slope: float = 0.01,
+                 *, noise=None, noise_weight=None, bias=None, pre_activation: str = "none",
+                 pre_negative_slope: float = 0.01):
+    """act(std * (p - mean_p) / std_p + mean), with target statistics given as (N, C) or
+    (N, C, 1, ...); act is 'none', 'relu' or 'leaky_relu' (with negative_slope). p is x, or with
+    the prologue arguments prologue(x, ...); the output has x's dtype."""
+    p = x
+    if (noise is not None or noise_weight is not None or bias is not None
+            or pre_activation != "none"):
+        p = prologue(x, noise, noise_weight, bias, pre_activation, pre_negative_slope)
+    mean_p, std_p = mean_std(p, eps, unbiased)
+    out = (p - mean_p) / std_p * std.reshape(_stat_shape(x)) + mean.reshape(_stat_shape(x))
     return activate(out.to(x.dtype), activation, negative_slope)
 
 

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "checks.h"
 #include "cpu/kernels.h"
 #include "cpu/output_cache.h"
 
@@ -25,9 +26,27 @@ at::Tensor fused(const at::Tensor& content, const at::Tensor& style, double alph
   return std::get<0>(op.call(content, style, alpha, eps, unbiased));
 }
 
-// out = act(std * (x - mean_x) / std_x + mean), with the target statistics given by the caller.
+// out = act(std * (p - mean_p) / std_p + mean), with the target statistics given by the caller;
+// p = x, or with a prologue act_pre(x + noise_weight * noise + bias).
 at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& std, double eps,
-                  bool unbiased, c10::string_view activation, double negative_slope) {
+                  bool unbiased, c10::string_view activation, double negative_slope,
+                  const std::optional<at::Tensor>& noise,
+                  const std::optional<at::Tensor>& noise_weight,
+                  const std::optional<at::Tensor>& bias, c10::string_view pre_activation,
+                  double pre_negative_slope) {
+  if (has_prologue(noise, noise_weight, bias, pre_activation)) {
+    static auto prologue_op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("adain::_prologue_affine_forward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                const at::Tensor&, const std::optional<at::Tensor>&,
+                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                c10::string_view, double, const at::Tensor&, const at::Tensor&, double, bool,
+                c10::string_view, double)>();
+    return std::get<0>(prologue_op.call(x, noise, noise_weight, bias, pre_activation,
+                                        pre_negative_slope, mean, std, eps, unbiased, activation,
+                                        negative_slope));
+  }
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("adain::_affine_forward", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
@@ -70,8 +89,12 @@ TORCH_LIBRARY(adain, m) {
   m.def("mean_std(Tensor x, float eps=1e-5, bool unbiased=True) -> (Tensor, Tensor)");
   m.def("fused(Tensor content, Tensor style, float alpha=1.0, float eps=1e-5, bool unbiased=True) -> Tensor");
   // activation: "none", "relu" or "leaky_relu" (with negative_slope) applied to the output.
+  // The prologue (keyword-only): the statistics and the map are taken over
+  // p = pre_activation(x + noise_weight * noise + bias) instead of x (csrc/row_math.h).
   m.def("affine(Tensor x, Tensor mean, Tensor std, float eps=1e-5, bool unbiased=True, "
-        "str activation=\"none\", float negative_slope=0.01) -> Tensor");
+        "str activation=\"none\", float negative_slope=0.01, *, Tensor? noise=None, "
+        "Tensor? noise_weight=None, Tensor? bias=None, str pre_activation=\"none\", "
+        "float pre_negative_slope=0.01) -> Tensor");
 
   // Internal ops. Statistics they return are (N, C), contiguous, in the accumulation dtype
   // (float32, or float64 for float64 input): `mean` and `std` of the tensor they normalised.
@@ -84,6 +107,20 @@ TORCH_LIBRARY(adain, m) {
   m.def("_affine_backward(Tensor grad_out, Tensor x, Tensor mean_x, Tensor std_x, Tensor std, "
         "float alpha, bool unbiased, Tensor? mean=None, str activation=\"none\", "
         "float negative_slope=0.01) -> (Tensor grad_x, Tensor grad_mean, Tensor grad_std)");
+  // affine with a prologue (no alpha): mean_p and std_p are p's statistics; the backward
+  // recomputes pre and p from x and returns, besides grad_x (dL/dx), the per-(n, c) row sums of
+  // the gradients of bias and noise_weight, (N, C) in the accumulation dtype, for the caller to
+  // sum over N (and over C for a single noise_weight). grad_noise is noise_weight * grad_x (summed
+  // over C for (N, 1, *) noise), left to the caller.
+  m.def("_prologue_affine_forward(Tensor x, Tensor? noise, Tensor? noise_weight, Tensor? bias, "
+        "str pre_activation, float pre_negative_slope, Tensor mean, Tensor std, float eps, "
+        "bool unbiased, str activation, float negative_slope) "
+        "-> (Tensor out, Tensor mean_p, Tensor std_p)");
+  m.def("_prologue_affine_backward(Tensor grad_out, Tensor x, Tensor? noise, "
+        "Tensor? noise_weight, Tensor? bias, str pre_activation, float pre_negative_slope, "
+        "Tensor mean_p, Tensor std_p, Tensor mean, Tensor std, bool unbiased, str activation, "
+        "float negative_slope) -> (Tensor grad_x, Tensor grad_mean, Tensor grad_std, "
+        "Tensor grad_bias, Tensor grad_noise_weight)");
   m.def("_fused_forward(Tensor content, Tensor style, float alpha, float eps, bool unbiased) "
         "-> (Tensor out, Tensor content_mean, Tensor content_std, Tensor style_mean, Tensor style_std)");
   m.def("_mean_std_backward(Tensor grad_mean, Tensor grad_std, Tensor x, Tensor mean, Tensor std, "

@@ -83,6 +83,73 @@ inline void check_backward_mean(const std::optional<at::Tensor>& mean, c10::stri
                     "' needs the target mean (it recomputes the output before the activation)");
 }
 
+// The prologue's inputs (pre = x + noise_weight * noise + bias, then pre_activation):
+//   noise        (N, 1, *) or (N, C, *) with x's trailing dims, x's dtype and device;
+//   noise_weight one per channel or one in all ((C,), (1, C, 1, ...), (1,) or a scalar tensor),
+//                given only with noise (noise without it is added as it is: weight 1);
+//   bias         one per channel ((C,) or (1, C, 1, ...)).
+inline bool has_prologue(const std::optional<at::Tensor>& noise,
+                         const std::optional<at::Tensor>& noise_weight,
+                         const std::optional<at::Tensor>& bias, c10::string_view pre_activation) {
+  return noise.has_value() || noise_weight.has_value() || bias.has_value() ||
+         pre_activation != "none";
+}
+
+inline void check_channel_param(const at::Tensor& t, const char* name, const at::Tensor& x,
+                                 bool one_allowed) {
+  const int64_t C = x.size(1);
+  bool ok = t.numel() == C || (one_allowed && t.numel() == 1);
+  // (C,), or (1, C, 1, ...) like x: one value per channel wherever it sits.
+  if (ok && t.dim() > 1) {
+    ok = t.dim() == x.dim() && t.size(0) == 1;
+    for (int64_t d = 2; ok && d < t.dim(); ++d) ok = t.size(d) == 1;
+  }
+  TORCH_CHECK_VALUE(ok, "adain: ", name, " must have one value per channel, (", C, ",) or (1, ", C,
+                    ", 1, ...)", one_allowed ? ", or a single value" : "", "; got shape ",
+                    t.sizes());
+  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), "adain: ", name,
+                   " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), "adain: ", name, " is on ", t.device(),
+                    " but x is on ", x.device());
+}
+
+inline void check_prologue(const at::Tensor& x, const std::optional<at::Tensor>& noise,
+                           const std::optional<at::Tensor>& noise_weight,
+                           const std::optional<at::Tensor>& bias, c10::string_view pre_activation,
+                           double pre_negative_slope) {
+  TORCH_CHECK_VALUE(pre_activation == "none" || pre_activation == "relu" ||
+                        pre_activation == "leaky_relu",
+                    "adain: pre_activation must be 'none', 'relu' or 'leaky_relu', got '",
+                    std::string(pre_activation), "'");
+  TORCH_CHECK_VALUE(pre_activation == "none" || std::isfinite(pre_negative_slope),
+                    "adain: pre_negative_slope must be a finite number, got ", pre_negative_slope);
+  if (noise.has_value()) {
+    const at::Tensor& n = *noise;
+    bool ok = n.dim() == x.dim() && n.size(0) == x.size(0) &&
+              (n.size(1) == 1 || n.size(1) == x.size(1));
+    for (int64_t d = 2; ok && d < x.dim(); ++d) ok = n.size(d) == x.size(d);
+    TORCH_CHECK_VALUE(ok, "adain: noise must have shape (N, 1, *) or (N, C, *) with x's N, C and "
+                      "trailing dims ", x.sizes(), ", got ", n.sizes());
+    TORCH_CHECK_TYPE(n.scalar_type() == x.scalar_type(), "adain: noise dtype (", n.scalar_type(),
+                     ") must match x dtype (", x.scalar_type(), ")");
+    TORCH_CHECK_VALUE(n.device() == x.device(), "adain: noise is on ", n.device(),
+                      " but x is on ", x.device());
+  }
+  if (noise_weight.has_value()) {
+    TORCH_CHECK_VALUE(noise.has_value(), "adain: noise_weight was given without noise");
+    check_channel_param(*noise_weight, "noise_weight", x, /*one_allowed=*/true);
+  }
+  if (bias.has_value()) check_channel_param(*bias, "bias", x, /*one_allowed=*/false);
+}
+
+// A per-channel parameter as a contiguous (C) tensor of the accumulation dtype (`fill` where it
+// was not given).
+inline at::Tensor channel_param(const std::optional<at::Tensor>& t, int64_t C, at::ScalarType acc,
+                                const at::TensorOptions& options, double fill) {
+  if (!t.has_value()) return at::full({C}, fill, options.dtype(acc));
+  return t->reshape({-1}).to(acc).expand({C}).contiguous();
+}
+
 inline void check_pair(const at::Tensor& content, const at::Tensor& style, bool unbiased) {
   check_features(content, "content", unbiased);
   check_features(style, "style", unbiased);

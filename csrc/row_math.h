@@ -94,6 +94,66 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t activation_grad(const Epilogue<acc_t>& e
   return e.kind == Activation::Relu ? acc_t(0) : e.negative_slope * g;
 }
 
+// The prologue: the op's input side, as StyleGAN (rosinality) writes it before every AdaIN,
+// noise injection then LeakyReLU(0.2):
+//   pre = x + weight * noise + bias,   p = act_pre(pre)    (act_pre an Epilogue: none/relu/leaky)
+// with weight and bias per channel and noise per (n, position), broadcast over channels, or per
+// element. The statistics are taken over p and the map is applied to p. No kernel stores pre or
+// p: the forward forms p where it loads x, the backward forms both again from x.
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE acc_t prologue_pre(acc_t x, acc_t noise, acc_t weight,
+                                                     acc_t bias) {
+  return x + weight * noise + bias;
+}
+
+// The prologue's backward. With g the gradient at the map's output after the epilogue's backward
+// and grad_p = g_scale * g + slope * (p - mean) + shift (the row's grad_x RowCoef applied to p),
+// dL/dx = m * grad_p where m = act_pre'(pre) (activation_grad(act_pre, pre, 1)); the per-row
+// gradients of bias and weight are its sums, sum(m * grad_p) and sum(m * grad_p * noise). Both
+// are linear in the map's coefficients, so they come from masked sums taken in the same sweep as
+// GradSums (no sum in the map pass, and segments merge them as they merge GradSums):
+//   grad_bias   = g_scale * sum_mg       + slope * sum_mdev       + shift * sum_m
+//   grad_weight = g_scale * sum_mg_noise + slope * sum_mdev_noise + shift * sum_m_noise
+template <typename acc_t>
+struct PrologueSums {
+  acc_t sum_mg = 0;          // sum(m * g)
+  acc_t sum_mdev = 0;        // sum(m * (p - mean))
+  acc_t sum_m = 0;           // sum(m)
+  acc_t sum_mg_noise = 0;    // sum(m * g * noise)
+  acc_t sum_mdev_noise = 0;  // sum(m * (p - mean) * noise)
+  acc_t sum_m_noise = 0;     // sum(m * noise)
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE PrologueSums<acc_t> prologue_sums_merge(
+    const PrologueSums<acc_t>& a, const PrologueSums<acc_t>& b) {
+  PrologueSums<acc_t> out;
+  out.sum_mg = a.sum_mg + b.sum_mg;
+  out.sum_mdev = a.sum_mdev + b.sum_mdev;
+  out.sum_m = a.sum_m + b.sum_m;
+  out.sum_mg_noise = a.sum_mg_noise + b.sum_mg_noise;
+  out.sum_mdev_noise = a.sum_mdev_noise + b.sum_mdev_noise;
+  out.sum_m_noise = a.sum_m_noise + b.sum_m_noise;
+  return out;
+}
+
+// The row's gradients of bias and weight (before the sum over N), from its masked sums and its
+// grad_x coefficients.
+template <typename acc_t>
+struct PrologueGrads {
+  acc_t grad_bias = 0;
+  acc_t grad_weight = 0;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE C10_ALWAYS_INLINE PrologueGrads<acc_t> prologue_grads(const PrologueSums<acc_t>& s,
+                                                                      const RowCoef<acc_t>& c) {
+  PrologueGrads<acc_t> out;
+  out.grad_bias = c.g_scale * s.sum_mg + c.slope * s.sum_mdev + c.shift * s.sum_m;
+  out.grad_weight = c.g_scale * s.sum_mg_noise + c.slope * s.sum_mdev_noise + c.shift * s.sum_m_noise;
+  return out;
+}
+
 // The gradient sums of a row (or of a piece of it): sum(g * (x - mean)), not sum(g * x) -
 // mean * sum(g), which cancels on large-mean rows; sum_g_xhat = rstd * sum_g_dev.
 template <typename acc_t>
