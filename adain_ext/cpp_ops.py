@@ -14,5 +14,6 @@ for _name, _fake in fakes.BY_OP.items():
     torch.library.register_fake(f"adain::{_name}", _fake)
 
 for _name in ("fused", "affine", *fakes.BY_OP):
-    torch.library.register_vmap(f"adain::{_name}",
-                                fold_batch_into_n(getattr(torch.ops.adain, _name).default))
+    torch.library.register_vmap(
+        f"adain::{_name}", fold_batch_into_n(getattr(torch.ops.adain, _name).default,
+                                             fakes.PER_CHANNEL_ARGS.get(_name, ())))

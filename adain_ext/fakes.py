@@ -81,3 +81,11 @@ BY_OP = {
     "_fused_forward": fused_forward,
     "_fused_backward": fused_backward,
 }
+
+# op name -> the positions of its per-channel arguments (noise_weight, bias), which vmap must not
+# fold into N (adain_ext/_vmap.py)
+PER_CHANNEL_ARGS = {
+    "affine": (8, 9),
+    "_prologue_affine_forward": (2, 3),
+    "_prologue_affine_backward": (3, 4),
+}

@@ -89,10 +89,12 @@ TORCH_LIBRARY(adain, m) {
   m.def("mean_std(Tensor x, float eps=1e-5, bool unbiased=True) -> (Tensor, Tensor)");
   m.def("fused(Tensor content, Tensor style, float alpha=1.0, float eps=1e-5, bool unbiased=True) -> Tensor");
   // activation: "none", "relu" or "leaky_relu" (with negative_slope) applied to the output.
-  // The prologue (keyword-only): the statistics and the map are taken over
-  // p = pre_activation(x + noise_weight * noise + bias) instead of x (csrc/row_math.h).
+  // The prologue: the statistics and the map are taken over
+  // p = pre_activation(x + noise_weight * noise + bias) instead of x (csrc/row_math.h). Not
+  // keyword-only in the schema (torch.library.register_vmap refuses keyword-only tensors); the
+  // Python API takes them by keyword.
   m.def("affine(Tensor x, Tensor mean, Tensor std, float eps=1e-5, bool unbiased=True, "
-        "str activation=\"none\", float negative_slope=0.01, *, Tensor? noise=None, "
+        "str activation=\"none\", float negative_slope=0.01, Tensor? noise=None, "
         "Tensor? noise_weight=None, Tensor? bias=None, str pre_activation=\"none\", "
         "float pre_negative_slope=0.01) -> Tensor");
 

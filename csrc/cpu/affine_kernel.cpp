@@ -149,9 +149,531 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> affine_backward(
   return {shaped_like(grad_x, x_in), grad_mean, grad_std};
 }
 
+// ---- The prologue: p = act_pre(x + weight * noise + bias) in place of x (row_math.h).
+//
+// No kernel stores pre or p. Where a kernel loads a chunk of x (a piece of a contiguous row, or
+// one position's C channels of a channels_last image) it forms p in an L1 buffer instead; the
+// forward then runs the affine op's own Welford and map loops on it (welford_chunks,
+// map_forward_chunks, welford_positions, map_positions). The backward forms pre and p again
+// and takes, in its one reduction sweep, the affine op's GradSums and the masked PrologueSums
+// that give the bias and weight gradients; its map is the affine op's times act_pre'(pre).
+
+namespace {
+
+using at::vec::Vectorized;
+
+// act(v), with "none" the identity (activate_vec assumes an activation).
+template <typename acc_t>
+C10_ALWAYS_INLINE Vectorized<acc_t> pre_activate(const Epilogue<acc_t>& act, Vectorized<acc_t> v) {
+  return act.kind == Activation::None ? v : activate_vec(act, v);
+}
+
+// act'(pre) * g, with "none" g.
+template <typename acc_t>
+C10_ALWAYS_INLINE Vectorized<acc_t> pre_activation_grad(const Epilogue<acc_t>& act,
+                                                        Vectorized<acc_t> pre,
+                                                        Vectorized<acc_t> g) {
+  return act.kind == Activation::None ? g : activation_grad_vec(act, pre, g);
+}
+
+// The prologue of one unit (a contiguous row, or a channels_last image).
+template <typename scalar_t>
+struct UnitPrologue {
+  using acc_t = acc_type<scalar_t>;
+  Epilogue<acc_t> act;
+  const scalar_t* noise = nullptr;  // the unit's noise, indexed as its x; null: no noise
+  bool noise_per_channel = false;   // channels_last: (L, C) noise; else one value per position
+  const acc_t* weight = nullptr;    // the unit's channels' weights (one for a row, C for an image)
+  const acc_t* bias = nullptr;
+};
+
+// pre and p of n elements of a contiguous row: x and noise at the same offsets, one weight and
+// bias. pre may be null (not wanted); returns the noise in the accumulation dtype (null: none).
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+const acc_t* form_row(const UnitPrologue<scalar_t>& pro, const scalar_t* x, const scalar_t* noise,
+                      int64_t n, acc_t* pre, acc_t* p, acc_t* noise_buf) {
+  using Vec = Vectorized<acc_t>;
+  const Vec w(pro.weight[0]), b(pro.bias[0]);
+  const acc_t* xc = load_acc(x, n, p);  // fp32: x itself; 16-bit: converted into p
+  const acc_t* nc = noise ? load_acc(noise, n, noise_buf) : nullptr;
+  const int64_t V = Vec::size();
+  for (int64_t j = 0; j < n; j += V) {
+    const int64_t k = std::min<int64_t>(V, n - j);
+    Vec v = Vec::loadu(xc + j, k);
+    if (nc) v = at::vec::fmadd(w, Vec::loadu(nc + j, k), v);
+    v = v + b;
+    if (pre) v.store(pre + j, k);
+    pre_activate(pro.act, v).store(p + j, k);
+  }
+  return nc;
+}
+
+// The same for one position of a channels_last image: C values, a weight and bias per channel,
+// the noise one value (broadcast) or C.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+const acc_t* form_position(const UnitPrologue<scalar_t>& pro, const scalar_t* x_pos,
+                           const scalar_t* noise_pos, int64_t C, acc_t* pre, acc_t* p,
+                           acc_t* noise_buf) {
+  using Vec = Vectorized<acc_t>;
+  const acc_t* xc = load_acc(x_pos, C, p);
+  const acc_t* nc = nullptr;
+  if (noise_pos) {
+    if (pro.noise_per_channel) {
+      nc = load_acc(noise_pos, C, noise_buf);
+    } else {
+      std::fill(noise_buf, noise_buf + C, static_cast<acc_t>(noise_pos[0]));
+      nc = noise_buf;
+    }
+  }
+  const int64_t V = Vec::size();
+  for (int64_t c = 0; c < C; c += V) {
+    const int64_t k = std::min<int64_t>(V, C - c);
+    Vec v = Vec::loadu(xc + c, k);
+    if (nc) v = at::vec::fmadd(Vec::loadu(pro.weight + c, k), Vec::loadu(nc + c, k), v);
+    v = v + Vec::loadu(pro.bias + c, k);
+    if (pre) v.store(pre + c, k);
+    pre_activate(pro.act, v).store(p + c, k);
+  }
+  return nc;
+}
+
+// The backward's reduction state of a row.
+template <typename acc_t>
+struct PrologueBackwardSums {
+  GradSums<acc_t> affine;
+  PrologueSums<acc_t> prologue;
+};
+
+template <typename acc_t>
+PrologueBackwardSums<acc_t> merge(const PrologueBackwardSums<acc_t>& a,
+                                  const PrologueBackwardSums<acc_t>& b) {
+  return {grad_sums_merge(a.affine, b.affine), prologue_sums_merge(a.prologue, b.prologue)};
+}
+
+// The vector sums of one sweep: lanes past the data must come in as zero in g and m.
+template <typename acc_t>
+struct SumVecs {
+  using Vec = Vectorized<acc_t>;
+  Vec g{0}, g_dev{0}, mg{0}, mdev{0}, m{0}, mg_noise{0}, mdev_noise{0}, m_noise{0};
+
+  // gy: the gradient after the epilogue's backward; dev = p - mean; m = act_pre'(pre); nv: noise.
+  C10_ALWAYS_INLINE void add(Vec gy, Vec dev, Vec mv, const Vec* nv) {
+    g += gy;
+    g_dev = at::vec::fmadd(gy, dev, g_dev);
+    mg = at::vec::fmadd(mv, gy, mg);
+    mdev = at::vec::fmadd(mv, dev, mdev);
+    m += mv;
+    if (nv) {
+      const Vec mn = mv * *nv;
+      mg_noise = at::vec::fmadd(mn, gy, mg_noise);
+      mdev_noise = at::vec::fmadd(mn, dev, mdev_noise);
+      m_noise += mn;
+    }
+  }
+};
+
+template <typename acc_t>
+acc_t lane_sum(Vectorized<acc_t> v) {
+  return at::vec::vec_reduce_all<acc_t>([](auto a, auto b) { return a + b; }, v);
+}
+
+// One row piece's sums: GradSums over (p, gy) and the masked PrologueSums.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+PrologueBackwardSums<acc_t> prologue_sums_row(const UnitPrologue<scalar_t>& pro,
+                                              const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd,
+                                              const scalar_t* g, const scalar_t* x,
+                                              const scalar_t* noise, int64_t n, acc_t mean) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  acc_t pre[kChunk], p[kChunk], nbuf[kChunk], gbuf[kChunk];
+  const Vec m(mean), f_slope(fwd.slope), f_mean(fwd.mean), f_shift(fwd.shift);
+  SumVecs<acc_t> sv;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    const acc_t* nc = form_row(pro, x + i, noise ? noise + i : nullptr, len, pre, p, nbuf);
+    const acc_t* gc = load_acc(g + i, len, gbuf);
+    for (int64_t j = 0; j < len; j += V) {
+      const int64_t k = std::min<int64_t>(V, len - j);
+      const Vec pv = Vec::loadu(p + j, k);
+      Vec gy = Vec::loadu(gc + j, k);  // zero past k, and so after the epilogue's backward
+      if (e.kind != Activation::None) {
+        gy = activation_grad_vec(e, at::vec::fmadd(f_slope, pv - f_mean, f_shift), gy);
+      }
+      Vec dev = pv - m, mv = pre_activation_grad(pro.act, Vec::loadu(pre + j, k), Vec(1));
+      if (k < V) {
+        dev = Vec::set(Vec(0), dev, k);
+        mv = Vec::set(Vec(0), mv, k);
+      }
+      if (nc) {
+        const Vec nv = Vec::loadu(nc + j, k);
+        sv.add(gy, dev, mv, &nv);
+      } else {
+        sv.add(gy, dev, mv, nullptr);
+      }
+    }
+  }
+  PrologueBackwardSums<acc_t> out;
+  out.affine = {lane_sum(sv.g), lane_sum(sv.g_dev)};
+  out.prologue = {lane_sum(sv.mg), lane_sum(sv.mdev), lane_sum(sv.m),
+                  lane_sum(sv.mg_noise), lane_sum(sv.mdev_noise), lane_sum(sv.m_noise)};
+  return out;
+}
+
+// grad_x = act_pre'(pre) * (k * gy + slope * (p - mean) + shift) over a row piece.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void prologue_map_row(const UnitPrologue<scalar_t>& pro, const Epilogue<acc_t>& e,
+                      const RowCoef<acc_t>& fwd, const RowCoef<acc_t>& c, scalar_t* out,
+                      const scalar_t* g, const scalar_t* x, const scalar_t* noise, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  acc_t pre[kChunk], p[kChunk], nbuf[kChunk], gbuf[kChunk], obuf[kChunk];
+  const Vec f_slope(fwd.slope), f_mean(fwd.mean), f_shift(fwd.shift);
+  const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    form_row(pro, x + i, noise ? noise + i : nullptr, len, pre, p, nbuf);
+    const acc_t* gc = load_acc(g + i, len, gbuf);
+    acc_t* oc = out_acc(out + i, obuf);
+    for (int64_t j = 0; j < len; j += V) {
+      const int64_t k = std::min<int64_t>(V, len - j);
+      const Vec pv = Vec::loadu(p + j, k);
+      Vec gy = Vec::loadu(gc + j, k);
+      if (e.kind != Activation::None) {
+        gy = activation_grad_vec(e, at::vec::fmadd(f_slope, pv - f_mean, f_shift), gy);
+      }
+      const Vec gp = at::vec::fmadd(g_scale, gy, at::vec::fmadd(slope, pv - mean, shift));
+      pre_activation_grad(pro.act, Vec::loadu(pre + j, k), gp).store(oc + j, k);
+    }
+    store_acc(oc, out + i, len);
+  }
+}
+
+// The channels_last image's versions: positions [begin, end), all C channels; fwd_fields and
+// coefs field by field across channels (forward_fields; g_scale, slope, mean, shift).
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void prologue_sums_positions(const UnitPrologue<scalar_t>& pro, const Epilogue<acc_t>& e,
+                             const acc_t* fwd_fields, const scalar_t* g_image,
+                             const scalar_t* x_image, int64_t C, int64_t begin, int64_t end,
+                             const acc_t* mean, PrologueBackwardSums<acc_t>* sums) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t noise_stride = pro.noise_per_channel ? C : 1;
+  std::vector<acc_t> pre(C), p(C), nbuf(C), gbuf(C);
+  std::vector<acc_t> acc(8 * C, acc_t(0));  // the 8 sums, each across channels
+  for (int64_t pos = begin; pos < end; ++pos) {
+    const acc_t* nc = form_position(pro, x_image + pos * C,
+                                    pro.noise ? pro.noise + pos * noise_stride : nullptr, C,
+                                    pre.data(), p.data(), nbuf.data());
+    const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
+    for (int64_t c = 0; c < C; c += V) {
+      const int64_t k = std::min<int64_t>(V, C - c);
+      const Vec pv = Vec::loadu(p.data() + c, k);
+      Vec gy = Vec::loadu(gr + c, k);
+      if (e.kind != Activation::None) {
+        const Vec y = at::vec::fmadd(Vec::loadu(fwd_fields + c, k),
+                                     pv - Vec::loadu(fwd_fields + C + c, k),
+                                     Vec::loadu(fwd_fields + 2 * C + c, k));
+        gy = activation_grad_vec(e, y, gy);
+      }
+      const Vec dev = pv - Vec::loadu(mean + c, k);
+      const Vec mv = pre_activation_grad(pro.act, Vec::loadu(pre.data() + c, k), Vec(1));
+      const Vec terms[8] = {gy, gy * dev, mv * gy, mv * dev, mv,
+                            nc ? mv * Vec::loadu(nc + c, k) * gy : Vec(0),
+                            nc ? mv * Vec::loadu(nc + c, k) * dev : Vec(0),
+                            nc ? mv * Vec::loadu(nc + c, k) : Vec(0)};
+      for (int t = 0; t < 8; ++t) {
+        acc_t* a = acc.data() + t * C + c;
+        (Vec::loadu(a, k) + terms[t]).store(a, k);
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    PrologueBackwardSums<acc_t> s;
+    s.affine = {acc[c], acc[C + c]};
+    s.prologue = {acc[2 * C + c], acc[3 * C + c], acc[4 * C + c],
+                  acc[5 * C + c], acc[6 * C + c], acc[7 * C + c]};
+    sums[c] = merge(sums[c], s);
+  }
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void prologue_map_positions(const UnitPrologue<scalar_t>& pro, const Epilogue<acc_t>& e,
+                            const acc_t* fwd_fields, const acc_t* coefs, scalar_t* out_image,
+                            const scalar_t* g_image, const scalar_t* x_image, int64_t C,
+                            int64_t begin, int64_t end) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t noise_stride = pro.noise_per_channel ? C : 1;
+  const acc_t *g_scale = coefs, *slope = coefs + C, *mean = coefs + 2 * C, *shift = coefs + 3 * C;
+  std::vector<acc_t> pre(C), p(C), nbuf(C), gbuf(C), obuf(C);
+  for (int64_t pos = begin; pos < end; ++pos) {
+    form_position(pro, x_image + pos * C, pro.noise ? pro.noise + pos * noise_stride : nullptr, C,
+                  pre.data(), p.data(), nbuf.data());
+    const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
+    acc_t* orow = out_acc(out_image + pos * C, obuf.data());
+    for (int64_t c = 0; c < C; c += V) {
+      const int64_t k = std::min<int64_t>(V, C - c);
+      const Vec pv = Vec::loadu(p.data() + c, k);
+      Vec gy = Vec::loadu(gr + c, k);
+      if (e.kind != Activation::None) {
+        const Vec y = at::vec::fmadd(Vec::loadu(fwd_fields + c, k),
+                                     pv - Vec::loadu(fwd_fields + C + c, k),
+                                     Vec::loadu(fwd_fields + 2 * C + c, k));
+        gy = activation_grad_vec(e, y, gy);
+      }
+      const Vec gp = at::vec::fmadd(
+          Vec::loadu(g_scale + c, k), gy,
+          at::vec::fmadd(Vec::loadu(slope + c, k), pv - Vec::loadu(mean + c, k),
+                         Vec::loadu(shift + c, k)));
+      pre_activation_grad(pro.act, Vec::loadu(pre.data() + c, k), gp).store(orow + c, k);
+    }
+    store_acc(orow, out_image + pos * C, C);
+  }
+}
+
+// The prologue's tensors as the kernels read them: noise as rows in x's layout ((N, Cn, L, 1)),
+// weight and bias (C) in the accumulation dtype.
+struct PrologueInputs {
+  at::Tensor noise, weight, bias;
+  int64_t noise_channels = 0;
+
+  PrologueInputs(const at::Tensor& x, Layout layout, const std::optional<at::Tensor>& noise_in,
+                 const std::optional<at::Tensor>& noise_weight,
+                 const std::optional<at::Tensor>& bias_in, at::ScalarType acc) {
+    const int64_t C = x.size(1);
+    if (noise_in.has_value()) {
+      noise = as_rows(*noise_in, layout);
+      noise_channels = noise.size(1);
+    }
+    weight = channel_param(noise_weight, C, acc, x.options(), 1.0);
+    bias = channel_param(bias_in, C, acc, x.options(), 0.0);
+  }
+
+  // Unit u's prologue (geo's unit: a contiguous row n * C + c, or a channels_last image n).
+  template <typename scalar_t>
+  UnitPrologue<scalar_t> unit(const Geometry& geo, int64_t u,
+                              const Epilogue<acc_type<scalar_t>>& act) const {
+    using acc_t = acc_type<scalar_t>;
+    UnitPrologue<scalar_t> pro;
+    pro.act = act;
+    const acc_t* w = weight.const_data_ptr<acc_t>();
+    const acc_t* b = bias.const_data_ptr<acc_t>();
+    const scalar_t* np = noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr;
+    if (geo.layout == Layout::Contiguous) {
+      const int64_t n = u / geo.C, c = u % geo.C;
+      pro.weight = w + c;
+      pro.bias = b + c;
+      if (np) pro.noise = np + (n * noise_channels + (noise_channels == 1 ? 0 : c)) * geo.L;
+    } else {
+      pro.weight = w;
+      pro.bias = b;
+      pro.noise_per_channel = noise_channels > 1;
+      if (np) pro.noise = np + u * geo.L * noise_channels;
+    }
+    return pro;
+  }
+};
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prologue_affine_forward(
+    const at::Tensor& x_in, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& noise_weight, const std::optional<at::Tensor>& bias,
+    c10::string_view pre_activation, double pre_negative_slope, const at::Tensor& mean,
+    const at::Tensor& std, double eps, bool unbiased, c10::string_view activation,
+    double negative_slope) {
+  check_affine(x_in, mean, std, unbiased);
+  check_prologue(x_in, noise, noise_weight, bias, pre_activation, pre_negative_slope);
+  check_eps(eps);
+  check_activation(activation, negative_slope);
+  auto [x, layout] = canonical_layout(x_in);
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor out = empty_output(x, layout);
+  at::Tensor mean_p = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
+  at::Tensor std_p = at::empty_like(mean_p);
+  if (out.numel() == 0) return {shaped_like(out, x_in), mean_p, std_p};
+  const Geometry geo = geometry_of(x, layout);
+  const PrologueInputs inputs(x, layout, noise, noise_weight, bias, acc);
+  const at::Tensor mean_t_acc = flat_stat(mean, acc), std_t_acc = flat_stat(std, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_prologue_affine_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t eps_ = static_cast<acc_t>(eps);
+    const Epilogue<acc_t> epilogue = epilogue_of<acc_t>(activation, negative_slope);
+    const Epilogue<acc_t> pre_act = epilogue_of<acc_t>(pre_activation, pre_negative_slope);
+    const acc_t* mean_t = mean_t_acc.const_data_ptr<acc_t>();
+    const acc_t* std_t = std_t_acc.const_data_ptr<acc_t>();
+    acc_t* mean_out = mean_p.mutable_data_ptr<acc_t>();
+    acc_t* std_out = std_p.mutable_data_ptr<acc_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const int64_t L = geo.L, C = geo.C;
+    const bool contiguous = geo.layout == Layout::Contiguous;
+    // p of unit u's chunk at offset i (a contiguous row) or of position pos (a channels_last image).
+    const auto row_loader = [&](const UnitPrologue<scalar_t>& pro, int64_t u) {
+      return [&, pro, u](int64_t i, int64_t len, acc_t* buf) -> const acc_t* {
+        acc_t nbuf[kChunk];
+        form_row(pro, xp + u * L + i, pro.noise ? pro.noise + i : nullptr, len,
+                 static_cast<acc_t*>(nullptr), buf, nbuf);
+        return buf;
+      };
+    };
+    const auto position_loader = [&](const UnitPrologue<scalar_t>& pro, int64_t u) {
+      const int64_t noise_stride = pro.noise_per_channel ? C : 1;
+      return [&, pro, u, noise_stride, nbuf = std::vector<acc_t>(C)](
+                 int64_t pos, acc_t* buf) mutable -> const acc_t* {
+        form_position(pro, xp + (u * L + pos) * C,
+                      pro.noise ? pro.noise + pos * noise_stride : nullptr, C,
+                      static_cast<acc_t*>(nullptr), buf, nbuf.data());
+        return buf;
+      };
+    };
+    reduce_then_map<WelfordState<acc_t>, RowCoef<acc_t>>(
+        geo,
+        [&](int64_t u, int64_t b, int64_t e, WelfordState<acc_t>* states) {
+          const auto pro = inputs.unit<scalar_t>(geo, u, pre_act);
+          if (contiguous) {
+            const auto load = row_loader(pro, u);
+            states[0] = welford_merge(
+                states[0], welford_chunks<acc_t>(e - b, [&](int64_t i, int64_t len, acc_t* buf) {
+                  return load(b + i, len, buf);
+                }));
+          } else {
+            welford_positions<acc_t>(position_loader(pro, u), C, b, e, states);
+          }
+        },
+        [](const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) { return welford_merge(a, b); },
+        [&](int64_t row, const WelfordState<acc_t>& s) {
+          mean_out[row] = s.mean;
+          std_out[row] = std_of(s, eps_, unbiased);
+          return affine_forward_coef(s.mean, std_out[row], mean_t[row], std_t[row], acc_t(1));
+        },
+        [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
+          const auto pro = inputs.unit<scalar_t>(geo, u, pre_act);
+          if (contiguous) {
+            const auto load = row_loader(pro, u);
+            map_forward_chunks(op + u * L + b, e - b, unit_coefs[0], epilogue,
+                               [&](int64_t i, int64_t len, acc_t* buf) {
+                                 return load(b + i, len, buf);
+                               });
+          } else {
+            std::vector<acc_t> by_field(4 * C);
+            for (int64_t c = 0; c < C; ++c) {
+              by_field[C + c] = unit_coefs[c].slope;
+              by_field[2 * C + c] = unit_coefs[c].mean;
+              by_field[3 * C + c] = unit_coefs[c].shift;
+            }
+            map_positions(op + u * L * C, position_loader(pro, u), static_cast<const scalar_t*>(nullptr),
+                          C, b, e, by_field.data(), epilogue);
+          }
+        });
+  });
+  return {shaped_like(out, x_in), mean_p, std_p};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prologue_affine_backward(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const std::optional<at::Tensor>& noise,
+    const std::optional<at::Tensor>& noise_weight, const std::optional<at::Tensor>& bias,
+    c10::string_view pre_activation, double pre_negative_slope, const at::Tensor& mean_p,
+    const at::Tensor& std_p, const at::Tensor& mean, const at::Tensor& std, bool unbiased,
+    c10::string_view activation, double negative_slope) {
+  check_prologue(x_in, noise, noise_weight, bias, pre_activation, pre_negative_slope);
+  check_activation(activation, negative_slope);
+  auto [x, layout] = canonical_layout(x_in);
+  const at::Tensor g = as_rows(grad_out.to(x.scalar_type()), layout);
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor grad_x = empty_output(x, layout);
+  const auto stat_options = x.options().dtype(acc);
+  at::Tensor grad_mean = at::empty({x.size(0), x.size(1)}, stat_options);
+  at::Tensor grad_std = at::empty_like(grad_mean);
+  at::Tensor grad_bias = at::empty_like(grad_mean);
+  at::Tensor grad_weight = at::empty_like(grad_mean);
+  if (grad_x.numel() == 0) {
+    return {shaped_like(grad_x, x_in), grad_mean, grad_std, grad_bias, grad_weight};
+  }
+  const Geometry geo = geometry_of(x, layout);
+  const PrologueInputs inputs(x, layout, noise, noise_weight, bias, acc);
+  const at::Tensor m = flat_stat(mean_p, acc), sd = flat_stat(std_p, acc);
+  const at::Tensor mean_t_acc = flat_stat(mean, acc), std_t_acc = flat_stat(std, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adain_prologue_affine_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const Epilogue<acc_t> epilogue = epilogue_of<acc_t>(activation, negative_slope);
+    const Epilogue<acc_t> pre_act = epilogue_of<acc_t>(pre_activation, pre_negative_slope);
+    const acc_t* mp = m.const_data_ptr<acc_t>();
+    const acc_t* sdp = sd.const_data_ptr<acc_t>();
+    const acc_t* mean_t = mean_t_acc.const_data_ptr<acc_t>();
+    const acc_t* std_t = std_t_acc.const_data_ptr<acc_t>();
+    acc_t* gmean = grad_mean.mutable_data_ptr<acc_t>();
+    acc_t* gstd = grad_std.mutable_data_ptr<acc_t>();
+    acc_t* gbias = grad_bias.mutable_data_ptr<acc_t>();
+    acc_t* gweight = grad_weight.mutable_data_ptr<acc_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_x.mutable_data_ptr<scalar_t>();
+    const int64_t L = geo.L, C = geo.C;
+    const bool contiguous = geo.layout == Layout::Contiguous;
+    // The forward's coefficients of a row: the same call the forward made, so y is its y.
+    const auto forward_coef = [&](int64_t row) {
+      return affine_forward_coef(mp[row], sdp[row], mean_t[row], std_t[row], acc_t(1));
+    };
+    const auto image_fields = [&](int64_t u) {
+      std::vector<RowCoef<acc_t>> fwd(C);
+      for (int64_t c = 0; c < C; ++c) fwd[c] = forward_coef(u * C + c);
+      return forward_fields(fwd.data(), C);
+    };
+    reduce_then_map<PrologueBackwardSums<acc_t>, RowCoef<acc_t>>(
+        geo,
+        [&](int64_t u, int64_t b, int64_t e, PrologueBackwardSums<acc_t>* sums) {
+          const auto pro = inputs.unit<scalar_t>(geo, u, pre_act);
+          if (contiguous) {
+            sums[0] = merge(sums[0], prologue_sums_row(pro, epilogue, forward_coef(u),
+                                                       gp + u * L + b, xp + u * L + b,
+                                                       pro.noise ? pro.noise + b : nullptr,
+                                                       e - b, mp[u]));
+          } else {
+            prologue_sums_positions(pro, epilogue, image_fields(u).data(), gp + u * L * C,
+                                    xp + u * L * C, C, b, e, mp + u * C, sums);
+          }
+        },
+        [](const PrologueBackwardSums<acc_t>& a, const PrologueBackwardSums<acc_t>& b) {
+          return merge(a, b);
+        },
+        [&](int64_t row, const PrologueBackwardSums<acc_t>& s) {
+          const AffineGrads<acc_t> grads =
+              affine_backward_coef(s.affine, mp[row], sdp[row], std_t[row], acc_t(1), L, unbiased);
+          const PrologueGrads<acc_t> pg = prologue_grads(s.prologue, grads.grad_x);
+          gmean[row] = grads.grad_mean_t;
+          gstd[row] = grads.grad_std_t;
+          gbias[row] = pg.grad_bias;
+          gweight[row] = pg.grad_weight;
+          return grads.grad_x;
+        },
+        [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
+          const auto pro = inputs.unit<scalar_t>(geo, u, pre_act);
+          if (contiguous) {
+            prologue_map_row(pro, epilogue, forward_coef(u), unit_coefs[0], out + u * L + b,
+                             gp + u * L + b, xp + u * L + b, pro.noise ? pro.noise + b : nullptr,
+                             e - b);
+          } else {
+            std::vector<acc_t> by_field(4 * C);
+            for (int64_t c = 0; c < C; ++c) {
+              by_field[c] = unit_coefs[c].g_scale;
+              by_field[C + c] = unit_coefs[c].slope;
+              by_field[2 * C + c] = unit_coefs[c].mean;
+              by_field[3 * C + c] = unit_coefs[c].shift;
+            }
+            prologue_map_positions(pro, epilogue, image_fields(u).data(), by_field.data(),
+                                   out + u * L * C, gp + u * L * C, xp + u * L * C, C, b, e);
+          }
+        });
+  });
+  return {shaped_like(grad_x, x_in), grad_mean, grad_std, grad_bias, grad_weight};
+}
+
 }  // namespace adain::cpu
 
 TORCH_LIBRARY_IMPL(adain, CPU, m) {
   m.impl("_affine_forward", &adain::cpu::affine_forward);
   m.impl("_affine_backward", &adain::cpu::affine_backward);
+  m.impl("_prologue_affine_forward", &adain::cpu::prologue_affine_forward);
+  m.impl("_prologue_affine_backward", &adain::cpu::prologue_affine_backward);
 }

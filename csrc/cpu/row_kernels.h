@@ -148,15 +148,23 @@ inline WelfordState<acc_t> chunk_welford(const acc_t* x, int64_t n) {
   return {mean, m2, n};
 }
 
-template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-WelfordState<acc_t> welford_contiguous(const scalar_t* x, int64_t n) {
+// Welford statistics of n elements of a contiguous row, each chunk from load_x(i, len, buf) -> the
+// chunk's elements in the accumulation dtype (x itself, or the prologue's p formed in buf).
+template <typename acc_t, typename LoadX>
+WelfordState<acc_t> welford_chunks(int64_t n, LoadX load_x) {
   acc_t buf[kChunk];
   WelfordState<acc_t> state;
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
-    state = welford_merge(state, chunk_welford(load_acc(x + i, len, buf), len));
+    state = welford_merge(state, chunk_welford(load_x(i, len, buf), len));
   }
   return state;
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+WelfordState<acc_t> welford_contiguous(const scalar_t* x, int64_t n) {
+  return welford_chunks<acc_t>(
+      n, [x](int64_t i, int64_t len, acc_t* buf) { return load_acc(x + i, len, buf); });
 }
 
 // The backward of an epilogue for one unit: g becomes activation_grad(e, y, g), y recomputed with
@@ -256,6 +264,24 @@ void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t
             oc, gc, xc, len);
       }
     }
+    store_acc(oc, out + i, len);
+  }
+}
+
+// The forward map of a contiguous row: out = e(slope * (x - mean) + shift), each chunk of x from
+// load_x(i, len, buf) (as welford_chunks).
+template <typename scalar_t, typename acc_t, typename LoadX>
+void map_forward_chunks(scalar_t* out, int64_t n, const RowCoef<acc_t>& c, const Epilogue<acc_t>& e,
+                        LoadX load_x) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  acc_t xbuf[kChunk], obuf[kChunk];
+  const Vec slope(c.slope), mean(c.mean), shift(c.shift);
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    const acc_t* xc = load_x(i, len, xbuf);
+    acc_t* oc = out_acc(out + i, obuf);
+    at::vec::map([&](Vec xv) { return at::vec::fmadd(slope, xv - mean, shift); }, oc, xc, len);
+    if (e.kind != Activation::None) activate_chunk(e, oc, len);
     store_acc(oc, out + i, len);
   }
 }
@@ -370,9 +396,11 @@ bool with_short_row(int64_t L, F f) {
 // ---- channels_last images: positions [begin, end) of image n, all C channels at once.
 // Loops run over channels with full vectors and one partial vector (loadu/store with a count).
 
-template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-void welford_channels_last(const scalar_t* image, int64_t C, int64_t begin, int64_t end,
-                           WelfordState<acc_t>* states) {
+// Welford states of the C rows of a channels_last image over positions [begin, end), position
+// pos's C values from load_x(pos, buf) in the accumulation dtype (x, or the prologue's p).
+template <typename acc_t, typename LoadX>
+void welford_positions(LoadX load_x, int64_t C, int64_t begin, int64_t end,
+                       WelfordState<acc_t>* states) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   // Chunks of positions small enough to stay in L1/L2 between their two sweeps.
@@ -384,14 +412,14 @@ void welford_channels_last(const scalar_t* image, int64_t C, int64_t begin, int6
     std::fill(sum.begin(), sum.end(), acc_t(0));
     std::fill(m2.begin(), m2.end(), acc_t(0));
     for (int64_t pos = p0; pos < p1; ++pos) {
-      const acc_t* xr = load_acc(image + pos * C, C, buf.data());
+      const acc_t* xr = load_x(pos, buf.data());
       for (int64_t c = 0; c < C; c += V) {
         const int64_t w = std::min(V, C - c);
         (Vec::loadu(sum.data() + c, w) + Vec::loadu(xr + c, w)).store(sum.data() + c, w);
       }
     }
     for (int64_t pos = p0; pos < p1; ++pos) {
-      const acc_t* xr = load_acc(image + pos * C, C, buf.data());
+      const acc_t* xr = load_x(pos, buf.data());
       for (int64_t c = 0; c < C; c += V) {
         const int64_t w = std::min(V, C - c);
         const Vec d = Vec::loadu(xr + c, w) - Vec::loadu(sum.data() + c, w) * Vec(inv);
@@ -402,6 +430,14 @@ void welford_channels_last(const scalar_t* image, int64_t C, int64_t begin, int6
       states[c] = welford_merge(states[c], WelfordState<acc_t>{sum[c] * inv, m2[c], p1 - p0});
     }
   }
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void welford_channels_last(const scalar_t* image, int64_t C, int64_t begin, int64_t end,
+                           WelfordState<acc_t>* states) {
+  welford_positions<acc_t>(
+      [image, C](int64_t pos, acc_t* buf) { return load_acc(image + pos * C, C, buf); }, C, begin,
+      end, states);
 }
 
 // The forward coefficients of a channels_last image's C rows, field by field (slope, mean, shift,
@@ -464,10 +500,11 @@ void grad_sums_channels_last(const scalar_t* g_image, const scalar_t* x_image, i
 // fields, each across channels): vectors load them directly.
 // Without g, `e` is applied to the result; with g and `act`, g is first replaced by its
 // activation gradient (as map_contiguous).
-template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scalar_t* g_image,
-                       int64_t C, int64_t begin, int64_t end, const acc_t* coefs,
-                       const Epilogue<acc_t>& e = {}, const ActGrad<acc_t>* act = nullptr) {
+// load_x(pos, buf): position pos's C values of x in the accumulation dtype (or the prologue's p).
+template <typename scalar_t, typename acc_t, typename LoadX>
+void map_positions(scalar_t* out_image, LoadX load_x, const scalar_t* g_image, int64_t C,
+                   int64_t begin, int64_t end, const acc_t* coefs, const Epilogue<acc_t>& e = {},
+                   const ActGrad<acc_t>* act = nullptr) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   std::vector<acc_t> xbuf(C), gbuf(C), obuf(C), gybuf(C);
@@ -476,7 +513,7 @@ void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scala
   const std::vector<acc_t> fields =
       g_image && act ? forward_fields(act->fwd, C) : std::vector<acc_t>();
   for (int64_t pos = begin; pos < end; ++pos) {
-    const acc_t* xr = load_acc(x_image + pos * C, C, xbuf.data());
+    const acc_t* xr = load_x(pos, xbuf.data());
     const acc_t* gr = g_image ? load_acc(g_image + pos * C, C, gbuf.data()) : nullptr;
     if (gr && act) {
       activation_grad_channels(act->e, fields.data(), xr, gr, gybuf.data(), C);
@@ -493,6 +530,16 @@ void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scala
     }
     store_acc(orow, out_image + pos * C, C);
   }
+}
+
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void map_channels_last(scalar_t* out_image, const scalar_t* x_image, const scalar_t* g_image,
+                       int64_t C, int64_t begin, int64_t end, const acc_t* coefs,
+                       const Epilogue<acc_t>& e = {}, const ActGrad<acc_t>* act = nullptr) {
+  map_positions(
+      out_image,
+      [x_image, C](int64_t pos, acc_t* buf) { return load_acc(x_image + pos * C, C, buf); },
+      g_image, C, begin, end, coefs, e, act);
 }
 
 // ---- What the kernels did, for tests (adain::_cpu_segment_log).
