@@ -151,3 +151,95 @@ def fused_forward(affine_backward, mean_std_backward):
         return grad_content if need_content else None, grad_style, None, None, None
 
     return backward, setup_context
+
+
+def _channel_weight(noise_weight, like: torch.Tensor) -> torch.Tensor | float:
+    """noise_weight shaped (1, C, 1, ...) to broadcast against `like` (a single value: (1, 1, ...)),
+    in like's dtype; 1 without one."""
+    if noise_weight is None:
+        return 1.0
+    return noise_weight.reshape(1, -1, *([1] * (like.dim() - 2))).to(like.dtype)
+
+
+def prologue_affine_forward(prologue_affine_backward):
+    """_prologue_affine_forward(x, noise, noise_weight, bias, pre_activation, pre_negative_slope,
+    mean, std, eps, unbiased, activation, negative_slope) -> (out, mean_p, std_p): affine at
+    alpha = 1 over p = pre_activation(x + noise_weight * noise + bias).
+
+    The backward op gives grad_x and the per-(n, c) rows of the bias and noise_weight gradients;
+    here they are summed over N (and over C for a single noise_weight), and grad_noise =
+    noise_weight * grad_x (summed over C for (N, 1, *) noise), in the accumulation dtype."""
+
+    def setup_context(ctx, inputs, output):
+        (x, noise, noise_weight, bias, pre_activation, pre_negative_slope, mean, std, eps,
+         unbiased, activation, negative_slope) = inputs
+        _out, mean_p, std_p = output
+        ctx.mark_non_differentiable(mean_p, std_p)
+        ctx.save_for_backward(x, noise, noise_weight, bias, mean_p, std_p, mean, std)
+        ctx.pre_activation, ctx.pre_negative_slope = pre_activation, pre_negative_slope
+        ctx.eps, ctx.unbiased = eps, unbiased
+        ctx.activation, ctx.negative_slope = activation, negative_slope
+        ctx.mean_like = (mean.shape, mean.dtype)
+        ctx.std_like = (std.shape, std.dtype)
+
+    def backward(ctx, grad_out, _grad_mean_p, _grad_std_p):
+        x, noise, noise_weight, bias, mean_p, std_p, mean, std = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        need_x, need_noise, need_weight, need_bias, need_mean, need_std = (
+            needs[0], needs[1], needs[2], needs[3], needs[6], needs[7])
+        scalars = (None, None)  # pre_activation, pre_negative_slope
+        tail = (None,) * 4  # eps, unbiased, activation, negative_slope
+        if grad_out is None:
+            return (None,) * 12
+        if torch.is_grad_enabled():  # create_graph=True
+            given = [(t, need) for t, need in ((x, need_x), (noise, need_noise),
+                                               (noise_weight, need_weight), (bias, need_bias),
+                                               (mean, need_mean), (std, need_std))]
+            present = [i for i, (t, _) in enumerate(given) if t is not None]
+
+            def composite(*tensors):
+                full = [None] * len(given)
+                for i, t in zip(present, tensors):
+                    full[i] = t
+                x, noise, noise_weight, bias, mean, std = full
+                return reference.adain_affine(
+                    x, mean, std, ctx.eps, ctx.unbiased, ctx.activation, ctx.negative_slope,
+                    noise=noise, noise_weight=noise_weight, bias=bias,
+                    pre_activation=ctx.pre_activation, pre_negative_slope=ctx.pre_negative_slope)
+
+            grads = composite_gradients(composite, [given[i][0] for i in present],
+                                        [given[i][1] for i in present], [grad_out])
+            full = [None] * len(given)
+            for i, g in zip(present, grads):
+                full[i] = g
+            gx, gn, gw, gb, gm, gs = full
+            return (gx, gn, gw, gb, *scalars, gm, gs, *tail)
+        grad_x, grad_mean, grad_std, bias_rows, weight_rows = prologue_affine_backward(
+            grad_out, x, noise, noise_weight, bias, ctx.pre_activation, ctx.pre_negative_slope,
+            mean_p, std_p, mean, std, ctx.unbiased, ctx.activation, ctx.negative_slope)
+        grad_noise = grad_weight = grad_bias = None
+        if need_noise:
+            acc = bias_rows.dtype
+            grad_noise = _channel_weight(noise_weight, grad_x.to(acc)) * grad_x.to(acc)
+            if noise.shape[1] == 1:
+                grad_noise = grad_noise.sum(1, keepdim=True)
+            grad_noise = grad_noise.to(noise.dtype)
+        if need_weight:
+            grad_weight = weight_rows.sum(0)
+            if noise_weight.numel() == 1:
+                grad_weight = grad_weight.sum()
+            grad_weight = grad_weight.reshape(noise_weight.shape).to(noise_weight.dtype)
+        if need_bias:
+            grad_bias = bias_rows.sum(0).reshape(bias.shape).to(bias.dtype)
+        return (
+            grad_x if need_x else None,
+            grad_noise,
+            grad_weight,
+            grad_bias,
+            *scalars,
+            as_grad_of(grad_mean, *ctx.mean_like) if need_mean else None,
+            as_grad_of(grad_std, *ctx.std_like) if need_std else None,
+            *tail,
+        )
+
+    return backward, setup_context

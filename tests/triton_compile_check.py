@@ -1,6 +1,7 @@
 """Compiles every Triton kernel of adain_ext.triton to a GPU cubin, without a GPU.
 
-    python tests/triton_compile_check.py [sm]     # sm: 90 (default), 80, ...
+    python tests/triton_compile_check.py [sm] [tag]   # sm: 90 (default), 80, ...; only the
+                                                      # variants whose tag contains `tag`
 
 The interpreter (TRITON_INTERPRET=1, how CI runs the kernels) never lowers them, so a kernel can
 pass every interpreted test and still fail to compile; this script catches that part on any
@@ -82,6 +83,24 @@ KERNELS = {
                   "ROWS_BUCKET STYLE_BUCKET"),
                   {"STYLE_CHANNELS_LAST": "other", "BLOCK_L_STYLE": 128}),
 }
+# The kernels that take the affine op's prologue (PROLOGUE constexpr) and its extra arguments
+# (defaults None / 0.0 when no prologue: the plain variants above compile without them).
+PROLOGUE_ARGS = {
+    "row_stats": "NOISE:x NOISE_WEIGHT:acc BIAS:acc pre_slope_hi:f pre_slope_lo:f",
+    "affine_row": "NOISE:x NOISE_WEIGHT:acc BIAS:acc pre_slope_hi:f pre_slope_lo:f",
+    "affine_apply": "NOISE:x NOISE_WEIGHT:acc BIAS:acc pre_slope_hi:f pre_slope_lo:f",
+    "affine_backward_row": ("NOISE:x NOISE_WEIGHT:acc BIAS:acc GRAD_BIAS:acc "
+                            "GRAD_NOISE_WEIGHT:acc pre_slope_hi:f pre_slope_lo:f"),
+    "affine_backward_partial": ("NOISE:x NOISE_WEIGHT:acc BIAS:acc PARTIAL_PROLOGUE:acc "
+                                "pre_slope_hi:f pre_slope_lo:f"),
+    "affine_backward_apply": ("NOISE:x NOISE_WEIGHT:acc BIAS:acc PARTIAL_PROLOGUE:acc "
+                              "GRAD_BIAS:acc GRAD_NOISE_WEIGHT:acc pre_slope_hi:f "
+                              "pre_slope_lo:f"),
+}
+# The prologue variants: noise per element (one more tile read, in x's layout) or per position
+# ((N, 1, *) rows), each with leaky_relu before and after (the heaviest code: pre, p, m and the
+# recomputed output all live), so the prologue costs no 16-byte access and spills nothing either.
+PROLOGUES = (("noise_per_element", 2), ("noise_per_position", 1))
 DTYPES = {"fp32": "fp32", "fp16": "fp32", "bf16": "fp32", "fp64": "fp64"}  # x -> acc
 # The affine kernels (those with an ACTIVATION constexpr) are compiled without an activation and
 # with leaky_relu (relu's code is the same select with a constant): the activation's extra tile
@@ -92,7 +111,11 @@ ACTIVATIONS = ("none", "leaky_relu")
 def variants():
     for name, (kernel, args, extra) in KERNELS.items():
         activations = ACTIVATIONS if "ACTIVATION" in extra else ("none",)
-        for (x, acc), activation in itertools.product(DTYPES.items(), activations):
+        prologues = ((None, 0),) + (PROLOGUES if name in PROLOGUE_ARGS else ())
+        for (x, acc), activation, (prologue, noise_mode) in itertools.product(
+                DTYPES.items(), activations, prologues):
+            if prologue is not None and activation == "none" and "ACTIVATION" in extra:
+                continue  # the prologue with leaky_relu after it only
             for channels_last in (False, True):
                 signature = {}
                 for arg in args.split():
@@ -109,9 +132,20 @@ def variants():
                         constexprs[key] = (not channels_last) if value == "other" else value
                 if "ACTIVATION" in constexprs:
                     constexprs["ACTIVATION"] = row_math.activation_code(activation)
+                for arg in PROLOGUE_ARGS.get(name, "").split():
+                    arg_name, _, kind = arg.partition(":")
+                    if prologue is None:  # not given: None, a constexpr
+                        constexprs[arg_name] = None
+                    else:
+                        signature[arg_name] = {"x": f"*{x}", "acc": f"*{acc}", "f": "fp32"}[kind]
+                if name in PROLOGUE_ARGS:
+                    constexprs.update(PROLOGUE=prologue is not None, NOISE_MODE=noise_mode,
+                                      PRE_ACTIVATION=row_math.activation_code(
+                                          "none" if prologue is None else "leaky_relu"))
                 signature.update({key: "constexpr" for key in constexprs})
                 tag = f"{name} {x} {'channels_last' if channels_last else 'contiguous'}"
-                yield (tag if activation == "none" else f"{tag} {activation}"), \
+                tag = tag if activation == "none" else f"{tag} {activation}"
+                yield (tag if prologue is None else f"{tag} {prologue}"), \
                     kernel, signature, constexprs
 
 
@@ -160,22 +194,31 @@ MAX_TILE_STACK = 16
 
 def compilations():
     """(tag, fn, signature, constexprs, num_warps, aligned) for every variant: unspecialised, and
-    specialised as for a typical shape, and at the largest tile."""
+    specialised as for a typical shape, and at the largest tile. Noise per position (its own
+    addressing, the same registers as noise per element) only in fp32, specialised."""
     for label, kernel, signature, constexprs in variants():
         fn = kernel if isinstance(kernel, JITFunction) else kernel.fn  # under autotune
+        if "noise_per_position" in label:
+            if " fp32 " in label:
+                yield f"{label} aligned", fn, signature, constexprs, 4, True
+            continue
         yield label, fn, signature, constexprs, 4, False
         yield f"{label} aligned", fn, signature, constexprs, 4, True
-        big = dict(constexprs, BLOCK_L=MAX_TILE // constexprs["BLOCK_R"])
+        prologue = constexprs.get("PROLOGUE") is True
+        tile = _common.max_tile_of(MAX_TILE, prologue)
+        big = dict(constexprs, BLOCK_L=tile // constexprs["BLOCK_R"])
         if "BLOCK_L_STYLE" in big:
             big["BLOCK_L_STYLE"] = big["BLOCK_L"]
-        yield (f"{label} aligned max-tile", fn, signature, big, _common.min_warps(MAX_TILE),
+        yield (f"{label} aligned max-tile", fn, signature, big, _common.min_warps(tile, prologue),
                True)
 
 
-def main(sm: int = 90) -> int:
+def main(sm: int = 90, only: str = "") -> int:
     target = GPUTarget("cuda", sm, 32)
     failed = 0
     for tag, fn, signature, constexprs, num_warps, aligned in compilations():
+        if only not in tag:
+            continue
         name, dtype = tag.split()[:2]
         start = time.perf_counter()
         tag = f"sm_{sm} {tag}"
@@ -210,4 +253,4 @@ def main(sm: int = 90) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90))
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 90, *sys.argv[2:3]))

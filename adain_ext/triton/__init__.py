@@ -15,8 +15,14 @@ tune some 270 keys, about 6 minutes). The interpreter (TRITON_INTERPRET=1) never
 import torch
 from torch.autograd import forward_ad
 
+from adain_ext import _validation, reference
 from adain_ext.triton import _common
-from adain_ext.triton.affine import affine_backward_op, affine_forward_op
+from adain_ext.triton.affine import (
+    affine_backward_op,
+    affine_forward_op,
+    prologue_affine_backward_op,
+    prologue_affine_forward_op,
+)
 from adain_ext.triton.fused import fused_forward_op
 from adain_ext.triton.mean_std import mean_std_backward_op, mean_std_op
 
@@ -60,14 +66,36 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
 
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
-                 unbiased: bool = True, activation: str = "none",
-                 negative_slope: float = 0.01) -> torch.Tensor:
-    """act(std * (x - mean_x) / std_x + mean) with given per-(n, c) statistics; act is 'none',
-    'relu' or 'leaky_relu' (with negative_slope)."""
-    if _needs_reference(x, mean, std):
-        return _reference_ops().adain_affine(x, mean, std, eps, unbiased, activation,
-                                             negative_slope)
-    return affine_forward_op(x, mean, std, 1.0, eps, unbiased, activation, negative_slope)[0]
+                 unbiased: bool = True, activation: str | None = "none",
+                 negative_slope: float = 0.01, *, noise: torch.Tensor | None = None,
+                 noise_weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 pre_activation: str = "none",
+                 pre_negative_slope: float = 0.01) -> torch.Tensor:
+    """act(std * (p - mean_p) / std_p + mean) with given per-(n, c) statistics; act is 'none',
+    'relu' or 'leaky_relu' (with negative_slope). p is x, or with the prologue arguments
+    pre_activation(x + noise_weight * noise + bias) (reference.prologue): noise (N, 1, *) or
+    (N, C, *), noise_weight one per channel or a single value, bias one per channel."""
+    activation = "none" if activation is None else activation
+    if not _validation.has_prologue(noise, noise_weight, bias, pre_activation):
+        if _needs_reference(x, mean, std):
+            return _reference_ops().adain_affine(x, mean, std, eps, unbiased, activation,
+                                                 negative_slope)
+        return affine_forward_op(x, mean, std, 1.0, eps, unbiased, activation,
+                                 negative_slope)[0]
+    if _needs_reference(*(t for t in (x, mean, std, noise, noise_weight, bias)
+                          if t is not None)):
+        _validation.check_affine(x, mean, std, unbiased)
+        _validation.check_prologue(x, noise, noise_weight, bias, pre_activation,
+                                   pre_negative_slope)
+        _validation.check_eps(eps)
+        _validation.check_activation(activation, negative_slope)
+        return reference.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope,
+                                      noise=noise, noise_weight=noise_weight, bias=bias,
+                                      pre_activation=pre_activation,
+                                      pre_negative_slope=pre_negative_slope)
+    return prologue_affine_forward_op(x, noise, noise_weight, bias, pre_activation,
+                                      pre_negative_slope, mean, std, eps, unbiased, activation,
+                                      negative_slope)[0]
 
 
 __all__ = [
@@ -80,4 +108,6 @@ __all__ = [
     "mean_std",
     "mean_std_backward_op",
     "mean_std_op",
+    "prologue_affine_backward_op",
+    "prologue_affine_forward_op",
 ]

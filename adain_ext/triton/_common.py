@@ -36,13 +36,23 @@ AUTOTUNE_KEY = ["ROWS_BUCKET", "STYLE_BUCKET", "BLOCK_R", "BLOCK_L", "BLOCK_L_ST
                 "CHANNELS_LAST", "STYLE_CHANNELS_LAST", "FINALIZE"]
 
 
-def min_warps(tile: int) -> int:
+def min_warps(tile: int, prologue: bool = False) -> int:
     """The fewest warps that hold a tile of this many elements without spilling registers: at
     most 64 elements a thread. Measured on sm_90 cubins: [1, 16384] fp32 tiles and [8, 2048]
     channels_last ones spill 40 B-5 KB in most kernels with 4 warps, none with 8 (triton 3.6;
     3.8 spills 4 bytes in one bf16 kernel). tests/triton_compile_check.py compiles every kernel
-    at its largest tile with this many warps and rejects more than a few spilled registers."""
-    return max(1, tile // 2048)
+    at its largest tile with this many warps and rejects more than a few spilled registers.
+    The kernels with the affine op's prologue (PROLOGUE: pre, p, noise and m live beside x and g)
+    need twice as many, at most 32 elements a thread, and a smaller largest tile (max_tile_of)."""
+    return max(1, tile // (1024 if prologue else 2048))
+
+
+def max_tile_of(max_tile: int, prologue: bool) -> int:
+    """The largest tile a launch plan gives one program: half of Limits.max_tile for the kernels
+    with the prologue. Their backward at [1, 16384] spills 136-496 B in fp32 with 8 warps (255
+    registers a thread) and 72-616 B with 16 (128 registers a thread); rows longer than 8192 take
+    the split path there."""
+    return max(1, max_tile // 2) if prologue else max_tile
 
 
 def largest_tile(constexprs: dict) -> int:
@@ -53,7 +63,7 @@ def largest_tile(constexprs: dict) -> int:
 
 def configs_that_fit(configs, named_args, **constexprs):
     """Autotune's early_config_prune: drops the configs whose warps would spill the tile."""
-    fewest = min_warps(largest_tile(constexprs))
+    fewest = min_warps(largest_tile(constexprs), constexprs.get("PROLOGUE") is True)
     return ([c for c in configs if c.num_warps >= fewest]
             or [max(configs, key=lambda c: c.num_warps)])
 
@@ -166,11 +176,14 @@ def _num_warps(tile: int) -> int:
     return 16
 
 
-def plan(rows: int, length: int, channels_last: bool, device: torch.device) -> Plan:
+def plan(rows: int, length: int, channels_last: bool, device: torch.device,
+         prologue: bool = False) -> Plan:
     # int(): under torch.compile with dynamic shapes these are SymInts; block sizes must be
     # concrete, so a traced graph is specialised to its shape (eager calls never recompile).
     rows, length = int(rows), int(length)
     lim = _LIMITS
+    if prologue:  # the prologue's kernels hold more per element: a smaller largest tile
+        lim = dataclasses.replace(lim, max_tile=max_tile_of(lim.max_tile, True))
     programs = _target_programs(device)
     rows_p2 = triton.next_power_of_2(max(rows, 1))
     # Channels_last rows interleave: a tile must span adjacent channels to read whole sectors.
@@ -273,8 +286,9 @@ from adain_ext._layout import (  # noqa: E402,F401
 )
 
 
-def register(name: str, fake):
-    """Registers fn as the op adain_triton::<name> with the given fake kernel (see INTERPRET)."""
+def register(name: str, fake, vmap=fold_batch_into_n):
+    """Registers fn as the op adain_triton::<name> with the given fake kernel (see INTERPRET) and
+    vmap rule (a factory taking the op)."""
 
     def decorate(fn):
         qualname = f"adain_triton::{name}"
@@ -283,7 +297,38 @@ def register(name: str, fake):
         else:
             op = torch.library.triton_op(qualname, mutates_args=())(fn)
         op.register_fake(fake)
-        op.register_vmap(fold_batch_into_n(op))
+        op.register_vmap(vmap(op))
         return op
 
     return decorate
+
+
+def fold_batch_keeping_channel_params(channel_params: tuple[int, ...]):
+    """The vmap rule factory of the prologue ops: the vmapped dimension folds into N for every
+    (N, ...) tensor argument as in _vmap.fold_batch_into_n, while the per-channel parameters (the
+    argument positions `channel_params`: noise_weight, bias) are passed as they are. When one of
+    those is itself batched, each call of the batch runs on its own and the results are stacked."""
+
+    def factory(op):
+        def rule(info, in_dims, *args):
+            batch = info.batch_size
+            if any(in_dims[i] is not None for i in channel_params):
+                calls = [op(*(a.select(d, b) if isinstance(a, torch.Tensor) and d is not None
+                              else a for a, d in zip(args, in_dims))) for b in range(batch)]
+                return (tuple(torch.stack(outs) for outs in zip(*calls)),
+                        tuple(0 for _ in calls[0]))
+            n = next(a.shape[1 if d is not None else 0] for a, d in zip(args, in_dims)
+                     if isinstance(a, torch.Tensor) and a.dim() > 1)
+            folded = []
+            for i, (arg, dim) in enumerate(zip(args, in_dims)):
+                if isinstance(arg, torch.Tensor) and i not in channel_params:
+                    arg = arg.movedim(dim, 0) if dim is not None else arg.expand(batch, *arg.shape)
+                    arg = arg.reshape(batch * n, *arg.shape[2:])
+                folded.append(arg)
+            out = op(*folded)
+            return (tuple(t.reshape(batch, n, *t.shape[1:]) for t in out),
+                    tuple(0 for _ in out))
+
+        return rule
+
+    return factory

@@ -9,6 +9,7 @@ from adain_ext import _autograd, fakes
 from adain_ext._validation import check_eps, check_features
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
+from adain_ext.triton.prologue import prologue_params, prologue_row_stats_loop
 from adain_ext.triton.row_math import apply_coef, mean_std_backward_coef, std_of
 from adain_ext.triton.welford import (
     merge_partials,
@@ -23,11 +24,15 @@ from adain_ext.triton.welford import (
 @kernel
 def _row_stats_kernel(X, MEAN, STD_OR_M2, R, C, L, segment_len, eps_hi, eps_lo, ROWS_BUCKET,
                       FINALIZE: tl.constexpr, UNBIASED: tl.constexpr,
-                      CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+                      CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+                      NOISE=None, NOISE_WEIGHT=None, BIAS=None, pre_slope_hi=None,
+                      pre_slope_lo=None, PROLOGUE: tl.constexpr = False,
+                      NOISE_MODE: tl.constexpr = 0, PRE_ACTIVATION: tl.constexpr = 0):
     """Statistics of BLOCK_R rows over elements [segment * segment_len, (segment + 1) *
     segment_len). FINALIZE (one segment per row): writes mean and std. Otherwise writes the
     segment's mean and m2 to [segment, row] partial buffers (MEAN is then the partial_mean
-    buffer, STD_OR_M2 the partial_m2 one), merged later by merge_partials."""
+    buffer, STD_OR_M2 the partial_m2 one), merged later by merge_partials. PROLOGUE: the
+    statistics of p = act_pre(x + weight * noise + bias) instead of x (prologue.py)."""
     row_block, segment = row_block_and_piece(tl.cdiv(L, segment_len))
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_mask = rows < R
@@ -35,8 +40,15 @@ def _row_stats_kernel(X, MEAN, STD_OR_M2, R, C, L, segment_len, eps_hi, eps_lo, 
     base = row_base(rows, C, L, CHANNELS_LAST)
     start = segment * segment_len
     stop = tl.minimum(start + segment_len, L)
-    mean, m2, _ = row_stats_loop(X, base, rows_mask, start, stop, C, acc_zero,
-                                 CHANNELS_LAST, BLOCK_L)
+    if PROLOGUE:
+        weight, bias, pre_slope = prologue_params(NOISE_WEIGHT, BIAS, rows, rows_mask, C,
+                                                  pre_slope_hi, pre_slope_lo, acc_zero)
+        mean, m2, _ = prologue_row_stats_loop(X, NOISE, rows, base, rows_mask, start, stop, C, L,
+                                              weight, bias, pre_slope, acc_zero, CHANNELS_LAST,
+                                              NOISE_MODE, PRE_ACTIVATION, BLOCK_L)
+    else:
+        mean, m2, _ = row_stats_loop(X, base, rows_mask, start, stop, C, acc_zero,
+                                     CHANNELS_LAST, BLOCK_L)
     if FINALIZE:
         eps = scalar(eps_hi, eps_lo, acc_zero)
         tl.store(MEAN + rows, mean, mask=rows_mask)
