@@ -8,7 +8,8 @@ derived from `REGISTRY`: adain_ext.BACKENDS and resolve_backend (adain_ext.funct
 Every backend's ops take the same arguments as torch.ops.adain.*, positionally:
     mean_std(x, eps, unbiased) -> (mean, std)
     adain(content, style, alpha, eps, unbiased) -> out
-    adain_affine(x, mean, std, eps, unbiased, activation, negative_slope) -> out
+    adain_affine(x, mean, std, eps, unbiased, activation, negative_slope, *, noise,
+                 noise_weight, bias, pre_activation, pre_negative_slope) -> out
 and give the same results and errors as adain_ext/reference.py (tests/test_backends.py and
 tests/test_errors.py check).
 
@@ -103,11 +104,18 @@ class _ReferenceOps:
         return reference.adain(content, style, alpha, eps, unbiased)
 
     @staticmethod
-    def adain_affine(x, mean, std, eps, unbiased, activation="none", negative_slope=0.01):
+    def adain_affine(x, mean, std, eps, unbiased, activation="none", negative_slope=0.01, *,
+                     noise=None, noise_weight=None, bias=None, pre_activation="none",
+                     pre_negative_slope=0.01):
         _validation.check_affine(x, mean, std, unbiased)
+        _validation.check_prologue(x, noise, noise_weight, bias, pre_activation,
+                                   pre_negative_slope)
         _validation.check_eps(eps)
         _validation.check_activation(activation, negative_slope)
-        return reference.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope)
+        return reference.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope,
+                                      noise=noise, noise_weight=noise_weight, bias=bias,
+                                      pre_activation=pre_activation,
+                                      pre_negative_slope=pre_negative_slope)
 
 
 class CompiledTrainingComposite:

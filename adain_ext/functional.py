@@ -91,14 +91,34 @@ def adain(content: torch.Tensor, style: torch.Tensor, alpha: float = 1.0, eps: f
 
 def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-5,
                  unbiased: bool = True, *, activation: str | None = None,
-                 negative_slope: float = 0.01, backend: str = "auto") -> torch.Tensor:
-    """std * (x - mean_x) / std_x + mean with given per-(n, c) statistics, (N, C) or (N, C, 1, ...).
+                 negative_slope: float = 0.01, noise: torch.Tensor | None = None,
+                 noise_weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 pre_activation: str | None = None, pre_negative_slope: float = 0.01,
+                 backend: str = "auto") -> torch.Tensor:
+    """std * (p - mean_p) / std_p + mean with given per-(n, c) statistics, (N, C) or (N, C, 1, ...).
 
     This is StyleGAN's AdaIN, and the way to reuse cached style statistics or mix several styles.
     activation="relu" or "leaky_relu" (with negative_slope) is applied to the output in the same
     kernel, forward and backward: StarGAN v2's AdaIN + LeakyReLU(0.2), MUNIT's AdaIN + ReLU.
+
+    The prologue, also in the same kernel: p = pre_activation(x + noise_weight * noise + bias)
+    (p = x without these arguments), StyleGAN's noise injection and LeakyReLU(0.2) before its
+    AdaIN. noise is (N, 1, *) or (N, C, *) in x's dtype; noise_weight one value per channel ((C,)
+    or (1, C, 1, ...)) or a single one (no noise_weight: 1); bias one per channel. Gradients reach
+    every input; none of pre or p is stored.
     """
-    if activation is None or activation == "none":  # the schema's defaults: a cheaper call
+    if activation is None:
+        activation = "none"
+    if pre_activation is None:
+        pre_activation = "none"
+    if (noise is not None or noise_weight is not None or bias is not None
+            or pre_activation != "none"):
+        ops = _ops(backend, x, mean, std, composite_in_compiled_training=False)
+        return ops.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope,
+                                noise=noise, noise_weight=noise_weight, bias=bias,
+                                pre_activation=pre_activation,
+                                pre_negative_slope=pre_negative_slope)
+    if activation == "none":  # the schema's defaults: a cheaper call
         return _ops(backend, x, mean, std).adain_affine(x, mean, std, eps, unbiased)
     ops = _ops(backend, x, mean, std, composite_in_compiled_training=False)
     return ops.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope)

@@ -78,6 +78,38 @@ std::tuple<Tensor, Tensor, Tensor> composite_affine(const Tensor& x, const Tenso
   return {out, mean_x.detach().reshape(flat), std_x.detach().reshape(flat)};
 }
 
+// The prologue (reference.py's prologue) in the accumulation dtype: pre_activation(x + w * noise +
+// b), w and b shaped to broadcast over x's channels.
+Tensor composite_prologue(const Tensor& x, const std::optional<Tensor>& noise,
+                          const std::optional<Tensor>& noise_weight,
+                          const std::optional<Tensor>& bias, c10::string_view pre_activation,
+                          double pre_negative_slope) {
+  const auto acc = acc_dtype(x.scalar_type());
+  std::vector<int64_t> channel_shape(x.dim(), 1);
+  channel_shape[1] = -1;
+  Tensor pre = x.to(acc);
+  if (noise.has_value()) {
+    const Tensor n = noise->to(acc);
+    pre = pre + (noise_weight.has_value() ? noise_weight->to(acc).reshape(channel_shape) * n : n);
+  }
+  if (bias.has_value()) pre = pre + bias->to(acc).reshape(channel_shape);
+  return composite_activate(pre, pre_activation, pre_negative_slope);
+}
+
+// _prologue_affine_forward's three results: out in x's dtype, p's statistics (N, C).
+std::tuple<Tensor, Tensor, Tensor> composite_prologue_affine(
+    const Tensor& x, const std::optional<Tensor>& noise,
+    const std::optional<Tensor>& noise_weight, const std::optional<Tensor>& bias,
+    c10::string_view pre_activation, double pre_negative_slope, const Tensor& mean,
+    const Tensor& std, double eps, bool unbiased, c10::string_view activation,
+    double negative_slope) {
+  const Tensor p = composite_prologue(x, noise, noise_weight, bias, pre_activation,
+                                      pre_negative_slope);
+  auto [out, mean_p, std_p] =
+      composite_affine(p, mean, std, 1.0, eps, unbiased, activation, negative_slope);
+  return {out.to(x.scalar_type()), mean_p, std_p};
+}
+
 // _fused_forward's five results.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> composite_fused(const Tensor& content,
                                                                    const Tensor& style, double alpha,
@@ -311,6 +343,175 @@ AffineOut affine_forward_autograd(const Tensor& x, const Tensor& mean, const Ten
   return {out[0], out[1], out[2]};
 }
 
+// ---- adain::_prologue_affine_forward(x, noise, noise_weight, bias, pre_activation,
+//      pre_negative_slope, mean, std, eps, unbiased, activation, negative_slope)
+//      -> (out, mean_p, std_p)
+
+using OptTensor = std::optional<Tensor>;
+using PrologueBackwardOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+const auto& prologue_affine_forward_op() {
+  static auto op = find_op<AffineOut(const Tensor&, const OptTensor&, const OptTensor&,
+                                     const OptTensor&, c10::string_view, double, const Tensor&,
+                                     const Tensor&, double, bool, c10::string_view, double)>(
+      "adain::_prologue_affine_forward");
+  return op;
+}
+
+const auto& prologue_affine_backward_op() {
+  static auto op = find_op<PrologueBackwardOut(
+      const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+      c10::string_view, double, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
+      c10::string_view, double)>("adain::_prologue_affine_backward");
+  return op;
+}
+
+OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// The gradient of a per-channel parameter from the kernel's (N, C) per-row sums: summed over N
+// (and over C for a single value), in the parameter's shape and dtype.
+Tensor per_channel_grad(const Tensor& rows, const Tensor& like) {
+  Tensor g = rows.sum(0);
+  if (like.sym_numel() == 1) g = g.sum();  // sym_: traced with symbolic shapes too
+  return g.reshape_symint(like.sym_sizes()).to(like.scalar_type());
+}
+
+class PrologueAffineFunction : public torch::autograd::Function<PrologueAffineFunction> {
+ public:
+  // Argument positions, as in the schema (the gradients come back in this order).
+  enum { kX = 0, kNoise = 1, kWeight = 2, kBias = 3, kMean = 6, kStd = 7, kArgs = 12 };
+
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& noise,
+                               const OptTensor& noise_weight, const OptTensor& bias,
+                               c10::string_view pre_activation, double pre_negative_slope,
+                               const Tensor& mean, const Tensor& std, double eps, bool unbiased,
+                               c10::string_view activation, double negative_slope) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mean_p, std_p] = prologue_affine_forward_op().call(
+        x, noise, noise_weight, bias, pre_activation, pre_negative_slope, mean, std, eps,
+        unbiased, activation, negative_slope);
+    ctx->mark_non_differentiable({mean_p, std_p});
+    ctx->save_for_backward({x, noise.value_or(Tensor()), noise_weight.value_or(Tensor()),
+                            bias.value_or(Tensor()), mean, std, mean_p, std_p});
+    ctx->saved_data["pre_activation"] = std::string(pre_activation);
+    ctx->saved_data["pre_negative_slope"] = pre_negative_slope;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["unbiased"] = unbiased;
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["negative_slope"] = negative_slope;
+    return {out, mean_p, std_p};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &mean = saved[4], &std = saved[5];
+    const OptTensor noise = defined_or_none(saved[1]), weight = defined_or_none(saved[2]),
+                    bias = defined_or_none(saved[3]);
+    const std::string pre_activation = ctx->saved_data["pre_activation"].toStringRef();
+    const double pre_slope = ctx->saved_data["pre_negative_slope"].toDouble();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool unbiased = ctx->saved_data["unbiased"].toBool();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const double slope = ctx->saved_data["negative_slope"].toDouble();
+    variable_list result(kArgs);
+    if (!grads[0].defined()) return result;
+    // needs_input_grad counts the tensors given (an absent optional has no edge), not arguments.
+    const bool given[6] = {true, noise.has_value(), weight.has_value(), bias.has_value(), true,
+                           true};
+    const auto needs_grad = [&](int arg) {
+      if ((arg == kNoise && !noise) || (arg == kWeight && !weight) || (arg == kBias && !bias)) {
+        return false;
+      }
+      int edge = 0;
+      for (int i = 0; i < 6 && (i < 4 ? i : i + 2) < arg; ++i) edge += given[i];
+      return ctx->needs_input_grad(edge);
+    };
+    const int positions[6] = {kX, kNoise, kWeight, kBias, kMean, kStd};
+    if (at::GradMode::is_enabled()) {  // create_graph=True: differentiate the composite
+      const Tensor in_x = attached(x), in_mean = attached(mean), in_std = attached(std);
+      const OptTensor in_noise = noise ? OptTensor(attached(*noise)) : std::nullopt;
+      const OptTensor in_weight = weight ? OptTensor(attached(*weight)) : std::nullopt;
+      const OptTensor in_bias = bias ? OptTensor(attached(*bias)) : std::nullopt;
+      auto out = std::get<0>(composite_prologue_affine(in_x, in_noise, in_weight, in_bias,
+                                                       pre_activation, pre_slope, in_mean, in_std,
+                                                       eps, unbiased, activation, slope));
+      const Tensor candidates[6] = {in_x, in_noise.value_or(Tensor()),
+                                    in_weight.value_or(Tensor()), in_bias.value_or(Tensor()),
+                                    in_mean, in_std};
+      variable_list inputs;
+      std::vector<bool> needs;
+      std::vector<int> where;
+      for (int i = 0; i < 6; ++i) {
+        if (!candidates[i].defined()) continue;
+        inputs.push_back(candidates[i]);
+        needs.push_back(needs_grad(positions[i]));
+        where.push_back(positions[i]);
+      }
+      auto grads_in = composite_gradients({out}, {grads[0]}, inputs, needs);
+      for (size_t i = 0; i < where.size(); ++i) result[where[i]] = grads_in[i];
+      return result;
+    }
+    auto [grad_x, grad_mean, grad_std, grad_bias_rows, grad_weight_rows] =
+        prologue_affine_backward_op().call(grads[0], x, noise, weight, bias, pre_activation,
+                                           pre_slope, saved[6], saved[7], mean, std, unbiased,
+                                           activation, slope);
+    if (needs_grad(kNoise)) {
+      // d(pre)/d(noise) = w: grad_x times the channel's weight, summed over the channels that
+      // share one noise value.
+      const auto acc = acc_dtype(x.scalar_type());
+      Tensor g = grad_x.to(acc);
+      if (weight) {
+        std::vector<int64_t> channel_shape(x.dim(), 1);
+        channel_shape[1] = -1;
+        g = g * weight->to(acc).reshape(channel_shape);
+      }
+      if (noise->sym_size(1) == 1 && x.sym_size(1) != 1) g = g.sum(1, /*keepdim=*/true);
+      result[kNoise] = g.to(noise->scalar_type());
+    }
+    if (needs_grad(kX)) result[kX] = grad_x;
+    if (needs_grad(kWeight)) result[kWeight] = per_channel_grad(grad_weight_rows, *weight);
+    if (needs_grad(kBias)) result[kBias] = per_channel_grad(grad_bias_rows, *bias);
+    if (needs_grad(kMean)) result[kMean] = as_grad_of(grad_mean, mean);
+    if (needs_grad(kStd)) result[kStd] = as_grad_of(grad_std, std);
+    return result;
+  }
+};
+
+AffineOut prologue_affine_forward_autograd(const Tensor& x, const OptTensor& noise,
+                                           const OptTensor& noise_weight, const OptTensor& bias,
+                                           c10::string_view pre_activation,
+                                           double pre_negative_slope, const Tensor& mean,
+                                           const Tensor& std, double eps, bool unbiased,
+                                           c10::string_view activation, double negative_slope) {
+  const std::initializer_list<Tensor> tensors{x, mean, std, noise.value_or(Tensor()),
+                                              noise_weight.value_or(Tensor()),
+                                              bias.value_or(Tensor())};
+  bool composite = false;
+  for (const auto& t : tensors) composite = composite || (t.defined() && t._fw_grad(0).defined());
+  bool grad = false;
+  for (const auto& t : tensors) grad = grad || (t.defined() && t.requires_grad());
+  grad = grad && at::GradMode::is_enabled();
+  if (composite || (grad && functorch_refuses_function())) {
+    check_affine(x, mean, std, unbiased);
+    check_prologue(x, noise, noise_weight, bias, pre_activation, pre_negative_slope);
+    check_eps(eps);
+    check_activation(activation, negative_slope);
+    return composite_prologue_affine(x, noise, noise_weight, bias, pre_activation,
+                                     pre_negative_slope, mean, std, eps, unbiased, activation,
+                                     negative_slope);
+  }
+  if (!grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return prologue_affine_forward_op().call(x, noise, noise_weight, bias, pre_activation,
+                                             pre_negative_slope, mean, std, eps, unbiased,
+                                             activation, negative_slope);
+  }
+  auto out = PrologueAffineFunction::apply(x, noise, noise_weight, bias, pre_activation,
+                                           pre_negative_slope, mean, std, eps, unbiased,
+                                           activation, negative_slope);
+  return {out[0], out[1], out[2]};
+}
+
 // ---- adain::_fused_forward(content, style, alpha, eps, unbiased) -> (out, 4 statistics)
 
 const auto& fused_forward_op() {
@@ -415,6 +616,21 @@ AffineOut affine_backward_autograd(const Tensor& grad_out, const Tensor& x, cons
                                    activation, negative_slope);
 }
 
+PrologueBackwardOut prologue_affine_backward_autograd(
+    const Tensor& grad_out, const Tensor& x, const OptTensor& noise,
+    const OptTensor& noise_weight, const OptTensor& bias, c10::string_view pre_activation,
+    double pre_negative_slope, const Tensor& mean_p, const Tensor& std_p, const Tensor& mean,
+    const Tensor& std, bool unbiased, c10::string_view activation, double negative_slope) {
+  refuse_graph("adain::_prologue_affine_backward", {grad_out, x, mean_p, std_p, mean, std});
+  for (const auto* t : {&noise, &noise_weight, &bias}) {
+    if (t->has_value()) refuse_graph("adain::_prologue_affine_backward", {**t});
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return prologue_affine_backward_op().call(grad_out, x, noise, noise_weight, bias,
+                                            pre_activation, pre_negative_slope, mean_p, std_p,
+                                            mean, std, unbiased, activation, negative_slope);
+}
+
 std::tuple<Tensor, Tensor> fused_backward_autograd(const Tensor& grad_out, const Tensor& content,
                                                    const Tensor& style, const Tensor& content_mean,
                                                    const Tensor& content_std,
@@ -436,6 +652,8 @@ TORCH_LIBRARY_IMPL(adain, Autograd, m) {
   m.impl("_mean_std_backward", TORCH_FN(mean_std_backward_autograd));
   m.impl("_affine_backward", TORCH_FN(affine_backward_autograd));
   m.impl("_fused_backward", TORCH_FN(fused_backward_autograd));
+  m.impl("_prologue_affine_forward", TORCH_FN(prologue_affine_forward_autograd));
+  m.impl("_prologue_affine_backward", TORCH_FN(prologue_affine_backward_autograd));
 }
 
 }  // namespace adain
