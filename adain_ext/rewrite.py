@@ -88,12 +88,34 @@ def _channel_vector(t, x: torch.Tensor) -> bool:
                          and tuple(t.shape) == (x.shape[1],) and t.device == x.device)
 
 
+def _prologue_operands(x: torch.Tensor, a, b):
+    """(noise, noise_weight) for the op's prologue when x + a * b is noise injection the op takes:
+    one of a, b per channel ((1, C, 1, ...) or a single value), the other (N, 1, *) or (N, C, *)
+    noise (N may be 1: expanded); else None. x + a * b = x + b * a: the roles follow the shapes."""
+    if not all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.device == x.device
+               for t in (a, b)):
+        return None
+    N, C = x.shape[:2]
+    for w, n in ((a, b), (b, a)):
+        per_channel = w.numel() == 1 or (w.dim() == x.dim() and w.shape[1] == C
+                                         and w.numel() == C)
+        noise_like = (n.dim() == x.dim() and n.shape[0] in (1, N) and n.shape[1] in (1, C)
+                      and n.shape[2:] == x.shape[2:])
+        if per_channel and noise_like:
+            return (n.expand(N, *n.shape[1:]) if n.shape[0] != N else n), w.reshape(-1)
+    return None
+
+
 def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto", norm=None,
                            weight=None, bias=None, activation: str | None = None,
-                           negative_slope: float = 0.01):
+                           negative_slope: float = 0.01, prologue_a=None, prologue_b=None,
+                           pre_activation: str | None = None, pre_negative_slope: float = 0.01):
     """`act(instance_norm(x) * scale + shift)`, fused when scale and shift are per (n, c); act
     is none, "relu" or "leaky_relu" (negative_slope), the activation that followed the
-    expression in the model.
+    expression in the model. With prologue_a and prologue_b, x is first
+    pre_activation(x + prologue_a * prologue_b), the noise injection and activation before the
+    norm (StyleGAN), fused as the op's prologue when one of the two is a per-channel weight and
+    the other noise (else computed as written).
 
     `norm` is the nn.InstanceNorm1d/2d/3d module the expression used (its affine weight and bias,
     if any, are read here, at call time), or None for F.instance_norm(x, weight=weight,
@@ -110,16 +132,33 @@ def instance_norm_modulate(x, scale, shift, eps: float, backend: str = "auto", n
         batched = isinstance(x, torch.Tensor) and x.dim() == norm._get_no_batch_dim() + 1
     else:
         batched = isinstance(x, torch.Tensor) and x.dim() >= 3
-    if (batched and x.is_floating_point() and _per_channel(x, scale) and _per_channel(x, shift)
-            and _channel_vector(weight, x) and _channel_vector(bias, x)):
+    fusable = (batched and x.is_floating_point() and _per_channel(x, scale)
+               and _per_channel(x, shift) and _channel_vector(weight, x)
+               and _channel_vector(bias, x))
+    prologue = {}
+    if prologue_a is not None:
+        operands = _prologue_operands(x, prologue_a, prologue_b) if fusable else None
+        if operands is None:  # as the model wrote it
+            x = reference.activate(x + prologue_a * prologue_b, pre_activation or "none",
+                                   pre_negative_slope)
+        else:
+            noise, noise_weight = operands
+            prologue = {"noise": noise, "noise_weight": noise_weight,
+                        "pre_activation": pre_activation or "none",
+                        "pre_negative_slope": pre_negative_slope}
+    if fusable:
         dtype = torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
+        if prologue:  # x + w * noise has the dtype of all three
+            dtype = torch.promote_types(dtype, torch.promote_types(
+                prologue["noise"].dtype, prologue["noise_weight"].dtype))
+            prologue["noise"] = prologue["noise"].to(dtype)
         std, mean = _as_statistic(scale, x), _as_statistic(shift, x)
         if bias is not None:
             mean = mean + std * bias
         if weight is not None:
             std = std * weight
         return functional.adain_affine(x.to(dtype), mean, std, eps, False, activation=activation,
-                                       negative_slope=negative_slope, backend=backend)
+                                       negative_slope=negative_slope, backend=backend, **prologue)
     if norm is not None:
         normalized = norm(x)
     else:
@@ -417,7 +456,8 @@ _NORM_MODULATIONS = (_ModuleNormModulation(), _FunctionNormModulation())
 
 def _find_reference_call(node: fx.Node, references: dict) -> inspect.BoundArguments | None:
     """The arguments of a call to a reference function (adain_ext.reference's or a copy named in
-    reference_functions) when they bind to its positional parameters; else None."""
+    reference_functions) when they bind to its named parameters (no *args, **kwargs); else
+    None."""
     if node.op != "call_function" or node.target not in references:
         return None
     signature = inspect.signature(node.target)
@@ -425,8 +465,7 @@ def _find_reference_call(node: fx.Node, references: dict) -> inspect.BoundArgume
         bound = signature.bind(*node.args, **node.kwargs)
     except TypeError:
         return None
-    if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-           for p in signature.parameters.values()):
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()):
         return None
     return bound
 
@@ -584,8 +623,131 @@ def _activated_forward(module: nn.Module, graph: fx.Graph):
     return type(fx.GraphModule(module, variant)).forward
 
 
+# ----- The prologue: noise injection and an activation before a fused norm ------------------
+#
+# StyleGAN (rosinality's StyledConvBlock, NVlabs' layer epilogue) writes
+#     out = x + weight * noise          (NoiseInjection: weight (1, C, 1, 1), noise (N, 1, H, W))
+#     out = lrelu(out)                  (LeakyReLU(0.2))
+#     out = adain(out, style)
+# A fused norm whose input is such a value (each step's value used only by the next) gets the
+# noise and activation as the op's prologue: instance_norm_modulate(x, ..., prologue_a=weight,
+# prologue_b=noise, pre_activation=...), which checks at run time that one is a per-channel
+# weight and the other noise (else computes the expression as written). The norm may be a
+# rewritten child called by the parent that adds the noise: the child's adain_forward_prologue
+# (its graph with the prologue's four keyword placeholders passed to the fused call that reads
+# its input) is called instead.
+
+_PROLOGUE_FORWARD = "adain_forward_prologue"
+_PROLOGUE_KWARGS = ("prologue_a", "prologue_b", "pre_activation", "pre_negative_slope")
+
+
+def _read_prologue(root: nn.Module, x: fx.Node):
+    """((base, a, b, pre_activation, pre_negative_slope, dead nodes), None) when x is
+    act(base + a * b) or base + a * b with every intermediate value used once; (None, why not)
+    when it is that expression but a value has another use; (None, None) otherwise."""
+    pre, act, dead = x, ("none", 0.01), []
+    if x.op in ("call_module", "call_function", "call_method") and x.args and isinstance(
+            x.args[0], fx.Node):
+        read = _read_activation(root, x, x.args[0])
+        if read is not None:
+            pre, act, dead = x.args[0], read, [x]
+    operands = _binary_operands(pre, _ADD)
+    if not operands or not all(isinstance(t, fx.Node) for t in operands):
+        return None, None
+    for base, product in (operands, operands[::-1]):
+        factors = _binary_operands(product, _MUL)
+        if not (factors and base is not product and all(isinstance(t, fx.Node) for t in factors)):
+            continue
+        text = f"{base.name} + {factors[0].name} * {factors[1].name}"
+        for value, what in ((x, f"the value {act[0]}({text})" if dead else None),
+                            (pre, f"the value {text}"), (product, "the product")):
+            if what and len(value.users) != 1:
+                return None, f"{what} has {len(value.users)} uses, not one"
+        return (base, factors[0], factors[1], act[0], act[1], dead + [pre, product]), None
+    return None, None
+
+
+def _prologue_target(root: nn.Module, node: fx.Node, prologue_ready: set) -> str | None:
+    """What `node` is when its input x can take the prologue: an instance_norm_modulate call
+    without one, or a call of a child with adain_forward_prologue."""
+    if (node.op == "call_function" and node.target is instance_norm_modulate
+            and node.kwargs.get("prologue_a") is None):
+        return "instance_norm_modulate(...)"
+    if node.op == "call_module" and id(root.get_submodule(node.target)) in prologue_ready:
+        return f"{type(root.get_submodule(node.target)).__name__} {node.target}"
+    return None
+
+
+def _fold_prologues(root: nn.Module, graph: fx.Graph, prologue_ready: set, apply: bool):
+    """Folds every noise injection (+ activation) whose value a fused norm alone reads into
+    that norm's prologue. Returns (rewrites, left_alone) as _rewrite_graph's."""
+    done, left_alone = [], []
+    for node in list(graph.nodes):
+        what = _prologue_target(root, node, prologue_ready)
+        if what is None or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        found, why_not = _read_prologue(root, node.args[0])
+        if why_not is not None:
+            left_alone.append((node, f"the noise injection before {what}", why_not))
+        if found is None:
+            continue
+        base, a, b, activation, slope, dead = found
+        act_text = "" if activation == "none" else f"{activation}("
+        name = f"{act_text}{base.name} + {a.name} * {b.name}{')' if act_text else ''}"
+        if node.op == "call_module":
+            child = root.get_submodule(node.target)
+            if child._forward_pre_hooks:
+                left_alone.append((node, f"{name} -> {what}", "it has forward pre-hooks, which "
+                                   "would see the input before the noise and activation"))
+                continue
+        if apply:
+            values = dict(zip(_PROLOGUE_KWARGS, (a, b, activation, slope)))
+            if node.op == "call_module":
+                with graph.inserting_before(node):
+                    fused = graph.call_method(
+                        _PROLOGUE_FORWARD, (graph.get_attr(node.target), base, *node.args[1:]),
+                        {**node.kwargs, **{f"adain_{k}": v for k, v in values.items()}})
+                node.replace_all_uses_with(fused)
+                graph.erase_node(node)
+            else:
+                node.args = (base, *node.args[1:])
+                node.kwargs = {**node.kwargs, **values}
+            for dead_node in dead:  # users first: the activation, the sum, the product
+                graph.erase_node(dead_node)
+        slope_text = f", pre_negative_slope={slope}" if activation == "leaky_relu" else ""
+        done.append(("prologue", f"{name} -> the prologue of {what}, "
+                                 f"pre_activation={activation!r}{slope_text}", _owner(node, "")))
+    return done, left_alone
+
+
+def _prologue_forward(module: nn.Module, graph: fx.Graph):
+    """The forward of `module`'s rewritten graph with the prologue's four keyword parameters
+    (adain_prologue_a, ...) passed to the instance_norm_modulate call that reads its first input
+    (that input's only use); None when there is no such call."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if not placeholders or any(str(p.target).startswith("*") for p in placeholders):
+        return None
+    first = placeholders[0]
+    (user,) = first.users if len(first.users) == 1 else (None,)
+    if not (user is not None and user.op == "call_function"
+            and user.target is instance_norm_modulate and user.args[0] is first
+            and user.kwargs.get("prologue_a") is None):
+        return None
+    variant = copy.deepcopy(graph)
+    placeholders = [n for n in variant.nodes if n.op == "placeholder"]
+    (user,) = placeholders[0].users
+    defaults = (None, None, "none", 0.01)
+    with variant.inserting_after(placeholders[-1]):
+        added = [variant.placeholder(f"adain_{k}", default_value=d)
+                 for k, d in zip(reversed(_PROLOGUE_KWARGS), reversed(defaults))]
+    user.kwargs = {**user.kwargs, **dict(zip(_PROLOGUE_KWARGS, reversed(added)))}
+    variant.lint()
+    return type(fx.GraphModule(module, variant)).forward
+
+
 def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: dict,
-                   activatable: frozenset | set = frozenset(), apply: bool = True):
+                   activatable: frozenset | set = frozenset(), apply: bool = True,
+                   prologue_ready: frozenset | set = frozenset()):
     """Applies the graph idioms to graph in place, node by node (a rewrite can change what the
     nodes after it match), then folds the activations that follow fused values. Returns
     (rewrites, left_alone, consumed): (pattern, detail, owner) per rewrite; (node, what, reason)
@@ -614,7 +776,9 @@ def _rewrite_graph(root: nn.Module, graph: fx.Graph, backend: str, references: d
     if activatable is None:  # folding turned off
         return done, left_alone, consumed
     folded, activations_left = _fold_activations(root, graph, activatable, apply)
-    return done + folded, left_alone + activations_left, consumed
+    prologues, prologues_left = _fold_prologues(root, graph, prologue_ready, apply)
+    return (done + folded + prologues, left_alone + activations_left + prologues_left,
+            consumed)
 
 
 # ----- The batch_norm trick (MUNIT / FUNIT AdaptiveInstanceNorm2d) ---------------------------
@@ -841,6 +1005,8 @@ class _Pass:
     opaque: set = field(default_factory=set)  # ids of modules done: later traces keep them calls
     # ids of rewritten modules whose output is a fused call that can take an activation
     activatable: set = field(default_factory=set)
+    # ids of rewritten modules whose first input goes straight into a fused norm (a prologue)
+    prologue_ready: set = field(default_factory=set)
     fold_activations: bool = True
 
     def left_alone(self, name: str, entries) -> None:
@@ -899,7 +1065,7 @@ def _visit_traced(run: _Pass, module: nn.Module, name: str) -> bool:
             continue
         found, traced_left, consumed = _rewrite_graph(
             module, graph, run.backend, run.references,
-            run.activatable if run.fold_activations else None, run.apply)
+            run.activatable if run.fold_activations else None, run.apply, run.prologue_ready)
         if not found:
             continue
         same = _same_in_train_and_eval(module, deep, run.opaque, run.extra)
@@ -918,10 +1084,14 @@ def _visit_traced(run: _Pass, module: nn.Module, name: str) -> bool:
             activated = _activated_forward(module, graph)
             if activated is not None:
                 run.activatable.add(id(module))
+            with_prologue = _prologue_forward(module, graph) if run.fold_activations else None
+            if with_prologue is not None:
+                run.prologue_ready.add(id(module))
             if run.apply:
                 generated = fx.GraphModule(module, graph)
                 _install(module, type(generated).forward, generated.code,
-                         **({_ACTIVATED_FORWARD: activated} if activated else {}))
+                         **({_ACTIVATED_FORWARD: activated} if activated else {}),
+                         **({_PROLOGUE_FORWARD: with_prologue} if with_prologue else {}))
             run.opaque.add(id(module))
         return True
     if traced_left is not None:

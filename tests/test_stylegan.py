@@ -165,7 +165,7 @@ def test_accelerate_every_pattern(monkeypatch):
     found = {(r.module, r.pattern) for r in plan if r.rewritten}
     assert found == {
         ("ros", "instance_norm_modulation"), ("fun", "instance_norm_modulation"),
-        ("epi", "instance_norm_modulation"), ("refs", "reference_call"),
+        ("epi", "instance_norm_modulation"), ("epi", "prologue"), ("refs", "reference_call"),
         ("spatial", "instance_norm_modulation"), ("ours", "reference_backend"),
         ("paper", "reference_backend"),
     }, plan
