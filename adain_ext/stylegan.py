@@ -102,11 +102,25 @@ class StyleModulation(nn.Module):
         s, b = style.unflatten(1, (2, self.channels)).unbind(1)
         return s + 1, b
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, *, noise: torch.Tensor | None = None,
+                noise_weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                pre_activation: str | None = None,
+                pre_negative_slope: float = 0.01) -> torch.Tensor:
+        """AdaIN of x with w's style. With the prologue arguments, of
+        pre_activation(x + noise_weight * noise + bias) instead (what StyleGAN runs before
+        every AdaIN: noise, bias, LeakyReLU(0.2)); the fused impls run it in the op's kernel
+        (adain_ext.adain_affine's prologue), the others as written, in x's dtype."""
         scale, shift = self.styles(w)
+        prologue = {}
+        if noise is not None or bias is not None or pre_activation not in (None, "none"):
+            prologue = {"noise": noise, "noise_weight": noise_weight, "bias": bias,
+                        "pre_activation": pre_activation, "pre_negative_slope": pre_negative_slope}
         if self.impl in FUSED:
             return functional.adain_affine(x, shift, scale, self.eps, self.unbiased,
-                                           backend=FUSED[self.impl])
+                                           backend=FUSED[self.impl], **prologue)
+        if prologue:
+            prologue["pre_activation"] = pre_activation or "none"
+            x = reference.prologue(x, **prologue).to(x.dtype)
         if self.impl == "reference":
             return reference.adain_affine(x, shift, scale, self.eps, self.unbiased)
         per_row = (*scale.shape, *([1] * (x.dim() - 2)))  # (N, C, 1, ...) against (N, C, *)

@@ -2,6 +2,7 @@
 
     mapping:   z -> pixel norm -> `mapping_layers` x (EqualizedLinear + leaky ReLU, lr x 0.01) -> w
     synthesis: learned constant 4x4 -> [noise, bias, leaky ReLU, AdaIN(w)] -> conv 3x3 -> [...]
+               (the bracket is one call of the fused op: noise, bias and leaky ReLU its prologue)
                then per resolution 8, 16, ..., `resolution`:
                upsample x2 -> conv 3x3 -> [...] -> conv 3x3 -> [...]
                -> 1x1 conv to RGB
@@ -61,14 +62,17 @@ class NoiseInjection(nn.Module):
         self.strength = nn.Parameter(torch.zeros(channels))  # StyleGAN starts without noise
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sample(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The noise for x (N, C, H, W): (N, 1, H, W) in x's dtype, or None in mode "none"."""
         if self.noise_mode == "none":
-            return x
+            return None
         if self.noise_mode == "const":
-            noise = self.noise_const
-        else:
-            noise = torch.randn_like(x[:, :1])
-        return x + noise * self.strength.view(1, -1, 1, 1).to(x.dtype)
+            return self.noise_const.to(x.dtype).expand(x.shape[0], -1, -1, -1)
+        return torch.randn_like(x[:, :1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = self.sample(x)
+        return x if noise is None else x + noise * self.strength.view(1, -1, 1, 1).to(x.dtype)
 
 
 class Epilogue(nn.Module):
@@ -81,9 +85,12 @@ class Epilogue(nn.Module):
         self.adain = StyleModulation(channels, w_dim, **modulation)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = self.noise(x)
-        x = F.leaky_relu(x + self.bias.view(1, -1, 1, 1).to(x.dtype), 0.2)
-        return self.adain(x, w)
+        # leaky_relu(x + strength * noise + bias, 0.2), then AdaIN: one kernel with the fused op
+        # (its prologue), as written with the others.
+        noise = self.noise.sample(x)
+        return self.adain(x, w, noise=noise,
+                          noise_weight=None if noise is None else self.noise.strength,
+                          bias=self.bias, pre_activation="leaky_relu", pre_negative_slope=0.2)
 
 
 class SynthesisBlock(nn.Module):
