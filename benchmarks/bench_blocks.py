@@ -10,9 +10,10 @@ Blocks (each written the way its model writes it; "IN-mod" = instance_norm(x) * 
 Variants of each block:
   eager reference      the block as written
   eager accelerated    accelerate(copy of the block): the AdaIN swapped for adain_ext.adain_affine,
-                       the ReLU/LeakyReLU after it (StarGAN v2, MUNIT, AdaIN-VC) its epilogue
-  eager accelerated, activation unfused   accelerate(fold_activations=False): that activation a
-                       pass of its own (those three blocks)
+                       the ReLU/LeakyReLU after it (StarGAN v2, MUNIT, AdaIN-VC) its epilogue, the
+                       noise injection and LeakyReLU before it (StyleGAN) its prologue
+  eager accelerated, neighbours unfused   accelerate(fold_activations=False): those neighbours
+                       passes of their own
   compiled reference   torch.compile(the block as written)
   compiled accelerated torch.compile(accelerate(copy of the block))
 Modes: forward under no_grad, and forward + backward (gradients of x, gamma, beta, noise weight).
@@ -58,10 +59,11 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 CPU = torch.device("cpu")
 
 VARIANTS = ("eager reference", "eager accelerated", "compiled reference", "compiled accelerated")
-# accelerate(fold_activations=False): the activation after the AdaIN a pass of its own, as before
-# the op had an epilogue (blocks with an activation after the AdaIN only).
-UNFUSED = "eager accelerated, activation unfused"
-UNFUSED_BLOCKS = ("stargan", "munit", "adain_vc")
+# accelerate(fold_activations=False): the activation after the AdaIN (StarGAN v2, MUNIT, AdaIN-VC)
+# or the noise injection and activation before it (StyleGAN) passes of their own, as before the
+# op had an epilogue and a prologue.
+UNFUSED = "eager accelerated, neighbours unfused"
+UNFUSED_BLOCKS = ("stylegan", "stargan", "munit", "adain_vc")
 MODES = ("forward", "forward+backward")
 BLOCKS = ("stylegan", "stargan", "munit", "adain_vc", "op")
 BLOCK_TITLES = {
@@ -370,7 +372,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                         "compiled": t["compiled reference"] / t["compiled accelerated"],
                         "compiled_ref_over_eager_acc":
                             t["compiled reference"] / t["eager accelerated"],
-                        # the activation as the op's epilogue against a pass of its own
+                        # the neighbours in the op (epilogue, prologue) against passes of their own
                         "epilogue": (at[block, mode, UNFUSED] / t["eager accelerated"]
                                      if (block, mode, UNFUSED) in at else None)})
     return out
@@ -409,7 +411,7 @@ def markdown(result: dict) -> str:
     lines += ["", "Speedups of accelerate() (the reference's time / the accelerated time; "
               "below 1: slower), same run:", "",
               "| block | mode | eager | compiled | compiled reference / eager accelerated "
-              "| activation unfused / fused (eager) |",
+              "| neighbours unfused / fused (eager) |",
               "|---|---|---|---|---|---|"]
     for r in ratios(rows):
         lines.append(f"| {BLOCK_TITLES.get(r['block'], r['block'])} | {r['mode']} | "
