@@ -14,6 +14,7 @@ import triton
 from torch.library import wrap_triton
 
 from adain_ext._vmap import fold_batch_into_n
+from adain_ext.fakes import PER_CHANNEL_ARGS
 
 # Under TRITON_INTERPRET=1 @triton.jit returns an InterpretedFunction that runs on CPU tensors.
 # wrap_triton passes it through untraced, and it cannot run on fake tensors, so in that mode the
@@ -286,9 +287,10 @@ from adain_ext._layout import (  # noqa: E402,F401
 )
 
 
-def register(name: str, fake, vmap=fold_batch_into_n):
+def register(name: str, fake):
     """Registers fn as the op adain_triton::<name> with the given fake kernel (see INTERPRET) and
-    vmap rule (a factory taking the op)."""
+    the vmap rule of every op (the prologue's per-channel arguments passed as they are, as for
+    the compiled ops: fakes.PER_CHANNEL_ARGS)."""
 
     def decorate(fn):
         qualname = f"adain_triton::{name}"
@@ -297,38 +299,7 @@ def register(name: str, fake, vmap=fold_batch_into_n):
         else:
             op = torch.library.triton_op(qualname, mutates_args=())(fn)
         op.register_fake(fake)
-        op.register_vmap(vmap(op))
+        op.register_vmap(fold_batch_into_n(op, PER_CHANNEL_ARGS.get(name, ())))
         return op
 
     return decorate
-
-
-def fold_batch_keeping_channel_params(channel_params: tuple[int, ...]):
-    """The vmap rule factory of the prologue ops: the vmapped dimension folds into N for every
-    (N, ...) tensor argument as in _vmap.fold_batch_into_n, while the per-channel parameters (the
-    argument positions `channel_params`: noise_weight, bias) are passed as they are. When one of
-    those is itself batched, each call of the batch runs on its own and the results are stacked."""
-
-    def factory(op):
-        def rule(info, in_dims, *args):
-            batch = info.batch_size
-            if any(in_dims[i] is not None for i in channel_params):
-                calls = [op(*(a.select(d, b) if isinstance(a, torch.Tensor) and d is not None
-                              else a for a, d in zip(args, in_dims))) for b in range(batch)]
-                return (tuple(torch.stack(outs) for outs in zip(*calls)),
-                        tuple(0 for _ in calls[0]))
-            n = next(a.shape[1 if d is not None else 0] for a, d in zip(args, in_dims)
-                     if isinstance(a, torch.Tensor) and a.dim() > 1)
-            folded = []
-            for i, (arg, dim) in enumerate(zip(args, in_dims)):
-                if isinstance(arg, torch.Tensor) and i not in channel_params:
-                    arg = arg.movedim(dim, 0) if dim is not None else arg.expand(batch, *arg.shape)
-                    arg = arg.reshape(batch * n, *arg.shape[2:])
-                folded.append(arg)
-            out = op(*folded)
-            return (tuple(t.reshape(batch, n, *t.shape[1:]) for t in out),
-                    tuple(0 for _ in out))
-
-        return rule
-
-    return factory

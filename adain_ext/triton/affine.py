@@ -562,8 +562,7 @@ affine_forward_op.register_autograd(_backward, setup_context=_setup_context)
 # _prologue_affine_backward): affine at alpha = 1 over p = act_pre(x + noise_weight * noise + bias).
 
 
-@_common.register("_prologue_affine_forward", fakes.prologue_affine_forward,
-                  vmap=_common.fold_batch_keeping_channel_params(channel_params=(2, 3)))
+@_common.register("_prologue_affine_forward", fakes.prologue_affine_forward)
 def prologue_affine_forward_op(x: torch.Tensor, noise: torch.Tensor | None,
                                noise_weight: torch.Tensor | None, bias: torch.Tensor | None,
                                pre_activation: str, pre_negative_slope: float,
@@ -578,8 +577,7 @@ def prologue_affine_forward_op(x: torch.Tensor, noise: torch.Tensor | None,
     return affine_forward(x, mean, std, 1.0, eps, unbiased, activation, negative_slope, prologue)
 
 
-@_common.register("_prologue_affine_backward", fakes.prologue_affine_backward,
-                  vmap=_common.fold_batch_keeping_channel_params(channel_params=(3, 4)))
+@_common.register("_prologue_affine_backward", fakes.prologue_affine_backward)
 def prologue_affine_backward_op(grad_out: torch.Tensor, x: torch.Tensor,
                                 noise: torch.Tensor | None, noise_weight: torch.Tensor | None,
                                 bias: torch.Tensor | None, pre_activation: str,
