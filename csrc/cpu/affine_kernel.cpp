@@ -176,6 +176,38 @@ C10_ALWAYS_INLINE Vectorized<acc_t> pre_activation_grad(const Epilogue<acc_t>& a
   return act.kind == Activation::None ? g : activation_grad_vec(act, pre, g);
 }
 
+// Vector loops over n elements: full vectors with plain loads and stores, then one tail vector
+// with counted ones (at::vec's counted loadu/store go through a stack copy: in every iteration
+// they made the prologue's loops 2-3x slower). body(j, io): io.load / io.store at j, and
+// io.full (constexpr) false only for the tail, of io.k < V elements.
+template <typename acc_t, bool kFull>
+struct VecIO {
+  static constexpr bool full = kFull;
+  int64_t k;
+  C10_ALWAYS_INLINE Vectorized<acc_t> load(const acc_t* ptr) const {
+    if constexpr (kFull) {
+      return Vectorized<acc_t>::loadu(ptr);
+    } else {
+      return Vectorized<acc_t>::loadu(ptr, k);
+    }
+  }
+  C10_ALWAYS_INLINE void store(Vectorized<acc_t> v, acc_t* ptr) const {
+    if constexpr (kFull) {
+      v.store(ptr);
+    } else {
+      v.store(ptr, k);
+    }
+  }
+};
+
+template <typename acc_t, typename Body>
+C10_ALWAYS_INLINE void for_vectors(int64_t n, Body body) {
+  constexpr int64_t V = Vectorized<acc_t>::size();
+  int64_t j = 0;
+  for (; j + V <= n; j += V) body(j, VecIO<acc_t, true>{V});
+  if (j < n) body(j, VecIO<acc_t, false>{n - j});
+}
+
 // The prologue of one unit (a contiguous row, or a channels_last image).
 template <typename scalar_t>
 struct UnitPrologue {
@@ -196,15 +228,13 @@ const acc_t* form_row(const UnitPrologue<scalar_t>& pro, const scalar_t* x, cons
   const Vec w(pro.weight[0]), b(pro.bias[0]);
   const acc_t* xc = load_acc(x, n, p);  // fp32: x itself; 16-bit: converted into p
   const acc_t* nc = noise ? load_acc(noise, n, noise_buf) : nullptr;
-  const int64_t V = Vec::size();
-  for (int64_t j = 0; j < n; j += V) {
-    const int64_t k = std::min<int64_t>(V, n - j);
-    Vec v = Vec::loadu(xc + j, k);
-    if (nc) v = at::vec::fmadd(w, Vec::loadu(nc + j, k), v);
+  for_vectors<acc_t>(n, [&](int64_t j, auto io) {
+    Vec v = io.load(xc + j);
+    if (nc) v = at::vec::fmadd(w, io.load(nc + j), v);
     v = v + b;
-    if (pre) v.store(pre + j, k);
-    pre_activate(pro.act, v).store(p + j, k);
-  }
+    if (pre) io.store(v, pre + j);
+    io.store(pre_activate(pro.act, v), p + j);
+  });
   return nc;
 }
 
@@ -225,15 +255,13 @@ const acc_t* form_position(const UnitPrologue<scalar_t>& pro, const scalar_t* x_
       nc = noise_buf;
     }
   }
-  const int64_t V = Vec::size();
-  for (int64_t c = 0; c < C; c += V) {
-    const int64_t k = std::min<int64_t>(V, C - c);
-    Vec v = Vec::loadu(xc + c, k);
-    if (nc) v = at::vec::fmadd(Vec::loadu(pro.weight + c, k), Vec::loadu(nc + c, k), v);
-    v = v + Vec::loadu(pro.bias + c, k);
-    if (pre) v.store(pre + c, k);
-    pre_activate(pro.act, v).store(p + c, k);
-  }
+  for_vectors<acc_t>(C, [&](int64_t c, auto io) {
+    Vec v = io.load(xc + c);
+    if (nc) v = at::vec::fmadd(io.load(pro.weight + c), io.load(nc + c), v);
+    v = v + io.load(pro.bias + c);
+    if (pre) io.store(v, pre + c);
+    io.store(pre_activate(pro.act, v), p + c);
+  });
   return nc;
 }
 
@@ -257,6 +285,17 @@ struct SumVecs {
   Vec g{0}, g_dev{0}, mg{0}, mdev{0}, m{0}, mg_noise{0}, mdev_noise{0}, m_noise{0};
 
   // gy: the gradient after the epilogue's backward; dev = p - mean; m = act_pre'(pre); nv: noise.
+  void merge(const SumVecs& o) {
+    g += o.g;
+    g_dev += o.g_dev;
+    mg += o.mg;
+    mdev += o.mdev;
+    m += o.m;
+    mg_noise += o.mg_noise;
+    mdev_noise += o.mdev_noise;
+    m_noise += o.m_noise;
+  }
+
   C10_ALWAYS_INLINE void add(Vec gy, Vec dev, Vec mv, const Vec* nv) {
     g += gy;
     g_dev = at::vec::fmadd(gy, dev, g_dev);
@@ -277,41 +316,38 @@ acc_t lane_sum(Vectorized<acc_t> v) {
   return at::vec::vec_reduce_all<acc_t>([](auto a, auto b) { return a + b; }, v);
 }
 
-// One row piece's sums: GradSums over (p, gy) and the masked PrologueSums.
-template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-PrologueBackwardSums<acc_t> prologue_sums_row(const UnitPrologue<scalar_t>& pro,
-                                              const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd,
-                                              const scalar_t* g, const scalar_t* x,
-                                              const scalar_t* noise, int64_t n, acc_t mean) {
+// One row piece's sums, from pre, p, noise (null: none) and g already in the accumulation dtype:
+// GradSums over (p, gy) and the masked PrologueSums, added to `sv`.
+template <typename acc_t>
+void prologue_sums_of(const Epilogue<acc_t>& pre_act, const Epilogue<acc_t>& e,
+                      const RowCoef<acc_t>& fwd, const acc_t* g, const acc_t* pre, const acc_t* p,
+                      const acc_t* noise, int64_t n, acc_t mean, SumVecs<acc_t>& sv) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  acc_t pre[kChunk], p[kChunk], nbuf[kChunk], gbuf[kChunk];
   const Vec m(mean), f_slope(fwd.slope), f_mean(fwd.mean), f_shift(fwd.shift);
-  SumVecs<acc_t> sv;
-  for (int64_t i = 0; i < n; i += kChunk) {
-    const int64_t len = std::min(kChunk, n - i);
-    const acc_t* nc = form_row(pro, x + i, noise ? noise + i : nullptr, len, pre, p, nbuf);
-    const acc_t* gc = load_acc(g + i, len, gbuf);
-    for (int64_t j = 0; j < len; j += V) {
-      const int64_t k = std::min<int64_t>(V, len - j);
-      const Vec pv = Vec::loadu(p + j, k);
-      Vec gy = Vec::loadu(gc + j, k);  // zero past k, and so after the epilogue's backward
-      if (e.kind != Activation::None) {
-        gy = activation_grad_vec(e, at::vec::fmadd(f_slope, pv - f_mean, f_shift), gy);
-      }
-      Vec dev = pv - m, mv = pre_activation_grad(pro.act, Vec::loadu(pre + j, k), Vec(1));
-      if (k < V) {
-        dev = Vec::set(Vec(0), dev, k);
-        mv = Vec::set(Vec(0), mv, k);
-      }
-      if (nc) {
-        const Vec nv = Vec::loadu(nc + j, k);
-        sv.add(gy, dev, mv, &nv);
-      } else {
-        sv.add(gy, dev, mv, nullptr);
-      }
+  SumVecs<acc_t> local;  // in registers: `sv` is memory the loop would store to every time
+  for_vectors<acc_t>(n, [&](int64_t j, auto io) {
+    const Vec pv = io.load(p + j);
+    Vec gy = io.load(g + j);  // zero past the data, and so after the epilogue's backward
+    if (e.kind != Activation::None) {
+      gy = activation_grad_vec(e, at::vec::fmadd(f_slope, pv - f_mean, f_shift), gy);
     }
-  }
+    Vec dev = pv - m, mv = pre_activation_grad(pre_act, io.load(pre + j), Vec(1));
+    if constexpr (!decltype(io)::full) {  // lanes past the data add nothing
+      dev = Vec::set(Vec(0), dev, io.k);
+      mv = Vec::set(Vec(0), mv, io.k);
+    }
+    if (noise) {
+      const Vec nv = io.load(noise + j);
+      local.add(gy, dev, mv, &nv);
+    } else {
+      local.add(gy, dev, mv, nullptr);
+    }
+  });
+  sv.merge(local);
+}
+
+template <typename acc_t>
+PrologueBackwardSums<acc_t> sums_of(const SumVecs<acc_t>& sv) {
   PrologueBackwardSums<acc_t> out;
   out.affine = {lane_sum(sv.g), lane_sum(sv.g_dev)};
   out.prologue = {lane_sum(sv.mg), lane_sum(sv.mdev), lane_sum(sv.m),
@@ -319,33 +355,73 @@ PrologueBackwardSums<acc_t> prologue_sums_row(const UnitPrologue<scalar_t>& pro,
   return out;
 }
 
-// grad_x = act_pre'(pre) * (k * gy + slope * (p - mean) + shift) over a row piece.
+// grad_x = act_pre'(pre) * (k * gy + slope * (p - mean) + shift) over n elements in the
+// accumulation dtype, into out_acc.
+template <typename acc_t>
+void prologue_map_of(const Epilogue<acc_t>& pre_act, const Epilogue<acc_t>& e,
+                     const RowCoef<acc_t>& fwd, const RowCoef<acc_t>& c, acc_t* out,
+                     const acc_t* g, const acc_t* pre, const acc_t* p, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  const Vec f_slope(fwd.slope), f_mean(fwd.mean), f_shift(fwd.shift);
+  const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
+  for_vectors<acc_t>(n, [&](int64_t j, auto io) {
+    const Vec pv = io.load(p + j);
+    Vec gy = io.load(g + j);
+    if (e.kind != Activation::None) {
+      gy = activation_grad_vec(e, at::vec::fmadd(f_slope, pv - f_mean, f_shift), gy);
+    }
+    const Vec gp = at::vec::fmadd(g_scale, gy, at::vec::fmadd(slope, pv - mean, shift));
+    io.store(pre_activation_grad(pre_act, io.load(pre + j), gp), out + j);
+  });
+}
+
+// A row piece's sums, pre and p formed chunk by chunk (rows too long for one buffer, segments).
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+PrologueBackwardSums<acc_t> prologue_sums_row(const UnitPrologue<scalar_t>& pro,
+                                              const Epilogue<acc_t>& e, const RowCoef<acc_t>& fwd,
+                                              const scalar_t* g, const scalar_t* x,
+                                              const scalar_t* noise, int64_t n, acc_t mean) {
+  acc_t pre[kChunk], p[kChunk], nbuf[kChunk], gbuf[kChunk];
+  SumVecs<acc_t> sv;
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    const acc_t* nc = form_row(pro, x + i, noise ? noise + i : nullptr, len, pre, p, nbuf);
+    prologue_sums_of(pro.act, e, fwd, load_acc(g + i, len, gbuf), pre, p, nc, len, mean, sv);
+  }
+  return sums_of(sv);
+}
+
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void prologue_map_row(const UnitPrologue<scalar_t>& pro, const Epilogue<acc_t>& e,
                       const RowCoef<acc_t>& fwd, const RowCoef<acc_t>& c, scalar_t* out,
                       const scalar_t* g, const scalar_t* x, const scalar_t* noise, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
   acc_t pre[kChunk], p[kChunk], nbuf[kChunk], gbuf[kChunk], obuf[kChunk];
-  const Vec f_slope(fwd.slope), f_mean(fwd.mean), f_shift(fwd.shift);
-  const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     form_row(pro, x + i, noise ? noise + i : nullptr, len, pre, p, nbuf);
-    const acc_t* gc = load_acc(g + i, len, gbuf);
     acc_t* oc = out_acc(out + i, obuf);
-    for (int64_t j = 0; j < len; j += V) {
-      const int64_t k = std::min<int64_t>(V, len - j);
-      const Vec pv = Vec::loadu(p + j, k);
-      Vec gy = Vec::loadu(gc + j, k);
-      if (e.kind != Activation::None) {
-        gy = activation_grad_vec(e, at::vec::fmadd(f_slope, pv - f_mean, f_shift), gy);
-      }
-      const Vec gp = at::vec::fmadd(g_scale, gy, at::vec::fmadd(slope, pv - mean, shift));
-      pre_activation_grad(pro.act, Vec::loadu(pre + j, k), gp).store(oc + j, k);
-    }
+    prologue_map_of(pro.act, e, fwd, c, oc, load_acc(g + i, len, gbuf), pre, p, len);
     store_acc(oc, out + i, len);
   }
+}
+
+// Rows up to this many elements run whole: p (and in the backward pre, noise and g) formed once
+// into per-task buffers (4 x 64 KiB of fp32, in L2), which the statistics and the map then read,
+// instead of forming them again chunk by chunk in each pass. StyleGAN's rows (4x4 to 128x128)
+// are all such rows.
+constexpr int64_t kWholeRow = 16384;
+
+// Calls body(row, buffers) for every contiguous row in parallel, buffers of L acc_t each, and
+// returns true; false (nothing run) where the rows are channels_last, split or longer.
+template <typename acc_t, typename Body>
+bool for_each_whole_row(const Geometry& geo, int buffers, Body body) {
+  if (geo.layout != Layout::Contiguous || geo.segments() != 1 || geo.L > kWholeRow) return false;
+  log_segments(1);
+  at::parallel_for(0, geo.units(), geo.grain(geo.units()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> storage(buffers * geo.L);
+    for (int64_t row = begin; row < end; ++row) body(row, storage.data());
+  });
+  return true;
 }
 
 // The channels_last image's versions: positions [begin, end), all C channels; fwd_fields and
@@ -356,7 +432,6 @@ void prologue_sums_positions(const UnitPrologue<scalar_t>& pro, const Epilogue<a
                              const scalar_t* x_image, int64_t C, int64_t begin, int64_t end,
                              const acc_t* mean, PrologueBackwardSums<acc_t>* sums) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
   const int64_t noise_stride = pro.noise_per_channel ? C : 1;
   std::vector<acc_t> pre(C), p(C), nbuf(C), gbuf(C);
   std::vector<acc_t> acc(8 * C, acc_t(0));  // the 8 sums, each across channels
@@ -365,27 +440,26 @@ void prologue_sums_positions(const UnitPrologue<scalar_t>& pro, const Epilogue<a
                                     pro.noise ? pro.noise + pos * noise_stride : nullptr, C,
                                     pre.data(), p.data(), nbuf.data());
     const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
-    for (int64_t c = 0; c < C; c += V) {
-      const int64_t k = std::min<int64_t>(V, C - c);
-      const Vec pv = Vec::loadu(p.data() + c, k);
-      Vec gy = Vec::loadu(gr + c, k);
+    for_vectors<acc_t>(C, [&](int64_t c, auto io) {
+      const Vec pv = io.load(p.data() + c);
+      Vec gy = io.load(gr + c);
       if (e.kind != Activation::None) {
-        const Vec y = at::vec::fmadd(Vec::loadu(fwd_fields + c, k),
-                                     pv - Vec::loadu(fwd_fields + C + c, k),
-                                     Vec::loadu(fwd_fields + 2 * C + c, k));
+        const Vec y = at::vec::fmadd(io.load(fwd_fields + c),
+                                     pv - io.load(fwd_fields + C + c),
+                                     io.load(fwd_fields + 2 * C + c));
         gy = activation_grad_vec(e, y, gy);
       }
-      const Vec dev = pv - Vec::loadu(mean + c, k);
-      const Vec mv = pre_activation_grad(pro.act, Vec::loadu(pre.data() + c, k), Vec(1));
+      const Vec dev = pv - io.load(mean + c);
+      const Vec mv = pre_activation_grad(pro.act, io.load(pre.data() + c), Vec(1));
       const Vec terms[8] = {gy, gy * dev, mv * gy, mv * dev, mv,
-                            nc ? mv * Vec::loadu(nc + c, k) * gy : Vec(0),
-                            nc ? mv * Vec::loadu(nc + c, k) * dev : Vec(0),
-                            nc ? mv * Vec::loadu(nc + c, k) : Vec(0)};
+                            nc ? mv * io.load(nc + c) * gy : Vec(0),
+                            nc ? mv * io.load(nc + c) * dev : Vec(0),
+                            nc ? mv * io.load(nc + c) : Vec(0)};
       for (int t = 0; t < 8; ++t) {
         acc_t* a = acc.data() + t * C + c;
-        (Vec::loadu(a, k) + terms[t]).store(a, k);
+        io.store((io.load(a) + terms[t]), a);
       }
-    }
+    });
   }
   for (int64_t c = 0; c < C; ++c) {
     PrologueBackwardSums<acc_t> s;
@@ -402,7 +476,6 @@ void prologue_map_positions(const UnitPrologue<scalar_t>& pro, const Epilogue<ac
                             const scalar_t* g_image, const scalar_t* x_image, int64_t C,
                             int64_t begin, int64_t end) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
   const int64_t noise_stride = pro.noise_per_channel ? C : 1;
   const acc_t *g_scale = coefs, *slope = coefs + C, *mean = coefs + 2 * C, *shift = coefs + 3 * C;
   std::vector<acc_t> pre(C), p(C), nbuf(C), gbuf(C), obuf(C);
@@ -411,22 +484,21 @@ void prologue_map_positions(const UnitPrologue<scalar_t>& pro, const Epilogue<ac
                   pre.data(), p.data(), nbuf.data());
     const acc_t* gr = load_acc(g_image + pos * C, C, gbuf.data());
     acc_t* orow = out_acc(out_image + pos * C, obuf.data());
-    for (int64_t c = 0; c < C; c += V) {
-      const int64_t k = std::min<int64_t>(V, C - c);
-      const Vec pv = Vec::loadu(p.data() + c, k);
-      Vec gy = Vec::loadu(gr + c, k);
+    for_vectors<acc_t>(C, [&](int64_t c, auto io) {
+      const Vec pv = io.load(p.data() + c);
+      Vec gy = io.load(gr + c);
       if (e.kind != Activation::None) {
-        const Vec y = at::vec::fmadd(Vec::loadu(fwd_fields + c, k),
-                                     pv - Vec::loadu(fwd_fields + C + c, k),
-                                     Vec::loadu(fwd_fields + 2 * C + c, k));
+        const Vec y = at::vec::fmadd(io.load(fwd_fields + c),
+                                     pv - io.load(fwd_fields + C + c),
+                                     io.load(fwd_fields + 2 * C + c));
         gy = activation_grad_vec(e, y, gy);
       }
       const Vec gp = at::vec::fmadd(
-          Vec::loadu(g_scale + c, k), gy,
-          at::vec::fmadd(Vec::loadu(slope + c, k), pv - Vec::loadu(mean + c, k),
-                         Vec::loadu(shift + c, k)));
-      pre_activation_grad(pro.act, Vec::loadu(pre.data() + c, k), gp).store(orow + c, k);
-    }
+          io.load(g_scale + c), gy,
+          at::vec::fmadd(io.load(slope + c), pv - io.load(mean + c),
+                         io.load(shift + c)));
+      io.store(pre_activation_grad(pro.act, io.load(pre.data() + c), gp), orow + c);
+    });
     store_acc(orow, out_image + pos * C, C);
   }
 }
@@ -527,6 +599,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prologue_affine_forward(
         return buf;
       };
     };
+    const auto finish = [&](int64_t row, const WelfordState<acc_t>& s) {
+      mean_out[row] = s.mean;
+      std_out[row] = std_of(s, eps_, unbiased);
+      return affine_forward_coef(s.mean, std_out[row], mean_t[row], std_t[row], acc_t(1));
+    };
+    const bool whole_rows = for_each_whole_row<acc_t>(geo, 2, [&](int64_t row, acc_t* buffers) {
+      const auto pro = inputs.unit<scalar_t>(geo, row, pre_act);
+      acc_t *p = buffers, *noise_buf = buffers + L;
+      form_row(pro, xp + row * L, pro.noise, L, static_cast<acc_t*>(nullptr), p, noise_buf);
+      const auto in_p = [p](int64_t i, int64_t, acc_t*) -> const acc_t* { return p + i; };
+      map_forward_chunks(op + row * L, L, finish(row, welford_chunks<acc_t>(L, in_p)), epilogue,
+                         in_p);
+    });
+    if (whole_rows) return;
     reduce_then_map<WelfordState<acc_t>, RowCoef<acc_t>>(
         geo,
         [&](int64_t u, int64_t b, int64_t e, WelfordState<acc_t>* states) {
@@ -542,11 +628,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prologue_affine_forward(
           }
         },
         [](const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) { return welford_merge(a, b); },
-        [&](int64_t row, const WelfordState<acc_t>& s) {
-          mean_out[row] = s.mean;
-          std_out[row] = std_of(s, eps_, unbiased);
-          return affine_forward_coef(s.mean, std_out[row], mean_t[row], std_t[row], acc_t(1));
-        },
+        finish,
         [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
           const auto pro = inputs.unit<scalar_t>(geo, u, pre_act);
           if (contiguous) {
@@ -620,6 +702,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prologue_
       for (int64_t c = 0; c < C; ++c) fwd[c] = forward_coef(u * C + c);
       return forward_fields(fwd.data(), C);
     };
+    const auto finish = [&](int64_t row, const PrologueBackwardSums<acc_t>& s) {
+      const AffineGrads<acc_t> grads =
+          affine_backward_coef(s.affine, mp[row], sdp[row], std_t[row], acc_t(1), L, unbiased);
+      const PrologueGrads<acc_t> pg = prologue_grads(s.prologue, grads.grad_x);
+      gmean[row] = grads.grad_mean_t;
+      gstd[row] = grads.grad_std_t;
+      gbias[row] = pg.grad_bias;
+      gweight[row] = pg.grad_weight;
+      return grads.grad_x;
+    };
+    const bool whole_rows = for_each_whole_row<acc_t>(geo, 5, [&](int64_t row, acc_t* buffers) {
+      const auto pro = inputs.unit<scalar_t>(geo, row, pre_act);
+      acc_t *pre = buffers, *p = buffers + L, *noise_buf = buffers + 2 * L;
+      acc_t *g_buf = buffers + 3 * L, *out_buf = buffers + 4 * L;
+      const acc_t* noise = form_row(pro, xp + row * L, pro.noise, L, pre, p, noise_buf);
+      const acc_t* g_acc = load_acc(gp + row * L, L, g_buf);
+      const RowCoef<acc_t> fwd = forward_coef(row);
+      SumVecs<acc_t> sv;
+      prologue_sums_of(pre_act, epilogue, fwd, g_acc, pre, p, noise, L, mp[row], sv);
+      acc_t* o = out_acc(out + row * L, out_buf);
+      prologue_map_of(pre_act, epilogue, fwd, finish(row, sums_of(sv)), o, g_acc, pre, p, L);
+      store_acc(o, out + row * L, L);
+    });
+    if (whole_rows) return;
     reduce_then_map<PrologueBackwardSums<acc_t>, RowCoef<acc_t>>(
         geo,
         [&](int64_t u, int64_t b, int64_t e, PrologueBackwardSums<acc_t>* sums) {
@@ -637,16 +743,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prologue_
         [](const PrologueBackwardSums<acc_t>& a, const PrologueBackwardSums<acc_t>& b) {
           return merge(a, b);
         },
-        [&](int64_t row, const PrologueBackwardSums<acc_t>& s) {
-          const AffineGrads<acc_t> grads =
-              affine_backward_coef(s.affine, mp[row], sdp[row], std_t[row], acc_t(1), L, unbiased);
-          const PrologueGrads<acc_t> pg = prologue_grads(s.prologue, grads.grad_x);
-          gmean[row] = grads.grad_mean_t;
-          gstd[row] = grads.grad_std_t;
-          gbias[row] = pg.grad_bias;
-          gweight[row] = pg.grad_weight;
-          return grads.grad_x;
-        },
+        finish,
         [&](int64_t u, int64_t b, int64_t e, const RowCoef<acc_t>* unit_coefs) {
           const auto pro = inputs.unit<scalar_t>(geo, u, pre_act);
           if (contiguous) {
