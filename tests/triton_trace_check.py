@@ -70,6 +70,11 @@ FUNCTIONS = {
     "adain": lambda c, s, m, sd: T.adain(c, s, 0.7).sum(),
     "adain_affine": lambda c, s, m, sd: T.adain_affine(c, m, sd).sum(),
     "mean_std": lambda c, s, m, sd: sum(T.mean_std(s)).sum(),
+    # The prologue op: noise broadcast over channels, its weight and a bias from the statistics'
+    # tensors (gradients reach them too), LeakyReLU before and ReLU after.
+    "adain_affine_prologue": lambda c, s, m, sd: T.adain_affine(
+        c, m, sd, activation="relu", noise=s[:, :1, :4, :4].repeat(1, 1, 2, 2),
+        noise_weight=m[0], bias=sd[1], pre_activation="leaky_relu", pre_negative_slope=0.2).sum(),
     "all": lambda c, s, m, sd: (T.adain(c, s) + T.adain_affine(c, m, sd)
                                 + sum(T.mean_std(c))).sum(),
 }

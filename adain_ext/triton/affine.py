@@ -29,6 +29,7 @@ from adain_ext.triton.prologue import (
     NOISE_NONE,
     NOISE_PER_ELEMENT,
     NOISE_PER_POSITION,
+    PLAIN_ARGS,
     PROLOGUE_SUMS,
     prologue_grads,
     prologue_mask,
@@ -401,7 +402,7 @@ def affine_forward(x_in, mean_t, std_t, alpha: float, eps: float, unbiased: bool
     """(out, mean_x, std_x) for a canonical-layout-or-not x; targets acc-dtype (N*C,) or any.
     prologue: a _Prologue (the statistics and the map over p), or None."""
     x, channels_last = _common.canonical_layout(x_in)
-    pro = prologue.kernel_args(x, channels_last) if prologue is not None else {}
+    pro = prologue.kernel_args(x, channels_last) if prologue is not None else PLAIN_ARGS
     out = _common.empty_output(x)
     mean_x, std_x = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
@@ -448,9 +449,9 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
     grad_mt, grad_st = _common.empty_stats(x), _common.empty_stats(x)
     N, C, H, W = x.shape
     R, L = N * C, H * W
-    pro, extra = {}, ()
+    pro, extra = dict(PLAIN_ARGS, PARTIAL_PROLOGUE=None), ()
     if prologue is not None:
-        pro = prologue.kernel_args(x, channels_last)
+        pro = dict(prologue.kernel_args(x, channels_last), PARTIAL_PROLOGUE=None)
         extra = (_common.empty_stats(x), _common.empty_stats(x))  # grad_bias, grad_noise_weight
     if R == 0:
         return _common.shaped_like(grad_x, x_in), grad_mt, grad_st, *extra
@@ -469,10 +470,10 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
             _affine_backward_row_kernel, p.grid(), g, x, xm, xs, mt, st, grad_x, grad_mt, grad_st,
             R, C, L, alpha_hi, alpha_lo, slope_hi, slope_lo, p.rows_bucket, UNBIASED=unbiased,
             CHANNELS_LAST=channels_last, ACTIVATION=act, BLOCK_R=p.block_r, BLOCK_L=p.block_l,
-            **_grads_of_prologue(pro, extra), **opts)
+            **_grads_of_prologue(pro, extra, partial=False), **opts)
         return _common.shaped_like(grad_x, x_in), grad_mt, grad_st, *extra
     partial_sum_g, partial_sum_g_dev = _common.empty_partials(p, acc, x.device)
-    if pro:
+    if prologue is not None:
         pro["PARTIAL_PROLOGUE"] = torch.empty(PROLOGUE_SUMS, p.segments, p.rows, dtype=acc,
                                               device=x.device)
     _common.launch(
@@ -489,11 +490,14 @@ def affine_backward(grad_out, x_in, mean_x, std_x, std_t, alpha: float, unbiased
     return _common.shaped_like(grad_x, x_in), grad_mt, grad_st, *extra
 
 
-def _grads_of_prologue(pro: dict, extra: tuple) -> dict:
-    """The prologue's kernel arguments with its two gradient outputs (none without one)."""
-    if not pro:
-        return {}
-    return dict(pro, GRAD_BIAS=extra[0], GRAD_NOISE_WEIGHT=extra[1])
+def _grads_of_prologue(pro: dict, extra: tuple, partial: bool = True) -> dict:
+    """The prologue's kernel arguments with its two gradient outputs (None without a prologue),
+    and without the partials' buffer for the single-pass kernel."""
+    args = dict(pro, GRAD_BIAS=extra[0] if extra else None,
+                GRAD_NOISE_WEIGHT=extra[1] if extra else None)
+    if not partial:
+        del args["PARTIAL_PROLOGUE"]
+    return args
 
 
 class _Prologue:

@@ -9,7 +9,7 @@ from adain_ext import _autograd, fakes
 from adain_ext._validation import check_eps, check_features
 from adain_ext.triton import _common
 from adain_ext.triton._common import kernel
-from adain_ext.triton.prologue import prologue_params, prologue_row_stats_loop
+from adain_ext.triton.prologue import PLAIN_ARGS, prologue_params, prologue_row_stats_loop
 from adain_ext.triton.row_math import apply_coef, mean_std_backward_coef, std_of
 from adain_ext.triton.welford import (
     merge_partials,
@@ -115,13 +115,13 @@ def row_stats(x: torch.Tensor, channels_last: bool, eps: float, unbiased: bool, 
         _common.launch(
             _row_stats_kernel, p.grid(), x, mean, std, R, C, L, L, eps_hi, eps_lo,
             p.rows_bucket, FINALIZE=True, UNBIASED=unbiased, CHANNELS_LAST=channels_last,
-            BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+            BLOCK_R=p.block_r, BLOCK_L=p.block_l, **PLAIN_ARGS, **opts)
         return mean, std
     partial_mean, partial_m2 = _common.empty_partials(p, acc, x.device)
     _common.launch(
         _row_stats_kernel, p.grid(p.segments), x, partial_mean, partial_m2, R, C, L,
         p.segment_len, eps_hi, eps_lo, p.rows_bucket, FINALIZE=False, UNBIASED=unbiased,
-        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **opts)
+        CHANNELS_LAST=channels_last, BLOCK_R=p.block_r, BLOCK_L=p.block_l, **PLAIN_ARGS, **opts)
     _common.launch(
         _merge_stats_kernel, p.grid(), partial_mean, partial_m2, mean, std, R, L, p.segment_len,
         p.segments, eps_hi, eps_lo, p.rows_bucket, UNBIASED=unbiased,

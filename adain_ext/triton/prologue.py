@@ -34,6 +34,13 @@ NOISE_PER_ELEMENT = tl.constexpr(2)  # (N, C, *): one value per element, in x's 
 # The planes of the backward's [6, segment, row] partial buffer, in PrologueSums' order.
 PROLOGUE_SUMS = 6
 
+# The prologue arguments of a launch without one. Always passed, never left to the kernels'
+# defaults: torch.compile's analysis of a triton_op's kernels (wrap_triton) needs every argument
+# of the kernel at the call ("Incorrect number of arguments passed to kernel"). None pointers are
+# constexprs: the plain kernels have no more runtime arguments than before the prologue.
+PLAIN_ARGS = {"NOISE": None, "NOISE_WEIGHT": None, "BIAS": None, "pre_slope_hi": None,
+              "pre_slope_lo": None, "PROLOGUE": False, "NOISE_MODE": 0, "PRE_ACTIVATION": 0}
+
 
 @triton.jit
 def prologue_params(NOISE_WEIGHT, BIAS, rows, rows_mask, C, pre_slope_hi, pre_slope_lo,
