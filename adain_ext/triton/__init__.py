@@ -2,7 +2,8 @@
 
 Kernels and launchers live one file per op (mean_std.py, affine.py, fused.py); the row math they
 share (std_of, blend, the row coefficients: the mirror of csrc/row_math.h) is in row_math.py, the
-one Welford/Chan merge in welford.py; launch plans, layout rules and registration in _common.py.
+affine op's prologue (noise, bias, pre-activation) in prologue.py, the one Welford/Chan merge in
+welford.py; launch plans, layout rules and registration in _common.py.
 Each op is registered as adain_triton::<name> (a torch.library.triton_op on a GPU, so
 torch.compile traces into the kernels) with the same schema and semantics as the C++ adain::<name>.
 

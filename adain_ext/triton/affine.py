@@ -8,6 +8,11 @@ alpha and no activation. act ('none', 'relu', 'leaky_relu': row_math.activate) i
 ACTIVATION constexpr, so 'none' compiles to kernels with no activation code at all; with one,
 the backward recomputes y from x and the forward's coefficients and runs on g through act's
 derivative (grad_through_activation) in place of g: in the gradient sums and in the map.
+
+adain_triton::_prologue_affine_forward / _backward are the same kernels with their PROLOGUE
+constexpr on (prologue.py): the statistics and the map are taken over p = act_pre(x + weight *
+noise + bias), formed where x is loaded, alpha = 1; the backward also returns the rows'
+gradients of bias and noise weight. Their launches take half the largest tile (_common.max_tile_of).
 """
 import torch
 import triton
