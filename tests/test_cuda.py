@@ -284,6 +284,141 @@ def test_affine_backward_with_activation_needs_the_target_mean():
         torch.ops.adain._affine_backward(x, x, stat, stat, stat, 1.0, True, None, "relu", 0.01)
 
 
+# ---- The affine op's prologue: pre = x + noise_weight * noise + bias, p = pre_activation(pre),
+# statistics and map over p (_prologue_affine_forward / _prologue_affine_backward).
+
+# (noise: (N, C, *) "C", (N, 1, *) "1" or none; noise_weight (C,) "C", one value "1" or none;
+# bias; pre_activation; the output activation)
+PROLOGUE_VARIANTS = [
+    pytest.param("C", "C", True, ("leaky_relu", 0.2), ("none", 0.01), id="nc-leaky"),
+    pytest.param("1", None, True, ("relu", 0.01), ("leaky_relu", 0.2), id="n1-relu-leaky"),
+    pytest.param(None, None, True, ("leaky_relu", 0.2), ("relu", 0.01), id="bias-leaky-relu"),
+    pytest.param("C", "1", False, ("none", 0.01), ("none", 0.01), id="nc-w1-none"),
+]
+PROLOGUE_PATH_CASES = ["packed_odd_rows", "one_launch_rows", "rows_partial_cache",
+                       "split_unaligned", "cl_odd_channels", "cl_split"]
+
+
+def _prologue_reference(x, noise, weight, bias, mean, std, eps, unbiased, pre, act):
+    """The float64 graph: (pre, out, leaves (x, mean, std, z, zw)); z and zw are per-(n, c) zeros
+    added to pre (zw times the noise), whose gradients are the rows' bias and noise_weight
+    gradients. The forward is checked to be the oracle's, reference.adain_affine with the
+    prologue arguments."""
+    N, C = x.shape[:2]
+    row = (N, C) + (1,) * (x.dim() - 2)
+    per_c = (1, C) + (1,) * (x.dim() - 2)
+    xd, md, sd = (t.detach().double().cpu().requires_grad_(True) for t in (x, mean, std))
+    z = torch.zeros(row, dtype=torch.float64, requires_grad=True)
+    zw = torch.zeros(row, dtype=torch.float64, requires_grad=True)
+    nd = None if noise is None else noise.double().cpu()
+    wd = None if weight is None else weight.double().cpu()
+    bd = None if bias is None else bias.double().cpu()
+    p = xd + z
+    if nd is not None:
+        w = 1.0 if wd is None else (wd.view(per_c) if wd.numel() == C else wd)
+        p = p + w * nd + zw * nd
+    if bd is not None:
+        p = p + bd.view(per_c)
+    pre_value = p.detach()
+    p = reference.activate(p, *pre)
+    out = reference.adain_affine(p, md, sd, eps, unbiased, *act)
+    oracle = reference.adain_affine(xd.detach(), md.detach(), sd.detach(), eps, unbiased, *act,
+                                    noise=nd, noise_weight=wd, bias=bd, pre_activation=pre[0],
+                                    pre_negative_slope=pre[1])
+    torch.testing.assert_close(out.detach(), oracle, atol=1e-12, rtol=1e-12)
+    return pre_value, p.detach(), out, (xd, md, sd, z, zw)
+
+
+@pytest.mark.parametrize(("noise_kind", "weight_kind", "with_bias", "pre", "act"),
+                         PROLOGUE_VARIANTS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", PROLOGUE_PATH_CASES)
+def test_prologue_affine_every_path_matches_reference(name, dtype, noise_kind, weight_kind,
+                                                      with_bias, pre, act):
+    """_prologue_affine_forward and _backward on each path (asserted): out, p's statistics, and
+    the five gradients (grad_bias and grad_noise_weight per (n, c) row) against float64 autograd.
+    Elements within rounding of a kink (pre or the output before its activation near 0) get no
+    incoming gradient and are left out of grad_x: either side of the kink is right there."""
+    case = PATH[name]
+    ops = torch.ops.adain
+    eps, unbiased = 1e-5, case.unbiased
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x, _ = make_inputs(case, dtype, CUDA)
+    mean, std = make_statistics(case, dtype, CUDA)
+    N, C, *rest = x.shape
+    gen = torch.Generator().manual_seed(21)
+    noise = weight = bias = None
+    if noise_kind:
+        noise = torch.randn(N, C if noise_kind == "C" else 1, *rest, generator=gen).to(CUDA, dtype)
+        if noise_kind == "C":
+            noise = torch.empty_like(x).copy_(noise)
+    if weight_kind:
+        weight = (torch.randn(C if weight_kind == "C" else 1, generator=gen) * 0.8).to(CUDA, acc)
+    if with_bias:
+        bias = (torch.randn(C, generator=gen) * 0.8).to(CUDA, acc)
+    out, mean_p, std_p = ops._prologue_affine_forward(x, noise, weight, bias, *pre, mean, std, eps,
+                                                      unbiased, *act)
+    assert _extension.last_cuda_launch()["path"] == expected_path(case, "affine_forward")
+    pre_value, p, ref, leaves = _prologue_reference(x, noise, weight, bias, mean, std, eps,
+                                                     unbiased, pre, act)
+    assert out.dtype == dtype and out.stride() == torch.empty_like(x).stride()
+    assert mean_p.shape == (N, C) and mean_p.dtype == acc and std_p.dtype == acc
+    assert_close(out, ref.detach(), dtype, msg=f"{case} out", case=case)
+    rm, rs = reference.mean_std(p, eps, unbiased)
+    assert_close(mean_p, rm.flatten(1), dtype, case=case)
+    assert_close(std_p, rs.flatten(1), dtype, case=case)
+
+    y = reference.adain_affine(p, leaves[1].detach(), leaves[2].detach(), eps, unbiased)
+    scale = lambda t: 1e-4 * max(1.0, t.abs().max().item())  # noqa: E731
+    kink = (y.abs() <= scale(y)) | (pre_value.abs() <= scale(pre_value))
+    g = seeded_like(out, 6).masked_fill(kink.to(CUDA), 0)
+    gx, gm, gs, gb, gw = ops._prologue_affine_backward(g, x, noise, weight, bias, *pre, mean_p,
+                                                       std_p, mean, std, unbiased, *act)
+    assert _extension.last_cuda_launch()["path"] == expected_path(case, "affine_backward")
+    rgx, rgm, rgs, rgb, rgw = (
+        torch.zeros_like(leaf) if grad is None else grad  # zw is unused without noise
+        for leaf, grad in zip(leaves, torch.autograd.grad(ref, leaves, g.double().cpu(),
+                                                           allow_unused=True)))
+    assert gx.dtype == dtype and gx.stride() == torch.empty_like(x).stride()
+    assert_grads_close((gx.masked_fill(kink.to(CUDA), 0),), (rgx.masked_fill(kink, 0),), dtype,
+                       case=case, msg=f"{case} grad x")
+    # grad_bias = g_scale * sum_mg + slope * sum_mdev + shift * sum_m (row_math.h) cancels terms
+    # of the size of the row's sum of |dL/dpre| = |dL/dx|: its float32 rounding is relative to that
+    # (measured on the CPU kernels' cl_split: 5e-7 of it), not to the result.
+    terms = rgx.abs().flatten(2).sum(-1).max().item()
+    if noise is not None:
+        terms *= noise.abs().max().item()
+    slack = (1e-13 if dtype == torch.float64 else 2e-6) * terms
+    for what, got, want, extra in (("mean", gm, rgm, 0.0), ("std", gs, rgs, 0.0),
+                                   ("bias", gb, rgb, slack), ("noise_weight", gw, rgw, slack)):
+        assert got.shape == (N, C) and got.dtype == acc, what
+        assert_sums_close(got, want, dtype, msg=lambda m: f"{case} grad {what}\n{m}", slack=extra)
+
+
+def test_prologue_affine_without_prologue_is_the_affine_op():
+    """No noise, no bias, pre_activation 'none': the kernels without a prologue (p = x + 0, the
+    same statistics and map), forward and backward, on the one-launch, split and channels_last
+    paths, to float32 rounding (the prologue kernels are other machine code: nvcc may contract
+    their sums differently)."""
+    ops = torch.ops.adain
+    for name in ("one_launch_rows", "split_unaligned", "cl_split"):
+        case = PATH[name]
+        x, _ = make_inputs(case, torch.float32, CUDA)
+        mean, std = make_statistics(case, torch.float32, CUDA)
+        out, mp, sp = ops._prologue_affine_forward(x, None, None, None, "none", 0.01, mean, std,
+                                                   1e-5, True, "relu", 0.01)
+        want = ops._affine_forward(x, mean, std, 1.0, 1e-5, True, "relu", 0.01)
+        for a, b in zip((out, mp, sp), want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+        g = seeded_like(out, 2)
+        got = ops._prologue_affine_backward(g, x, None, None, None, "none", 0.01, mp, sp, mean, std,
+                                            True, "relu", 0.01)
+        want = ops._affine_backward(g, x, mp, sp, std, 1.0, True, mean, "relu", 0.01)
+        for a, b in zip(got[:3], want):
+            torch.testing.assert_close(a, b, atol=1e-4 * max(1.0, b.abs().max().item()),
+                                       rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize(("case", "dtype"), CASE_DTYPES)
 def test_mean_std_matches_reference_and_cpu(case, dtype):
     x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)

@@ -1,8 +1,9 @@
 """The CUDA kernels' source (csrc/cuda) run on the CPU through tools/cuda_emu: every op of every
 case in cases.py plus cases that force each kernel path (packed rows, cached rows, split rows,
 channels_last), in four dtypes, on an emulated 4-SM device, against the CPU kernels and the
-float64 reference; and the affine op with each output activation (relu, leaky_relu), forward and
-backward, on each path, against the float64 reference.
+float64 reference; and the affine op with each output activation (relu, leaky_relu), and with its
+prologue (noise, noise_weight, bias, pre_activation), forward and backward, on each path, against
+the float64 reference.
 
 CI has no GPU; without this, a change to the CUDA host code or kernel indexing would only be
 compiled (and its machine code inspected by test_cuda_sass.py) before it reached a GPU. The
@@ -47,6 +48,8 @@ def test_cuda_kernel_source_under_emulation():
     # The affine op's activations on each path (run.py's ACTIVATION_CASES, in four dtypes).
     lines = result.stdout.splitlines()
     assert sum(line.startswith("ok ") and " act_" in line for line in lines) >= 16, tail
+    # The affine op's prologue on each path (run.py's PROLOGUE_CASES, in four dtypes).
+    assert sum(line.startswith("ok ") and " pro_" in line for line in lines) >= 16, tail
 
 
 @needs_emulation

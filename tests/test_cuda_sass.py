@@ -35,6 +35,9 @@ ROW_MODES = {0: "Stats", 1: "Affine", 2: "Fused", 3: "AffineBackward", 4: "Parti
              5: "PartialSums", 6: "Apply", 7: "ApplyGrad", 8: "MeanStdBackward"}
 CONTIG_ROW_MODES = [mode for mode in ROW_MODES.values() if mode != "MeanStdBackward"]
 WRITING_MODES = {"Affine", "Fused", "AffineBackward", "Apply", "ApplyGrad"}
+# The contig_rows_kernel modes the affine op's prologue is instantiated in (kPrologue).
+PROLOGUE_ROW_MODES = ["Affine", "AffineBackward", "PartialWelford", "PartialSums", "Apply",
+                      "ApplyGrad"]
 # Stack bytes allowed in a non-fp64 kernel: a couple of spilled values. The spills this guards
 # against were 24-40 bytes (16-bit backward at two slots per step).
 MAX_STACK_BYTES = 16
@@ -47,6 +50,7 @@ class Kernel:
     name: str = ""   # contig_rows_kernel, cl_partial_kernel, ...
     dtype: str = ""  # float, double, Half, BFloat16
     mode: str = ""   # RowMode of contig_rows_kernel or finalize_rows_kernel
+    prologue: bool = False  # a kernel of the affine op's prologue (kPrologue, *_prologue_*)
     opcodes: set = field(default_factory=set)
     resources: dict = field(default_factory=dict)
 
@@ -82,6 +86,9 @@ def _describe(kernel: Kernel) -> None:
     mode = re.search(r"RowModeE(\d)E", args)
     if mode:
         kernel.mode = ROW_MODES[int(mode.group(1))]
+    # contig_rows_kernel<T, acc_t, kMode, kEpilogue, kPrologue>; the other prologue kernels are
+    # named for it.
+    kernel.prologue = "prologue" in kernel.name or bool(re.search(r"RowModeE\dELb\dELb1E", args))
 
 
 def _run(tool: str, *args: str) -> str:
@@ -139,7 +146,8 @@ def kernels() -> list[Kernel]:
 
 def _streaming(kernels: list[Kernel]) -> list[Kernel]:
     return [k for k in kernels if k.name in ("contig_rows_kernel", "cl_partial_kernel",
-                                             "cl_apply_kernel")]
+                                             "cl_apply_kernel", "cl_partial_prologue_kernel",
+                                             "cl_apply_prologue_kernel")]
 
 
 def test_every_kernel_family_is_present(kernels):
@@ -151,6 +159,16 @@ def test_every_kernel_family_is_present(kernels):
                 assert ("contig_rows_kernel", dtype, mode) in here, (arch, dtype, mode)
             assert ("cl_partial_kernel", dtype, "") in here, (arch, dtype)
             assert ("cl_apply_kernel", dtype, "") in here, (arch, dtype)
+        # The affine op's prologue: its modes of contig_rows_kernel, its channels_last kernels
+        # and its split backward's finalize.
+        prologue = {(k.name, k.dtype, k.mode) for k in kernels if k.arch == arch and k.prologue}
+        for dtype in ("float", "double", "Half", "BFloat16"):
+            for mode in PROLOGUE_ROW_MODES:
+                assert ("contig_rows_kernel", dtype, mode) in prologue, (arch, dtype, mode)
+            assert ("cl_partial_prologue_kernel", dtype, "") in prologue, (arch, dtype)
+            assert ("cl_apply_prologue_kernel", dtype, "") in prologue, (arch, dtype)
+        for dtype in ("float", "double"):
+            assert ("finalize_prologue_backward_kernel", dtype, "") in prologue, (arch, dtype)
     # setup.py's default without a GPU (CI): both archs must be in the binary. With a GPU it
     # builds for that GPU's arch only.
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -179,8 +197,12 @@ def test_no_local_arrays_and_no_real_spills(kernels):
     spilling = [f"{k} STACK:{k.resources['STACK']}" for k in kernels
                 if k.dtype != "double" and k.resources["STACK"] > MAX_STACK_BYTES]
     assert not spilling, f"kernels spilling more than {MAX_STACK_BYTES} bytes: {spilling}"
-    # sm_90 (H100/H200) is the card the benchmarks target: no stack frame at all there.
+    # sm_90 (H100/H200) is the card the benchmarks target: no stack frame at all there. The
+    # prologue's kernels excepted (within MAX_STACK_BYTES, above): their 8-16 bytes are registers
+    # saved around the 64-bit division that finds a row's channel and noise row (CALL to the
+    # division routine, once per row or tile, outside the element loops; nvcc 13.0).
     hopper = [f"{k} STACK:{k.resources['STACK']}" for k in kernels
-              if k.arch == "sm_90" and k.dtype != "double" and k.resources["STACK"] != 0]
+              if k.arch == "sm_90" and k.dtype != "double" and k.resources["STACK"] != 0
+              and not k.prologue]
     assert not hopper, f"sm_90 kernels with a stack frame: {hopper}"
 

@@ -123,14 +123,15 @@ struct RowsLaunch {
 // Geometry of contig_rows_kernel for `segments` segments of at most `seg_len` elements, starting
 // on the slot grid when `aligned` (L % VEC == 0), keeping `cached_rows` tensors (0, 1 or 2) of each
 // segment in shared memory.
+// Groups have at most max_group threads (the kernel's launch bound).
 template <typename T>
 inline RowsLaunch plan_rows(int64_t segments, int64_t seg_len, bool aligned, int cached_rows,
-                            const Device& dev) {
+                            const Device& dev, int max_group = 1024) {
   constexpr int VEC = vec_width<T>();
   RowsLaunch r;
   const int64_t max_slots = aligned ? ceil_div(seg_len, VEC) : ceil_div(seg_len + VEC - 1, VEC);
   r.row_slots = max_slots;
-  r.group = std::min(1024, next_pow2(ceil_div(max_slots, kSlotsPerThread)));
+  r.group = std::min(max_group, next_pow2(ceil_div(max_slots, kSlotsPerThread)));
   if (r.group > kWarpSize) {
     r.block = r.group;
   } else {
@@ -193,12 +194,12 @@ inline void ensure_dynamic_smem(const void* kernel, size_t bytes) {
   limit[key] = allowed;
 }
 
-template <typename T, typename acc_t, RowMode kMode, bool kEpilogue = false>
+template <typename T, typename acc_t, RowMode kMode, bool kEpilogue = false, bool kPrologue = false>
 inline void launch_rows(Params<T, acc_t> p, const RowsLaunch& r) {
   p.group = r.group;
   p.num_blocks = r.num_blocks;
   p.cache_slots = r.cache_slots;
-  auto kernel = contig_rows_kernel<T, acc_t, kMode, kEpilogue>;
+  auto kernel = contig_rows_kernel<T, acc_t, kMode, kEpilogue, kPrologue>;
   if (r.smem > 0) ensure_dynamic_smem(reinterpret_cast<const void*>(kernel), r.smem);
   kernel<<<r.grid, r.block, r.smem, at::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -209,6 +210,17 @@ inline void launch_finalize(const RowData<acc_t>& d, const Device& dev) {
   constexpr int kBlock = 128;
   const int grid = static_cast<int>(std::min<int64_t>(ceil_div(d.rows, kBlock), 32 * dev.sms));
   finalize_rows_kernel<acc_t, kMode><<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(d);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The split backward's finalize with the prologue (finalize_prologue_backward_kernel).
+template <typename acc_t>
+inline void launch_finalize_prologue(const RowData<acc_t>& d, const PrologueData<acc_t>& pro,
+                                     const Device& dev) {
+  constexpr int kBlock = 128;
+  const int grid = static_cast<int>(std::min<int64_t>(ceil_div(d.rows, kBlock), 32 * dev.sms));
+  const PrologueFinalize<acc_t> args{d, pro};
+  finalize_prologue_backward_kernel<acc_t><<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -231,17 +243,27 @@ inline int plan_channels_last(Params<T, acc_t>& p, int64_t N, int64_t C, int64_t
   return static_cast<int>(std::min<int64_t>(base * p.d.segments, 32 * dev.sms));
 }
 
-template <typename T, typename acc_t, bool kSums, bool kEpilogue = false>
+template <typename T, typename acc_t, bool kSums, bool kEpilogue = false, bool kPrologue = false>
 inline void launch_cl_partial(const Params<T, acc_t>& p, int grid) {
-  auto kernel = cl_partial_kernel<T, acc_t, kSums, kEpilogue>;
-  kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  if constexpr (kPrologue) {
+    auto kernel = cl_partial_prologue_kernel<T, acc_t, kSums, kEpilogue>;
+    kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  } else {
+    auto kernel = cl_partial_kernel<T, acc_t, kSums, kEpilogue>;
+    kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename T, typename acc_t, bool kHasG, bool kEpilogue = false>
+template <typename T, typename acc_t, bool kHasG, bool kEpilogue = false, bool kPrologue = false>
 inline void launch_cl_apply(const Params<T, acc_t>& p, int grid) {
-  auto kernel = cl_apply_kernel<T, acc_t, kHasG, kEpilogue>;
-  kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  if constexpr (kPrologue) {
+    auto kernel = cl_apply_prologue_kernel<T, acc_t, kHasG, kEpilogue>;
+    kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  } else {
+    auto kernel = cl_apply_kernel<T, acc_t, kHasG, kEpilogue>;
+    kernel<<<grid, kClBlock, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -318,6 +340,15 @@ inline at::Tensor attach_partials(RowData<acc_t>& d, const at::TensorOptions& ac
   return ws;
 }
 
+// The prologue backward's PrologueSums partials, [6, R * segments] (PrologueData::partial).
+template <typename acc_t>
+inline at::Tensor attach_prologue_partials(const RowData<acc_t>& d, PrologueData<acc_t>& pro,
+                                           const at::TensorOptions& acc_options) {
+  at::Tensor ws = at::empty({6, d.rows * d.segments}, acc_options);
+  pro.partial = ws.data_ptr<acc_t>();
+  return ws;
+}
+
 template <typename acc_t>
 inline at::Tensor attach_coef(RowData<acc_t>& d, const at::TensorOptions& acc_options) {
   at::Tensor coef = at::empty({d.rows, 4}, acc_options);
@@ -352,36 +383,52 @@ struct RowOpKernels {
 // kEpilogue: the kernels that apply p.d.epilogue (the forward's partial states and finalize are
 // statistics of x alone, and the backward's finalize merges sums already taken of g_y).
 // The workspaces are freed on return; the caching allocator keeps them for this stream's work.
-template <RowMode kOp, bool kEpilogue, typename T, typename acc_t>
+// kPrologue: the kernels of the affine op's prologue (p.pro, p.noise), each mode over p in place
+// of x; the forward's finalize is the one without it (statistics of p), the backward's also
+// merges the PrologueSums partials; the noise is cached with x on the one-launch path.
+template <RowMode kOp, bool kEpilogue, typename T, typename acc_t, bool kPrologue = false>
 inline void run_row_op_paths(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
                              const at::TensorOptions& acc_options, const Device& dev) {
   using K = RowOpKernels<kOp>;
+  static_assert(!kPrologue || K::kMaps, "the prologue belongs to the affine op");
   constexpr int VEC = vec_width<T>();
   constexpr bool kPartialEpilogue = kEpilogue && K::kGrad;
+  constexpr int kMaxGroup = kPrologue ? kPrologueBlock : 1024;
   const int64_t R = p.d.rows, L = p.d.L;
-  at::Tensor partials, coef;
+  at::Tensor partials, prologue_partials, coef;
   if (layout == Layout::ChannelsLast) {
     const int grid = plan_channels_last(p, N, C, L, dev);
     partials = attach_partials<K::kGrad>(p.d, acc_options);
+    if (kPrologue && K::kGrad) prologue_partials = attach_prologue_partials(p.d, p.pro, acc_options);
     if (K::kMaps) coef = attach_coef(p.d, acc_options);
-    launch_cl_partial<T, acc_t, K::kGrad, kPartialEpilogue>(p, grid);
-    launch_finalize<acc_t, K::kFinal>(p.d, dev);
-    if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad, kEpilogue>(p, grid);
+    launch_cl_partial<T, acc_t, K::kGrad, kPartialEpilogue, kPrologue>(p, grid);
+    if constexpr (kPrologue && K::kGrad) {
+      launch_finalize_prologue(p.d, p.pro, dev);
+    } else {
+      launch_finalize<acc_t, K::kFinal>(p.d, dev);
+    }
+    if (K::kMaps) launch_cl_apply<T, acc_t, K::kGrad, kEpilogue, kPrologue>(p, grid);
     record_launch(LaunchPath::ChannelsLast, K::kMaps ? 3 : 2, grid, kClBlock, 0, p.d.segments);
   } else if (use_split(R, L, dev)) {
     choose_segments<T>(R, L, dev, p.d.segments, p.d.segment_len);
     partials = attach_partials<K::kGrad>(p.d, acc_options);
+    if (kPrologue && K::kGrad) prologue_partials = attach_prologue_partials(p.d, p.pro, acc_options);
     if (K::kMaps) coef = attach_coef(p.d, acc_options);
     const RowsLaunch geometry =
-        plan_rows<T>(R * p.d.segments, p.d.segment_len, L % VEC == 0, 0, dev);
-    launch_rows<T, acc_t, K::kPartial, kPartialEpilogue>(p, geometry);
-    launch_finalize<acc_t, K::kFinal>(p.d, dev);
-    if (K::kMaps) launch_rows<T, acc_t, K::kApply, kEpilogue>(p, geometry);
+        plan_rows<T>(R * p.d.segments, p.d.segment_len, L % VEC == 0, 0, dev, kMaxGroup);
+    launch_rows<T, acc_t, K::kPartial, kPartialEpilogue, kPrologue>(p, geometry);
+    if constexpr (kPrologue && K::kGrad) {
+      launch_finalize_prologue(p.d, p.pro, dev);
+    } else {
+      launch_finalize<acc_t, K::kFinal>(p.d, dev);
+    }
+    if (K::kMaps) launch_rows<T, acc_t, K::kApply, kEpilogue, kPrologue>(p, geometry);
     record_rows_launch(geometry, 0, K::kMaps ? 3 : 2, p.d.segments);
   } else {
-    const RowsLaunch geometry = plan_rows<T>(R, L, L % VEC == 0, K::kCachedRows, dev);
-    launch_rows<T, acc_t, K::kOneLaunch, kEpilogue>(p, geometry);
-    record_rows_launch(geometry, K::kCachedRows, 1, 1);
+    const int cached_rows = K::kCachedRows + (kPrologue && p.noise != nullptr ? 1 : 0);
+    const RowsLaunch geometry = plan_rows<T>(R, L, L % VEC == 0, cached_rows, dev, kMaxGroup);
+    launch_rows<T, acc_t, K::kOneLaunch, kEpilogue, kPrologue>(p, geometry);
+    record_rows_launch(geometry, cached_rows, 1, 1);
   }
 }
 
@@ -400,6 +447,20 @@ inline void run_row_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
                           "adain: statistics have no epilogue");
   }
   run_row_op_paths<kOp, false>(p, layout, N, C, acc_options, dev);
+}
+
+// The affine op with its prologue (Affine or AffineBackward; p.pro and p.noise set): the prologue
+// kernels, with or without the epilogue.
+template <RowMode kOp, typename T, typename acc_t>
+inline void run_prologue_op(Params<T, acc_t>& p, Layout layout, int64_t N, int64_t C,
+                            const at::TensorOptions& acc_options, const Device& dev) {
+  static_assert(kOp == RowMode::Affine || kOp == RowMode::AffineBackward,
+                "the prologue belongs to the affine op");
+  if (p.d.epilogue.kind != Activation::None) {
+    run_row_op_paths<kOp, true, T, acc_t, true>(p, layout, N, C, acc_options, dev);
+  } else {
+    run_row_op_paths<kOp, false, T, acc_t, true>(p, layout, N, C, acc_options, dev);
+  }
 }
 
 }  // namespace cuda

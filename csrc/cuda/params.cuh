@@ -153,6 +153,122 @@ C10_DEVICE __forceinline__ acc_t map_element(const RowCoef<acc_t>& c, const Epil
   }
 }
 
+// Most threads per block of the prologue's contig_rows_kernel (its launch bound).
+constexpr int kPrologueBlock = 512;
+
+// ---- The affine op's prologue (row_math.h: pre = x + weight * noise + bias, p = act_pre(pre)),
+// read only by the kernels instantiated with kPrologue (run_prologue_op in launch.cuh); the other
+// instantiations are the kernels without it. Its fields sit at the end of Params (and are a
+// second argument of finalize_rows_kernel), so that the kernels without it keep their parameter
+// offsets and compile to what they were.
+template <typename acc_t>
+struct PrologueData {
+  Epilogue<acc_t> act;            // pre_activation (an Epilogue: none, relu or leaky_relu)
+  const acc_t* weight = nullptr;  // (C) noise_weight (1 where not given)
+  const acc_t* bias = nullptr;    // (C) bias (0 where not given)
+  int64_t channels = 1;           // C: row r is channel r % C
+  int64_t noise_channels = 0;     // 0: no noise (none loaded), 1: (N, 1, *), C: (N, C, *)
+  // The backward's PrologueSums per segment, [6, R * segments] in PrologueSums' field order
+  // (attach_partials), written by PartialSums / cl_partial_kernel<kSums>, merged by finalize.
+  acc_t* partial = nullptr;
+  acc_t* grad_bias_out = nullptr;    // (N, C): prologue_grads(...).grad_bias per row; backward
+  acc_t* grad_weight_out = nullptr;  // (N, C): prologue_grads(...).grad_weight per row
+
+  C10_HOST_DEVICE int64_t channel_of(int64_t row) const { return row % channels; }
+  // The noise row of x's row `row` (rows of L elements, or channels of a channels_last image).
+  C10_HOST_DEVICE int64_t noise_row_of(int64_t row) const {
+    return noise_channels == 1 ? row / channels : row;
+  }
+};
+
+// One row's (or channel's) prologue parameters.
+template <typename acc_t>
+struct RowPrologue {
+  acc_t weight = 1;
+  acc_t bias = 0;
+};
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ RowPrologue<acc_t> row_prologue_of(const PrologueData<acc_t>& pro,
+                                                              int64_t row) {
+  const int64_t c = pro.channel_of(row);
+  RowPrologue<acc_t> r;
+  r.weight = pro.weight[c];
+  r.bias = pro.bias[c];
+  return r;
+}
+
+// One element's prologue: pre and p.
+template <typename acc_t>
+struct PreP {
+  acc_t pre, p;
+};
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ PreP<acc_t> prologue_element(const Epilogue<acc_t>& act,
+                                                        const RowPrologue<acc_t>& r, acc_t x,
+                                                        acc_t noise) {
+  PreP<acc_t> e;
+  e.pre = prologue_pre(x, noise, r.weight, r.bias);
+  e.p = activate(act, e.pre);
+  return e;
+}
+
+// A segment's PrologueSums in PrologueData::partial (entry = row * segments + segment).
+template <typename acc_t>
+C10_DEVICE __forceinline__ void store_prologue_partial(acc_t* partial, int64_t stride,
+                                                       int64_t entry,
+                                                       const PrologueSums<acc_t>& s) {
+  partial[0 * stride + entry] = s.sum_mg;
+  partial[1 * stride + entry] = s.sum_mdev;
+  partial[2 * stride + entry] = s.sum_m;
+  partial[3 * stride + entry] = s.sum_mg_noise;
+  partial[4 * stride + entry] = s.sum_mdev_noise;
+  partial[5 * stride + entry] = s.sum_m_noise;
+}
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ PrologueSums<acc_t> load_prologue_partial(const acc_t* partial,
+                                                                     int64_t stride,
+                                                                     int64_t entry) {
+  PrologueSums<acc_t> s;
+  s.sum_mg = partial[0 * stride + entry];
+  s.sum_mdev = partial[1 * stride + entry];
+  s.sum_m = partial[2 * stride + entry];
+  s.sum_mg_noise = partial[3 * stride + entry];
+  s.sum_mdev_noise = partial[4 * stride + entry];
+  s.sum_m_noise = partial[5 * stride + entry];
+  return s;
+}
+
+// Adds one element to a row's PrologueSums: m = act_pre'(pre), g_y the gradient at the map's
+// output (after the epilogue's backward), dev = p - mean_p, noise the element's noise (0 without).
+template <typename acc_t>
+C10_DEVICE __forceinline__ void prologue_sums_add(PrologueSums<acc_t>& s, acc_t m, acc_t gy,
+                                                  acc_t dev, acc_t noise) {
+  const acc_t mg = m * gy, mdev = m * dev;
+  s.sum_mg += mg;
+  s.sum_mdev += mdev;
+  s.sum_m += m;
+  s.sum_mg_noise += mg * noise;
+  s.sum_mdev_noise += mdev * noise;
+  s.sum_m_noise += m * noise;
+}
+
+// One element of an output map c with the prologue: map_element of p; the backward's (kHasG)
+// times act_pre'(pre).
+template <bool kHasG, bool kEpilogue, typename acc_t>
+C10_DEVICE __forceinline__ acc_t prologue_map_element(const RowCoef<acc_t>& c,
+                                                      const Epilogue<acc_t>& e,
+                                                      const RowCoef<acc_t>& fwd,
+                                                      const Epilogue<acc_t>& act,
+                                                      const RowPrologue<acc_t>& r, acc_t x,
+                                                      acc_t noise, acc_t g) {
+  const PreP<acc_t> pp = prologue_element(act, r, x, noise);
+  const acc_t v = map_element<kHasG, kEpilogue>(c, e, fwd, pp.p, g);
+  return kHasG ? activation_grad(act, pp.pre, v) : v;
+}
+
 // The tensors and the geometry of one contig_rows_kernel, cl_partial_kernel or cl_apply_kernel
 // launch. The tensors are set by the op file, the geometry by the launcher (launch_rows) or the
 // planner (plan_channels_last).
@@ -173,6 +289,10 @@ struct Params {
   int threads_c = 1;          // threads across channels (power of two); blockDim.x / threads_c across positions
   int64_t channel_tiles = 0;  // ceil(C / (threads_c * VEC))
   bool channels_aligned = false;  // C % VEC == 0: every thread's channels are one aligned vector
+  // The prologue (kPrologue kernels only): noise in x's layout as (N, noise_channels, L, 1) rows,
+  // null without noise; the per-row parameters and outputs.
+  const T* noise = nullptr;
+  PrologueData<acc_t> pro;
 };
 
 // ---- Slots per step, shared by the kernels and the planning.

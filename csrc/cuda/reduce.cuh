@@ -183,14 +183,67 @@ C10_DEVICE __forceinline__ GradSums<acc_t> shfl_first(const GradSums<acc_t>& s, 
   return out;
 }
 
-// Shared scratch for block_allreduce: one state per warp. A raw buffer, because __shared__
-// variables cannot have constructors (WelfordState has default member initialisers).
+// The backward's sums with a prologue: GradSums and PrologueSums of the same elements, reduced
+// together (one tree, in the same order).
 template <typename acc_t>
+struct ProBackSums {
+  GradSums<acc_t> g;
+  PrologueSums<acc_t> p;
+};
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ ProBackSums<acc_t> combine(const ProBackSums<acc_t>& x,
+                                                      const ProBackSums<acc_t>& y) {
+  ProBackSums<acc_t> out;
+  out.g = grad_sums_merge(x.g, y.g);
+  out.p = prologue_sums_merge(x.p, y.p);
+  return out;
+}
+
+// Each field of s from lane + delta (down) or from the group's first lane.
+template <bool kDown, typename acc_t>
+C10_DEVICE __forceinline__ PrologueSums<acc_t> shfl_prologue(const PrologueSums<acc_t>& s,
+                                                             int delta, int width) {
+  const auto get = [&](acc_t v) {
+    return kDown ? __shfl_down_sync(kFullMask, v, delta, width)
+                 : __shfl_sync(kFullMask, v, 0, width);
+  };
+  PrologueSums<acc_t> out;
+  out.sum_mg = get(s.sum_mg);
+  out.sum_mdev = get(s.sum_mdev);
+  out.sum_m = get(s.sum_m);
+  out.sum_mg_noise = get(s.sum_mg_noise);
+  out.sum_mdev_noise = get(s.sum_mdev_noise);
+  out.sum_m_noise = get(s.sum_m_noise);
+  return out;
+}
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ ProBackSums<acc_t> shfl_down(const ProBackSums<acc_t>& s, int delta,
+                                                        int width) {
+  ProBackSums<acc_t> out;
+  out.g = shfl_down(s.g, delta, width);
+  out.p = shfl_prologue<true>(s.p, delta, width);
+  return out;
+}
+
+template <typename acc_t>
+C10_DEVICE __forceinline__ ProBackSums<acc_t> shfl_first(const ProBackSums<acc_t>& s, int width) {
+  ProBackSums<acc_t> out;
+  out.g = shfl_first(s.g, width);
+  out.p = shfl_prologue<false>(s.p, 0, width);
+  return out;
+}
+
+// Shared scratch for block_allreduce: one state per warp. A raw buffer, because __shared__
+// variables cannot have constructors (WelfordState has default member initialisers). Sized for
+// the largest state the kernel reduces (`Largest`: WelfordState, or ProBackSums with a prologue).
+template <typename acc_t, typename Largest = WelfordState<acc_t>>
 struct alignas(16) ReduceScratch {
-  unsigned char bytes[kWarpSize * sizeof(WelfordState<acc_t>)];
+  unsigned char bytes[kWarpSize * sizeof(Largest)];
   template <typename S>
   C10_DEVICE S* as() {
-    static_assert(sizeof(S) <= sizeof(WelfordState<acc_t>), "scratch too small");
+    static_assert(sizeof(S) <= sizeof(Largest), "scratch too small");
     return reinterpret_cast<S*>(bytes);
   }
 };
@@ -199,8 +252,8 @@ struct alignas(16) ReduceScratch {
 // thread of the group. group is a power of two; up to 32 the groups are sub-warps (several rows
 // per warp, pure shuffles), above 32 it must equal blockDim.x (one row per block). Every thread of
 // the block must call it (the shuffles use the full mask; the block path synchronises).
-template <typename S, typename acc_t>
-C10_DEVICE __forceinline__ S group_allreduce(S s, int group, ReduceScratch<acc_t>& scratch) {
+template <typename S, typename Scratch>
+C10_DEVICE __forceinline__ S group_allreduce(S s, int group, Scratch& scratch) {
   if (group <= kWarpSize) {
     for (int offset = group / 2; offset > 0; offset /= 2) s = combine(s, shfl_down(s, offset, group));
     return shfl_first(s, group);

@@ -1,11 +1,12 @@
 """Runs the CUDA kernels' source (csrc/cuda) on the CPU through a small CUDA emulation, and checks
 every op against the CPU kernels (and the float64 reference where the two differ), for every case
 of tests/cases.py plus cases that force each kernel path, on three emulated devices; and the
-affine op's output activations (relu, leaky_relu), forward and backward, on every path, against
-the float64 reference.
+affine op's output activations (relu, leaky_relu) and its prologue (noise, noise_weight, bias,
+pre_activation), forward and backward, on every path, against the float64 reference.
 
     python tools/cuda_emu/run.py            # all devices (a few minutes on 2 cores)
     python tools/cuda_emu/run.py quick      # one small device
+    python tools/cuda_emu/run.py prologue   # the prologue cases only (measure: with their errors)
     python tools/cuda_emu/run.py sweep      # launch limits only, over a sweep of shapes
 
 A development aid for machines without a GPU, not a test and not a substitute for
@@ -108,6 +109,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("alpha"), py::arg("unbiased"), py::arg("mean") = py::none(),
         py::arg("activation") = "none", py::arg("negative_slope") = 0.01);
   m.def("fused_forward", &adain::cuda::fused_forward_cuda);
+  m.def("prologue_affine_forward",
+        [](const at::Tensor& x, const std::optional<at::Tensor>& noise,
+           const std::optional<at::Tensor>& noise_weight, const std::optional<at::Tensor>& bias,
+           const std::string& pre_activation, double pre_negative_slope, const at::Tensor& mean,
+           const at::Tensor& std, double eps, bool unbiased, const std::string& activation,
+           double negative_slope) {
+          return adain::cuda::prologue_affine_forward(x, noise, noise_weight, bias, pre_activation,
+                                                      pre_negative_slope, mean, std, eps, unbiased,
+                                                      activation, negative_slope);
+        });
+  m.def("prologue_affine_backward",
+        [](const at::Tensor& g, const at::Tensor& x, const std::optional<at::Tensor>& noise,
+           const std::optional<at::Tensor>& noise_weight, const std::optional<at::Tensor>& bias,
+           const std::string& pre_activation, double pre_negative_slope, const at::Tensor& mean_p,
+           const at::Tensor& std_p, const at::Tensor& mean, const at::Tensor& std, bool unbiased,
+           const std::string& activation, double negative_slope) {
+          return adain::cuda::prologue_affine_backward(g, x, noise, noise_weight, bias,
+                                                       pre_activation, pre_negative_slope, mean_p,
+                                                       std_p, mean, std, unbiased, activation,
+                                                       negative_slope);
+        });
 }
 """)
     return main
@@ -297,6 +319,125 @@ def run_activation_case(emu, case, dtype):
     return problems
 
 
+# The affine op's prologue (pre = x + noise_weight * noise + bias, p = pre_activation(pre)) on
+# every launch path: packed rows off the slot grid (so (N, 1, *) noise rows start off it too), a
+# block per row (3-D), split rows, channels_last split (5-D, C off the vector width). Each runs
+# the PROLOGUE_VARIANTS it names (the long rows fewer: emulation is slow): (noise (N, C, *) / (N, 1, *) / none, noise_weight (C,) / one value /
+# none, bias, pre_activation, the epilogue activation), forward and backward.
+PROLOGUE_CASES = [
+    (Case("pro_packed", (2, 24, 5, 7)), 1, (0, 1, 2, 3)),
+    (Case("pro_rows", (2, 2, 1200), unbiased=False), 2, (1, 2)),
+    (Case("pro_split", (1, 1, 129, 131)), 4, (0, 1)),
+    (Case("pro_cl_split", (2, 5, 3, 11, 34), layout="channels_last"), 5, (0, 1, 2, 3)),
+]
+PROLOGUE_VARIANTS = [
+    ("C", "C", True, ("leaky_relu", 0.2), ("none", 0.01)),
+    ("1", None, True, ("relu", 0.01), ("leaky_relu", 0.2)),
+    (None, None, True, ("leaky_relu", 0.2), ("relu", 0.01)),
+    ("C", "1", False, ("none", 0.01), ("none", 0.01)),
+]
+
+
+def prologue_inputs(case, dtype, variant):
+    """x, noise, noise_weight, bias, the target statistics and g of a prologue case."""
+    x, _ = make_inputs(case, dtype)
+    mean, std = make_statistics(case, dtype)
+    N, C, *rest = x.shape
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    gen = torch.Generator().manual_seed(11 + sum(map(ord, case.name)))
+    noise_kind, weight_kind, with_bias, _, _ = variant
+    noise = weight = bias = None
+    if noise_kind is not None:
+        noise = torch.randn(N, C if noise_kind == "C" else 1, *rest, generator=gen).to(dtype)
+        if noise_kind == "C" and case.layout == "channels_last":
+            noise = torch.empty_like(x).copy_(noise)  # x's strides
+    if weight_kind is not None:
+        weight = (torch.randn(C if weight_kind == "C" else 1, generator=gen) * 0.8).to(acc)
+    if with_bias:
+        bias = (torch.randn(C, generator=gen) * 0.8).to(acc)
+    g = torch.empty_like(x).copy_(torch.randn(x.shape, generator=gen)).to(dtype)
+    return x, noise, weight, bias, mean, std, g
+
+
+def run_prologue_case(emu, case, dtype, want_path, variants, errors=None):
+    """_prologue_affine_forward and _backward against the float64 reference: the forward against
+    reference.adain_affine with the prologue arguments; the backward against autograd through the
+    same graph, with pre written out so that per-(n, c) zero tensors added to it (z, and zw times
+    the noise) give the rows' bias and noise_weight gradients. `errors`: a dict to record each
+    output's largest error in units of its tolerance (run.py measure). Problems found."""
+    problems = []
+    eps, unbiased = 1e-5, case.unbiased
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for variant in (PROLOGUE_VARIANTS[i] for i in variants):
+        x, noise, weight, bias, mean, std, g = prologue_inputs(case, dtype, variant)
+        pre_act, pre_slope = variant[3]
+        act, slope = variant[4]
+        name = f"noise={variant[0]} w={variant[1]} bias={variant[2]} pre={pre_act} act={act}"
+        N, C = x.shape[:2]
+        row = (N, C) + (1,) * (x.dim() - 2)
+        per_c = (1, C) + (1,) * (x.dim() - 2)
+        xd = x.detach().double().requires_grad_(True)
+        md, sd = (t.detach().double().requires_grad_(True) for t in (mean, std))
+        z = torch.zeros(row, dtype=torch.float64, requires_grad=True)
+        zw = torch.zeros(row, dtype=torch.float64, requires_grad=True)
+        nd = None if noise is None else noise.double()
+        wd = None if weight is None else weight.double()
+        bd = None if bias is None else bias.double()
+        pre = xd + z
+        if nd is not None:
+            w = 1.0 if wd is None else (wd.view(per_c) if wd.numel() == C else wd)
+            pre = pre + w * nd + zw * nd
+        if bd is not None:
+            pre = pre + bd.view(per_c)
+        p = reference.activate(pre, pre_act, pre_slope)
+        out_ref = reference.adain_affine(p, md, sd, eps, unbiased, act, slope)
+        oracle = reference.adain_affine(x.double(), mean.double(), std.double(), eps, unbiased,
+                                        act, slope, noise=nd, noise_weight=wd, bias=bd,
+                                        pre_activation=pre_act, pre_negative_slope=pre_slope)
+        assert torch.allclose(out_ref, oracle, atol=1e-12), "the test's graph is not the oracle's"
+        ref_mean, ref_std = (t.detach().flatten(1) for t in reference.mean_std(p, eps, unbiased))
+        grads = torch.autograd.grad(out_ref, (xd, md, sd, z, zw), g.double(), allow_unused=True)
+        grads = [torch.zeros(row, dtype=torch.float64) if t is None else t for t in grads]
+
+        def check(what, got, want, stride=None, want_dtype=acc):
+            if stride is not None and [s for s, n in zip(got.stride(), got.shape) if n > 1] != [
+                    s for s, n in zip(stride, got.shape) if n > 1]:  # a size-1 dim's is moot
+                problems.append(f"{name} {what}: strides {got.stride()}, expected {stride}")
+            elif got.dtype != want_dtype or got.shape != want.shape:
+                problems.append(f"{name} {what}: {got.shape}/{got.dtype}, expected "
+                                f"{want.shape}/{want_dtype}")
+            else:
+                if errors is not None:
+                    atol, rtol = TOLERANCES[dtype]
+                    scale = max(1.0, want.abs().max().item())
+                    err = ((got.double() - want).abs() / (atol * scale + rtol * want.abs())).max()
+                    errors[what] = max(errors.get(what, 0.0), err.item())
+                if err := close(got, want, dtype):
+                    problems.append(f"{name} {what}: {err}")
+
+        def check_path(what):
+            path, *_, segments = emu.last_launch()
+            if path != want_path or (want_path >= 4 and segments < 2):
+                problems.append(f"{name} {what}: path {path} with {segments} segments, "
+                                f"expected {want_path}")
+
+        out, mean_p, std_p = emu.prologue_affine_forward(
+            x, noise, weight, bias, pre_act, pre_slope, mean, std, eps, unbiased, act, slope)
+        check_path("forward")
+        check("out", out, oracle, x.stride(), dtype)
+        check("mean_p", mean_p, ref_mean)
+        check("std_p", std_p, ref_std)
+        gx, gm, gs, gb, gw = emu.prologue_affine_backward(
+            g, x, noise, weight, bias, pre_act, pre_slope, mean_p, std_p, mean, std, unbiased, act,
+            slope)
+        check_path("backward")
+        check("grad x", gx, grads[0], x.stride(), dtype)
+        for what, got, want in zip(("grad mean", "grad std", "grad bias", "grad noise_weight"),
+                                   (gm, gs, gb, gw), grads[1:]):
+            check(what, got, want.reshape(N, C))
+    return problems
+
+
 def check_activation_errors(emu) -> int:
     """The activation's input errors come from the CUDA entry points too. Returns failures."""
     x = torch.randn(1, 2, 3, 3)
@@ -411,12 +552,34 @@ def main():
     emu = build()
     if mode == "sweep":
         return 1 if sweep_launch_limits(emu) else 0
+    if mode in ("prologue", "measure"):  # the prologue cases only (measure: and their errors)
+        failures, errors = 0, {}
+        emu.set_device(*DEVICES[0])
+        for case, path, variants in PROLOGUE_CASES:
+            for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+                start = time.time()
+                here = {} if mode == "measure" else None
+                problems = run_prologue_case(emu, case, dtype, path, variants, here)
+                failures += bool(problems)
+                print(f"{'BAD' if problems else 'ok '} {case.name} {dtype} "
+                      f"{time.time() - start:.1f}s", flush=True)
+                for p in problems:
+                    print("   ", p)
+                if here is not None:
+                    print("    errors / tolerance:",
+                          ", ".join(f"{k} {v:.3f}" for k, v in here.items()))
+        print(f"cuda_emu prologue: {failures} failing case/dtype combinations")
+        return 1 if failures else 0
     quick = mode == "quick"
     failures = check_activation_errors(emu)
     for device in DEVICES[:1] if quick else DEVICES:
         emu.set_device(*device)
         for case, run in [(c, run_case) for c in CASES + PATH_CASES] + [
             (c, run_activation_case) for c in ACTIVATION_CASES
+        ] + [
+            (c, lambda emu, c, dtype, path=path, variants=variants:
+             run_prologue_case(emu, c, dtype, path, variants))
+            for c, path, variants in PROLOGUE_CASES
         ]:
             for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 start = time.time()
