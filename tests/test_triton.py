@@ -281,9 +281,10 @@ def test_kernels_compile_for_a_gpu_without_one():
         pytest.skip("this triton has no bundled ptxas: cannot lower to a cubin here")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     # 72 variants, and 40 of the affine kernels with an activation, x (odd shape, typical shape,
-    # largest tile); and 48 with the prologue (noise per element) x 3, 12 with noise per position
-    # (fp32, typical shape)
-    assert result.stdout.count("ok   sm_90") == 336 + 144 + 12
+    # largest tile); and the 48 with the prologue (noise per element): 36 (fp32, bf16, fp64) at a
+    # typical shape and 24 (fp32, bf16) at the largest tile; 12 with noise per position (fp32,
+    # typical shape)
+    assert result.stdout.count("ok   sm_90") == 336 + 36 + 24 + 12
 
 
 # ---- CUDA-only dtypes and tuning.
