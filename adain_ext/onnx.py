@@ -62,11 +62,13 @@ def _cast(x, dtype: ir.DataType):
     return x if x.dtype == dtype else op.Cast(x, to=dtype)
 
 
-def _moments(x, eps: float, unbiased: bool):
+def _moments(x, eps: float, unbiased: bool, rank: int | None = None):
     """(x - mean, mean, std) of each (n, c) row over all trailing dims, in the statistics dtype,
-    the statistics shaped (N, C, 1, ...) with x's rank."""
+    the statistics shaped (N, C, 1, ...) with x's rank (given for a computed x, which has no
+    shape yet)."""
     stat = _stat_dtype(x.dtype)
-    axes = op.Constant(value_ints=list(range(2, len(x.shape))))  # before the Cast: it has no shape
+    rank = len(x.shape) if rank is None else rank  # before the Cast: it has no shape
+    axes = op.Constant(value_ints=list(range(2, rank)))
     x = _cast(x, stat)
     mean = op.ReduceMean(x, axes, keepdims=1)
     centred = op.Sub(x, mean)
@@ -120,15 +122,47 @@ def _affine_forward(x, mean, std, alpha: float, eps: float, unbiased: bool,
     return _activate(out, activation, negative_slope), _rows(x, mean_x), _rows(x, std_x)
 
 
+def _prologue(x, noise, noise_weight, bias, pre_activation: str, pre_negative_slope: float):
+    """The affine op's prologue, pre_activation(x + noise_weight * noise + bias), in the
+    statistics dtype (as the kernels form it)."""
+    stat = _stat_dtype(x.dtype)
+    channel = op.Constant(value_ints=[1, -1] + [1] * (len(x.shape) - 2))
+    p = _cast(x, stat)
+    if noise is not None:
+        n = _cast(noise, stat)
+        if noise_weight is not None:
+            n = op.Mul(op.Reshape(_cast(noise_weight, stat), channel), n)
+        p = op.Add(p, n)
+    if bias is not None:
+        p = op.Add(p, op.Reshape(_cast(bias, stat), channel))
+    return _activate(p, pre_activation, pre_negative_slope)
+
+
+def _prologue_affine_forward(x, noise, noise_weight, bias, pre_activation: str,
+                             pre_negative_slope: float, mean, std, eps: float, unbiased: bool,
+                             activation: str, negative_slope: float):
+    rank = len(x.shape)
+    p = _prologue(x, noise, noise_weight, bias, pre_activation, pre_negative_slope)
+    centred, mean_p, std_p = _moments(p, eps, unbiased, rank)
+    out = _cast(_renormalise(p, centred, mean_p, std_p, mean, std, 1.0), x.dtype)
+    return _activate(out, activation, negative_slope), _rows(x, mean_p), _rows(x, std_p)
+
+
 def fused(content, style, alpha: float = 1.0, eps: float = 1e-5, unbiased: bool = True):
     """adain::fused: alpha * AdaIN(content, style) + (1 - alpha) * content."""
     return _fused_forward(content, style, alpha, eps, unbiased)[0]
 
 
 def affine(x, mean, std, eps: float = 1e-5, unbiased: bool = True, activation: str = "none",
-           negative_slope: float = 0.01):
-    """adain::affine: act(std * (x - mean_x) / std_x + mean), target statistics (N, C) or
-    (N, C, 1, ...)."""
+           negative_slope: float = 0.01, noise=None, noise_weight=None, bias=None,
+           pre_activation: str = "none", pre_negative_slope: float = 0.01):
+    """adain::affine: act(std * (p - mean_p) / std_p + mean), target statistics (N, C) or
+    (N, C, 1, ...), p = x or the prologue's pre_activation(x + noise_weight * noise + bias)."""
+    if (noise is not None or noise_weight is not None or bias is not None
+            or pre_activation != "none"):
+        return _prologue_affine_forward(x, noise, noise_weight, bias, pre_activation,
+                                        pre_negative_slope, mean, std, eps, unbiased, activation,
+                                        negative_slope)[0]
     return _affine_forward(x, mean, std, 1.0, eps, unbiased, activation, negative_slope)[0]
 
 
@@ -151,6 +185,7 @@ def translation_table() -> dict[torch._ops.OpOverload, Callable]:
         ops.affine.default: affine,
         ops._fused_forward.default: _fused_forward,
         ops._affine_forward.default: _affine_forward,
+        ops._prologue_affine_forward.default: _prologue_affine_forward,
     }
 
 

@@ -281,3 +281,41 @@ def test_affine_activation_exports(activation, slope):
         pre = reference.adain_affine(content.double(), mean.double(), std.double(), EPS, False)
         assert (pre < 0).any() and (pre > 0).any()  # both sides of the activation exercised
         assert relative_error(torch.from_numpy(got), want) <= TOLERANCES[torch.float32]
+
+
+class WithPrologue(torch.nn.Module):
+    """StyleGAN's layer: leaky_relu(x + w * noise + b, 0.2), then AdaIN with given statistics."""
+
+    def __init__(self, channels: int, per_element_noise: bool):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.weight = torch.nn.Parameter(torch.randn(channels, generator=gen))
+        self.bias = torch.nn.Parameter(torch.randn(channels, generator=gen))
+        self.per_element_noise = per_element_noise
+
+    def forward(self, content, style, mean, std):
+        noise = style if self.per_element_noise else style[:, :1]
+        return adain_ext.adain_affine(content, mean, std, EPS, False, activation="relu",
+                                      noise=noise, noise_weight=self.weight, bias=self.bias,
+                                      pre_activation="leaky_relu", pre_negative_slope=0.2)
+
+
+@pytest.mark.parametrize("per_element_noise", [False, True], ids=["noise_N1", "noise_NC"])
+def test_affine_prologue_exports(per_element_noise):
+    """The prologue (noise, per-channel weight and bias, LeakyReLU) before the statistics, in
+    onnxruntime against the float64 reference; style stands in for the noise (same shape)."""
+    first, second = SHAPES[4]
+    tails = [(t[0], t[0]) for t in (first, second)]  # noise needs x's spatial dims
+    module = WithPrologue(C, per_element_noise)
+    session = export(module, make_inputs(*tails[0], torch.float32, seed=0), 4)
+    for seed, shapes in enumerate(tails, start=1):
+        content, style, mean, std = make_inputs(*shapes, torch.float32, seed)
+        (got,) = session.run(None, {"content": content.numpy(), "style": style.numpy(),
+                                    "mean": mean.numpy(), "std": std.numpy()})
+        noise = style if per_element_noise else style[:, :1]
+        want = reference.adain_affine(
+            content.double(), mean.double(), std.double(), EPS, False, "relu",
+            noise=noise.double(), noise_weight=module.weight.detach().double(),
+            bias=module.bias.detach().double(), pre_activation="leaky_relu",
+            pre_negative_slope=0.2)
+        assert relative_error(torch.from_numpy(got), want) <= TOLERANCES[torch.float32]
