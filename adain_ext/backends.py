@@ -147,12 +147,20 @@ class CompiledTrainingComposite:
         return reference.activate(out.to(x.dtype), activation, negative_slope)
 
     @staticmethod
-    def adain_affine(x, mean, std, eps, unbiased, activation="none", negative_slope=0.01):
+    def adain_affine(x, mean, std, eps, unbiased, activation="none", negative_slope=0.01, *,
+                     noise=None, noise_weight=None, bias=None, pre_activation="none",
+                     pre_negative_slope=0.01):
         _validation.check_affine(x, mean, std, unbiased)
+        _validation.check_prologue(x, noise, noise_weight, bias, pre_activation,
+                                   pre_negative_slope)
         _validation.check_eps(eps)
         _validation.check_activation(activation, negative_slope)
-        return CompiledTrainingComposite._affine(x, mean, std, eps, unbiased, activation,
-                                                 negative_slope)
+        p = x
+        if _validation.has_prologue(noise, noise_weight, bias, pre_activation):
+            p = reference.prologue(x, noise, noise_weight, bias, pre_activation,
+                                   pre_negative_slope)
+        return CompiledTrainingComposite._affine(p, mean, std, eps, unbiased, activation,
+                                                 negative_slope).to(x.dtype)
 
     @staticmethod
     def adain(content, style, alpha, eps, unbiased):

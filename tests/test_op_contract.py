@@ -573,6 +573,28 @@ def test_compiled_cpu_training_traces_the_composite(monkeypatch):
     assert "adain" in _compiled_graph_ops(block, *inputs)
 
 
+@pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
+def test_compiled_cpu_training_traces_the_prologue_as_composite():
+    """With the prologue (StyleGAN's noise, bias, LeakyReLU) compiled CPU training traces the
+    composite, prologue and all; with an epilogue activation too it keeps the kernel (the
+    composite's activation would store Inductor's slow mask)."""
+    case = Case("compiled_prologue", (2, 4, 6, 5))
+    x, _ = make_inputs(case, requires_grad=True)
+    mean, std = make_statistics(case, requires_grad=True)
+    noise = torch.randn(2, 1, 6, 5)
+    weight = torch.randn(4, requires_grad=True)
+
+    def layer(x, mean, std, weight, activation=None):
+        return adain_ext.adain_affine(x, mean, std, noise=noise, noise_weight=weight,
+                                      pre_activation="leaky_relu", pre_negative_slope=0.2,
+                                      activation=activation)
+
+    inputs = (x, mean, std, weight)
+    assert "adain" not in _compiled_graph_ops(layer, *inputs)
+    assert "adain" in _compiled_graph_ops(lambda *t: layer(*t, activation="relu"), *inputs)
+    assert "adain" in _compiled_graph_ops(layer, *inputs, no_grad=True)
+
+
 @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
 def test_compiled_training_composite_is_the_reference(case: Case):
     """The composite compiled CPU training traces (var_mean and rsqrt, for Inductor) gives the
@@ -583,12 +605,19 @@ def test_compiled_training_composite_is_the_reference(case: Case):
     content, style = make_inputs(case, torch.float64, requires_grad=True)
     mean, std = make_statistics(case, torch.float64, requires_grad=True)
     u = case.unbiased
+    prologue = {"bias": mean[0].reshape(-1), "pre_activation": "leaky_relu",
+                "pre_negative_slope": 0.2}
+    if style.shape == content.shape:
+        prologue.update(noise=style, noise_weight=std[0].reshape(-1))
     pairs = [
         (composite.mean_std(style, 1e-5, u), reference.mean_std(style, 1e-5, u)),
         (composite.adain(content, style, case.alpha, 1e-5, u),
          reference.adain(content, style, case.alpha, 1e-5, u)),
         (composite.adain_affine(content, mean, std, 1e-5, u, "leaky_relu", 0.2),
          reference.adain_affine(content, mean, std, 1e-5, u, "leaky_relu", 0.2)),
+        # the prologue, with style standing in for per-element noise where the shapes agree
+        (composite.adain_affine(content, mean, std, 1e-5, u, **prologue),
+         reference.adain_affine(content, mean, std, 1e-5, u, **prologue)),
     ]
     for got, want in pairs:
         got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
