@@ -291,7 +291,7 @@ def test_affine_backward_with_activation_needs_the_target_mean():
 # bias; pre_activation; the output activation)
 PROLOGUE_VARIANTS = [
     pytest.param("C", "C", True, ("leaky_relu", 0.2), ("none", 0.01), id="nc-leaky"),
-    pytest.param("1", None, True, ("relu", 0.01), ("leaky_relu", 0.2), id="n1-relu-leaky"),
+    pytest.param("1", "C", True, ("relu", 0.01), ("leaky_relu", 0.2), id="n1-relu-leaky"),
     pytest.param(None, None, True, ("leaky_relu", 0.2), ("relu", 0.01), id="bias-leaky-relu"),
     pytest.param("C", "1", False, ("none", 0.01), ("none", 0.01), id="nc-w1-none"),
 ]
@@ -393,6 +393,40 @@ def test_prologue_affine_every_path_matches_reference(name, dtype, noise_kind, w
                                    ("bias", gb, rgb, slack), ("noise_weight", gw, rgw, slack)):
         assert got.shape == (N, C) and got.dtype == acc, what
         assert_sums_close(got, want, dtype, msg=lambda m: f"{case} grad {what}\n{m}", slack=extra)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["packed_odd_rows", "cl_odd_channels"])
+def test_adain_affine_with_prologue_matches_reference(name, dtype):
+    """The public adain_affine with StyleGAN's prologue (per-channel noise_weight on (N, 1, *)
+    noise, bias, leaky_relu(0.2)) on the CUDA kernels, through autograd: the output and the
+    gradients of x, the target statistics, noise, noise_weight and bias."""
+    case = PATH[name]
+    x, _ = make_inputs(case, dtype, CUDA, requires_grad=True)
+    mean, std = make_statistics(case, dtype, CUDA, requires_grad=True)
+    N, C, *rest = x.shape
+    gen = torch.Generator().manual_seed(8)
+    noise = torch.randn(N, 1, *rest, generator=gen).to(CUDA, dtype).requires_grad_(True)
+    weight = (torch.randn(C, generator=gen) * 0.8).to(CUDA).requires_grad_(True)
+    bias = (torch.randn(C, generator=gen) * 0.8).to(CUDA).requires_grad_(True)
+    kwargs = dict(noise=noise, noise_weight=weight, bias=bias, pre_activation="leaky_relu",
+                  pre_negative_slope=0.2)
+    out = adain_ext.adain_affine(x, mean, std, 1e-5, case.unbiased, backend="cpp", **kwargs)
+    leaves = (x, mean, std, noise, weight, bias)
+    refs = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = reference.adain_affine(*refs[:3], 1e-5, case.unbiased, noise=refs[3],
+                                 noise_weight=refs[4], bias=refs[5], pre_activation="leaky_relu",
+                                 pre_negative_slope=0.2)
+    assert_close(out, ref.detach(), dtype, msg=f"{case} out", case=case)
+    g = seeded_like(out, 9)
+    got = torch.autograd.grad(out, leaves, g)
+    want = torch.autograd.grad(ref, refs, g.double())
+    for what, a, b in zip(("x", "mean", "std", "noise", "noise_weight", "bias"), got, want):
+        if what in ("x", "noise"):
+            assert_grads_close((a,), (b,), dtype, case=case, msg=f"{case} grad {what}")
+        else:
+            assert_sums_close(a, b, dtype, msg=lambda m: f"{case} grad {what}\n{m}",
+                              slack=2e-6 * want[0].abs().sum().item())
 
 
 def test_prologue_affine_without_prologue_is_the_affine_op():

@@ -332,7 +332,7 @@ PROLOGUE_CASES = [
 ]
 PROLOGUE_VARIANTS = [
     ("C", "C", True, ("leaky_relu", 0.2), ("none", 0.01)),
-    ("1", None, True, ("relu", 0.01), ("leaky_relu", 0.2)),
+    ("1", "C", True, ("relu", 0.01), ("leaky_relu", 0.2)),
     (None, None, True, ("leaky_relu", 0.2), ("relu", 0.01)),
     ("C", "1", False, ("none", 0.01), ("none", 0.01)),
 ]
@@ -514,6 +514,8 @@ def sweep_launch_limits(emu) -> int:
                             stat = torch.empty(n, c, dtype=acc)
                             target = torch.ones(n, c, 1, 1, dtype=dtype)
                             style_long = torch.empty(n, c, 1, 2 * L + 1, dtype=dtype)
+                            noise = torch.empty_like(x)  # the prologue: a third cached tensor
+                            bias = torch.zeros(c, dtype=acc)
                             calls_here = [
                                 ("mean_std", emu.mean_std, (x, 1e-5, True)),
                                 ("affine_forward", emu.affine_forward,
@@ -524,6 +526,12 @@ def sweep_launch_limits(emu) -> int:
                                  (x, target, target, 0.5, 1e-5, True, "leaky_relu", 0.2)),
                                 ("affine_backward relu", emu.affine_backward,
                                  (x, x, stat, stat, target, 0.5, True, target, "relu", 0.01)),
+                                ("prologue_affine_forward", emu.prologue_affine_forward,
+                                 (x, noise, None, bias, "relu", 0.01, target, target, 1e-5, True,
+                                  "none", 0.01)),
+                                ("prologue_affine_backward", emu.prologue_affine_backward,
+                                 (x, x, noise, None, bias, "relu", 0.01, stat, stat, target,
+                                  target, True, "leaky_relu", 0.2)),
                                 ("fused_forward", emu.fused_forward, (x, x, 0.5, 1e-5, True)),
                                 ("fused_forward long style", emu.fused_forward,
                                  (x, style_long, 0.5, 1e-5, True)),
