@@ -107,7 +107,7 @@ C10_DEVICE __forceinline__ void cl_prologue_of(const Params<T, acc_t>& p, const 
                                                RowPrologue<acc_t> (&r)[VEC]) {
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
-    if (j < t.valid) r[j] = row_prologue_of(p.pro, t.n * p.channels + t.c0 + j);
+    if (j < t.valid) r[j] = channel_prologue(p.pro, t.c0 + j);
   }
 }
 

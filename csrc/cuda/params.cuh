@@ -174,11 +174,6 @@ struct PrologueData {
   acc_t* grad_bias_out = nullptr;    // (N, C): prologue_grads(...).grad_bias per row; backward
   acc_t* grad_weight_out = nullptr;  // (N, C): prologue_grads(...).grad_weight per row
 
-  C10_HOST_DEVICE int64_t channel_of(int64_t row) const { return row % channels; }
-  // The noise row of x's row `row` (rows of L elements, or channels of a channels_last image).
-  C10_HOST_DEVICE int64_t noise_row_of(int64_t row) const {
-    return noise_channels == 1 ? row / channels : row;
-  }
 };
 
 // One row's (or channel's) prologue parameters.
@@ -188,14 +183,24 @@ struct RowPrologue {
   acc_t bias = 0;
 };
 
+// The parameters of channel c.
 template <typename acc_t>
-C10_DEVICE __forceinline__ RowPrologue<acc_t> row_prologue_of(const PrologueData<acc_t>& pro,
-                                                              int64_t row) {
-  const int64_t c = pro.channel_of(row);
+C10_DEVICE __forceinline__ RowPrologue<acc_t> channel_prologue(const PrologueData<acc_t>& pro,
+                                                               int64_t c) {
   RowPrologue<acc_t> r;
   r.weight = pro.weight[c];
   r.bias = pro.bias[c];
   return r;
+}
+
+// The parameters of row `row` = n * C + c and its noise row (n with (N, 1, *) noise, else row),
+// from one division (a 64-bit division is a call whose register saves made a stack frame).
+template <typename acc_t>
+C10_DEVICE __forceinline__ RowPrologue<acc_t> row_prologue_of(const PrologueData<acc_t>& pro,
+                                                              int64_t row, int64_t& noise_row) {
+  const int64_t n = row / pro.channels;
+  noise_row = pro.noise_channels == 1 ? n : row;
+  return channel_prologue(pro, row - n * pro.channels);
 }
 
 // One element's prologue: pre and p.

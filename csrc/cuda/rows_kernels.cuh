@@ -291,10 +291,12 @@ __global__ void __launch_bounds__(kPrologue ? kPrologueBlock : 1024)
     if constexpr (kPrologue) {
       const PrologueData<acc_t>& pro = p.pro;
       const Epilogue<acc_t>& act = pro.act;
-      const RowPrologue<acc_t> r = active ? row_prologue_of(pro, row) : RowPrologue<acc_t>{};
+      int64_t noise_row = row;
+      const RowPrologue<acc_t> r =
+          active ? row_prologue_of(pro, row, noise_row) : RowPrologue<acc_t>{};
       NoiseRow<T, VEC> nr;
       nr.noise = p.noise;
-      nr.shift = (pro.noise_row_of(row) - row) * d.L;
+      nr.shift = (noise_row - row) * d.L;
       nr.aligned = nr.shift % VEC == 0;
       nr.cache = cache_x + (kTwoRows ? 2 : 1) * p.cache_slots;
       if constexpr (kMode == RowMode::PartialWelford || kMode == RowMode::Affine) {
