@@ -322,8 +322,9 @@ def run_activation_case(emu, case, dtype):
 # The affine op's prologue (pre = x + noise_weight * noise + bias, p = pre_activation(pre)) on
 # every launch path: packed rows off the slot grid (so (N, 1, *) noise rows start off it too), a
 # block per row (3-D), split rows, channels_last split (5-D, C off the vector width). Each runs
-# the PROLOGUE_VARIANTS it names (the long rows fewer: emulation is slow): (noise (N, C, *) / (N, 1, *) / none, noise_weight (C,) / one value /
-# none, bias, pre_activation, the epilogue activation), forward and backward.
+# the PROLOGUE_VARIANTS it names (the long rows fewer: emulation is slow): (noise (N, C, *) /
+# (N, 1, *) / none, noise_weight (C,) / one value / none, bias, pre_activation, the epilogue
+# activation), forward and backward.
 PROLOGUE_CASES = [
     (Case("pro_packed", (2, 24, 5, 7)), 1, (0, 1, 2, 3)),
     (Case("pro_rows", (2, 2, 1200), unbiased=False), 2, (1, 2)),
@@ -368,6 +369,29 @@ def run_prologue_case(emu, case, dtype, want_path, variants, errors=None):
     problems = []
     eps, unbiased = 1e-5, case.unbiased
     acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def check(name, what, got, want, stride=None, want_dtype=acc):
+        if stride is not None and [s for s, n in zip(got.stride(), got.shape) if n > 1] != [
+                s for s, n in zip(stride, got.shape) if n > 1]:  # a size-1 dim's is moot
+            problems.append(f"{name} {what}: strides {got.stride()}, expected {stride}")
+        elif got.dtype != want_dtype or got.shape != want.shape:
+            problems.append(f"{name} {what}: {got.shape}/{got.dtype}, expected "
+                            f"{want.shape}/{want_dtype}")
+        else:
+            if errors is not None:
+                atol, rtol = TOLERANCES[dtype]
+                scale = max(1.0, want.abs().max().item())
+                err = ((got.double() - want).abs() / (atol * scale + rtol * want.abs())).max()
+                errors[what] = max(errors.get(what, 0.0), err.item())
+            if err := close(got, want, dtype):
+                problems.append(f"{name} {what}: {err}")
+
+    def check_path(name, what):
+        path, *_, segments = emu.last_launch()
+        if path != want_path or (want_path >= 4 and segments < 2):
+            problems.append(f"{name} {what}: path {path} with {segments} segments, "
+                            f"expected {want_path}")
+
     for variant in (PROLOGUE_VARIANTS[i] for i in variants):
         x, noise, weight, bias, mean, std, g = prologue_inputs(case, dtype, variant)
         pre_act, pre_slope = variant[3]
@@ -399,42 +423,20 @@ def run_prologue_case(emu, case, dtype, want_path, variants, errors=None):
         grads = torch.autograd.grad(out_ref, (xd, md, sd, z, zw), g.double(), allow_unused=True)
         grads = [torch.zeros(row, dtype=torch.float64) if t is None else t for t in grads]
 
-        def check(what, got, want, stride=None, want_dtype=acc):
-            if stride is not None and [s for s, n in zip(got.stride(), got.shape) if n > 1] != [
-                    s for s, n in zip(stride, got.shape) if n > 1]:  # a size-1 dim's is moot
-                problems.append(f"{name} {what}: strides {got.stride()}, expected {stride}")
-            elif got.dtype != want_dtype or got.shape != want.shape:
-                problems.append(f"{name} {what}: {got.shape}/{got.dtype}, expected "
-                                f"{want.shape}/{want_dtype}")
-            else:
-                if errors is not None:
-                    atol, rtol = TOLERANCES[dtype]
-                    scale = max(1.0, want.abs().max().item())
-                    err = ((got.double() - want).abs() / (atol * scale + rtol * want.abs())).max()
-                    errors[what] = max(errors.get(what, 0.0), err.item())
-                if err := close(got, want, dtype):
-                    problems.append(f"{name} {what}: {err}")
-
-        def check_path(what):
-            path, *_, segments = emu.last_launch()
-            if path != want_path or (want_path >= 4 and segments < 2):
-                problems.append(f"{name} {what}: path {path} with {segments} segments, "
-                                f"expected {want_path}")
-
         out, mean_p, std_p = emu.prologue_affine_forward(
             x, noise, weight, bias, pre_act, pre_slope, mean, std, eps, unbiased, act, slope)
-        check_path("forward")
-        check("out", out, oracle, x.stride(), dtype)
-        check("mean_p", mean_p, ref_mean)
-        check("std_p", std_p, ref_std)
+        check_path(name, "forward")
+        check(name, "out", out, oracle, x.stride(), dtype)
+        check(name, "mean_p", mean_p, ref_mean)
+        check(name, "std_p", std_p, ref_std)
         gx, gm, gs, gb, gw = emu.prologue_affine_backward(
             g, x, noise, weight, bias, pre_act, pre_slope, mean_p, std_p, mean, std, unbiased, act,
             slope)
-        check_path("backward")
-        check("grad x", gx, grads[0], x.stride(), dtype)
+        check_path(name, "backward")
+        check(name, "grad x", gx, grads[0], x.stride(), dtype)
         for what, got, want in zip(("grad mean", "grad std", "grad bias", "grad noise_weight"),
                                    (gm, gs, gb, gw), grads[1:]):
-            check(what, got, want.reshape(N, C))
+            check(name, what, got, want.reshape(N, C))
     return problems
 
 
