@@ -107,6 +107,10 @@ def test_internal_ops_blend_then_activate(target: Target, activation, slope):
 def test_every_autograd_mode_is_exact(target: Target, case: Case, activation, slope):
     """gradcheck (first backward), gradgradcheck (double backward: gradient penalties) and
     forward-mode AD (jvp), all in float64 with respect to x, mean and std."""
+    if target == Target("triton", "cpu") and (activation, slope) != ("leaky_relu", -0.3):
+        # 10-30 s each in the interpreter (CI time); the negative slope is the one where a mask
+        # from the output would be wrong, and the three layouts still run with it
+        pytest.skip("the Triton interpreter runs the negative slope only here")
     x, mean, std = _inputs(case, torch.float64, target.device)
 
     def f(x, m, s):
