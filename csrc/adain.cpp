@@ -136,6 +136,9 @@ TORCH_LIBRARY(adain, m) {
   m.def("_cpu_segment_log(bool record) -> int[]", TORCH_FN(cpu::take_segment_log));
   // Test hook: the bytes of freed output blocks the CPU kernels hold for reuse (output_cache.h).
   m.def("_cpu_output_cache_bytes() -> int", TORCH_FN(cpu::output_cache_bytes));
+  // Test hook: outputs of at least `bytes` are written with non-temporal stores from now on
+  // (bytes >= 0; -1 changes nothing); returns the threshold before the call (row_kernels.h).
+  m.def("_cpu_stream_bytes(int bytes) -> int", TORCH_FN(cpu::stream_bytes_hook));
 
   m.impl("fused", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(fused));
   m.impl("affine", c10::DispatchKey::CompositeImplicitAutograd, TORCH_FN(affine));

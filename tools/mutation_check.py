@@ -305,6 +305,16 @@ MUTANTS = [
            "        g = g * 1.0;",
            (("tests/test_prologue.py", "-k", "cpp-cpu"),),
            "the noise gradient forgets the weight (d pre / d noise = w)"),
+    Mutant("stream_drops_tail", "csrc/cpu/row_kernels.h",
+           "  std::memcpy(dst + i, src + i, n - i);\n#else",
+           "#else",
+           (("tests/test_cpu_streaming.py",),),
+           "a streamed output's unaligned tail is never written"),
+    Mutant("stream_16bit_chunk_offset", "csrc/cpu/row_kernels.h",
+           "      at::vec::convert(src + i, buf, len);",
+           "      at::vec::convert(src, buf, len);",
+           (("tests/test_cpu_streaming.py",),),
+           "a streamed 16-bit output longer than a chunk repeats its first chunk"),
 ]
 
 

@@ -394,14 +394,15 @@ PrologueBackwardSums<acc_t> prologue_sums_row(const UnitPrologue<scalar_t>& pro,
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void prologue_map_row(const UnitPrologue<scalar_t>& pro, const Epilogue<acc_t>& e,
                       const RowCoef<acc_t>& fwd, const RowCoef<acc_t>& c, scalar_t* out,
-                      const scalar_t* g, const scalar_t* x, const scalar_t* noise, int64_t n) {
+                      const scalar_t* g, const scalar_t* x, const scalar_t* noise, int64_t n,
+                      bool stream) {
   acc_t pre[kChunk], p[kChunk], nbuf[kChunk], gbuf[kChunk], obuf[kChunk];
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     form_row(pro, x + i, noise ? noise + i : nullptr, len, pre, p, nbuf);
-    acc_t* oc = out_acc(out + i, obuf);
+    acc_t* oc = out_acc(out + i, obuf, stream);
     prologue_map_of(pro.act, e, fwd, c, oc, load_acc(g + i, len, gbuf), pre, p, len);
-    store_acc(oc, out + i, len);
+    store_acc(oc, out + i, len, stream);
   }
 }
 
@@ -420,6 +421,7 @@ bool for_each_whole_row(const Geometry& geo, int buffers, Body body) {
   at::parallel_for(0, geo.units(), geo.grain(geo.units()), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> storage(buffers * geo.L);
     for (int64_t row = begin; row < end; ++row) body(row, storage.data());
+    stream_fence(geo.stream);
   });
   return true;
 }
@@ -610,7 +612,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prologue_affine_forward(
       form_row(pro, xp + row * L, pro.noise, L, static_cast<acc_t*>(nullptr), p, noise_buf);
       const auto in_p = [p](int64_t i, int64_t, acc_t*) -> const acc_t* { return p + i; };
       map_forward_chunks(op + row * L, L, finish(row, welford_chunks<acc_t>(L, in_p)), epilogue,
-                         in_p);
+                         in_p, geo.stream);
     });
     if (whole_rows) return;
     reduce_then_map<WelfordState<acc_t>, RowCoef<acc_t>>(
@@ -636,7 +638,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prologue_affine_forward(
             map_forward_chunks(op + u * L + b, e - b, unit_coefs[0], epilogue,
                                [&](int64_t i, int64_t len, acc_t* buf) {
                                  return load(b + i, len, buf);
-                               });
+                               },
+                               geo.stream);
           } else {
             std::vector<acc_t> by_field(4 * C);
             for (int64_t c = 0; c < C; ++c) {
@@ -721,9 +724,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prologue_
       const RowCoef<acc_t> fwd = forward_coef(row);
       SumVecs<acc_t> sv;
       prologue_sums_of(pre_act, epilogue, fwd, g_acc, pre, p, noise, L, mp[row], sv);
-      acc_t* o = out_acc(out + row * L, out_buf);
+      acc_t* o = out_acc(out + row * L, out_buf, geo.stream);
       prologue_map_of(pre_act, epilogue, fwd, finish(row, sums_of(sv)), o, g_acc, pre, p, L);
-      store_acc(o, out + row * L, L);
+      store_acc(o, out + row * L, L, geo.stream);
     });
     if (whole_rows) return;
     reduce_then_map<PrologueBackwardSums<acc_t>, RowCoef<acc_t>>(
@@ -749,7 +752,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> prologue_
           if (contiguous) {
             prologue_map_row(pro, epilogue, forward_coef(u), unit_coefs[0], out + u * L + b,
                              gp + u * L + b, xp + u * L + b, pro.noise ? pro.noise + b : nullptr,
-                             e - b);
+                             e - b, geo.stream);
           } else {
             std::vector<acc_t> by_field(4 * C);
             for (int64_t c = 0; c < C; ++c) {

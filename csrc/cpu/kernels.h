@@ -35,4 +35,8 @@ at::Tensor mean_std_backward(const at::Tensor& grad_mean, const at::Tensor& grad
 // row_kernels.h); recording stays on afterwards iff `record`.
 std::vector<int64_t> take_segment_log(bool record);
 
+// adain::_cpu_stream_bytes: outputs of at least `bytes` are streamed from now on (bytes >= 0);
+// returns the threshold before the call (row_kernels.h's stream_threshold).
+int64_t stream_bytes_hook(int64_t bytes);
+
 }  // namespace adain::cpu

@@ -96,6 +96,8 @@ std::vector<int64_t> take_segment_log(bool record) {
   return taken;
 }
 
+int64_t stream_bytes_hook(int64_t bytes) { return set_stream_bytes(bytes); }
+
 }  // namespace adain::cpu
 
 TORCH_LIBRARY_IMPL(adain, CPU, m) {

@@ -19,12 +19,16 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__SSE2__)
+#include <immintrin.h>
 #endif
 
 #include "checks.h"
@@ -74,16 +78,81 @@ inline const acc_t* load_acc(const scalar_t* src, int64_t n, acc_t* buf) {
   }
 }
 
-template <typename scalar_t, typename acc_t>
-inline void store_acc(const acc_t* src, scalar_t* dst, int64_t n) {
-  if constexpr (!std::is_same_v<scalar_t, acc_t>) at::vec::convert(src, dst, n);
+// ---- Streaming outputs.
+//
+// An output much larger than the caches is evicted before anything reads it again. Written
+// through the cache, each of its lines is first read from memory (read-for-ownership) and later
+// written back: three transfers per line where non-temporal stores, which write whole lines
+// straight to memory, need two. On this project's 2-core VM (one thread, 8x512x32x32 fp32, 16 MiB
+// a tensor) the affine op's forward + backward went from ~7.5 to ~5.5 ms with its outputs
+// streamed (benchmarks/bench_blocks.py, docs/kernels.md); in a loop whose data fits in the cache,
+// streaming cost ~3%. Outputs of at least stream_bytes() (ADAIN_EXT_STREAM_MB, default 4 MiB; 0:
+// every output) are streamed; the values written are the same either way.
+inline std::atomic<int64_t>& stream_threshold() {
+  static std::atomic<int64_t> bytes = [] {
+    const char* env = std::getenv("ADAIN_EXT_STREAM_MB");
+    return static_cast<int64_t>(env == nullptr ? 4 : std::strtoll(env, nullptr, 10)) << 20;
+  }();
+  return bytes;
 }
 
-// Where a map writes its acc_t results: straight into the output, or a buffer to convert from.
+// Sets the threshold to `bytes` when it is >= 0; returns the threshold before the call.
+inline int64_t set_stream_bytes(int64_t bytes) {
+  return bytes >= 0 ? stream_threshold().exchange(bytes) : stream_threshold().load();
+}
+
+// n bytes from src (in L1: a chunk just computed) to dst with non-temporal stores, the unaligned
+// head and tail of dst with ordinary ones. The stores are ordered by stream_fence, once a task.
+inline void stream_bytes(const void* src_v, void* dst_v, int64_t n) {
+  const char* src = static_cast<const char*>(src_v);
+  char* dst = static_cast<char*>(dst_v);
+#if defined(__SSE2__)
+  const int64_t head = std::min<int64_t>(n, (16 - (reinterpret_cast<uintptr_t>(dst) & 15)) & 15);
+  std::memcpy(dst, src, head);
+  int64_t i = head;
+  for (; i + 16 <= n; i += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+  }
+  std::memcpy(dst + i, src + i, n - i);
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+// Makes a task's streamed stores visible before the task reports itself done.
+inline void stream_fence(bool streamed) {
+#if defined(__SSE2__)
+  if (streamed) _mm_sfence();
+#endif
+}
+
+// Writes n accumulation-dtype results to the output: converted for 16-bit outputs (a float output
+// already holds them, see out_acc), streamed if `stream`.
 template <typename scalar_t, typename acc_t>
-inline acc_t* out_acc(scalar_t* dst, acc_t* buf) {
+inline void store_acc(const acc_t* src, scalar_t* dst, int64_t n, bool stream = false) {
+  if (!stream) {
+    if constexpr (!std::is_same_v<scalar_t, acc_t>) at::vec::convert(src, dst, n);
+    return;
+  }
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return dst;
+    stream_bytes(src, dst, n * static_cast<int64_t>(sizeof(scalar_t)));
+  } else {
+    scalar_t buf[kChunk];
+    for (int64_t i = 0; i < n; i += kChunk) {
+      const int64_t len = std::min(kChunk, n - i);
+      at::vec::convert(src + i, buf, len);
+      stream_bytes(buf, dst + i, len * static_cast<int64_t>(sizeof(scalar_t)));
+    }
+  }
+}
+
+// Where a map writes its acc_t results: straight into a float output written through the cache,
+// or a buffer that store_acc converts or streams from.
+template <typename scalar_t, typename acc_t>
+inline acc_t* out_acc(scalar_t* dst, acc_t* buf, bool stream = false) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return stream ? buf : dst;
   } else {
     return buf;
   }
@@ -230,18 +299,18 @@ GradSums<acc_t> grad_sums_contiguous(const scalar_t* g, const scalar_t* x, int64
 // out = g_scale * g + slope * (x - mean) + shift (apply_coef, vectorised); g may be null (then
 // g_scale is ignored).
 // Without g, `e` is applied to the result (the forward's epilogue); with g and `act`, g is first
-// replaced by its activation gradient (the epilogue's backward).
+// replaced by its activation gradient (the epilogue's backward). stream: see store_acc.
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t n,
                     const RowCoef<acc_t>& c, const Epilogue<acc_t>& e = {},
-                    const ActGrad<acc_t>* act = nullptr) {
+                    const ActGrad<acc_t>* act = nullptr, bool stream = false) {
   using Vec = at::vec::Vectorized<acc_t>;
   acc_t xbuf[kChunk], gbuf[kChunk], obuf[kChunk];
   const Vec g_scale(c.g_scale), slope(c.slope), mean(c.mean), shift(c.shift);
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     const acc_t* xc = load_acc(x + i, len, xbuf);
-    acc_t* oc = out_acc(out + i, obuf);
+    acc_t* oc = out_acc(out + i, obuf, stream);
     if (g == nullptr) {
       at::vec::map([&](Vec xv) { return at::vec::fmadd(slope, xv - mean, shift); }, oc, xc, len);
       if (e.kind != Activation::None) activate_chunk(e, oc, len);
@@ -264,25 +333,25 @@ void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t
             oc, gc, xc, len);
       }
     }
-    store_acc(oc, out + i, len);
+    store_acc(oc, out + i, len, stream);
   }
 }
 
 // The forward map of a contiguous row: out = e(slope * (x - mean) + shift), each chunk of x from
-// load_x(i, len, buf) (as welford_chunks).
+// load_x(i, len, buf) (as welford_chunks); stream: see store_acc.
 template <typename scalar_t, typename acc_t, typename LoadX>
 void map_forward_chunks(scalar_t* out, int64_t n, const RowCoef<acc_t>& c, const Epilogue<acc_t>& e,
-                        LoadX load_x) {
+                        LoadX load_x, bool stream) {
   using Vec = at::vec::Vectorized<acc_t>;
   acc_t xbuf[kChunk], obuf[kChunk];
   const Vec slope(c.slope), mean(c.mean), shift(c.shift);
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     const acc_t* xc = load_x(i, len, xbuf);
-    acc_t* oc = out_acc(out + i, obuf);
+    acc_t* oc = out_acc(out + i, obuf, stream);
     at::vec::map([&](Vec xv) { return at::vec::fmadd(slope, xv - mean, shift); }, oc, xc, len);
     if (e.kind != Activation::None) activate_chunk(e, oc, len);
-    store_acc(oc, out + i, len);
+    store_acc(oc, out + i, len, stream);
   }
 }
 
@@ -575,6 +644,9 @@ inline void log_segments(int64_t segments) {
 struct Geometry {
   Layout layout;
   int64_t N, C, L;
+  // Outputs of x's size are streamed (store_acc). Contiguous rows longer than a short row only:
+  // channels_last positions and short rows are written through the cache.
+  bool stream = false;
   int64_t units() const { return layout == Layout::Contiguous ? N * C : N; }
   int64_t unit_elements() const { return layout == Layout::Contiguous ? L : L * C; }
   int64_t segments() const {
@@ -603,6 +675,7 @@ void map_units(const Geometry& geo, Map map) {
       const auto [b, e] = geo.segment_range(t % S, S);
       map(t / S, b, e);
     }
+    stream_fence(geo.stream);
   });
 }
 
@@ -634,6 +707,7 @@ void reduce_then_map(const Geometry& geo, Reduce reduce_rows, Merge merge, Finis
         for (int64_t r = 0; r < rpu; ++r) coefs[r] = finish(u * rpu + r, states[r]);
         map(u, 0, L, coefs.data());
       }
+      stream_fence(geo.stream);
     });
     return;
   }
@@ -726,7 +800,7 @@ void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* ou
   const int64_t L = geo.L, C = geo.C;
   if (geo.layout == Layout::Contiguous) {
     map_contiguous(out + u * L + b, x + u * L + b, g ? g + u * L + b : nullptr, e - b, unit_coefs[0],
-                   epilogue, act);
+                   epilogue, act, geo.stream);
     return;
   }
   // map_channels_last wants image u's coefficients field by field, each across channels.
@@ -744,7 +818,11 @@ void map_unit(const Geometry& geo, int64_t u, int64_t b, int64_t e, scalar_t* ou
 }
 
 inline Geometry geometry_of(const at::Tensor& x, Layout layout) {
-  return {layout, x.size(0), x.size(1), x.size(2) * x.size(3)};
+  const int64_t L = x.size(2) * x.size(3);
+  const bool stream = layout == Layout::Contiguous &&
+                      L > kShortRowVectors * at::vec::Vectorized<acc_type<float>>::size() &&
+                      static_cast<int64_t>(x.nbytes()) >= stream_threshold().load();
+  return {layout, x.size(0), x.size(1), L, stream};
 }
 
 }  // namespace adain::cpu
