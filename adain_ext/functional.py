@@ -51,9 +51,16 @@ def _serve(backend: str, device: torch.device):
 # False keeps the compiled kernels in such graphs too. Eager calls, inference graphs, explicit
 # backends and GPU tensors are not affected, nor adain_affine with an activation: there the
 # activation is the kernel's epilogue and saves no mask (accelerate() folds the one after
-# StarGAN v2's and MUNIT's AdaIN), so the kernels beat Inductor's code. The prologue (noise,
-# bias, pre-activation) is traced as part of the composite.
+# StarGAN v2's and MUNIT's AdaIN), so the kernels beat Inductor's code. With a prologue (noise,
+# bias, pre-activation: the neighbours before the op already in it) the kernel runs for tensors
+# of at least PROLOGUE_KERNEL_BYTES, and smaller ones trace the composite, prologue and all:
+# inside the StyleGAN block (8x512x32x32, 16 MiB) the kernel's training step took 11-13 ms
+# against the composite's 15-31 ms and the compiled original's 18-34 ms, while in the example
+# generator (tensors up to 1 MiB, where Inductor moves its conv outputs to channels_last and
+# back around an opaque op) the kernel's step was 3-4% slower than the composite's
+# (benchmarks/bench_blocks.py, docs/benchmarks.md).
 COMPOSITE_IN_COMPILED_CPU_TRAINING = True
+PROLOGUE_KERNEL_BYTES = 4 << 20
 
 
 def _compiled_cpu_training(*tensors: torch.Tensor) -> bool:
@@ -114,11 +121,10 @@ def adain_affine(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: fl
         pre_activation = "none"
     if (noise is not None or noise_weight is not None or bias is not None
             or pre_activation != "none"):
-        # Compiled CPU training traces the composite here too (prologue and all, for Inductor
-        # to fuse with the model's code) unless an epilogue activation would store its mask:
-        # the example generator's compiled step took 86.7 ms with the kernel against 80.1 ms
-        # with the composite and 79.8 ms for the compiled original (bench_blocks.py).
-        ops = _ops(backend, x, mean, std, composite_in_compiled_training=activation == "none")
+        # Compiled CPU training: the kernel with an epilogue or for large tensors, else the
+        # composite (see COMPOSITE_IN_COMPILED_CPU_TRAINING).
+        composite = activation == "none" and x.numel() * x.element_size() < PROLOGUE_KERNEL_BYTES
+        ops = _ops(backend, x, mean, std, composite_in_compiled_training=composite)
         return ops.adain_affine(x, mean, std, eps, unbiased, activation, negative_slope,
                                 noise=noise, noise_weight=noise_weight, bias=bias,
                                 pre_activation=pre_activation,

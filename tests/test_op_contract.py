@@ -574,10 +574,13 @@ def test_compiled_cpu_training_traces_the_composite(monkeypatch):
 
 
 @pytest.mark.skipif(not adain_ext.HAS_CPP, reason="the compiled extension is not built")
-def test_compiled_cpu_training_traces_the_prologue_as_composite():
+def test_compiled_cpu_training_traces_the_prologue_as_composite(monkeypatch):
     """With the prologue (StyleGAN's noise, bias, LeakyReLU) compiled CPU training traces the
-    composite, prologue and all; with an epilogue activation too it keeps the kernel (the
-    composite's activation would store Inductor's slow mask)."""
+    composite, prologue and all, for x below PROLOGUE_KERNEL_BYTES; from there up, or with an
+    epilogue activation too, it keeps the kernel (the composite's activation would store
+    Inductor's slow mask)."""
+    from adain_ext import functional
+
     case = Case("compiled_prologue", (2, 4, 6, 5))
     x, _ = make_inputs(case, requires_grad=True)
     mean, std = make_statistics(case, requires_grad=True)
@@ -593,6 +596,10 @@ def test_compiled_cpu_training_traces_the_prologue_as_composite():
     assert "adain" not in _compiled_graph_ops(layer, *inputs)
     assert "adain" in _compiled_graph_ops(lambda *t: layer(*t, activation="relu"), *inputs)
     assert "adain" in _compiled_graph_ops(layer, *inputs, no_grad=True)
+    monkeypatch.setattr(functional, "PROLOGUE_KERNEL_BYTES", x.nbytes + 1)
+    assert "adain" not in _compiled_graph_ops(layer, *inputs)
+    monkeypatch.setattr(functional, "PROLOGUE_KERNEL_BYTES", x.nbytes)  # x is this large: kernel
+    assert "adain" in _compiled_graph_ops(layer, *inputs)
 
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=str)
