@@ -456,13 +456,15 @@ def host_cost(calls: dict[str, Callable[[], object]], calls_per_sample: int = 10
 
 
 def write_report(table: str, data: dict, md_path: str | None, json_path: str | None) -> None:
-    """Prints a benchmark script's markdown table and writes it and its data where asked."""
-    print(table)
-    if md_path:
-        with open(md_path, "w") as f:
-            f.write(table)
-    if json_path:
-        import json
+    """Prints a benchmark script's markdown table and writes it and its data where asked, each
+    file whole or not at all (a temp file renamed over the name: never written through a
+    symlink planted there, and an interrupted run leaves the previous results)."""
+    import json
 
-        with open(json_path, "w") as f:
-            json.dump(data, f, indent=1)
+    from adain_ext.style_transfer._output import atomic_output
+
+    print(table)
+    for path, text in ((md_path, table), (json_path, json.dumps(data, indent=1))):
+        if path:
+            with atomic_output(path) as f:
+                f.write(text.encode())

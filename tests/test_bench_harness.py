@@ -188,3 +188,18 @@ def test_block_benchmark_accelerates_every_block():
     blocks = _bench_blocks()
     for block in blocks.BLOCKS:
         blocks.check_case(blocks.make_case(block, batch=2, channels=3, size=4))
+
+
+def test_write_report_replaces_a_planted_symlink_not_its_target(tmp_path, capsys):
+    """Results go to the names given, whole: a symlink planted under a result's name is replaced
+    by the file, and the file it pointed to keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    md, js = tmp_path / "out.md", tmp_path / "out.json"
+    md.symlink_to(victim)
+    harness.write_report("| a |\n", {"x": 1}, str(md), str(js))
+    assert victim.read_text() == "precious"
+    assert not md.is_symlink() and md.read_text() == "| a |\n"
+    assert js.read_text() == '{\n "x": 1\n}'
+    assert "| a |" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.md", "victim.txt"]
