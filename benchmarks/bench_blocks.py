@@ -1,5 +1,6 @@
 """Block benchmark: AdaIN with the neighbours generators put around it, eager and compiled,
-the models' own code against what accelerate() makes of it. CPU, one thread, fp32.
+the models' own code against what accelerate() makes of it. fp32; on CPU one thread, or on a GPU
+(--device cuda, the GPU check's blocks step).
 
 Blocks (each written the way its model writes it; "IN-mod" = instance_norm(x) * gamma + beta):
   stylegan   rosinality's StyleGAN: noise injection x + w * noise, LeakyReLU(0.2), then IN-mod
@@ -32,6 +33,7 @@ counted and reported.
                                                        # (a partial run, as below, writes only to --json/--md)
     python benchmarks/bench_blocks.py --small          # B=2, C=64, 16x16: a quick run, writes nothing unless asked
     python benchmarks/bench_blocks.py --blocks stylegan,op --no-generator --rounds 3
+    python benchmarks/bench_blocks.py --device cuda --blocks stylegan,stargan --json out.json --md out.md
 """
 from __future__ import annotations
 
@@ -169,7 +171,19 @@ def _accelerated(module: nn.Module) -> nn.Module:
     return fused
 
 
-def make_case(block: str, batch: int, channels: int, size: int, seed: int = 0) -> Case:
+def make_case(block: str, batch: int, channels: int, size: int, seed: int = 0,
+              device: torch.device = CPU) -> Case:
+    """The block's modules and inputs on `device` (drawn on the CPU: the same values anywhere)."""
+    case = _make_case(block, batch, channels, size, seed)
+    if device.type == "cpu":
+        return case
+    reference = case.reference.to(device)
+    accelerated = OpAlone(True) if block == "op" else _accelerated(reference)
+    return Case(reference, accelerated, tuple(t.to(device) for t in case.inputs),
+                case.no_grad_inputs)
+
+
+def _make_case(block: str, batch: int, channels: int, size: int, seed: int) -> Case:
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -202,7 +216,7 @@ def check_case(case: Case):
     for module in (case.reference, case.accelerated):
         leaves = _leaves(case)
         out = module(*leaves)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device)
         grads.append(torch.autograd.grad(out, _grad_targets(module, leaves, case), g))
         outs.append(out.detach())
     torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-4)
@@ -236,7 +250,8 @@ def forward_backward_call(module, case: Case) -> Callable[[], None]:
     leaves = _leaves(case)
     targets = _grad_targets(module, leaves, case)
     out_shape = module(*[t.detach() for t in leaves]).shape
-    grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(2))
+    grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(2)).to(
+        leaves[0].device)
 
     def run():
         # No clone of the inputs: no block writes its inputs in place (MUNIT's inplace ReLU writes
@@ -250,13 +265,14 @@ def _compiled(module: nn.Module) -> nn.Module:
     return torch.compile(module, dynamic=False)
 
 
-def warm_function_api():
+def warm_function_api(device: torch.device = CPU):
     """One eager call of adain_ext's function API before anything is compiled. Its first call
     in a process picks the backend in Python code that Dynamo cannot trace, so a model compiled
     before any eager call breaks its graph there (noted in the results, not hidden: the compiled
     variants' graph breaks are counted)."""
-    x = torch.randn(2, 3, 4, 4)
-    adain_ext.adain_affine(x, torch.zeros(2, 3), torch.ones(2, 3), 1e-5, False)
+    x = torch.randn(2, 3, 4, 4, device=device)
+    adain_ext.adain_affine(x, torch.zeros(2, 3, device=device), torch.ones(2, 3, device=device),
+                           1e-5, False)
 
 
 def _graph_breaks() -> int:
@@ -264,7 +280,7 @@ def _graph_breaks() -> int:
 
 
 def time_interleaved(calls: dict[str, Callable[[], None]], rounds: int, repeats: int,
-                     warmup: int = 2) -> dict[str, dict]:
+                     warmup: int = 2, device: torch.device = CPU) -> dict[str, dict]:
     """{name: {"ms": median over rounds, "rounds_ms": [...], "graph_breaks": n}}: each call
     warmed up (compiling there), then `rounds` rounds in a new seeded random order each, each
     round timed by bench_harness.time_call (median of `repeats` calls)."""
@@ -282,14 +298,15 @@ def time_interleaved(calls: dict[str, Callable[[], None]], rounds: int, repeats:
     order_rng = random.Random(0)
     for _ in range(rounds):
         for name in order_rng.sample(names, len(names)):
-            samples[name].append(1e3 * bench_harness.time_call(calls[name], CPU, repeats, warmup=1))
+            samples[name].append(
+                1e3 * bench_harness.time_call(calls[name], device, repeats, warmup=1))
     return {name: {"ms": statistics.median(s), "rounds_ms": [round(v, 3) for v in s],
                    "graph_breaks": breaks[name]} for name, s in samples.items()}
 
 
 def bench_block(block: str, batch: int, channels: int, size: int, rounds: int, repeats: int,
-                log=print) -> list[dict]:
-    case = make_case(block, batch, channels, size)
+                log=print, device: torch.device = CPU) -> list[dict]:
+    case = make_case(block, batch, channels, size, device=device)
     check_case(case)
     modules = {"eager reference": case.reference, "eager accelerated": case.accelerated}
     if block in UNFUSED_BLOCKS:
@@ -301,7 +318,8 @@ def bench_block(block: str, batch: int, channels: int, size: int, rounds: int, r
                     "compiled accelerated": _compiled(case.accelerated)}
         make = forward_call if mode == "forward" else forward_backward_call
         t0 = time.perf_counter()
-        times = time_interleaved({v: make(m, case) for v, m in variants.items()}, rounds, repeats)
+        times = time_interleaved({v: make(m, case) for v, m in variants.items()}, rounds, repeats,
+                                 device=device)
         for variant in times:
             rows.append({"block": block, "variant": variant, "mode": mode, **times[variant]})
         log(f"{block} {mode}: " + ", ".join(f"{v} {t['ms']:.2f} ms" for v, t in times.items())
@@ -328,14 +346,15 @@ GENERATOR_CONFIGS = {
 }
 
 
-def bench_generator(config: dict, rounds: int, repeats: int, log=print) -> list[dict]:
+def bench_generator(config: dict, rounds: int, repeats: int, log=print,
+                    device: torch.device = CPU) -> list[dict]:
     sg = _stylegan_like()
     config = dict(config)
     batch = config.pop("batch")
     torch.manual_seed(0)
-    reference = sg.Generator(noise_mode="const", impl="instance_norm", **config)
+    reference = sg.Generator(noise_mode="const", impl="instance_norm", **config).to(device)
     accelerated = accelerate(copy.deepcopy(reference))
-    z = torch.randn(batch, reference.z_dim, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(batch, reference.z_dim, generator=torch.Generator().manual_seed(3)).to(device)
 
     def step_of(g):
         params = [p for p in g.parameters() if p.requires_grad]
@@ -348,7 +367,8 @@ def bench_generator(config: dict, rounds: int, repeats: int, log=print) -> list[
                 "compiled reference": _compiled(reference),
                 "compiled accelerated": _compiled(accelerated)}
     t0 = time.perf_counter()
-    times = time_interleaved({v: step_of(g) for v, g in variants.items()}, rounds, repeats)
+    times = time_interleaved({v: step_of(g) for v, g in variants.items()}, rounds, repeats,
+                             device=device)
     log("generator training step: " + ", ".join(f"{v} {times[v]['ms']:.1f} ms" for v in VARIANTS)
         + f" ({time.perf_counter() - t0:.0f} s)")
     return [{"block": "generator", "variant": v, "mode": "forward+backward", **times[v]}
@@ -385,7 +405,7 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     at = {(r["block"], r["mode"], r["variant"]): r for r in rows}
     blocks = list(dict.fromkeys(r["block"] for r in rows))
-    lines = [f"Blocks on CPU: {result['machine']}",
+    lines = [f"Blocks on {result.get('device', 'cpu').upper()}: {result['machine']}",
              f"fp32, {result['shape_note']}; median of {result['rounds']} interleaved rounds "
              f"(each the median of {result['repeats']} calls), ms"
              + (f"; load average (1 min) {result['load_average']['before'][0]} before, "
@@ -422,7 +442,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
+def machine(device: torch.device = CPU) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        try:
+            import triton
+            triton_version = triton.__version__
+        except ImportError:
+            triton_version = "none"
+        return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), driver CUDA "
+                f"{torch.version.cuda}, torch {torch.__version__}, triton {triton_version}, "
+                f"Python {platform.python_version()}, adain_ext "
+                f"{getattr(adain_ext, '__version__', '?')}")
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -446,6 +477,8 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", default=",".join(BLOCKS),
                         help=f"comma-separated, from {','.join(BLOCKS)}")
     parser.add_argument("--no-generator", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu: one thread; cuda: the current GPU (timed with CUDA events)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="calls per round")
     parser.add_argument("--json", help="default: benchmarks/results/blocks_cpu.json (a full run: "
@@ -457,24 +490,33 @@ def main(argv=None) -> int:
     if unknown or args.rounds < 1 or args.repeats < 1:
         parser.error(f"unknown blocks {sorted(unknown)}" if unknown
                      else "--rounds and --repeats must be >= 1")
-    # Only a full run replaces the committed results; a partial one writes where it is told.
-    if not args.small and set(blocks) == set(BLOCKS) and not args.no_generator:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if not adain_ext.HAS_CPP:  # accelerate()'s rows would time the reference as adain_ext
+        parser.error("adain_ext's compiled extension is not built here (pip install -e ., or the "
+                     "GPU check's build step: --only build,blocks)")
+    # Only a full CPU run replaces the committed results; any other writes where it is told.
+    if (device.type == "cpu" and not args.small and set(blocks) == set(BLOCKS)
+            and not args.no_generator):
         args.json = args.json or os.path.join(RESULTS, "blocks_cpu.json")
         args.md = args.md or os.path.join(RESULTS, "blocks_cpu.md")
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    warm_function_api()
+    warm_function_api(device)
     load_before = os.getloadavg()
     batch, channels, size = (2, 64, 16) if args.small else (8, 512, 32)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     rows = []
     for block in blocks:
-        rows += bench_block(block, batch, channels, size, args.rounds, args.repeats, log)
+        rows += bench_block(block, batch, channels, size, args.rounds, args.repeats, log, device)
     config = GENERATOR_CONFIGS["small" if args.small else "full"]
     if not args.no_generator:
-        rows += bench_generator(config, args.rounds, args.repeats, log)
+        rows += bench_generator(config, args.rounds, args.repeats, log, device)
     result = {
-        "machine": machine(),
+        "device": device.type,
+        "machine": machine(device),
         "shape_note": (f"B={batch}, C={channels}, {size}x{size} (AdaIN-VC: T={size * size}); "
                        f"generator: {config}"),
         "rounds": args.rounds, "repeats": args.repeats,

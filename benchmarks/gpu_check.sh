@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_check.sh [OUT_DIR]                   # there: everything, <= 7 minutes
 #   bash benchmarks/gpu_check.sh --quick [OUT_DIR]           # prebuilt, smoke, last failures: <= 4 min
 #   bash benchmarks/gpu_check.sh --only bench,apps [OUT_DIR] # chosen steps only
+#   bash benchmarks/gpu_check.sh --only build,blocks [OUT_DIR] # the block benchmark (not in the default run)
 #   bash benchmarks/gpu_check.sh --only-tests "tests/test_cuda.py::test_x ..." [OUT_DIR]
 #
 # OUT_DIR defaults to $OUT, then ./out. The steps (build, smoke, tests, triton, bench, apps,
@@ -128,8 +129,10 @@ CORES="${GPU_CHECK_CORES:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}"
 # --quick 220) caps the whole run including the environment step; the summary and the archive
 # take the rest of the 7 (4) minutes.
 ALL_STEPS="build smoke tests triton bench apps sanitizer"
+# Run only when --only names them: their budgets do not fit the default run's 7 minutes.
+OPTIONAL_STEPS="blocks"
 declare -A BUDGET=([build]=25 [build_fallback]=180 [smoke]=50 [tests]=75 [triton]=65 [bench]=55
-                   [apps]=25 [probe]=15 [memcheck]=45 [racecheck]=35)
+                   [apps]=25 [probe]=15 [memcheck]=45 [racecheck]=35 [blocks]=150)
 if [ "$QUICK" = 1 ]; then
   BUDGET[tests]=120  # the failed node ids only, without the triton step after it
 fi
@@ -146,7 +149,7 @@ done
 if [ -n "$ONLY" ]; then
   STEPS_WANTED=" ${ONLY//,/ } "
   for s in $STEPS_WANTED; do
-    case " $ALL_STEPS " in *" $s "*) ;; *) echo "gpu_check: --only: unknown step '$s' (steps: $ALL_STEPS)" >&2; exit 64 ;; esac
+    case " $ALL_STEPS $OPTIONAL_STEPS " in *" $s "*) ;; *) echo "gpu_check: --only: unknown step '$s' (steps: $ALL_STEPS $OPTIONAL_STEPS)" >&2; exit 64 ;; esac
   done
   MODE="only $ONLY"
 elif [ "$QUICK" = 1 ]; then
@@ -645,6 +648,14 @@ if wanted apps; then
     "$1" -m pytest -q -p no:cacheprovider benchmarks/bench_style_transfer.py --benchmark-json="$2/style_transfer.json"; b=$?
     exit $(( a != 0 ? a : b ))
   ' apps "$PY" "$WORK"
+fi
+
+# ---- 6b. Blocks (--only blocks): AdaIN with its neighbours (StyleGAN's prologue, StarGAN v2's
+# epilogue) and the op alone, eager and compiled, the models' own code against accelerate()
+# (benchmarks/bench_blocks.py; ~12 compiles, each a few seconds of Inductor and Triton).
+if wanted blocks; then
+  run_step blocks TERM "$PY" benchmarks/bench_blocks.py --device cuda --blocks stylegan,stargan,op \
+    --no-generator --rounds 5 --json "$WORK/blocks_gpu.json" --md "$WORK/blocks_gpu.md"
 fi
 
 # ---- 7. compute-sanitizer, last: slow, and the runtime may refuse the device.

@@ -182,6 +182,27 @@ def test_block_benchmark_table_and_ratios():
     assert "| forward | 4.00x | 0.50x | 1.50x |" in text
 
 
+def test_block_benchmark_writes_the_committed_results_only_from_a_full_cpu_run(tmp_path,
+                                                                              monkeypatch):
+    """A partial run (some blocks, no generator) must not replace the committed full results;
+    a full CPU run writes them; the device is named in the table."""
+    blocks = _bench_blocks()
+    monkeypatch.setattr(blocks, "RESULTS", str(tmp_path))
+    monkeypatch.setattr(blocks, "warm_function_api", lambda device=None: None)
+    monkeypatch.setattr(blocks, "bench_block", lambda *a, **k: [])
+    monkeypatch.setattr(blocks, "bench_generator", lambda *a, **k: [])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    assert blocks.main(["--blocks", "op", "--no-generator"]) == 0
+    assert blocks.main(["--no-generator"]) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert blocks.main([]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocks_cpu.json", "blocks_cpu.md"]
+    assert (tmp_path / "blocks_cpu.md").read_text().startswith("Blocks on CPU: ")
+    text = blocks.markdown({"device": "cuda", "machine": "H100", "shape_note": "B=1", "rounds": 1,
+                            "repeats": 1, "rows": []})
+    assert text.startswith("Blocks on CUDA: H100")
+
+
 def test_block_benchmark_accelerates_every_block():
     """Each block is one accelerate() rewrites (make_case refuses one it leaves alone), with the
     reference's output and gradients (check_case), on a small shape."""

@@ -152,12 +152,34 @@ def test_gpu_check_reports_every_step_failing_or_timing_out(tmp_path):
         assert rows[step] == expected, (step, summary)
         assert f"### {step}: last lines of {step}.log" in summary
     assert rows["memcheck"] == rows["racecheck"] == "SKIPPED"
+    assert "blocks" not in rows  # an optional step: only when --only names it
     assert "fake: refusing" in summary and "finished" in summary
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
     assert {f"{s}.log" for s in STEPS} | {"env.txt"} <= names
     _assert_no_stub_left(tmp_path)
     assert not list(tmp_path.glob("gpu_check.*")), "the work folder was left behind"
+
+
+def test_gpu_check_runs_the_block_benchmark_only_when_asked(tmp_path):
+    """--only blocks runs bench_blocks.py on the GPU (StyleGAN, StarGAN v2, the op alone), its
+    tables into the archive; an unknown step is refused in one line."""
+    out = tmp_path / "out"
+    env = _fake_env(tmp_path, FAKE_OK_ON="bench_blocks.py --device cuda")
+    result = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--only", "blocks", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    summary = (out / "summary.md").read_text()
+    rows = _rows(summary)
+    assert rows.get("blocks") == "ok", summary
+    assert not {"smoke", "tests", "bench", "apps"} & set(rows), summary
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        log = tar.extractfile("./blocks.log").read().decode()
+    assert "--blocks stylegan,stargan,op --no-generator" in log
+    _assert_returnable(out)
+    refused = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--only", "blockz", str(out)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 64 and "unknown step 'blockz'" in refused.stderr
+    _assert_no_stub_left(tmp_path)
 
 
 def test_gpu_check_killed_mid_step_still_leaves_a_summary(tmp_path):
