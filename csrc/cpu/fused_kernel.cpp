@@ -97,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_for
         }
         map_unit<scalar_t>(content_geo, u, 0, content_geo.L, op, cp, nullptr, coefs.data());
       }
+      stream_fence(content_geo.stream);
     });
   });
   return {shaped_like(out, content_in), c_mean, c_std, s_mean, s_std};
@@ -170,6 +171,7 @@ std::tuple<at::Tensor, at::Tensor> fused_backward(
         map_unit<scalar_t>(content_geo, u, 0, content_geo.L, gcp, cp, gp, content_coefs.data());
         map_unit<scalar_t>(style_geo, u, 0, style_geo.L, gsp, sp, nullptr, style_coefs.data());
       }
+      stream_fence(content_geo.stream || style_geo.stream);
     });
   });
   return {shaped_like(grad_content, content_in), shaped_like(grad_style, style_in)};
