@@ -88,8 +88,8 @@ inline const acc_t* load_acc(const scalar_t* src, int64_t n, acc_t* buf) {
 // straight to memory, need two. On this project's 2-core VM (one thread, 8x512x32x32 fp32, 16 MiB
 // a tensor) the affine op's forward + backward went from ~7.5 to ~5.5 ms with its outputs
 // streamed (benchmarks/bench_blocks.py, docs/kernels.md); in a loop whose data fits in the cache,
-// streaming cost ~3%. Outputs of at least stream_bytes() (ADAIN_EXT_STREAM_MB, default 4 MiB; 0:
-// every output) are streamed; the values written are the same either way.
+// streaming cost ~3%. Outputs of at least stream_threshold() bytes (ADAIN_EXT_STREAM_MB, default
+// 4 MiB; 0: every output) are streamed; the values written are the same either way.
 inline std::atomic<int64_t>& stream_threshold() {
   static std::atomic<int64_t> bytes = [] {
     const char* env = std::getenv("ADAIN_EXT_STREAM_MB");
@@ -105,7 +105,7 @@ inline int64_t set_stream_bytes(int64_t bytes) {
 
 // n bytes from src (in L1: a chunk just computed) to dst with non-temporal stores, the unaligned
 // head and tail of dst with ordinary ones. The stores are ordered by stream_fence, once a task.
-inline void stream_bytes(const void* src_v, void* dst_v, int64_t n) {
+inline void stream_copy(const void* src_v, void* dst_v, int64_t n) {
   const char* src = static_cast<const char*>(src_v);
   char* dst = static_cast<char*>(dst_v);
 #if defined(__SSE2__)
@@ -138,13 +138,13 @@ inline void store_acc(const acc_t* src, scalar_t* dst, int64_t n, bool stream = 
     return;
   }
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    stream_bytes(src, dst, n * static_cast<int64_t>(sizeof(scalar_t)));
+    stream_copy(src, dst, n * static_cast<int64_t>(sizeof(scalar_t)));
   } else {
     scalar_t buf[kChunk];
     for (int64_t i = 0; i < n; i += kChunk) {
       const int64_t len = std::min(kChunk, n - i);
       at::vec::convert(src + i, buf, len);
-      stream_bytes(buf, dst + i, len * static_cast<int64_t>(sizeof(scalar_t)));
+      stream_copy(buf, dst + i, len * static_cast<int64_t>(sizeof(scalar_t)));
     }
   }
 }
@@ -363,9 +363,7 @@ void map_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* g, int64_t
 template <typename scalar_t, typename acc_t, typename LoadX>
 void map_forward_chunks(scalar_t* out, int64_t n, const RowCoef<acc_t>& c, const Epilogue<acc_t>& e,
                         LoadX load_x, bool stream) {
-  using Vec = at::vec::Vectorized<acc_t>;
   acc_t xbuf[kChunk], obuf[kChunk];
-  const Vec slope(c.slope), mean(c.mean), shift(c.shift);
   for (int64_t i = 0; i < n; i += kChunk) {
     const int64_t len = std::min(kChunk, n - i);
     const acc_t* xc = load_x(i, len, xbuf);
