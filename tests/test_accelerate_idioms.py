@@ -581,7 +581,9 @@ class _ReferenceCalls(nn.Module):
         from adain_ext import reference
 
         out = reference.adain(content, style, alpha=0.3, eps=0.2, unbiased=False)
-        out = out + reference.adain_affine(content, mean, std, eps=0.4, unbiased=False)
+        out = out + reference.adain_affine(content, mean, std, eps=0.4, unbiased=False,
+                                           activation="leaky_relu", negative_slope=0.3,
+                                           pre_activation="relu")
         m, s = reference.mean_std(style, eps=0.5, unbiased=False)
         m2, s2 = reference.calc_mean_std(content, 0.6)
         return out, m + s, m2 * s2

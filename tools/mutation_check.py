@@ -66,8 +66,8 @@ MUTANTS = [
            (("tests/test_accelerate_idioms.py", "-k", "clip"), ("tests/test_stylegan.py", "-k", "accelerate")),
            "accelerate() folds an affine instance norm's bias without the modulation's scale"),
     Mutant("modulation_unbiased", "adain_ext/rewrite.py",
-           "return functional.adain_affine(x.to(dtype), mean, std, eps, False, backend=backend)",
-           "return functional.adain_affine(x.to(dtype), mean, std, eps, True, backend=backend)",
+           "return functional.adain_affine(x.to(dtype), mean, std, eps, False, activation=activation,",
+           "return functional.adain_affine(x.to(dtype), mean, std, eps, True, activation=activation,",
            (("tests/test_accelerate_idioms.py", "-k", "speech or clip"),),
            "instance norm + modulation fused with the unbiased variance (instance_norm divides by L)"),
     Mutant("batch_norm_trick_unbiased", "adain_ext/rewrite.py",
@@ -92,7 +92,14 @@ MUTANTS = [
            (("tests/test_op_contract.py", "-k", "cpp-cpu"), ("tests/test_triton_16bit.py",)),
            "fake kernels return statistics in x's dtype instead of float32"),
     Mutant("affine_std_grad_shaped_like_mean", "adain_ext/_autograd.py",
-           "ctx.std_like = (std.shape, std.dtype)", "ctx.std_like = (mean.shape, mean.dtype)",
+           "ctx.alpha, ctx.eps, ctx.unbiased = alpha, eps, unbiased\n"
+           "        ctx.activation, ctx.negative_slope = activation, negative_slope\n"
+           "        ctx.mean_like = (mean.shape, mean.dtype)\n"
+           "        ctx.std_like = (std.shape, std.dtype)",
+           "ctx.alpha, ctx.eps, ctx.unbiased = alpha, eps, unbiased\n"
+           "        ctx.activation, ctx.negative_slope = activation, negative_slope\n"
+           "        ctx.mean_like = (mean.shape, mean.dtype)\n"
+           "        ctx.std_like = (mean.shape, mean.dtype)",
            (("tests/test_op_contract.py", "-k", "triton-cpu and Affine"),
             ("tests/test_backends.py", "-k", "triton")),
            "the Triton affine backward gives std's gradient mean's shape and dtype"),
@@ -218,8 +225,11 @@ MUTANTS = [
            (("tests/test_backends.py", "-k", "each_statistic_dtype and cpp"),),
            "the compiled ops' affine backward passes the mean's gradient through the std's dtype"),
     Mutant("mean_grad_through_std_dtype_triton", "adain_ext/_autograd.py",
-           "as_grad_of(grad_mean, *ctx.mean_like) if need_mean else None",
-           "as_grad_of(grad_mean.to(ctx.std_like[1]), *ctx.mean_like) if need_mean else None",
+           "grad_x if need_x else None,\n"
+           "            as_grad_of(grad_mean, *ctx.mean_like) if need_mean else None,",
+           "grad_x if need_x else None,\n"
+           "            as_grad_of(grad_mean.to(ctx.std_like[1]), *ctx.mean_like) if need_mean "
+           "else None,",
            (("tests/test_backends.py", "-k", "each_statistic_dtype and triton"),),
            "the Triton ops' affine backward passes the mean's gradient through the std's dtype"),
     # ---- The registry's answers where a GPU is present.
@@ -241,16 +251,17 @@ MUTANTS = [
            (("tests/test_accelerate_idioms.py", "-k", "arguments_the_patterns_read"),),
            "accelerate() fuses torch.add(norm(x) * scale, shift, alpha=2), dropping alpha"),
     Mutant("accelerate_reference_call_drops_keywords", "adain_ext/rewrite.py",
-           '    node.args, node.kwargs = tuple(bound.args), {"backend": backend}',
+           '    node.kwargs = {**dict(values[positional:]), "backend": backend}',
            '    node.kwargs = {"backend": backend}',
            (("tests/test_accelerate_idioms.py", "-k", "keyword_arguments"),),
-           "accelerate() rewrites reference.adain(c, s, alpha=0.3, ...) dropping its keywords"),
+           "accelerate() rewrites reference calls dropping their keyword-only arguments (adain_affine's"
+           " activation, prologue)"),
     # ---- ONNX translations of the internal ops with every argument.
     Mutant("onnx_affine_forward_ignores_alpha", "adain_ext/onnx.py",
            "    out = _renormalise(x, centred, mean_x, std_x, mean, std, alpha)\n"
-           "    return out, _rows(x, mean_x), _rows(x, std_x)",
+           "    return _activate(out, activation, negative_slope), _rows(x, mean_x)",
            "    out = _renormalise(x, centred, mean_x, std_x, mean, std, 1.0)\n"
-           "    return out, _rows(x, mean_x), _rows(x, std_x)",
+           "    return _activate(out, activation, negative_slope), _rows(x, mean_x)",
            (("tests/test_onnx.py", "-k", "every_argument"),),
            "the ONNX translation of adain::_affine_forward ignores alpha"),
     # ---- What the commands produce.
